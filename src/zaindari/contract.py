@@ -1,0 +1,338 @@
+"""The telemetry contract: what a reading is, and how raw payloads become readings or rejections.
+
+A reading is one device's sensor values at one instant. Payloads arrive as bytes or decoded JSON
+from every trigger (IoT rule, SQS, Kinesis, EventBridge, HTTP, files, the edge); they all pass
+through :func:`parse_payload` or :func:`parse_reading`, so one set of rules decides what is valid.
+Nothing here raises on bad *records*: each bad record becomes a :class:`Rejection` that names the
+field and keeps the raw record so it can be replayed. Only a payload that is too large as a whole
+raises :class:`PayloadTooLarge`, because nothing inside it may be read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+__all__ = [
+    "ContractLimits",
+    "PayloadTooLarge",
+    "ParsedPayload",
+    "Reading",
+    "Rejection",
+    "parse_payload",
+    "parse_reading",
+    "parse_readings",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
+# Before this instant a timestamp is almost surely epoch *seconds* sent where milliseconds are due.
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class ContractLimits(BaseModel):
+    """Bounds every entry point enforces before any work is done.
+
+    Parameters
+    ----------
+    max_payload_bytes
+        Largest accepted payload (one message, one HTTP body).
+    max_sensors
+        Most sensor values in one reading.
+    max_batch_readings
+        Most readings in one payload.
+    max_future_skew_seconds
+        How far ahead of the receiver's clock a timestamp may be.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    max_sensors: int = Field(default=256, gt=0)
+    max_batch_readings: int = Field(default=10_000, gt=0)
+    max_future_skew_seconds: float = Field(default=300.0, ge=0)
+
+
+class PayloadTooLarge(ValueError):
+    """The payload exceeds ``ContractLimits.max_payload_bytes`` (HTTP 413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes, above the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+def _epoch_ms_to_utc(value: float) -> datetime:
+    if not math.isfinite(value):
+        raise ValueError("timestamp must be a finite number of epoch milliseconds")
+    try:
+        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"timestamp {value!r} is out of range for epoch milliseconds") from exc
+
+
+class Reading(BaseModel):
+    """One device's sensor values at one instant.
+
+    Timestamps are ISO 8601 strings that carry an offset (``Z`` or ``+02:00``) or epoch
+    milliseconds (UTC implied); both normalise to an aware UTC ``datetime``. Sensor values are JSON
+    numbers, finite, never strings or booleans.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    device_id: str = Field(min_length=1, max_length=128)
+    asset: str | None = Field(default=None, max_length=128)
+    line: str | None = Field(default=None, max_length=128)
+    site: str | None = Field(default=None, max_length=128)
+    timestamp: datetime
+    sensors: dict[str, float]
+    mode: str | None = Field(default=None, max_length=64)
+    seq: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("device_id", "asset", "line", "site", "mode")
+    @classmethod
+    def _printable_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("must contain printable characters only")
+        return value
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp_is_aware(cls, value: Any) -> datetime:
+        if isinstance(value, bool):
+            raise ValueError("timestamp must be an ISO 8601 string or epoch milliseconds, not a boolean")
+        if isinstance(value, int | float):
+            return _epoch_ms_to_utc(float(value))
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.strip())
+            except ValueError as exc:
+                raise ValueError(f"timestamp {value[:64]!r} is not ISO 8601") from exc
+        else:
+            raise ValueError("timestamp must be an ISO 8601 string or epoch milliseconds")
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("timestamp must carry a timezone (for example 'Z' or '+01:00')")
+        return parsed.astimezone(UTC)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_in_window(cls, value: datetime, info: ValidationInfo) -> datetime:
+        if value < _EARLIEST:
+            raise ValueError(
+                f"timestamp {value.isoformat()} is before 2000-01-01: epoch seconds sent as milliseconds?"
+            )
+        context = info.context or {}
+        now: datetime | None = context.get("now")
+        limits: ContractLimits = context.get("limits") or ContractLimits()
+        if now is not None and value - now > timedelta(seconds=limits.max_future_skew_seconds):
+            raise ValueError(
+                f"timestamp {value.isoformat()} is more than {limits.max_future_skew_seconds:g} s "
+                f"ahead of the receiver's clock ({now.isoformat()})"
+            )
+        return value
+
+    @field_validator("sensors", mode="before")
+    @classmethod
+    def _sensors_are_finite_numbers(cls, value: Any, info: ValidationInfo) -> dict[str, float]:
+        if not isinstance(value, Mapping):
+            raise ValueError("sensors must be an object mapping sensor name to number")
+        limits: ContractLimits = (info.context or {}).get("limits") or ContractLimits()
+        if len(value) == 0:
+            raise ValueError("sensors must hold at least one value")
+        if len(value) > limits.max_sensors:
+            raise ValueError(f"{len(value)} sensors, above the limit of {limits.max_sensors}")
+        out: dict[str, float] = {}
+        for name, raw in value.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"sensor name {str(name)[:64]!r} is not 1-128 characters of [A-Za-z0-9_.:-/]")
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"sensor {name!r}: value {str(raw)[:32]!r} is not a number")
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError(f"sensor {name!r}: value {raw!r} is not finite")
+            out[name] = number
+        return out
+
+    def dedup_key(self) -> str:
+        """Identity of a reading for idempotency: device, timestamp and sequence number."""
+        seq = "" if self.seq is None else str(self.seq)
+        return f"{self.device_id}|{self.timestamp.isoformat()}|{seq}"
+
+    def to_record(self) -> dict[str, Any]:
+        """The reading as JSON-ready data (timestamps as ISO 8601 UTC)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record that was not scored, why, and the record itself so it can be replayed.
+
+    ``index`` is the record's position in its payload (or file row number); ``errors`` name the
+    failing fields as dotted paths (``sensors.temperature``).
+    """
+
+    index: int
+    reason: str
+    errors: tuple[dict[str, str], ...] = ()
+    record: Any = None
+    stage: str = "contract"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "stage": self.stage,
+            "reason": self.reason,
+            "errors": list(self.errors),
+            "record": self.record,
+        }
+
+
+@dataclass
+class ParsedPayload:
+    """What a payload yielded: valid readings (with their payload positions) and rejections."""
+
+    readings: list[Reading] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def extend(self, other: ParsedPayload, offset: int = 0) -> None:
+        self.readings.extend(other.readings)
+        self.indices.extend(i + offset for i in other.indices)
+        self.rejections.extend(
+            Rejection(r.index + offset, r.reason, r.errors, r.record, r.stage) for r in other.rejections
+        )
+
+
+def _field_errors(exc: ValidationError) -> tuple[dict[str, str], ...]:
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "reading"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        errors.append({"field": loc, "message": message})
+    return tuple(errors)
+
+
+def _reason(errors: Iterable[dict[str, str]]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
+def parse_reading(
+    obj: Any,
+    *,
+    index: int = 0,
+    limits: ContractLimits | None = None,
+    now: datetime | None = None,
+) -> Reading | Rejection:
+    """Validate one decoded record.
+
+    Returns the :class:`Reading`, or a :class:`Rejection` naming each failing field. Never raises
+    for bad input.
+    """
+    context = {"limits": limits or ContractLimits(), "now": now}
+    if not isinstance(obj, Mapping):
+        return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)
+    try:
+        return Reading.model_validate(obj, context=context)
+    except ValidationError as exc:
+        errors = _field_errors(exc)
+        return Rejection(index, _reason(errors), errors, record=obj)
+    except (RecursionError, TypeError, ValueError) as exc:
+        return Rejection(index, f"reading could not be validated: {exc}", record=obj)
+
+
+def parse_readings(
+    records: Iterable[Any],
+    *,
+    limits: ContractLimits | None = None,
+    now: datetime | None = None,
+    start_index: int = 0,
+) -> ParsedPayload:
+    """Validate many decoded records one by one; bad ones become rejections, good ones readings."""
+    limits = limits or ContractLimits()
+    out = ParsedPayload()
+    for i, obj in enumerate(records, start=start_index):
+        result = parse_reading(obj, index=i, limits=limits, now=now)
+        if isinstance(result, Reading):
+            out.readings.append(result)
+            out.indices.append(i)
+        else:
+            out.rejections.append(result)
+    return out
+
+
+def _records_of(document: Any) -> list[Any] | None:
+    """A payload is one reading, a list of readings, or ``{"readings": [...]}``."""
+    if isinstance(document, list):
+        return document
+    if isinstance(document, Mapping):
+        if "readings" in document and "device_id" not in document:
+            inner = document["readings"]
+            return inner if isinstance(inner, list) else None
+        return [document]
+    return None
+
+
+def parse_payload(
+    payload: bytes | str | Any,
+    *,
+    limits: ContractLimits | None = None,
+    now: datetime | None = None,
+) -> ParsedPayload:
+    """Turn one payload (raw bytes, a JSON string, or already-decoded JSON) into readings.
+
+    Raises
+    ------
+    PayloadTooLarge
+        When raw bytes or text exceed ``limits.max_payload_bytes``; nothing is parsed.
+    """
+    limits = limits or ContractLimits()
+    document: Any = payload
+    if isinstance(payload, bytes | bytearray | str):
+        raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
+        if len(raw) > limits.max_payload_bytes:
+            raise PayloadTooLarge(len(raw), limits.max_payload_bytes)
+        text = raw.decode("utf-8", "replace")
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            return ParsedPayload(rejections=[Rejection(0, f"payload is not valid JSON: {exc}", record=text)])
+    records = _records_of(document)
+    if records is None:
+        return ParsedPayload(
+            rejections=[
+                Rejection(
+                    0,
+                    "payload must be a reading object, a list of readings, or {'readings': [...]}",
+                    record=document,
+                )
+            ]
+        )
+    if len(records) > limits.max_batch_readings:
+        return ParsedPayload(
+            rejections=[
+                Rejection(
+                    0,
+                    f"{len(records)} readings in one payload, above the limit of {limits.max_batch_readings}",
+                    record=document,
+                )
+            ]
+        )
+    return parse_readings(records, limits=limits, now=now)

@@ -1,0 +1,365 @@
+"""Feature computation, online (numpy): sensors, derived features and per-device window features.
+
+Works on a columnar :class:`SensorTable` (built from readings, or from a file chunk), so events and
+files share one implementation. Window features need each device's recent history; it comes in as
+a :class:`DeviceHistory` per device and goes out updated, so the caller (a Lambda, the edge box)
+keeps it in its own store and the core stays stateless.
+
+Definitions (the Spark implementation in ``zaindari.features_spark`` follows them and the tests
+prove both equal): a window of size ``n`` holds the current reading and up to ``n - 1`` earlier
+readings of the same device, ordered by timestamp; partial windows use what there is.
+``mean``, ``min``, ``max`` as usual; ``std`` is the population standard deviation (0 for one
+reading); ``slope`` is the least-squares slope of value against reading position (0 for one
+reading); ``ewm`` is ``sum(w_k * x_k) / sum(w_k)`` with ``w_k = (1 - alpha) ** age_k`` and age 0 for
+the current reading. ``readings_since_start`` counts the device's readings including the current
+one. A reading older than the last one its device's history holds is *late*: it is scored against
+the history as it stands, and does not advance it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from zaindari.contract import Reading, Rejection
+from zaindari.spec import ModelSpec
+
+__all__ = ["DeviceHistory", "FeatureBatch", "SensorTable", "compute_features", "window_statistics"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass
+class DeviceHistory:
+    """What a device's window features need from the past: its last readings, count, last time."""
+
+    count: int = 0
+    last_timestamp: float | None = None
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "last_timestamp": self.last_timestamp, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> DeviceHistory:
+        if not data:
+            return cls()
+        return cls(
+            count=int(data.get("count", 0)),
+            last_timestamp=None if data.get("last_timestamp") is None else float(data["last_timestamp"]),
+            values={k: [float(x) for x in v] for k, v in dict(data.get("values", {})).items()},
+        )
+
+
+@dataclass
+class SensorTable:
+    """Readings as columns: device ids, epoch-second timestamps, one float column per sensor.
+
+    A sensor missing from a row is ``nan`` in its column.
+    """
+
+    device_id: npt.NDArray[np.object_]
+    timestamp: FloatArray
+    sensors: dict[str, FloatArray]
+    mode: npt.NDArray[np.object_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.timestamp)
+
+    @classmethod
+    def from_readings(cls, readings: Sequence[Reading], sensor_names: Sequence[str]) -> SensorTable:
+        n = len(readings)
+        columns = {name: np.full(n, np.nan) for name in sensor_names}
+        for i, r in enumerate(readings):
+            for name, value in r.sensors.items():
+                col = columns.get(name)
+                if col is not None:
+                    col[i] = value
+        return cls(
+            device_id=np.array([r.device_id for r in readings], dtype=object),
+            timestamp=np.array([r.timestamp.timestamp() for r in readings], dtype=np.float64),
+            sensors=columns,
+            mode=np.array([r.mode for r in readings], dtype=object),
+        )
+
+    def take(self, rows: npt.NDArray[np.intp]) -> SensorTable:
+        return SensorTable(
+            device_id=self.device_id[rows],
+            timestamp=self.timestamp[rows],
+            sensors={k: v[rows] for k, v in self.sensors.items()},
+            mode=None if self.mode is None else self.mode[rows],
+        )
+
+
+@dataclass
+class FeatureBatch:
+    """Features of the rows that passed, aligned with ``rows`` (positions in the input table)."""
+
+    rows: npt.NDArray[np.intp]
+    columns: dict[str, FloatArray]
+    late: BoolArray
+    rejections: list[Rejection]
+    histories: dict[str, DeviceHistory]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def matrix(self, names: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The model's input matrix (rows x features, float32, C-contiguous)."""
+        if not len(self.rows):
+            return np.zeros((0, len(names)), dtype=np.float32)
+        return np.ascontiguousarray(np.column_stack([self.columns[n] for n in names]), dtype=np.float32)
+
+
+def window_statistics(windows: FloatArray, stats: Sequence[str], alpha: float | None) -> dict[str, FloatArray]:
+    """Statistics of each row of ``windows`` (rows x size, oldest first, ``nan`` where empty).
+
+    The last column is the current reading and is never empty.
+    """
+    valid = ~np.isnan(windows)
+    count = valid.sum(axis=1).astype(np.float64)
+    filled = np.where(valid, windows, 0.0)
+    mean = filled.sum(axis=1) / count
+    out: dict[str, FloatArray] = {}
+    for stat in stats:
+        if stat == "mean":
+            out[stat] = mean
+        elif stat == "std":
+            dev = np.where(valid, windows - mean[:, None], 0.0)
+            out[stat] = np.sqrt((dev * dev).sum(axis=1) / count)
+        elif stat == "min":
+            out[stat] = np.where(valid, windows, np.inf).min(axis=1)
+        elif stat == "max":
+            out[stat] = np.where(valid, windows, -np.inf).max(axis=1)
+        elif stat == "slope":
+            pos = np.broadcast_to(np.arange(windows.shape[1], dtype=np.float64), windows.shape)
+            pos_mean = np.where(valid, pos, 0.0).sum(axis=1) / count
+            dx = np.where(valid, pos - pos_mean[:, None], 0.0)
+            dy = np.where(valid, windows - mean[:, None], 0.0)
+            sxx = (dx * dx).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                slope = (dx * dy).sum(axis=1) / sxx
+            out[stat] = np.where(sxx > 0, slope, 0.0)
+        elif stat == "ewm":
+            assert alpha is not None  # the spec enforces it
+            size = windows.shape[1]
+            weights = np.where(valid, (1.0 - alpha) ** np.arange(size - 1, -1, -1, dtype=np.float64), 0.0)
+            out[stat] = (weights * filled).sum(axis=1) / weights.sum(axis=1)
+        else:  # pragma: no cover - the spec's Literal type rules this out
+            raise ValueError(f"unknown window statistic {stat!r}")
+    return out
+
+
+def _row_rejections(
+    spec: ModelSpec, table: SensorTable, base_row: int
+) -> tuple[BoolArray, list[Rejection]]:
+    """Rows missing a sensor or holding a value outside its valid range."""
+    n = len(table)
+    ok = np.ones(n, dtype=bool)
+    reasons: dict[int, list[dict[str, str]]] = {}
+    for sensor in spec.sensors:
+        col = table.sensors.get(sensor.name)
+        if col is None:
+            col = np.full(n, np.nan)
+        missing = np.isnan(col)
+        bad_low = np.zeros(n, dtype=bool) if sensor.min is None else (col < sensor.min)
+        bad_high = np.zeros(n, dtype=bool) if sensor.max is None else (col > sensor.max)
+        for i in np.flatnonzero(missing):
+            reasons.setdefault(int(i), []).append(
+                {"field": f"sensors.{sensor.name}", "message": f"missing, required by model spec {spec.name!r}"}
+            )
+        for i in np.flatnonzero(bad_low | bad_high):
+            reasons.setdefault(int(i), []).append(
+                {
+                    "field": f"sensors.{sensor.name}",
+                    "message": f"value {col[i]:g} outside valid range [{sensor.min}, {sensor.max}]",
+                }
+            )
+        ok &= ~(missing | bad_low | bad_high)
+    rejections = [
+        Rejection(
+            base_row + i,
+            "; ".join(f"{e['field']}: {e['message']}" for e in errs),
+            tuple(errs),
+            stage="features",
+        )
+        for i, errs in sorted(reasons.items())
+    ]
+    return ok, rejections
+
+
+def compute_features(
+    spec: ModelSpec,
+    table: SensorTable,
+    histories: Mapping[str, DeviceHistory] | None = None,
+    *,
+    base_row: int = 0,
+) -> FeatureBatch:
+    """Compute every column the spec names for each row of ``table``.
+
+    Parameters
+    ----------
+    spec
+        The model spec.
+    table
+        The rows, in any order; each device's rows are put in timestamp order for the windows.
+    histories
+        Each device's history before this batch (missing devices start empty).
+    base_row
+        Added to row positions in rejections (a file chunk's offset).
+
+    Returns
+    -------
+    FeatureBatch
+        Features of the valid rows, rejections (missing or out-of-range sensors, non-finite
+        derived values) and the updated histories of every device seen.
+    """
+    histories = dict(histories or {})
+    ok, rejections = _row_rejections(spec, table, base_row)
+
+    n = len(table)
+    columns: dict[str, FloatArray] = {name: np.asarray(table.sensors.get(name, np.full(n, np.nan)), dtype=np.float64)
+                                      for name in spec.sensor_names}
+    for derived in spec.derived:
+        values = derived.tree.evaluate(columns)
+        bad = ok & ~np.isfinite(values)
+        for i in np.flatnonzero(bad):
+            rejections.append(
+                Rejection(
+                    base_row + int(i),
+                    f"derived.{derived.name}: {derived.expr} is not finite (division by zero?)",
+                    ({"field": f"derived.{derived.name}", "message": "not finite"},),
+                    stage="features",
+                )
+            )
+        ok &= ~bad
+        columns[derived.name] = values
+
+    rows = np.flatnonzero(ok).astype(np.intp)
+    columns = {k: v[rows] for k, v in columns.items()}
+    devices = table.device_id[rows]
+    stamps = table.timestamp[rows]
+    late = np.zeros(len(rows), dtype=bool)
+
+    if spec.windows or spec.readings_since_start or spec.rate_sources:
+        late = _window_features(spec, columns, devices, stamps, histories)
+    rejections.sort(key=lambda r: r.index)
+    return FeatureBatch(rows=rows, columns=columns, late=late, rejections=rejections, histories=histories)
+
+
+def _window_features(
+    spec: ModelSpec,
+    columns: dict[str, FloatArray],
+    devices: npt.NDArray[np.object_],
+    stamps: FloatArray,
+    histories: dict[str, DeviceHistory],
+) -> BoolArray:
+    """Add window, counter and rate columns in place; update ``histories``; return the late mask.
+
+    Every row is placed in a *segment*: its device's history followed by the device's in-order
+    rows of this batch (late rows get a segment of their own: history plus the row). All
+    segments are concatenated per source column, so each window is one fancy-index gather.
+    """
+    m = len(stamps)
+    sources = spec.window_sources
+    keep = spec.history_size
+    order = np.lexsort((stamps, devices.astype(str))) if m else np.zeros(0, dtype=np.intp)
+
+    seg_values: dict[str, list[float]] = {s: [] for s in sources}
+    seg_start = np.zeros(m, dtype=np.int64)
+    position = np.zeros(m, dtype=np.int64)
+    prev_time = np.full(m, np.nan)
+    prev_pos = np.full(m, -1, dtype=np.int64)
+    counter = np.zeros(m, dtype=np.float64)
+    late = np.zeros(m, dtype=bool)
+    cursor = 0
+
+    def usable_past(hist: DeviceHistory) -> dict[str, list[float]]:
+        # the same number of past readings for every source (a history written under another
+        # spec may lack a source: then the windows restart)
+        length = min((len(hist.values.get(s, [])) for s in sources), default=0)
+        length = min(length, keep)
+        return {s: hist.values.get(s, [])[len(hist.values.get(s, [])) - length :] for s in sources}
+
+    def open_segment(past: dict[str, list[float]]) -> int:
+        nonlocal cursor
+        start = cursor
+        for s in sources:
+            seg_values[s].extend(past[s])
+        cursor += len(past[sources[0]]) if sources else 0
+        return start
+
+    i = 0
+    while i < m:
+        device = devices[order[i]]
+        j = i
+        while j < m and devices[order[j]] == device:
+            j += 1
+        idx = order[i:j]
+        hist = histories.get(device) or DeviceHistory()
+        last = hist.last_timestamp
+        in_order = [r for r in idx if last is None or stamps[r] >= last]
+        late_rows = [r for r in idx if not (last is None or stamps[r] >= last)]
+
+        past = usable_past(hist)
+        start = open_segment(past)
+        hist_len = cursor - start
+        prev_t = last
+        for k, r in enumerate(in_order):
+            for s in sources:
+                seg_values[s].append(float(columns[s][r]))
+            seg_start[r] = start
+            position[r] = cursor
+            prev_pos[r] = cursor - 1 if (hist_len + k) > 0 else -1
+            prev_time[r] = np.nan if prev_t is None else prev_t
+            counter[r] = hist.count + k + 1
+            prev_t = float(stamps[r])
+            cursor += 1
+        for r in late_rows:
+            start_late = open_segment(past)
+            for s in sources:
+                seg_values[s].append(float(columns[s][r]))
+            seg_start[r] = start_late
+            position[r] = cursor
+            prev_pos[r] = cursor - 1 if cursor > start_late else -1
+            prev_time[r] = np.nan if last is None else last
+            counter[r] = hist.count + 1
+            late[r] = True
+            cursor += 1
+
+        # the device's history after this batch: history plus in-order rows, trimmed
+        new_hist = DeviceHistory(
+            count=hist.count + len(in_order),
+            last_timestamp=prev_t,
+            values={
+                s: (past[s] + [float(columns[s][r]) for r in in_order])[-keep:] if keep else []
+                for s in sources
+            },
+        )
+        histories[str(device)] = new_hist
+        i = j
+
+    flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}
+    for w in spec.windows:
+        offsets = np.arange(-(w.size - 1), 1, dtype=np.int64)
+        gather = position[:, None] + offsets[None, :]
+        inside = gather >= seg_start[:, None]
+        values = np.where(inside, flat[w.source][np.clip(gather, 0, None)], np.nan) if m else np.zeros((0, w.size))
+        for stat, col in window_statistics(values, w.stats, w.alpha).items():
+            columns[w.feature_name(stat)] = col
+    if spec.readings_since_start:
+        columns["readings_since_start"] = counter
+    for s in spec.rate_sources:
+        has_prev = prev_pos >= 0
+        prev_value = np.where(has_prev, flat[s][np.clip(prev_pos, 0, None)], np.nan) if m else np.zeros(0)
+        dt = stamps - prev_time
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = (columns[s] - prev_value) / dt
+        columns[f"{s}__rate"] = np.where(has_prev & (dt > 0), rate, np.nan)
+    return late
+

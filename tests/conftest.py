@@ -1,0 +1,34 @@
+"""Shared fixtures: one local Spark session per run, the example spec, and paths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """A small local Spark session shared by every Spark test (Java 17, ``local[2]``)."""
+    pyspark_sql = pytest.importorskip("pyspark.sql") if os.environ.get("ZAINDARI_ALLOW_NO_SPARK") else None
+    from pyspark.sql import SparkSession
+
+    del pyspark_sql
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("zaindari-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
