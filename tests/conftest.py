@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,8 @@ EVENTS = ROOT / "events"
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """A small local Spark session shared by every Spark test (Java 17, ``local[2]``)."""
-    pyspark_sql = pytest.importorskip("pyspark.sql") if os.environ.get("ZAINDARI_ALLOW_NO_SPARK") else None
     from pyspark.sql import SparkSession
 
-    del pyspark_sql
     session = (
         SparkSession.builder.master("local[2]")
         .appName("zaindari-tests")
