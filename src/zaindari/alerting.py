@@ -1,0 +1,514 @@
+"""Hybrid alerting: expert rules and the model's learned thresholds, with hysteresis, explained.
+
+Conditions are evaluated for all rows at once (numpy). The alert *state machine* then walks each
+device's rows in time order: a condition must hold ``for_consecutive`` readings to raise an alert,
+and an active alert resolves after ``clear_after`` clear readings, with a deadband so a value that
+hovers at the threshold does not flap. A device that stays abnormal raises one alert (then, for the
+learned score, an ``escalated`` alert if it crosses a higher level), and one ``resolved`` when it
+recovers. The state is data in, data out (:class:`AlertState`): each runtime stores it.
+
+Late readings (see ``zaindari.features``) are flagged per row but do not drive the state machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from zaindari.bundle import LearnedThresholds, Signature
+from zaindari.spec import (
+    SEVERITY_RANK,
+    AllOf,
+    AnyOf,
+    ExpertRule,
+    ModelSpec,
+    RangeCondition,
+    RateCondition,
+    ThresholdCondition,
+)
+
+__all__ = [
+    "LEARNED_RULE_ID",
+    "Alert",
+    "AlertEvaluation",
+    "AlertState",
+    "Contributor",
+    "RuleState",
+    "evaluate_alerts",
+]
+
+LEARNED_RULE_ID = "model_score"
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass
+class RuleState:
+    """One rule's state on one device."""
+
+    active: bool = False
+    streak: int = 0
+    clear_streak: int = 0
+    severity: str | None = None
+    started_at: str | None = None
+    alert_id: str | None = None
+
+    def is_idle(self) -> bool:
+        return not self.active and self.streak == 0
+
+
+@dataclass
+class AlertState:
+    """Every rule's state on one device (only non-idle rules are kept)."""
+
+    rules: dict[str, RuleState] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: vars(v) for k, v in self.rules.items() if not v.is_idle()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> AlertState:
+        return cls({k: RuleState(**v) for k, v in dict(data or {}).items()})
+
+    @property
+    def active_rules(self) -> list[str]:
+        return sorted(k for k, v in self.rules.items() if v.active)
+
+
+class Contributor(BaseModel):
+    """A feature that pushed the score, the raw sensors behind it, and its share of the score."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feature: str
+    sensors: list[str]
+    share: float
+    value: float
+
+
+class Alert(BaseModel):
+    """An alert as people and machines receive it: what fired, on what, why, and with which model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alert_id: str
+    kind: Literal["raised", "escalated", "resolved"]
+    device_id: str
+    asset: str | None = None
+    line: str | None = None
+    site: str | None = None
+    rule_id: str
+    source: Literal["expert", "learned"]
+    severity: str
+    message: str
+    timestamp: str
+    started_at: str
+    observed: dict[str, float]
+    thresholds: dict[str, float]
+    score: float | None = None
+    top_contributors: list[Contributor] = []
+    sensors: list[str] = []
+    mode: str | None = None
+    model_version: str
+    rule_set_version: str
+
+    @property
+    def dedup_key(self) -> str:
+        """One key per alert episode and kind: a redelivered reading cannot repeat it."""
+        return f"{self.alert_id}:{self.kind}"
+
+
+@dataclass
+class AlertEvaluation:
+    """What :func:`evaluate_alerts` returns: alerts in time order, per-row flags, new states."""
+
+    alerts: list[Alert]
+    row_rules: list[list[str]]
+    row_severity: list[str | None]
+    states: dict[str, AlertState]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    rule_id: str
+    source: Literal["expert", "learned"]
+    fire: BoolArray
+    hold: BoolArray
+    severity: npt.NDArray[np.object_]
+    for_consecutive: int
+    clear_after: int
+    features: tuple[str, ...]
+    thresholds: dict[str, float]
+    message: str
+
+
+def _compare(values: FloatArray, op: str, limit: float) -> BoolArray:
+    with np.errstate(invalid="ignore"):
+        if op == ">":
+            return values > limit
+        if op == ">=":
+            return values >= limit
+        if op == "<":
+            return values < limit
+        return values <= limit
+
+
+def _condition(cond: Any, columns: Mapping[str, FloatArray], hold: bool) -> BoolArray:
+    """The condition per row; with ``hold`` the deadband widens it (an active alert stays up)."""
+    if isinstance(cond, ThresholdCondition):
+        shift = cond.deadband if hold else 0.0
+        limit = cond.value - shift if cond.op in (">", ">=") else cond.value + shift
+        return _compare(columns[cond.feature], cond.op, limit)
+    if isinstance(cond, RangeCondition):
+        shift = cond.deadband if hold else 0.0
+        values = columns[cond.range]
+        with np.errstate(invalid="ignore"):
+            return np.asarray((values < cond.min + shift) | (values > cond.max - shift))
+    if isinstance(cond, RateCondition):
+        rate = columns[f"{cond.rate_of_change}__rate"]
+        with np.errstate(invalid="ignore"):
+            return np.asarray(np.abs(rate) > cond.max_per_second)
+    if isinstance(cond, AllOf):
+        out = _condition(cond.all[0], columns, hold)
+        for c in cond.all[1:]:
+            out = out & _condition(c, columns, hold)
+        return out
+    if isinstance(cond, AnyOf):
+        out = _condition(cond.any[0], columns, hold)
+        for c in cond.any[1:]:
+            out = out | _condition(c, columns, hold)
+        return out
+    raise TypeError(f"unknown condition {cond!r}")
+
+
+def _condition_thresholds(cond: Any) -> dict[str, float]:
+    if isinstance(cond, ThresholdCondition):
+        return {cond.feature: cond.value}
+    if isinstance(cond, RangeCondition):
+        return {f"{cond.range}.min": cond.min, f"{cond.range}.max": cond.max}
+    if isinstance(cond, RateCondition):
+        return {f"{cond.rate_of_change}.max_per_second": cond.max_per_second}
+    out: dict[str, float] = {}
+    for c in cond.all if isinstance(cond, AllOf) else cond.any:
+        out.update(_condition_thresholds(c))
+    return out
+
+
+def _describe(cond: Any) -> str:
+    if isinstance(cond, ThresholdCondition):
+        return f"{cond.feature} {cond.op} {cond.value:g}"
+    if isinstance(cond, RangeCondition):
+        return f"{cond.range} outside [{cond.min:g}, {cond.max:g}]"
+    if isinstance(cond, RateCondition):
+        return f"|d {cond.rate_of_change}/dt| > {cond.max_per_second:g}/s"
+    if isinstance(cond, AllOf):
+        return " and ".join(f"({_describe(c)})" for c in cond.all)
+    return " or ".join(f"({_describe(c)})" for c in cond.any)
+
+
+def _referenced(cond: Any) -> list[str]:
+    if isinstance(cond, ThresholdCondition):
+        return [cond.feature]
+    if isinstance(cond, RangeCondition):
+        return [cond.range]
+    if isinstance(cond, RateCondition):
+        return [cond.rate_of_change]
+    return [f for c in (cond.all if isinstance(cond, AllOf) else cond.any) for f in _referenced(c)]
+
+
+def _compile_expert(
+    rule: ExpertRule, columns: Mapping[str, FloatArray], modes: npt.NDArray[np.object_], clear_after: int
+) -> _Compiled:
+    fire = _condition(rule.when, columns, hold=False)
+    hold = _condition(rule.when, columns, hold=True) | fire
+    if rule.modes is not None:
+        in_mode = np.isin(modes.astype(str), np.array(rule.modes, dtype=str))
+        fire &= in_mode
+        hold &= in_mode
+    return _Compiled(
+        rule_id=rule.id,
+        source="expert",
+        fire=fire,
+        hold=hold,
+        severity=np.full(len(fire), rule.severity, dtype=object),
+        for_consecutive=rule.for_consecutive,
+        clear_after=clear_after,
+        features=tuple(dict.fromkeys(_referenced(rule.when))),
+        thresholds=_condition_thresholds(rule.when),
+        message=rule.message or _describe(rule.when),
+    )
+
+
+def _compile_learned(spec: ModelSpec, thresholds: LearnedThresholds, score: FloatArray) -> _Compiled:
+    policy = spec.alert_policy.learned
+    levels = thresholds.ordered()
+    lowest = levels[0][1]
+    severity = np.full(len(score), None, dtype=object)
+    if thresholds.direction == "above":
+        fire = score >= lowest
+        hold = score >= lowest - abs(lowest) * policy.deadband_ratio
+        for level, value in levels:
+            severity[score >= value] = level
+    else:
+        lowest = max(v for _, v in levels)
+        fire = score <= lowest
+        hold = score <= lowest + abs(lowest) * policy.deadband_ratio
+        for level, value in levels:
+            severity[score <= value] = level
+    severity[hold & (severity == None)] = levels[0][0]  # noqa: E711 - elementwise comparison
+    return _Compiled(
+        rule_id=LEARNED_RULE_ID,
+        source="learned",
+        fire=fire,
+        hold=hold | fire,
+        severity=severity,
+        for_consecutive=policy.for_consecutive,
+        clear_after=spec.alert_policy.clear_after,
+        features=(),
+        thresholds={f"score.{k}": v for k, v in levels},
+        message=f"model score crossed its learned threshold ({thresholds.method or 'learned from data'})",
+    )
+
+
+def _contributors(
+    spec: ModelSpec,
+    signature: Signature,
+    matrix_row: FloatArray | None,
+    contrib_row: FloatArray | None,
+    top: int,
+) -> list[Contributor]:
+    features = signature.features
+    if contrib_row is not None:
+        weights = np.abs(contrib_row)
+    elif matrix_row is not None and signature.feature_stats is not None:
+        mean = np.asarray(signature.feature_stats.mean)
+        std = np.maximum(np.asarray(signature.feature_stats.std), 1e-12)
+        weights = np.abs((matrix_row - mean) / std)
+    else:
+        return []
+    total = float(weights.sum()) or 1.0
+    order = np.argsort(-weights, kind="stable")[:top]
+    return [
+        Contributor(
+            feature=features[i],
+            sensors=spec.feature_sensors(features[i]),
+            share=round(float(weights[i]) / total, 4),
+            value=float(matrix_row[i]) if matrix_row is not None else float("nan"),
+        )
+        for i in order
+    ]
+
+
+def _alert_id(device: str, rule_id: str, started_at: str) -> str:
+    return hashlib.sha256(f"{device}|{rule_id}|{started_at}".encode()).hexdigest()[:24]
+
+
+def evaluate_alerts(
+    *,
+    spec: ModelSpec,
+    signature: Signature,
+    thresholds: LearnedThresholds,
+    model_version: str,
+    columns: Mapping[str, FloatArray],
+    matrix: FloatArray,
+    score: FloatArray,
+    contributions: FloatArray | None,
+    devices: Sequence[str],
+    timestamps: FloatArray,
+    modes: Sequence[str | None],
+    late: BoolArray,
+    identity: Sequence[Mapping[str, str | None]] | None = None,
+    states: Mapping[str, AlertState] | None = None,
+) -> AlertEvaluation:
+    """Evaluate rules and learned thresholds for a batch of scored rows.
+
+    Parameters
+    ----------
+    spec, signature, thresholds, model_version
+        The deployed model (from its bundle).
+    columns
+        Every named feature column (from :func:`zaindari.features.compute_features`).
+    matrix, score, contributions
+        The model input and outputs, one row per reading.
+    devices, timestamps, modes, late
+        Per row: device id, epoch seconds, operating mode, late flag.
+    identity
+        Per row: ``asset``, ``line``, ``site`` to copy onto alerts.
+    states
+        Each device's alert state before the batch.
+
+    Returns
+    -------
+    AlertEvaluation
+        Alerts (raised, escalated, resolved), per row the rules whose condition held and the
+        worst severity, and every device's state after the batch.
+    """
+    n = len(score)
+    policy = spec.alert_policy
+    mode_arr = np.array([m if m is not None else "" for m in modes], dtype=object)
+    compiled = [_compile_expert(r, columns, mode_arr, policy.clear_after) for r in policy.rules]
+    if policy.learned.enabled:
+        compiled.append(_compile_learned(spec, thresholds, score))
+
+    row_rules: list[list[str]] = [[] for _ in range(n)]
+    row_severity: list[str | None] = [None] * n
+    for c in compiled:
+        for i in np.flatnonzero(c.fire):
+            row_rules[i].append(c.rule_id)
+            sev = c.severity[i]
+            current = row_severity[i]
+            if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
+                row_severity[i] = sev
+
+    out_states = {
+        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
+        for d, s in (states or {}).items()
+    }
+    alerts: list[Alert] = []
+    device_arr = np.asarray(devices, dtype=object)
+    order = np.lexsort((timestamps, device_arr.astype(str))) if n else np.zeros(0, dtype=np.intp)
+    order = order[~late[order]]
+    boundaries = np.flatnonzero(device_arr[order][1:] != device_arr[order][:-1]) + 1
+    for rows in np.split(order, boundaries) if len(order) else []:
+        device = str(device_arr[rows[0]])
+        state = out_states.setdefault(device, AlertState())
+        for c in compiled:
+            rule_state = state.rules.get(c.rule_id) or RuleState()
+            if rule_state.is_idle() and not c.fire[rows].any():
+                continue
+            for i in rows:
+                event = _step(rule_state, c, int(i), timestamps)
+                if event is not None:
+                    alerts.append(
+                        _make_alert(
+                            event,
+                            rule_state,
+                            c,
+                            int(i),
+                            device,
+                            spec,
+                            signature,
+                            model_version,
+                            columns,
+                            matrix,
+                            score,
+                            contributions,
+                            timestamps,
+                            mode_arr,
+                            identity,
+                        )
+                    )
+                    if event == "resolved":
+                        rule_state = RuleState()
+            if rule_state.is_idle():
+                state.rules.pop(c.rule_id, None)
+            else:
+                state.rules[c.rule_id] = rule_state
+    alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
+    return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _step(
+    state: RuleState, c: _Compiled, i: int, timestamps: FloatArray
+) -> Literal["raised", "escalated", "resolved"] | None:
+    """Advance one rule on one reading; returns the alert kind it emits, if any."""
+    if not state.active:
+        state.streak = state.streak + 1 if c.fire[i] else 0
+        if state.streak >= c.for_consecutive:
+            state.active = True
+            state.clear_streak = 0
+            state.severity = str(c.severity[i])
+            state.started_at = _iso(float(timestamps[i]))
+            return "raised"
+        return None
+    if c.hold[i]:
+        state.clear_streak = 0
+        sev = c.severity[i]
+        if (
+            sev is not None
+            and state.severity is not None
+            and SEVERITY_RANK[sev] > SEVERITY_RANK[state.severity]
+        ):
+            state.severity = str(sev)
+            return "escalated"
+        return None
+    state.clear_streak += 1
+    if state.clear_streak >= c.clear_after:
+        return "resolved"
+    return None
+
+
+def _make_alert(
+    kind: Literal["raised", "escalated", "resolved"],
+    state: RuleState,
+    c: _Compiled,
+    i: int,
+    device: str,
+    spec: ModelSpec,
+    signature: Signature,
+    model_version: str,
+    columns: Mapping[str, FloatArray],
+    matrix: FloatArray,
+    score: FloatArray,
+    contributions: FloatArray | None,
+    timestamps: FloatArray,
+    modes: npt.NDArray[np.object_],
+    identity: Sequence[Mapping[str, str | None]] | None,
+) -> Alert:
+    assert state.started_at is not None
+    learned = spec.alert_policy.learned
+    if c.source == "learned":
+        contributors = _contributors(
+            spec,
+            signature,
+            matrix[i],
+            None if contributions is None else contributions[i],
+            learned.top_contributors,
+        )
+        observed = {"score": float(score[i])}
+        sensors = sorted({s for ct in contributors for s in ct.sensors})
+    else:
+        contributors = []
+        observed = {f: float(columns[f][i]) for f in c.features if f in columns}
+        for f in c.features:
+            rate = columns.get(f"{f}__rate")
+            if rate is not None:
+                observed[f"{f}.rate_per_second"] = float(rate[i])
+        sensors = sorted({s for f in c.features for s in spec.feature_sensors(f)})
+    ident = dict(identity[i]) if identity is not None else {}
+    if state.alert_id is None:
+        state.alert_id = _alert_id(device, c.rule_id, state.started_at)
+    prefix = {"raised": "", "escalated": "escalated: ", "resolved": "resolved: "}[kind]
+    return Alert(
+        alert_id=state.alert_id,
+        kind=kind,
+        device_id=device,
+        asset=ident.get("asset"),
+        line=ident.get("line"),
+        site=ident.get("site"),
+        rule_id=c.rule_id,
+        source=c.source,
+        severity=state.severity or "warning",
+        message=f"{prefix}{c.message}",
+        timestamp=_iso(float(timestamps[i])),
+        started_at=state.started_at,
+        observed={k: round(v, 6) for k, v in observed.items()},
+        thresholds=c.thresholds,
+        score=float(score[i]),
+        top_contributors=contributors,
+        sensors=sensors,
+        mode=str(modes[i]) or None,
+        model_version=model_version,
+        rule_set_version=spec.alert_policy.rule_set_version,
+    )

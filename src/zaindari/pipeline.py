@@ -1,0 +1,201 @@
+"""The scoring use case every runtime calls: readings in; scores, alerts, rejections and state out.
+
+``score_readings`` is what ``score_event`` (Lambda), the edge ``score-event`` handler and the
+contract tests call; ``score_table`` is the columnar form that file scoring uses chunk by chunk.
+Both validate features, build one matrix, make **one** ONNX call, evaluate the alert policy and
+return each device's new :class:`DeviceState` for the caller to store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from zaindari.alerting import Alert, AlertState, evaluate_alerts
+from zaindari.bundle import ModelBundle
+from zaindari.contract import Reading, Rejection
+from zaindari.features import DeviceHistory, FeatureBatch, SensorTable, compute_features
+from zaindari.scoring import get_scorer
+
+__all__ = ["DeviceState", "ScoringOutcome", "TableScores", "score_readings", "score_table"]
+
+
+@dataclass
+class DeviceState:
+    """Everything the core needs to remember about one device between invocations."""
+
+    history: DeviceHistory = field(default_factory=DeviceHistory)
+    alerts: AlertState = field(default_factory=AlertState)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history.to_dict(), "alerts": self.alerts.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> DeviceState:
+        data = data or {}
+        return cls(DeviceHistory.from_dict(data.get("history")), AlertState.from_dict(data.get("alerts")))
+
+
+@dataclass
+class TableScores:
+    """Scores of the valid rows of a table; ``rows`` are their positions in the input table."""
+
+    features: FeatureBatch
+    score: npt.NDArray[np.float64]
+    row_rules: list[list[str]]
+    row_severity: list[str | None]
+    alerts: list[Alert]
+    states: dict[str, DeviceState]
+    model_version: str
+
+    @property
+    def rows(self) -> npt.NDArray[np.intp]:
+        return self.features.rows
+
+    @property
+    def rejections(self) -> list[Rejection]:
+        return self.features.rejections
+
+
+@dataclass
+class ScoringOutcome:
+    """What :func:`score_readings` returns.
+
+    ``scored`` holds one row per scored reading, JSON-ready (what goes to the lake); ``rejections``
+    refer to positions in the ``readings`` argument.
+    """
+
+    scored: list[dict[str, Any]]
+    scored_positions: list[int]
+    rejections: list[Rejection]
+    alerts: list[Alert]
+    states: dict[str, DeviceState]
+    model_version: str
+
+
+def score_table(
+    bundle: ModelBundle,
+    table: SensorTable,
+    states: Mapping[str, DeviceState] | None = None,
+    *,
+    identity: Sequence[Mapping[str, str | None]] | None = None,
+    threads: int = 1,
+    base_row: int = 0,
+) -> TableScores:
+    """Score every row of ``table`` with ``bundle``: features, one ONNX call, alert policy.
+
+    Parameters
+    ----------
+    bundle
+        A verified model bundle.
+    table
+        The rows (any order; windows follow each device's timestamps).
+    states
+        Each device's state before these rows; devices not present start fresh.
+    identity
+        Per input row: ``asset``, ``line``, ``site`` (copied onto alerts).
+    threads
+        onnxruntime intra-op threads.
+    base_row
+        Offset added to rejection indices (for file chunks).
+    """
+    states = states or {}
+    spec = bundle.spec
+    histories = {d: s.history for d, s in states.items()}
+    features = compute_features(spec, table, histories, base_row=base_row)
+    matrix = features.matrix(bundle.signature.features)
+    outputs = get_scorer(bundle, threads).score(matrix)
+    rows = features.rows
+    evaluation = (
+        evaluate_alerts(
+            spec=spec,
+            signature=bundle.signature,
+            thresholds=bundle.thresholds,
+            model_version=bundle.model_version,
+            columns=features.columns,
+            matrix=matrix.astype(np.float64),
+            score=outputs.score,
+            contributions=outputs.contributions,
+            devices=table.device_id[rows].tolist(),
+            timestamps=table.timestamp[rows],
+            modes=[] if table.mode is None else table.mode[rows].tolist(),
+            late=features.late,
+            identity=None if identity is None else [identity[int(i)] for i in rows],
+            states={d: s.alerts for d, s in states.items()},
+        )
+        if len(rows)
+        else None
+    )
+    new_states: dict[str, DeviceState] = {}
+    for device, history in features.histories.items():
+        alerts = evaluation.states.get(device) if evaluation else None
+        previous = states.get(device)
+        new_states[device] = DeviceState(
+            history=history,
+            alerts=alerts if alerts is not None else (previous.alerts if previous else AlertState()),
+        )
+    return TableScores(
+        features=features,
+        score=outputs.score,
+        row_rules=evaluation.row_rules if evaluation else [],
+        row_severity=evaluation.row_severity if evaluation else [],
+        alerts=evaluation.alerts if evaluation else [],
+        states=new_states,
+        model_version=bundle.model_version,
+    )
+
+
+def score_readings(
+    bundle: ModelBundle,
+    readings: Sequence[Reading],
+    states: Mapping[str, DeviceState] | None = None,
+    *,
+    threads: int = 1,
+) -> ScoringOutcome:
+    """Score validated readings (one ONNX call for all of them) and evaluate the alert policy.
+
+    Readings missing a sensor the spec needs, or holding an implausible value, come back as
+    rejections (stage ``features``) with the reading itself, ready for a dead-letter store.
+    """
+    table = SensorTable.from_readings(readings, bundle.spec.sensor_names)
+    identity = [{"asset": r.asset, "line": r.line, "site": r.site} for r in readings]
+    result = score_table(bundle, table, states, identity=identity, threads=threads)
+    rejections = [
+        Rejection(r.index, r.reason, r.errors, readings[r.index].to_record(), r.stage)
+        for r in result.rejections
+    ]
+    scored: list[dict[str, Any]] = []
+    rule_set = bundle.spec.alert_policy.rule_set_version
+    for k, pos in enumerate(result.rows.tolist()):
+        reading = readings[pos]
+        scored.append(
+            {
+                "device_id": reading.device_id,
+                "asset": reading.asset,
+                "line": reading.line,
+                "site": reading.site,
+                "timestamp": reading.timestamp.isoformat().replace("+00:00", "Z"),
+                "seq": reading.seq,
+                "mode": reading.mode,
+                "score": float(result.score[k]),
+                "severity": result.row_severity[k],
+                "rules": result.row_rules[k],
+                "alert": bool(result.row_rules[k]),
+                "late": bool(result.features.late[k]),
+                "model_version": result.model_version,
+                "rule_set_version": rule_set,
+                "sensors": dict(reading.sensors),
+            }
+        )
+    return ScoringOutcome(
+        scored=scored,
+        scored_positions=result.rows.tolist(),
+        rejections=rejections,
+        alerts=result.alerts,
+        states=result.states,
+        model_version=result.model_version,
+    )
