@@ -273,7 +273,7 @@ def _compile_learned(spec: ModelSpec, thresholds: LearnedThresholds, score: Floa
         clear_after=spec.alert_policy.clear_after,
         features=(),
         thresholds={f"score.{k}": v for k, v in levels},
-        message=f"model score crossed its learned threshold ({thresholds.method or 'learned from data'})",
+        message=thresholds.method or "learned from data",
     )
 
 
@@ -490,6 +490,13 @@ def _make_alert(
     if state.alert_id is None:
         state.alert_id = _alert_id(device, c.rule_id, state.started_at)
     prefix = {"raised": "", "escalated": "escalated: ", "resolved": "resolved: "}[kind]
+    message = c.message
+    if c.source == "learned":
+        level = state.severity or "warning"
+        message = (
+            f"model score {float(score[i]):.4g} vs learned {level} threshold "
+            f"{c.thresholds.get(f'score.{level}', float('nan')):.4g} ({c.message})"
+        )
     return Alert(
         alert_id=state.alert_id,
         kind=kind,
@@ -500,7 +507,7 @@ def _make_alert(
         rule_id=c.rule_id,
         source=c.source,
         severity=state.severity or "warning",
-        message=f"{prefix}{c.message}",
+        message=f"{prefix}{message}",
         timestamp=_iso(float(timestamps[i])),
         started_at=state.started_at,
         observed={k: round(v, 6) for k, v in observed.items()},

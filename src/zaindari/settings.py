@@ -1,0 +1,120 @@
+"""Settings: one validated model of every knob, filled by each runtime from its own source.
+
+The core never reads the environment. An adapter calls :meth:`Settings.from_env` once per
+container with ``os.environ`` (Lambda), the environment plus OpenFaaS secret files (edge), or Glue
+job arguments, so a bad value fails the first invocation with a message naming the variable.
+Each field ``foo_bar`` is read from ``ZAINDARI_FOO_BAR``; explicit keyword arguments win.
+The README's settings table is generated from this model (``zaindari settings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zaindari.contract import ContractLimits
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+
+ENV_PREFIX = "ZAINDARI_"
+
+
+class SettingsError(ValueError):
+    """Configuration is invalid; the message names each offending variable."""
+
+
+class Settings(BaseModel):
+    """Every setting, with its default. See the README's table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- model
+    model_name: str = Field(default="plant-anomaly", description="Registered model the functions score with.")
+    model_alias: str = Field(default="production", description="Registry alias resolved to a version.")
+    model_path: str | None = Field(
+        default=None,
+        description="Local bundle folder or s3:// prefix; when set it wins over the registry alias.",
+    )
+    model_cache_dir: str = Field(default="/tmp/zaindari/models", description="Where bundles are unpacked.")
+    alias_cache_seconds: float = Field(
+        default=60.0, ge=0, description="How long a resolved alias is trusted before asking again."
+    )
+    onnx_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra_op_num_threads.")
+    # -- contract limits
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0, description="Largest accepted payload.")
+    max_sensors: int = Field(default=256, gt=0, description="Most sensor values in one reading.")
+    max_batch_readings: int = Field(default=10_000, gt=0, description="Most readings in one payload.")
+    max_future_skew_seconds: float = Field(
+        default=300.0, ge=0, description="How far ahead of the clock a timestamp may be."
+    )
+    # -- AWS resources (names, not clients: wiring lives in the adapters)
+    lake_bucket: str = Field(
+        default="zaindari-lake", description="Bucket for scores/, raw/, quarantine/, models/."
+    )
+    raw_bucket: str = Field(default="zaindari-raw", description="Bucket where plants drop files (drops/).")
+    state_table: str = Field(default="zaindari-device-state", description="DynamoDB table of device state.")
+    idempotency_table: str = Field(
+        default="zaindari-idempotency", description="DynamoDB table of seen records."
+    )
+    registry_table: str = Field(
+        default="zaindari-registry", description="DynamoDB table of the model registry."
+    )
+    alert_topic_arn: str | None = Field(default=None, description="SNS topic for alerts to people.")
+    event_bus_name: str = Field(default="default", description="EventBridge bus for machine-readable events.")
+    dead_letter_url: str | None = Field(
+        default=None, description="SQS queue that keeps rejected records with their reason."
+    )
+    state_ttl_days: float = Field(
+        default=14.0, gt=0, description="Device state expires after this idle time."
+    )
+    idempotency_ttl_hours: float = Field(
+        default=48.0, gt=0, description="How long a record's key is remembered."
+    )
+    scores_format: Literal["parquet", "jsonl.gz"] = Field(default="parquet", description="Lake file format.")
+    log_level: str = Field(default="INFO", description="Powertools logger level.")
+
+    @property
+    def limits(self) -> ContractLimits:
+        return ContractLimits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_sensors=self.max_sensors,
+            max_batch_readings=self.max_batch_readings,
+            max_future_skew_seconds=self.max_future_skew_seconds,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build from ``ZAINDARI_*`` variables in ``env``; ``overrides`` beat the environment.
+
+        Raises
+        ------
+        SettingsError
+            Naming each variable whose value is invalid.
+        """
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(e['loc'][0]).upper() if e['loc'] else ''}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise SettingsError(f"invalid configuration: {problems}") from exc
+
+    @classmethod
+    def table(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) for every setting: the README's table."""
+        rows = []
+        for name, info in cls.model_fields.items():
+            default = info.default
+            rows.append(
+                (ENV_PREFIX + name.upper(), "" if default is None else str(default), info.description or "")
+            )
+        return rows
