@@ -29,8 +29,8 @@ from pydantic import (
 
 __all__ = [
     "ContractLimits",
-    "PayloadTooLarge",
     "ParsedPayload",
+    "PayloadTooLarge",
     "Reading",
     "Rejection",
     "parse_payload",
@@ -160,7 +160,9 @@ class Reading(BaseModel):
         out: dict[str, float] = {}
         for name, raw in value.items():
             if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(f"sensor name {str(name)[:64]!r} is not 1-128 characters of [A-Za-z0-9_.:-/]")
+                raise ValueError(
+                    f"sensor name {str(name)[:64]!r} is not 1-128 characters of [A-Za-z0-9_.:-/]"
+                )
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ValueError(f"sensor {name!r}: value {str(raw)[:32]!r} is not a number")
             number = float(raw)

@@ -17,7 +17,17 @@ from typing import Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Algebra", "BinaryOp", "Call", "Const", "Expr", "ExpressionError", "Name", "Negate", "parse_expression"]
+__all__ = [
+    "Algebra",
+    "BinaryOp",
+    "Call",
+    "Const",
+    "Expr",
+    "ExpressionError",
+    "Name",
+    "Negate",
+    "parse_expression",
+]
 
 FloatArray = npt.NDArray[np.float64]
 T = TypeVar("T")
@@ -157,7 +167,11 @@ class Call(Expr):
 def _convert(node: ast.AST) -> Expr:
     if isinstance(node, ast.Expression):
         return _convert(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
         return Const(float(node.value))
     if isinstance(node, ast.Name):
         return Name(node.id)

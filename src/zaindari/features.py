@@ -116,7 +116,9 @@ class FeatureBatch:
         return np.ascontiguousarray(np.column_stack([self.columns[n] for n in names]), dtype=np.float32)
 
 
-def window_statistics(windows: FloatArray, stats: Sequence[str], alpha: float | None) -> dict[str, FloatArray]:
+def window_statistics(
+    windows: FloatArray, stats: Sequence[str], alpha: float | None
+) -> dict[str, FloatArray]:
     """Statistics of each row of ``windows`` (rows x size, oldest first, ``nan`` where empty).
 
     The last column is the current reading and is never empty.
@@ -155,9 +157,7 @@ def window_statistics(windows: FloatArray, stats: Sequence[str], alpha: float | 
     return out
 
 
-def _row_rejections(
-    spec: ModelSpec, table: SensorTable, base_row: int
-) -> tuple[BoolArray, list[Rejection]]:
+def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple[BoolArray, list[Rejection]]:
     """Rows missing a sensor or holding a value outside its valid range."""
     n = len(table)
     ok = np.ones(n, dtype=bool)
@@ -171,7 +171,10 @@ def _row_rejections(
         bad_high = np.zeros(n, dtype=bool) if sensor.max is None else (col > sensor.max)
         for i in np.flatnonzero(missing):
             reasons.setdefault(int(i), []).append(
-                {"field": f"sensors.{sensor.name}", "message": f"missing, required by model spec {spec.name!r}"}
+                {
+                    "field": f"sensors.{sensor.name}",
+                    "message": f"missing, required by model spec {spec.name!r}",
+                }
             )
         for i in np.flatnonzero(bad_low | bad_high):
             reasons.setdefault(int(i), []).append(
@@ -223,8 +226,10 @@ def compute_features(
     ok, rejections = _row_rejections(spec, table, base_row)
 
     n = len(table)
-    columns: dict[str, FloatArray] = {name: np.asarray(table.sensors.get(name, np.full(n, np.nan)), dtype=np.float64)
-                                      for name in spec.sensor_names}
+    columns: dict[str, FloatArray] = {
+        name: np.asarray(table.sensors.get(name, np.full(n, np.nan)), dtype=np.float64)
+        for name in spec.sensor_names
+    }
     for derived in spec.derived:
         values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
@@ -349,7 +354,9 @@ def _window_features(
         offsets = np.arange(-(w.size - 1), 1, dtype=np.int64)
         gather = position[:, None] + offsets[None, :]
         inside = gather >= seg_start[:, None]
-        values = np.where(inside, flat[w.source][np.clip(gather, 0, None)], np.nan) if m else np.zeros((0, w.size))
+        values = (
+            np.where(inside, flat[w.source][np.clip(gather, 0, None)], np.nan) if m else np.zeros((0, w.size))
+        )
         for stat, col in window_statistics(values, w.stats, w.alpha).items():
             columns[w.feature_name(stat)] = col
     if spec.readings_since_start:
@@ -362,4 +369,3 @@ def _window_features(
             rate = (columns[s] - prev_value) / dt
         columns[f"{s}__rate"] = np.where(has_prev & (dt > 0), rate, np.nan)
     return late
-
