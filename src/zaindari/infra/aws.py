@@ -1,0 +1,263 @@
+"""AWS wiring: where to reach AWS (real, LocalStack or moto) and boto3 clients made once per container.
+
+The core never imports this module; adapters build one :class:`ClientFactory` in their composition
+root and pass the clients (or ports wrapping them) into the core. boto3 is imported lazily, so
+importing this module stays cheap and boto3-free.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    import boto3.session
+    from botocore.config import Config
+
+DEFAULT_REGION = "eu-west-1"
+
+__all__ = [
+    "DEFAULT_REGION",
+    "AwsConfig",
+    "ClientFactory",
+    "RequestCounter",
+    "count_requests",
+]
+
+
+def _first_set(env: Mapping[str, str], *names: str) -> str | None:
+    """The first of ``names`` with a non-blank value in ``env``, stripped."""
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _region_from_process_env() -> str:
+    return _first_set(os.environ, "AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+class AwsConfig(BaseModel):
+    """Where and how to reach AWS.
+
+    Parameters
+    ----------
+    region
+        AWS region. Defaults to ``AWS_REGION``, then ``AWS_DEFAULT_REGION``, then ``eu-west-1``.
+    endpoint_url
+        One endpoint for every service (LocalStack, moto server), e.g. ``http://127.0.0.1:4566``.
+        ``None`` means real AWS: the factory then also ignores endpoints configured in the
+        environment or ``~/.aws/config``, so this object alone decides where requests go.
+    connect_timeout_s, read_timeout_s
+        botocore socket timeouts, in seconds.
+    max_attempts
+        Requests per call at most, first try included (botocore ``standard`` retry mode; the
+        meaning of ``AWS_MAX_ATTEMPTS``). Each attempt counts in :class:`RequestCounter`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str = Field(default_factory=_region_from_process_env, min_length=1)
+    endpoint_url: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _blank_endpoint_is_real_aws(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            return value or None
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint_url must start with http:// or https://, got {value!r}")
+        return value
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> Self:
+        """Build the configuration from an environment mapping (``os.environ`` or a Lambda's).
+
+        Reads ``AWS_ENDPOINT_URL``, ``AWS_REGION`` and ``AWS_DEFAULT_REGION`` (in that order of
+        preference for the region). An explicit argument beats the environment.
+
+        Parameters
+        ----------
+        env
+            The environment to read; never read implicitly.
+        region, endpoint_url
+            Explicit values that win over ``env`` when given.
+        """
+        return cls(
+            region=region or _first_set(env, "AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            endpoint_url=endpoint_url or _first_set(env, "AWS_ENDPOINT_URL"),
+        )
+
+    @property
+    def is_local(self) -> bool:
+        """True when requests go to an emulator endpoint rather than real AWS."""
+        return self.endpoint_url is not None
+
+    def botocore_config(self) -> Config:
+        """The botocore ``Config`` (timeouts, standard retries) every client is built with."""
+        from botocore.config import Config
+
+        # Without this, AWS_ENDPOINT_URL in the environment would override endpoint_url=None.
+        # (Passed as **kwargs: botocore-stubs do not know this botocore >= 1.31 option yet.)
+        endpoint_options: dict[str, Any] = {"ignore_configured_endpoint_urls": self.endpoint_url is None}
+        return Config(
+            region_name=self.region,
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            # total_max_attempts, not max_attempts: botocore reads "max_attempts" in this dict as
+            # *retries*, so {"max_attempts": 3} would allow 4 requests per call.
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            **endpoint_options,
+        )
+
+
+class RequestCounter:
+    """Thread-safe count of HTTP requests sent to AWS, per ``service.Operation``.
+
+    Counted on botocore's ``before-send`` event, so each retry attempt counts as one request:
+    the figure is what AWS bills and throttles, not the number of method calls.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def record(self, service: str, operation: str) -> None:
+        """Count one request to ``service.operation``."""
+        with self._lock:
+            self._counts[f"{service}.{operation}"] += 1
+
+    @property
+    def total(self) -> int:
+        """All requests counted since creation or the last :meth:`reset`."""
+        with self._lock:
+            return sum(self._counts.values())
+
+    @property
+    def by_operation(self) -> dict[str, int]:
+        """A snapshot ``{"s3.PutObject": 2, ...}``."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def by_service(self) -> dict[str, int]:
+        """A snapshot ``{"s3": 3, "sqs": 1, ...}``."""
+        totals: Counter[str] = Counter()
+        for key, count in self.by_operation.items():
+            totals[key.split(".", 1)[0]] += count
+        return dict(totals)
+
+    def reset(self) -> None:
+        """Forget every count."""
+        with self._lock:
+            self._counts.clear()
+
+    def _on_before_send(self, event_name: str = "", **_: Any) -> None:
+        # event_name is "before-send.<service-id>.<OperationName>".
+        rest = event_name.partition(".")[2]
+        service, _dot, operation = rest.partition(".")
+        self.record(service or "unknown", operation or "unknown")
+
+    def __repr__(self) -> str:
+        return f"RequestCounter(total={self.total}, by_operation={self.by_operation})"
+
+
+def count_requests(client: Any, counter: RequestCounter) -> Any:
+    """Make ``counter`` count every request sent by ``client`` (a boto3 client); returns ``client``."""
+    client.meta.events.register("before-send", counter._on_before_send)
+    return client
+
+
+class ClientFactory:
+    """boto3 clients and resources made once per service and reused (one factory per container).
+
+    Parameters
+    ----------
+    config
+        Region, endpoint and timeouts.
+    session
+        The boto3 session to build from. Default: a new ``boto3.session.Session`` with the
+        standard credential chain. Pass one to pin credentials (e.g. dummy ones for moto).
+
+    Every client made here counts its requests in :attr:`request_counter`.
+    """
+
+    def __init__(self, config: AwsConfig, *, session: boto3.session.Session | None = None) -> None:
+        self.config = config
+        self.request_counter = RequestCounter()
+        self._session = session
+        self._clients: dict[str, Any] = {}
+        self._resources: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _boto3_session(self) -> boto3.session.Session:
+        # Called with self._lock held: boto3 sessions are not safe to create clients from
+        # concurrently, the clients themselves are.
+        if self._session is None:
+            import boto3.session
+
+            self._session = boto3.session.Session(region_name=self.config.region)
+        return self._session
+
+    def client(self, service_name: str) -> Any:
+        """The cached low-level client for ``service_name`` (``"s3"``, ``"dynamodb"``, ...)."""
+        cached = self._clients.get(service_name)
+        if cached is not None:
+            return cached
+        with self._lock:
+            if service_name not in self._clients:
+                made = self._boto3_session().client(
+                    service_name,  # type: ignore[call-overload]
+                    region_name=self.config.region,
+                    endpoint_url=self.config.endpoint_url,
+                    config=self.config.botocore_config(),
+                )
+                self._clients[service_name] = count_requests(made, self.request_counter)
+            return self._clients[service_name]
+
+    def resource(self, service_name: str) -> Any:
+        """The cached boto3 resource for ``service_name`` (``"s3"``, ``"dynamodb"``, ...).
+
+        Resources are not thread-safe; share one across threads at your own risk.
+        """
+        cached = self._resources.get(service_name)
+        if cached is not None:
+            return cached
+        with self._lock:
+            if service_name not in self._resources:
+                made = self._boto3_session().resource(
+                    service_name,  # type: ignore[call-overload]
+                    region_name=self.config.region,
+                    endpoint_url=self.config.endpoint_url,
+                    config=self.config.botocore_config(),
+                )
+                count_requests(made.meta.client, self.request_counter)
+                self._resources[service_name] = made
+            return self._resources[service_name]
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientFactory(region={self.config.region!r}, endpoint_url={self.config.endpoint_url!r}, "
+            f"clients={sorted(self._clients)}, resources={sorted(self._resources)})"
+        )
