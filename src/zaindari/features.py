@@ -167,6 +167,7 @@ def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple
         if col is None:
             col = np.full(n, np.nan)
         missing = np.isnan(col)
+        infinite = np.isinf(col)
         bad_low = np.zeros(n, dtype=bool) if sensor.min is None else (col < sensor.min)
         bad_high = np.zeros(n, dtype=bool) if sensor.max is None else (col > sensor.max)
         for i in np.flatnonzero(missing):
@@ -176,14 +177,19 @@ def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple
                     "message": f"missing, required by model spec {spec.name!r}",
                 }
             )
-        for i in np.flatnonzero(bad_low | bad_high):
+        for i in np.flatnonzero(infinite):
+            reasons.setdefault(int(i), []).append(
+                {"field": f"sensors.{sensor.name}", "message": f"value {col[i]} is not finite"}
+            )
+        bounds = f"[{'-inf' if sensor.min is None else f'{sensor.min:g}'}, {'inf' if sensor.max is None else f'{sensor.max:g}'}]"
+        for i in np.flatnonzero((bad_low | bad_high) & ~infinite):
             reasons.setdefault(int(i), []).append(
                 {
                     "field": f"sensors.{sensor.name}",
-                    "message": f"value {col[i]:g} outside valid range [{sensor.min}, {sensor.max}]",
+                    "message": f"value {col[i]:g} outside valid range {bounds}",
                 }
             )
-        ok &= ~(missing | bad_low | bad_high)
+        ok &= ~(missing | infinite | bad_low | bad_high)
     rejections = [
         Rejection(
             base_row + i,
@@ -301,11 +307,12 @@ def _window_features(
 
     i = 0
     while i < m:
-        device = devices[order[i]]
+        device_value = devices[order[i]]
         j = i
-        while j < m and devices[order[j]] == device:
+        while j < m and devices[order[j]] == device_value:
             j += 1
         idx = order[i:j]
+        device = str(device_value)
         hist = histories.get(device) or DeviceHistory()
         last = hist.last_timestamp
         in_order = [r for r in idx if last is None or stamps[r] >= last]
@@ -346,7 +353,7 @@ def _window_features(
                 for s in sources
             },
         )
-        histories[str(device)] = new_hist
+        histories[device] = new_hist
         i = j
 
     flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}

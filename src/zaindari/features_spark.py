@@ -109,13 +109,20 @@ def _reason_column(spec: ModelSpec) -> Column:
         if s.max is not None:
             out_of_range = out_of_range | (value > s.max)
         field = f"sensors.{s.name}: "
+        low = "-inf" if s.min is None else f"{s.min:g}"
+        high = "inf" if s.max is None else f"{s.max:g}"
         sensor_problems.append(
-            F.when(_is_missing(value), F.lit(f"{field}missing, required by model spec {spec.name!r}")).when(
+            F.when(_is_missing(value), F.lit(f"{field}missing, required by model spec {spec.name!r}"))
+            .when(
+                F.abs(value) == float("inf"),
+                F.concat(F.lit(f"{field}value "), value.cast("string"), F.lit(" is not finite")),
+            )
+            .when(
                 out_of_range,  # only reached when not missing: Spark orders nan above every number
                 F.concat(
                     F.lit(f"{field}value "),
                     value.cast("string"),
-                    F.lit(f" outside valid range [{s.min}, {s.max}]"),
+                    F.lit(f" outside valid range [{low}, {high}]"),
                 ),
             )
         )
