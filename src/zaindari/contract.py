@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -38,7 +39,6 @@ __all__ = [
     "parse_readings",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
 # Before this instant a timestamp is almost surely epoch *seconds* sent where milliseconds are due.
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -84,6 +84,22 @@ def _epoch_ms_to_utc(value: float) -> datetime:
         raise ValueError(f"timestamp {value!r} is out of range for epoch milliseconds") from exc
 
 
+def _finite_number(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"value {str(raw)[:32]!r} is not a number")
+    try:
+        number = float(raw)
+    except OverflowError:
+        raise ValueError(f"value {str(raw)[:32]}... is too large for a float") from None
+    if not math.isfinite(number):
+        raise ValueError(f"value {raw!r} is not finite")
+    return number
+
+
+SensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-/]{1,128}$")]
+SensorValue = Annotated[float, BeforeValidator(_finite_number)]
+
+
 class Reading(BaseModel):
     """One device's sensor values at one instant.
 
@@ -92,16 +108,21 @@ class Reading(BaseModel):
     numbers, finite, never strings or booleans.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     device_id: str = Field(min_length=1, max_length=128)
     asset: str | None = Field(default=None, max_length=128)
     line: str | None = Field(default=None, max_length=128)
     site: str | None = Field(default=None, max_length=128)
     timestamp: datetime
-    sensors: dict[str, float]
+    sensors: dict[SensorName, SensorValue]
     mode: str | None = Field(default=None, max_length=64)
-    seq: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seq: int | None = Field(default=None, ge=0, le=2**63 - 1, strict=True)
+
+    @field_validator("device_id", "asset", "line", "site", "mode", mode="before")
+    @classmethod
+    def _strip_identifier(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("device_id", "asset", "line", "site", "mode")
     @classmethod
@@ -116,7 +137,10 @@ class Reading(BaseModel):
         if isinstance(value, bool):
             raise ValueError("timestamp must be an ISO 8601 string or epoch milliseconds, not a boolean")
         if isinstance(value, int | float):
-            return _epoch_ms_to_utc(float(value))
+            try:
+                return _epoch_ms_to_utc(float(value))
+            except OverflowError:
+                raise ValueError("timestamp is too large for epoch milliseconds") from None
         if isinstance(value, datetime):
             parsed = value
         elif isinstance(value, str):
@@ -149,7 +173,7 @@ class Reading(BaseModel):
 
     @field_validator("sensors", mode="before")
     @classmethod
-    def _sensors_are_finite_numbers(cls, value: Any, info: ValidationInfo) -> dict[str, float]:
+    def _sensors_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError("sensors must be an object mapping sensor name to number")
         limits: ContractLimits = (info.context or {}).get("limits") or ContractLimits()
@@ -157,19 +181,7 @@ class Reading(BaseModel):
             raise ValueError("sensors must hold at least one value")
         if len(value) > limits.max_sensors:
             raise ValueError(f"{len(value)} sensors, above the limit of {limits.max_sensors}")
-        out: dict[str, float] = {}
-        for name, raw in value.items():
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(
-                    f"sensor name {str(name)[:64]!r} is not 1-128 characters of [A-Za-z0-9_.:-/]"
-                )
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ValueError(f"sensor {name!r}: value {str(raw)[:32]!r} is not a number")
-            number = float(raw)
-            if not math.isfinite(number):
-                raise ValueError(f"sensor {name!r}: value {raw!r} is not finite")
-            out[name] = number
-        return out
+        return value
 
     def dedup_key(self) -> str:
         """Identity of a reading for idempotency: device, timestamp and sequence number."""
@@ -256,7 +268,7 @@ def parse_reading(
     except ValidationError as exc:
         errors = _field_errors(exc)
         return Rejection(index, _reason(errors), errors, record=obj)
-    except (RecursionError, TypeError, ValueError) as exc:
+    except (RecursionError, TypeError, ValueError, OverflowError) as exc:
         return Rejection(index, f"reading could not be validated: {exc}", record=obj)
 
 
@@ -287,7 +299,9 @@ def _records_of(document: Any) -> list[Any] | None:
     if isinstance(document, Mapping):
         if "readings" in document and "device_id" not in document:
             inner = document["readings"]
-            return inner if isinstance(inner, list) else None
+            if set(document) != {"readings"} or not isinstance(inner, list):
+                return None
+            return inner
         return [document]
     return None
 
@@ -322,7 +336,8 @@ def parse_payload(
             rejections=[
                 Rejection(
                     0,
-                    "payload must be a reading object, a list of readings, or {'readings': [...]}",
+                    "payload must be a reading object, a list of readings, or {'readings': [...]} "
+                    "with no other key",
                     record=document,
                 )
             ]

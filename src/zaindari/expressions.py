@@ -79,13 +79,14 @@ class _NumpyAlgebra:
         return np.asarray(self.columns[name], dtype=np.float64)
 
     def binary(self, op: str, left: FloatArray, right: FloatArray) -> FloatArray:
-        if op == "+":
-            return left + right
-        if op == "-":
-            return left - right
-        if op == "*":
-            return left * right
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # overflow and division by zero give inf/nan, which the caller reports as not finite
+        with np.errstate(all="ignore"):
+            if op == "+":
+                return left + right
+            if op == "-":
+                return left - right
+            if op == "*":
+                return left * right
             out = np.divide(left, right)
         return np.where(right == 0, np.nan, out)
 

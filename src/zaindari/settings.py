@@ -31,16 +31,14 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # -- model
-    model_name: str = Field(default="plant-anomaly", description="Registered model the functions score with.")
-    model_alias: str = Field(default="production", description="Registry alias resolved to a version.")
+    model_name: str = Field(
+        default="plant-anomaly", description="Name of the model the functions score with."
+    )
     model_path: str | None = Field(
         default=None,
-        description="Local bundle folder or s3:// prefix; when set it wins over the registry alias.",
+        description="Model bundle: a local folder or an s3://bucket/prefix/ holding MANIFEST.json.",
     )
     model_cache_dir: str = Field(default="/tmp/zaindari/models", description="Where bundles are unpacked.")
-    alias_cache_seconds: float = Field(
-        default=60.0, ge=0, description="How long a resolved alias is trusted before asking again."
-    )
     onnx_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra_op_num_threads.")
     # -- contract limits
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, description="Largest accepted payload.")
@@ -53,26 +51,19 @@ class Settings(BaseModel):
     lake_bucket: str = Field(
         default="zaindari-lake", description="Bucket for scores/, raw/, quarantine/, models/."
     )
-    raw_bucket: str = Field(default="zaindari-raw", description="Bucket where plants drop files (drops/).")
     state_table: str = Field(default="zaindari-device-state", description="DynamoDB table of device state.")
-    idempotency_table: str = Field(
-        default="zaindari-idempotency", description="DynamoDB table of seen records."
-    )
-    registry_table: str = Field(
-        default="zaindari-registry", description="DynamoDB table of the model registry."
-    )
     alert_topic_arn: str | None = Field(default=None, description="SNS topic for alerts to people.")
     event_bus_name: str = Field(default="default", description="EventBridge bus for machine-readable events.")
-    dead_letter_url: str | None = Field(
-        default=None, description="SQS queue that keeps rejected records with their reason."
-    )
     state_ttl_days: float = Field(
         default=14.0, gt=0, description="Device state expires after this idle time."
     )
-    idempotency_ttl_hours: float = Field(
-        default=48.0, gt=0, description="How long a record's key is remembered."
+    scores_format: Literal["jsonl.gz", "parquet"] = Field(
+        default="jsonl.gz",
+        description="Lake file format for event scores (jsonl.gz keeps pyarrow out of the cold start).",
     )
-    scores_format: Literal["parquet", "jsonl.gz"] = Field(default="parquet", description="Lake file format.")
+    dedup_memory: int = Field(
+        default=512, ge=16, le=4096, description="Recent reading keys each device remembers for idempotency."
+    )
     log_level: str = Field(default="INFO", description="Powertools logger level.")
 
     @property

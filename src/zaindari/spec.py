@@ -251,8 +251,9 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> ModelSpec:
         sensor_names = [s.name for s in self.sensors]
-        if len(set(sensor_names)) != len(sensor_names):
-            raise ValueError("sensor names must be unique")
+        repeated = sorted({n for n in sensor_names if sensor_names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sensor names must be unique, repeated: {repeated}")
         known = set(sensor_names)
         for d in self.derived:
             missing = d.tree.names() - known
@@ -265,14 +266,18 @@ class ModelSpec(_Strict):
             if w.source not in known:
                 raise ValueError(f"window source {w.source!r} is not a sensor or derived feature")
         all_names = self.column_names
-        if len(set(all_names)) != len(all_names):
-            raise ValueError("two window definitions produce the same feature name")
+        clashes = sorted({n for n in all_names if all_names.count(n) > 1})
+        if clashes:
+            raise ValueError(f"two window definitions produce the same feature names {clashes}")
         if not self.model_features:
             raise ValueError("the spec defines no model feature")
         for rule in self.alert_policy.rules:
             for ref in _condition_features(rule.when):
                 if ref not in all_names:
                     raise ValueError(f"rule {rule.id} reads unknown feature {ref!r}")
+        for source in self.rate_sources:
+            if source not in known:
+                raise ValueError(f"rate_of_change on {source!r}: only a sensor or derived feature has a rate")
         if self.task != "anomaly" and self.label is None:
             raise ValueError(f"task {self.task!r} needs a 'label'")
         return self

@@ -604,7 +604,9 @@ def test_payload_that_is_not_a_reading_list_or_envelope_is_one_rejection(payload
     assert len(parsed.rejections) == 1
     rejection = parsed.rejections[0]
     assert rejection.index == 0
-    assert rejection.reason == "payload must be a reading object, a list of readings, or {'readings': [...]}"
+    assert rejection.reason == (
+        "payload must be a reading object, a list of readings, or {'readings': [...]} with no other key"
+    )
     expected_record = json.loads(payload) if isinstance(payload, str) else payload
     assert rejection.record == expected_record
 
