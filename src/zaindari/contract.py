@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    RootModel,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -33,7 +34,9 @@ __all__ = [
     "ParsedPayload",
     "PayloadTooLarge",
     "Reading",
+    "ReadingBatch",
     "Rejection",
+    "TelemetryPayload",
     "parse_payload",
     "parse_reading",
     "parse_readings",
@@ -193,6 +196,22 @@ class Reading(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class ReadingBatch(BaseModel):
+    """``{"readings": [...]}``: a batch of readings in an envelope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    readings: list[Reading]
+
+
+class TelemetryPayload(RootModel[Reading | list[Reading] | ReadingBatch]):
+    """What a payload may be: one reading, a list of readings, or a :class:`ReadingBatch`.
+
+    Used for documentation (OpenAPI); validation with the receiver's clock and limits goes through
+    :func:`parse_payload`.
+    """
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A record that was not scored, why, and the record itself so it can be replayed.
@@ -260,6 +279,8 @@ def parse_reading(
     Returns the :class:`Reading`, or a :class:`Rejection` naming each failing field. Never raises
     for bad input.
     """
+    if isinstance(obj, Reading):
+        return obj
     context = {"limits": limits or ContractLimits(), "now": now}
     if not isinstance(obj, Mapping):
         return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)

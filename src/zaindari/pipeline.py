@@ -26,18 +26,38 @@ __all__ = ["DeviceState", "ScoringOutcome", "TableScores", "score_readings", "sc
 
 @dataclass
 class DeviceState:
-    """Everything the core needs to remember about one device between invocations."""
+    """Everything the core needs to remember about one device between invocations.
+
+    ``seen`` holds short hashes of the device's most recent reading keys (for idempotency),
+    ``seen_floor`` the oldest timestamp they cover, and ``outbox`` alerts not yet delivered.
+    """
 
     history: DeviceHistory = field(default_factory=DeviceHistory)
     alerts: AlertState = field(default_factory=AlertState)
+    seen: list[str] = field(default_factory=list)
+    seen_floor: float | None = None
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict(), "alerts": self.alerts.to_dict()}
+        return {
+            "history": self.history.to_dict(),
+            "alerts": self.alerts.to_dict(),
+            "seen": self.seen,
+            "seen_floor": self.seen_floor,
+            "outbox": self.outbox,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> DeviceState:
         data = data or {}
-        return cls(DeviceHistory.from_dict(data.get("history")), AlertState.from_dict(data.get("alerts")))
+        floor = data.get("seen_floor")
+        return cls(
+            DeviceHistory.from_dict(data.get("history")),
+            AlertState.from_dict(data.get("alerts")),
+            seen=[str(k) for k in data.get("seen", [])],
+            seen_floor=None if floor is None else float(floor),
+            outbox=[dict(a) for a in data.get("outbox", [])],
+        )
 
 
 @dataclass
@@ -137,6 +157,9 @@ def score_table(
         new_states[device] = DeviceState(
             history=history,
             alerts=alerts if alerts is not None else (previous.alerts if previous else AlertState()),
+            seen=list(previous.seen) if previous else [],
+            seen_floor=previous.seen_floor if previous else None,
+            outbox=list(previous.outbox) if previous else [],
         )
     return TableScores(
         features=features,

@@ -1,0 +1,228 @@
+"""score_event on Lambda: IoT rule, SQS, Kinesis, EventBridge and HTTP telemetry -> EventScoring ->
+partial batch response (SQS, Kinesis), HTTP response, or a summary (IoT, EventBridge)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes import KinesisStreamEvent, SQSEvent
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from zaindari.contract import TelemetryPayload, parse_payload
+from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.infra.wiring import build_event_scoring, client_factory
+from zaindari.settings import Settings
+
+settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
+logger = Logger(service="score_event", level=settings.log_level)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
+tracer = Tracer(service="score_event")
+app = APIGatewayHttpResolver(enable_validation=True)
+_scoring: EventScoring | None = None
+
+
+def scoring() -> EventScoring:
+    """The use case, built once per container (clients, model session)."""
+    global _scoring
+    if _scoring is None:
+        _scoring = build_event_scoring(settings, client_factory())
+    return _scoring
+
+
+def trigger_of(event: Any) -> str:
+    """Which of the five triggers sent ``event`` (an IoT rule sends the device's JSON as is)."""
+    if isinstance(event, dict):
+        records = event.get("Records")
+        if isinstance(records, list) and records and isinstance(records[0], dict):
+            source = records[0].get("eventSource")
+            if source == "aws:sqs":
+                return "sqs"
+            if source == "aws:kinesis":
+                return "kinesis"
+        if "detail-type" in event and "detail" in event and "source" in event:
+            return "eventbridge"
+        if event.get("version") == "2.0" and isinstance(event.get("requestContext"), dict):
+            return "http"
+    return "iot"
+
+
+def _observe(report: ScoringReport, trigger: str) -> None:
+    counts = report.counts()
+    metrics.add_dimension(name="trigger", value=trigger)
+    metrics.add_metric(name="ReadingsScored", unit=MetricUnit.Count, value=counts["readings_scored"])
+    metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=counts["readings_rejected"])
+    metrics.add_metric(name="ReadingsDuplicate", unit=MetricUnit.Count, value=counts["readings_duplicate"])
+    metrics.add_metric(name="RecordsRetried", unit=MetricUnit.Count, value=counts["retry_records"])
+    metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=counts["alerts"])
+    metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=report.work_seconds * 1000)
+    logger.info(
+        "batch scored",
+        extra={
+            "trigger": trigger,
+            "model_version": report.model_version,
+            **counts,
+            "retry": report.retry_reasons,
+        },
+    )
+
+
+# -- SQS and Kinesis: score the whole batch at once, then let Powertools build the partial response
+
+
+def _score_batch(event: dict[str, Any], context: LambdaContext, trigger: str) -> dict[str, Any]:
+    if trigger == "sqs":
+        event_type = EventType.SQS
+        inbound = [InboundRecord(r.message_id, r.body, "sqs") for r in SQSEvent(event).records]
+    else:
+        event_type = EventType.KinesisDataStreams
+        inbound = []
+        for r in KinesisStreamEvent(event).records:
+            try:
+                payload: Any = r.kinesis.data_as_bytes()
+            except (binascii.Error, ValueError):
+                payload = r.kinesis.data  # not base64: the contract will reject it with its reason
+            inbound.append(InboundRecord(r.kinesis.sequence_number, payload, "kinesis"))
+    report = scoring().score_records(inbound)
+    _observe(report, trigger)
+
+    def record_handler(record: Any) -> None:
+        record_id = record.message_id if trigger == "sqs" else record.kinesis.sequence_number
+        if report.status.get(record_id) == "retry":
+            raise RuntimeError(report.retry_reasons.get(record_id, "retry"))
+
+    processor = BatchProcessor(event_type=event_type)
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
+
+
+# -- IoT rule and EventBridge: one record per invocation (asynchronous: raising makes Lambda retry)
+
+
+class RetryableFailure(RuntimeError):
+    """A downstream system failed; the asynchronous invocation is retried by Lambda."""
+
+
+def _score_single(payload: Any, record_id: str, trigger: str) -> dict[str, Any]:
+    report = scoring().score_records([InboundRecord(record_id, payload, trigger)])
+    _observe(report, trigger)
+    if report.retry_ids:
+        raise RetryableFailure("; ".join(report.retry_reasons.values()))
+    return {"status": report.status[record_id], **report.counts(), "model_version": report.model_version}
+
+
+# -- HTTP (API Gateway HTTP API and Lambda function URLs, payload format 2.0)
+
+
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body, default=str),
+        headers=headers or {},
+    )
+
+
+@app.post("/readings", summary="Score one reading or a batch", tags=["telemetry"])
+def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Response[str]:  # noqa: ARG001
+    # the body is parsed again with the receiver's clock and limits (future skew, sizes)
+    raw = app.current_event.decoded_body or ""
+    parsed = parse_payload(raw, limits=settings.limits)
+    if parsed.rejections:
+        metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=len(parsed.rejections))
+        return _json_response(
+            400,
+            {
+                "message": "invalid telemetry: nothing was scored",
+                "errors": [r.to_dict() for r in parsed.rejections],
+            },
+        )
+    request_id = app.current_event.request_context.request_id or "http"
+    report = scoring().score_records([InboundRecord(request_id, parsed.readings, "http")])
+    _observe(report, "http")
+    if report.retry_ids:
+        return _json_response(503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"})
+    return _json_response(
+        200,
+        {
+            "model_version": report.model_version,
+            "scores": [
+                {
+                    k: row[k]
+                    for k in ("device_id", "timestamp", "seq", "score", "severity", "rules", "alert", "late")
+                }
+                for row in report.scored
+            ],
+            "alerts": [a.model_dump(mode="json") for a in report.alerts],
+            "rejected": [r.to_dict() for r in report.rejected],
+            "duplicates": report.duplicates,
+        },
+    )
+
+
+@app.get("/health", summary="Liveness and the model version in use", tags=["ops"])
+def health() -> dict[str, Any]:
+    return {"status": "ok", "model_version": scoring().model().model_version}
+
+
+@app.exception_handler(Exception)
+def _validation_or_internal(exc: Exception) -> Response[str]:
+    from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+    if isinstance(exc, RequestValidationError):
+        # report the contract's own field errors (the schema check only says which union branch failed)
+        parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
+        errors = [r.to_dict() for r in parsed.rejections] or [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=max(len(errors), 1))
+        return _json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})
+    logger.exception("unhandled error")
+    return _json_response(500, {"message": "internal error"})
+
+
+def _http(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    body = event.get("body") or ""
+    size = (
+        len(body.encode())
+        if not event.get("isBase64Encoded")
+        else len(base64.b64decode(body, validate=False))
+    )
+    if size > settings.max_payload_bytes:
+        return {
+            "statusCode": 413,
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps(
+                {"message": f"payload is {size} bytes, above the limit of {settings.max_payload_bytes}"}
+            ),
+        }
+    return app.resolve(event, context)
+
+
+# -- entry point
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    trigger = trigger_of(event)
+    logger.append_keys(trigger=trigger)
+    if trigger in ("sqs", "kinesis"):
+        return _score_batch(event, context, trigger)
+    if trigger == "http":
+        return _http(event, context)
+    if trigger == "eventbridge":
+        logger.set_correlation_id(event.get("id"))
+        return _score_single(event["detail"], str(event.get("id", context.aws_request_id)), "eventbridge")
+    return _score_single(event, context.aws_request_id, "iot")

@@ -1,0 +1,401 @@
+"""The ``score_event`` use case: a batch of inbound records in, every record accounted for.
+
+Whatever the trigger (IoT rule, SQS, Kinesis, EventBridge, HTTP, the edge), an adapter turns its
+event into :class:`InboundRecord` objects and calls :meth:`EventScoring.score_records`. Each
+record ends in exactly one state: ``scored`` (its valid readings scored; any invalid reading of it
+went to the dead-letter store with its reason), ``rejected`` (nothing in it was scoreable; it went
+to the dead-letter store), ``duplicate`` (every reading was already processed), or ``retry`` (a
+downstream system failed; the adapter hands it back to its source).
+
+Order of effects, chosen so that a failure never loses a reading and a redelivery never doubles an
+output: dead letters, then the lake (raw telemetry and scores), then device state (history, alert
+state, keys of the readings seen, and the new alerts as an *outbox*), then alert delivery, then the
+outbox is cleared. A redelivered reading is recognised by its key in the device's state and
+dropped; alerts still in an outbox are delivered by the next batch that touches the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from zaindari.alerting import Alert
+from zaindari.bundle import ModelBundle
+from zaindari.contract import ContractLimits, PayloadTooLarge, Reading, parse_payload
+from zaindari.pipeline import DeviceState, score_readings
+from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
+
+__all__ = ["EventScoring", "InboundRecord", "RecordStatus", "ScoringReport", "reading_key_hash"]
+
+RecordStatus = Literal["scored", "rejected", "duplicate", "retry"]
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """One record of a trigger: its id in the source (message id, sequence number...) and payload."""
+
+    record_id: str
+    payload: Any
+    source: str
+
+
+@dataclass
+class ScoringReport:
+    """The fate of every record, plus what was produced (for HTTP responses, metrics and logs)."""
+
+    status: dict[str, RecordStatus] = field(default_factory=dict)
+    retry_reasons: dict[str, str] = field(default_factory=dict)
+    scored: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[RejectedRecord] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    duplicates: int = 0
+    model_version: str | None = None
+    lake_objects: list[str] = field(default_factory=list)
+    work_seconds: float = 0.0
+    io_seconds: float = 0.0
+
+    @property
+    def retry_ids(self) -> list[str]:
+        return [rid for rid, s in self.status.items() if s == "retry"]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.status.values())
+        return {
+            "records": len(self.status),
+            "scored_records": c["scored"],
+            "rejected_records": c["rejected"],
+            "duplicate_records": c["duplicate"],
+            "retry_records": c["retry"],
+            "readings_scored": len(self.scored),
+            "readings_rejected": len(self.rejected),
+            "readings_duplicate": self.duplicates,
+            "alerts": len(self.alerts),
+        }
+
+
+def reading_key_hash(reading: Reading) -> str:
+    """A short, stable hash of a reading's identity (device, timestamp, sequence number)."""
+    return hashlib.blake2b(reading.dedup_key().encode(), digest_size=8).hexdigest()
+
+
+class _Clock:
+    """Splits elapsed time into the handler's own work and waiting on ports."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.io = 0.0
+
+    def io_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.io += time.perf_counter() - t0
+
+    def finish(self, report: ScoringReport) -> ScoringReport:
+        total = time.perf_counter() - self.start
+        report.io_seconds = self.io
+        report.work_seconds = max(total - self.io, 0.0)
+        return report
+
+
+class EventScoring:
+    """Scores inbound records with the current model and delivers every outcome through the ports.
+
+    Parameters
+    ----------
+    model
+        Returns the bundle to score with (the adapter caches it and resolves aliases).
+    states, lake, alerts, rejects
+        The ports (see ``zaindari.ports``).
+    limits
+        The telemetry contract's limits.
+    dedup_memory
+        How many recent reading keys each device remembers for idempotency.
+    threads
+        onnxruntime intra-op threads.
+    clock
+        Current time (UTC); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Callable[[], ModelBundle],
+        states: StateStore,
+        lake: LakeWriter,
+        alerts: AlertSink,
+        rejects: RejectSink,
+        limits: ContractLimits | None = None,
+        dedup_memory: int = 512,
+        threads: int = 1,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.model = model
+        self.states = states
+        self.lake = lake
+        self.alert_sink = alerts
+        self.rejects = rejects
+        self.limits = limits or ContractLimits()
+        self.dedup_memory = dedup_memory
+        self.threads = threads
+        self.clock = clock
+
+    # ------------------------------------------------------------------------------------------
+
+    def score_records(self, records: Sequence[InboundRecord]) -> ScoringReport:
+        """Score a batch of records; see the module docstring for the guarantees."""
+        clock = _Clock()
+        report = ScoringReport()
+        now = self.clock()
+        received_at = now.isoformat()
+        bundle = self.model()
+        report.model_version = bundle.model_version
+
+        # 1. contract: every record parsed on its own; bad readings become dead letters
+        readings: list[Reading] = []
+        owner: list[str] = []  # record id of each reading
+        for record in records:
+            report.status[record.record_id] = "scored"
+            try:
+                parsed = parse_payload(record.payload, limits=self.limits, now=now)
+            except PayloadTooLarge as exc:
+                parsed = None
+                report.rejected.append(
+                    RejectedRecord(
+                        record.source,
+                        record.record_id,
+                        str(exc),
+                        record=_preview(record.payload),
+                        stage="contract",
+                        received_at=received_at,
+                    )
+                )
+            if parsed is not None:
+                for rej in parsed.rejections:
+                    report.rejected.append(
+                        RejectedRecord(
+                            record.source,
+                            record.record_id,
+                            rej.reason,
+                            rej.errors,
+                            rej.record,
+                            rej.stage,
+                            rej.index,
+                            received_at,
+                        )
+                    )
+                readings.extend(parsed.readings)
+                owner.extend([record.record_id] * len(parsed.readings))
+        sources = {r.record_id: r.source for r in records}
+
+        # 2. device state, read in bulk
+        devices = sorted({r.device_id for r in readings} | set())
+        try:
+            states = clock.io_call(self.states.load, devices) if devices else {}
+        except PortError as exc:
+            return clock.finish(self._retry_all(report, records, f"state store: {exc}"))
+
+        # 3. idempotency: drop readings already processed, refuse ones too old to tell
+        fresh: list[Reading] = []
+        fresh_owner: list[str] = []
+        batch_keys: set[str] = set()
+        seen_sets = {d: set(s.seen) for d, s in states.items()}
+        has_fresh: set[str] = set()
+        for reading, rid in zip(readings, owner, strict=True):
+            key = reading_key_hash(reading)
+            state = states.get(reading.device_id)
+            if key in batch_keys or key in seen_sets.get(reading.device_id, ()):
+                report.duplicates += 1
+                continue
+            floor = state.seen_floor if state else None
+            if (
+                state is not None
+                and floor is not None
+                and len(state.seen) >= self.dedup_memory
+                and reading.timestamp.timestamp() < floor
+            ):
+                report.rejected.append(
+                    RejectedRecord(
+                        sources[rid],
+                        rid,
+                        f"reading is older than the device's deduplication memory ({_iso(floor)}); "
+                        "replay it through file scoring",
+                        ({"field": "timestamp", "message": "too late to deduplicate"},),
+                        reading.to_record(),
+                        "idempotency",
+                        None,
+                        received_at,
+                    )
+                )
+                continue
+            batch_keys.add(key)
+            fresh.append(reading)
+            fresh_owner.append(rid)
+            has_fresh.add(rid)
+
+        # 4. score everything fresh in one call
+        outcome = score_readings(bundle, fresh, states, threads=self.threads) if fresh else None
+        if outcome is not None:
+            for rej in outcome.rejections:
+                rid = fresh_owner[rej.index]
+                report.rejected.append(
+                    RejectedRecord(
+                        sources[rid], rid, rej.reason, rej.errors, rej.record, rej.stage, None, received_at
+                    )
+                )
+
+        # 5. dead letters first: a record whose rejects cannot be stored goes back whole
+        if report.rejected:
+            try:
+                clock.io_call(self.rejects.reject, report.rejected)
+            except PortError as exc:
+                for dead in report.rejected:
+                    self._retry(report, dead.record_id, f"dead-letter store: {exc}")
+
+        # 6. the lake: raw telemetry and scores in one micro-batch
+        scored_positions = outcome.scored_positions if outcome else []
+        scored_rows = outcome.scored if outcome else []
+        for row, pos in zip(scored_rows, scored_positions, strict=True):
+            row["record_key"] = reading_key_hash(fresh[pos])
+        if scored_rows:
+            try:
+                report.lake_objects = clock.io_call(
+                    self.lake.write, [fresh[p] for p in scored_positions], scored_rows
+                )
+            except PortError as exc:
+                for rid in {fresh_owner[p] for p in scored_positions}:
+                    self._retry(report, rid, f"lake: {exc}")
+                return clock.finish(self._finish_statuses(report, records, has_fresh))
+
+        # 7. device state with the keys seen and the new alerts in the outbox
+        new_states: dict[str, DeviceState] = dict(outcome.states) if outcome else {}
+        for reading in fresh:
+            state = new_states.setdefault(reading.device_id, states.get(reading.device_id) or DeviceState())
+            state.seen.append(reading_key_hash(reading))
+        for device, state in new_states.items():
+            if len(state.seen) > self.dedup_memory:
+                del state.seen[: len(state.seen) - self.dedup_memory]
+            previous = states.get(device)
+            stamps = [r.timestamp.timestamp() for r in fresh if r.device_id == device]
+            if previous and previous.seen_floor is not None:
+                stamps.append(previous.seen_floor)
+            state.seen_floor = (
+                min(stamps)
+                if len(state.seen) < self.dedup_memory
+                else _floor_after_trim(state, previous, fresh, device)
+            )
+        for alert in outcome.alerts if outcome else []:
+            new_states[alert.device_id].outbox.append(alert.model_dump(mode="json"))
+        # devices with undelivered alerts from an earlier batch are flushed too
+        for device, state in states.items():
+            if state.outbox and device not in new_states:
+                new_states[device] = state
+        if new_states:
+            try:
+                saved = clock.io_call(self.states.save, new_states)
+            except PortError as exc:
+                for rid in set(owner):
+                    self._retry(report, rid, f"state store: {exc}")
+                return clock.finish(self._finish_statuses(report, records, has_fresh))
+            for device in saved.failed:
+                for reading, rid in zip(fresh, fresh_owner, strict=True):
+                    if reading.device_id == device:
+                        self._retry(report, rid, "state store: device state not saved")
+                new_states.pop(device, None)
+
+        # 8. deliver the outbox; what fails stays there and its records go back for retry
+        pending = [Alert.model_validate(a) for s in new_states.values() for a in s.outbox]
+        if pending:
+            try:
+                failed = clock.io_call(self.alert_sink.publish, pending)
+            except PortError:
+                failed = {a.dedup_key for a in pending}
+            delivered_devices: dict[str, DeviceState] = {}
+            for device, state in new_states.items():
+                if not state.outbox:
+                    continue
+                keep = [a for a in state.outbox if f"{a['alert_id']}:{a['kind']}" in failed]
+                if len(keep) != len(state.outbox):
+                    state.outbox = keep
+                    delivered_devices[device] = state
+                if keep:
+                    for reading, rid in zip(readings, owner, strict=True):
+                        if reading.device_id == device:
+                            self._retry(report, rid, "alert delivery failed; alert kept in the outbox")
+            report.alerts = [a for a in pending if a.dedup_key not in failed]
+            if delivered_devices:
+                # the alerts went out; if clearing the outbox fails, a later batch sends them
+                # again with the same alert_id, which consumers de-duplicate on
+                with contextlib.suppress(PortError):
+                    clock.io_call(self.states.save, delivered_devices)
+
+        report.scored = scored_rows
+        return clock.finish(self._finish_statuses(report, records, has_fresh))
+
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _retry(report: ScoringReport, record_id: str, reason: str) -> None:
+        report.status[record_id] = "retry"
+        report.retry_reasons.setdefault(record_id, reason)
+
+    def _retry_all(
+        self, report: ScoringReport, records: Sequence[InboundRecord], reason: str
+    ) -> ScoringReport:
+        for r in records:
+            self._retry(report, r.record_id, reason)
+        report.rejected = []
+        return report
+
+    @staticmethod
+    def _finish_statuses(
+        report: ScoringReport, records: Sequence[InboundRecord], has_fresh: set[str]
+    ) -> ScoringReport:
+        rejected_ids = {r.record_id for r in report.rejected}
+        scored_ids = {row_owner for row_owner in has_fresh}
+        for record in records:
+            rid = record.record_id
+            if report.status.get(rid) == "retry":
+                continue
+            if rid in scored_ids:
+                report.status[rid] = "scored"
+            elif rid in rejected_ids:
+                report.status[rid] = "rejected"
+            else:
+                report.status[rid] = "duplicate"
+        return report
+
+
+def _floor_after_trim(
+    state: DeviceState, previous: DeviceState | None, fresh: Sequence[Reading], device: str
+) -> float | None:
+    """After trimming ``seen`` to its memory, the floor is the oldest timestamp still covered.
+
+    Keys are kept in arrival order, so the floor is the oldest timestamp among the readings whose
+    keys survived; readings from earlier batches are only known through the previous floor.
+    """
+    kept = set(state.seen)
+    stamps = [r.timestamp.timestamp() for r in fresh if r.device_id == device and reading_key_hash(r) in kept]
+    if previous is not None and previous.seen_floor is not None and any(k in kept for k in previous.seen):
+        stamps.append(previous.seen_floor)
+    return min(stamps) if stamps else None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _preview(payload: Any, limit: int = 4096) -> str:
+    """What a dead letter keeps of a payload too large to store whole."""
+    if isinstance(payload, bytes | bytearray):
+        text = bytes(payload[:limit]).decode("utf-8", "replace")
+    else:
+        text = str(payload)[:limit]
+    return text

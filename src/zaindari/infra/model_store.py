@@ -1,0 +1,82 @@
+"""Where a function gets its model: a local bundle folder, or an S3 prefix copied to local disk.
+
+The bundle is downloaded once per container into ``model_cache_dir`` (keyed by the manifest's
+content hash, so two versions never mix files), verified by :func:`zaindari.bundle.load_bundle`,
+and kept in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from zaindari.bundle import MANIFEST_FILE, BundleError, ModelBundle, load_bundle
+from zaindari.infra.aws import ClientFactory
+from zaindari.infra.aws_ports import aws_errors
+
+__all__ = ["ModelSource", "download_bundle"]
+
+
+def download_bundle(factory: ClientFactory, uri: str, cache_dir: str | Path) -> Path:
+    """Copy the bundle at ``s3://bucket/prefix/`` to ``cache_dir``; returns the local folder.
+
+    Only the files the manifest lists are fetched. Hashes are checked later by ``load_bundle``.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise BundleError(f"model path {uri!r} is not an s3://bucket/prefix/ URI")
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    s3 = factory.client("s3")
+    try:
+        manifest_bytes = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST_FILE)["Body"].read()
+    except aws_errors() as exc:
+        raise BundleError(f"{uri}{MANIFEST_FILE}: cannot be read: {exc}") from exc
+    try:
+        files = json.loads(manifest_bytes)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{uri}{MANIFEST_FILE}: not a bundle manifest: {exc}") from exc
+    target = Path(cache_dir) / hashlib.sha256(manifest_bytes).hexdigest()[:16]
+    if (target / MANIFEST_FILE).is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if "/" in name or name.startswith("."):
+            raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {name!r}")
+        try:
+            s3.download_file(bucket, prefix + name, str(partial / name))
+        except aws_errors() as exc:
+            raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
+    (partial / MANIFEST_FILE).write_bytes(manifest_bytes)
+    partial.rename(target)  # atomic: a folder with a manifest is always complete
+    return target
+
+
+class ModelSource:
+    """The bundle a function scores with, loaded once per container."""
+
+    def __init__(self, path: str, cache_dir: str, factory: ClientFactory | None = None) -> None:
+        self.path = path
+        self.cache_dir = cache_dir
+        self.factory = factory
+        self._bundle: ModelBundle | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ModelBundle:
+        if self._bundle is None:
+            with self._lock:
+                if self._bundle is None:
+                    self._bundle = self._load()
+        return self._bundle
+
+    def _load(self) -> ModelBundle:
+        if self.path.startswith("s3://"):
+            if self.factory is None:
+                raise BundleError("an s3:// model path needs AWS clients")
+            return load_bundle(download_bundle(self.factory, self.path, self.cache_dir))
+        return load_bundle(self.path)
