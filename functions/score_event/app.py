@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 from typing import Annotated, Any
@@ -27,15 +28,12 @@ logger = Logger(service="score_event", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
 tracer = Tracer(service="score_event")
 app = APIGatewayHttpResolver(enable_validation=True)
-_scoring: EventScoring | None = None
 
 
+@functools.cache
 def scoring() -> EventScoring:
     """The use case, built once per container (clients, model session)."""
-    global _scoring
-    if _scoring is None:
-        _scoring = build_event_scoring(settings, client_factory())
-    return _scoring
+    return build_event_scoring(settings, client_factory())
 
 
 def trigger_of(event: Any) -> str:
@@ -133,7 +131,7 @@ def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
 
 
 @app.post("/readings", summary="Score one reading or a batch", tags=["telemetry"])
-def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Response[str]:  # noqa: ARG001
+def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Response[str]:
     # the body is parsed again with the receiver's clock and limits (future skew, sizes)
     raw = app.current_event.decoded_body or ""
     parsed = parse_payload(raw, limits=settings.limits)
