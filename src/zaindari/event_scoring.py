@@ -196,7 +196,7 @@ class EventScoring:
         sources = {r.record_id: r.source for r in records}
 
         # 2. device state, read in bulk
-        devices = sorted({r.device_id for r in readings} | set())
+        devices = sorted({r.device_id for r in readings})
         try:
             states = clock.io_call(self.states.load, devices) if devices else {}
         except PortError as exc:
@@ -204,9 +204,10 @@ class EventScoring:
 
         # 3. idempotency: drop readings already processed, refuse ones too old to tell
         fresh: list[Reading] = []
+        fresh_keys: list[str] = []
         fresh_owner: list[str] = []
         batch_keys: set[str] = set()
-        seen_sets = {d: set(s.seen) for d, s in states.items()}
+        seen_sets = {d: s.seen_keys() for d, s in states.items()}
         has_fresh: set[str] = set()
         for reading, rid in zip(readings, owner, strict=True):
             key = reading_key_hash(reading)
@@ -214,19 +215,13 @@ class EventScoring:
             if key in batch_keys or key in seen_sets.get(reading.device_id, ()):
                 report.duplicates += 1
                 continue
-            floor = state.seen_floor if state else None
-            if (
-                state is not None
-                and floor is not None
-                and len(state.seen) >= self.dedup_memory
-                and reading.timestamp.timestamp() < floor
-            ):
+            if state is not None and state.too_late(reading.timestamp.timestamp()):
                 report.rejected.append(
                     RejectedRecord(
                         sources[rid],
                         rid,
-                        f"reading is older than the device's deduplication memory ({_iso(floor)}); "
-                        "replay it through file scoring",
+                        f"reading is not newer than readings the device's deduplication memory has "
+                        f"forgotten ({_iso(state.evicted_until or 0.0)}); replay it through file scoring",
                         ({"field": "timestamp", "message": "too late to deduplicate"},),
                         reading.to_record(),
                         "idempotency",
@@ -236,6 +231,7 @@ class EventScoring:
                 )
                 continue
             batch_keys.add(key)
+            fresh_keys.append(key)
             fresh.append(reading)
             fresh_owner.append(rid)
             has_fresh.add(rid)
@@ -263,7 +259,7 @@ class EventScoring:
         scored_positions = outcome.scored_positions if outcome else []
         scored_rows = outcome.scored if outcome else []
         for row, pos in zip(scored_rows, scored_positions, strict=True):
-            row["record_key"] = reading_key_hash(fresh[pos])
+            row["record_key"] = fresh_keys[pos]
         if scored_rows:
             try:
                 report.lake_objects = clock.io_call(
@@ -276,21 +272,9 @@ class EventScoring:
 
         # 7. device state with the keys seen and the new alerts in the outbox
         new_states: dict[str, DeviceState] = dict(outcome.states) if outcome else {}
-        for reading in fresh:
+        for reading, key in zip(fresh, fresh_keys, strict=True):
             state = new_states.setdefault(reading.device_id, states.get(reading.device_id) or DeviceState())
-            state.seen.append(reading_key_hash(reading))
-        for device, state in new_states.items():
-            if len(state.seen) > self.dedup_memory:
-                del state.seen[: len(state.seen) - self.dedup_memory]
-            previous = states.get(device)
-            stamps = [r.timestamp.timestamp() for r in fresh if r.device_id == device]
-            if previous and previous.seen_floor is not None:
-                stamps.append(previous.seen_floor)
-            state.seen_floor = (
-                min(stamps)
-                if len(state.seen) < self.dedup_memory
-                else _floor_after_trim(state, previous, fresh, device)
-            )
+            state.remember(key, reading.timestamp.timestamp(), self.dedup_memory)
         for alert in outcome.alerts if outcome else []:
             new_states[alert.device_id].outbox.append(alert.model_dump(mode="json"))
         # devices with undelivered alerts from an earlier batch are flushed too
@@ -371,21 +355,6 @@ class EventScoring:
             else:
                 report.status[rid] = "duplicate"
         return report
-
-
-def _floor_after_trim(
-    state: DeviceState, previous: DeviceState | None, fresh: Sequence[Reading], device: str
-) -> float | None:
-    """After trimming ``seen`` to its memory, the floor is the oldest timestamp still covered.
-
-    Keys are kept in arrival order, so the floor is the oldest timestamp among the readings whose
-    keys survived; readings from earlier batches are only known through the previous floor.
-    """
-    kept = set(state.seen)
-    stamps = [r.timestamp.timestamp() for r in fresh if r.device_id == device and reading_key_hash(r) in kept]
-    if previous is not None and previous.seen_floor is not None and any(k in kept for k in previous.seen):
-        stamps.append(previous.seen_floor)
-    return min(stamps) if stamps else None
 
 
 def _iso(ts: float) -> str:

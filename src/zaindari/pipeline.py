@@ -28,34 +28,52 @@ __all__ = ["DeviceState", "ScoringOutcome", "TableScores", "score_readings", "sc
 class DeviceState:
     """Everything the core needs to remember about one device between invocations.
 
-    ``seen`` holds short hashes of the device's most recent reading keys (for idempotency),
-    ``seen_floor`` the oldest timestamp they cover, and ``outbox`` alerts not yet delivered.
+    ``seen`` holds ``[key, timestamp]`` of the device's most recent readings (short hashes of
+    device, timestamp and sequence number, for idempotency); ``evicted_until`` is the latest
+    timestamp among keys already forgotten, so a reading at or before it cannot be told from a
+    duplicate. ``outbox`` holds alerts not yet delivered.
     """
 
     history: DeviceHistory = field(default_factory=DeviceHistory)
     alerts: AlertState = field(default_factory=AlertState)
-    seen: list[str] = field(default_factory=list)
-    seen_floor: float | None = None
+    seen: list[tuple[str, float]] = field(default_factory=list)
+    evicted_until: float | None = None
     outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def seen_keys(self) -> set[str]:
+        return {key for key, _ in self.seen}
+
+    def too_late(self, timestamp: float) -> bool:
+        """True when a reading this old may have been seen and forgotten."""
+        return self.evicted_until is not None and timestamp <= self.evicted_until
+
+    def remember(self, key: str, timestamp: float, memory: int) -> None:
+        """Add a processed reading's key, forgetting the oldest beyond ``memory``."""
+        self.seen.append((key, timestamp))
+        if len(self.seen) > memory:
+            dropped = self.seen[: len(self.seen) - memory]
+            del self.seen[: len(dropped)]
+            latest = max(ts for _, ts in dropped)
+            self.evicted_until = latest if self.evicted_until is None else max(self.evicted_until, latest)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "history": self.history.to_dict(),
             "alerts": self.alerts.to_dict(),
-            "seen": self.seen,
-            "seen_floor": self.seen_floor,
+            "seen": [[k, ts] for k, ts in self.seen],
+            "evicted_until": self.evicted_until,
             "outbox": self.outbox,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> DeviceState:
         data = data or {}
-        floor = data.get("seen_floor")
+        evicted = data.get("evicted_until")
         return cls(
             DeviceHistory.from_dict(data.get("history")),
             AlertState.from_dict(data.get("alerts")),
-            seen=[str(k) for k in data.get("seen", [])],
-            seen_floor=None if floor is None else float(floor),
+            seen=[(str(k), float(ts)) for k, ts in data.get("seen", [])],
+            evicted_until=None if evicted is None else float(evicted),
             outbox=[dict(a) for a in data.get("outbox", [])],
         )
 
@@ -158,7 +176,7 @@ def score_table(
             history=history,
             alerts=alerts if alerts is not None else (previous.alerts if previous else AlertState()),
             seen=list(previous.seen) if previous else [],
-            seen_floor=previous.seen_floor if previous else None,
+            evicted_until=previous.evicted_until if previous else None,
             outbox=list(previous.outbox) if previous else [],
         )
     return TableScores(
