@@ -190,6 +190,7 @@ def _validation_or_internal(exc: Exception) -> Response[str]:
 
 
 def _http(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric(name="HttpRequests", unit=MetricUnit.Count, value=1)
     body = event.get("body") or ""
     size = (
         len(body.encode())
