@@ -31,9 +31,6 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # -- model
-    model_name: str = Field(
-        default="plant-anomaly", description="Name of the model the functions score with."
-    )
     model_path: str | None = Field(
         default=None,
         description="Model bundle: a local folder or an s3://bucket/prefix/ holding MANIFEST.json.",
@@ -98,6 +95,16 @@ class Settings(BaseModel):
                 for e in exc.errors(include_url=False)
             )
             raise SettingsError(f"invalid configuration: {problems}") from exc
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The README's settings table."""
+        lines = ["| variable | default | meaning |", "|---|---|---|"]
+        lines += [
+            f"| `{var}` | `{default}` | {text} |" if default else f"| `{var}` | | {text} |"
+            for var, default, text in cls.table()
+        ]
+        return "\n".join(lines)
 
     @classmethod
     def table(cls) -> list[tuple[str, str, str]]:
