@@ -14,12 +14,35 @@ AWS_HOST ?= 127.0.0.1
 AWS_PORT ?= 4566
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint typecheck check demo aws-up bench clean
+# Heavy CLIs live in their own venvs under .tools/ (never in .venv), pinned, created on first use.
+TOOLS := .tools
+CFN_LINT_VERSION ?= 1.58.0
+SAM_CLI_VERSION ?= 1.170.0
+CFN_LINT_STAMP := $(TOOLS)/cfn-lint/.installed-$(CFN_LINT_VERSION)
+SAM_STAMP := $(TOOLS)/sam/.installed-$(SAM_CLI_VERSION)
+# sam reads a region and credentials even for offline commands: fixed dummies keep it offline and
+# deterministic (no profile lookups, no metadata-service probes, no telemetry).
+AWS_OFFLINE_ENV := env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_CONFIG_FILE=/dev/null \
+	AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_DEFAULT_REGION=eu-west-1 AWS_REGION=eu-west-1 \
+	AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline AWS_EC2_METADATA_DISABLED=true \
+	SAM_CLI_TELEMETRY=0 SAM_CLI_DISABLE_UPDATE_CHECK=1
+
+# Lambda packaging. python3.11 runs on Amazon Linux 2 (glibc 2.26): wheels must be manylinux2014
+# (glibc 2.17); manylinux_2_28 wheels install but fail to import there.
+LAMBDA_PLATFORM ?= x86_64-manylinux2014
+LAMBDA_LIMIT_MB ?= 250
+LAYER_REQUIREMENTS := layers/dependencies/requirements.txt
+BUILD := build
+# Where `make build-ScoreEventFunction` copies from: the repo, wherever make was started (sam build
+# runs it from a scratch directory).
+REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
+
+.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
 	@echo
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-26s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (python3.11 not found)"; exit 1; }
@@ -42,7 +65,7 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy (strict) on the core package
 	$(BIN)/mypy
 
-check: lint typecheck test ## Exactly what CI runs: lint, types, tests
+check: lint lint-template typecheck test ## Exactly what CI runs: lint, template lint, types, tests
 
 demo: setup ## The whole loop on embedded defaults (not built yet: see issue "make demo")
 	@echo "make demo: the end-to-end demo is not built yet (tracked in the 'make demo' issue)." >&2
@@ -57,3 +80,48 @@ bench: setup ## Run every benchmark under bench/ and print one table
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf build dist .aws-sam .pytest_cache .mypy_cache .ruff_cache out spark-warehouse
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+$(CFN_LINT_STAMP):
+	rm -rf $(TOOLS)/cfn-lint
+	$(PYTHON) -m venv $(TOOLS)/cfn-lint
+	$(TOOLS)/cfn-lint/bin/pip install --quiet --disable-pip-version-check cfn-lint==$(CFN_LINT_VERSION)
+	@touch $@
+
+$(SAM_STAMP):
+	rm -rf $(TOOLS)/sam
+	$(PYTHON) -m venv $(TOOLS)/sam
+	$(TOOLS)/sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==$(SAM_CLI_VERSION)
+	@touch $@
+
+tools: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam)
+
+lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate (offline)
+	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml
+	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --template template.yaml --region eu-west-1
+	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --lint --template template.yaml --region eu-west-1
+
+# SAM's `BuildMethod: makefile` calls this with ARTIFACTS_DIR set; only mkdir, cp and rm.
+build-ScoreEventFunction: ## Copy the function code into ARTIFACTS_DIR (sam build calls it)
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)"
+	rm -rf "$(ARTIFACTS_DIR)/zaindari"
+	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
+	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
+	cp "$(REPO)/functions/score_event/app.py" "$(ARTIFACTS_DIR)/app.py"
+
+build: setup ## Build the Lambda code and layer into build/ (no Docker, no sam) and check the 250 MB limit
+	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/sizes.txt
+	$(UV) pip install --quiet --target $(BUILD)/layer/python --python-platform $(LAMBDA_PLATFORM) \
+		--python-version 3.11 --only-binary :all: -r $(LAYER_REQUIREMENTS)
+	@$(MAKE) --no-print-directory build-ScoreEventFunction ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/score_event
+	@code=$$(du -sb $(BUILD)/score_event | cut -f1); layer=$$(du -sb $(BUILD)/layer | cut -f1); \
+	awk -v code=$$code -v layer=$$layer -v limit=$(LAMBDA_LIMIT_MB) 'BEGIN { \
+		mb = 1048576; total = code + layer; \
+		printf "%-34s %9s\n", "score_event, unzipped", "MB"; \
+		printf "%-34s %9.1f\n", "code   build/score_event", code / mb; \
+		printf "%-34s %9.1f\n", "layer  build/layer", layer / mb; \
+		printf "%-34s %9.1f\n", "total", total / mb; \
+		printf "%-34s %9d\n", "Lambda limit (262,144,000 bytes)", limit; \
+		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes.txt; \
+	cat $(BUILD)/sizes.txt; \
+	test $$((code + layer)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
