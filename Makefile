@@ -74,6 +74,15 @@ demo: setup ## The whole loop on embedded defaults (not built yet: see issue "ma
 aws-up: setup ## Run the embedded AWS (moto server) on $(AWS_HOST):$(AWS_PORT) until Ctrl-C
 	$(BIN)/zaindari aws up --host $(AWS_HOST) --port $(AWS_PORT)
 
+# `make invoke` prints only the function's JSON response on stdout (logs on stderr), so it pipes to jq.
+FN ?= score_event
+EVENT ?=
+INVOKE_ARGS ?=
+.PHONY: invoke
+invoke: setup ## Run FN (default score_event) once on EVENT=events/<file>.json against the embedded AWS
+	@test -n "$(EVENT)" || { echo "usage: make invoke [FN=score_event] EVENT=events/sqs_batch.json [INVOKE_ARGS='--endpoint URL --model PATH']" >&2; exit 2; }
+	@$(BIN)/zaindari invoke $(FN) $(EVENT) $(INVOKE_ARGS)
+
 bench: setup ## Run every benchmark under bench/ and print one table
 	$(PY) bench/run_all.py
 
