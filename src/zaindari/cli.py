@@ -1,4 +1,4 @@
-"""The ``zaindari`` command: developer entry points (``zaindari aws up``, more to come).
+"""The ``zaindari`` command: developer entry points (``zaindari aws up``, ``zaindari invoke``).
 
 Each command group registers a builder in :data:`COMMANDS`; a builder adds its subparser and sets
 ``handler`` (a function of the parsed arguments returning an exit code). Heavy imports happen
@@ -8,8 +8,22 @@ inside handlers, so ``zaindari --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from zaindari.infra.local_aws import LocalAws
+    from zaindari.infra.provision import FunctionSettings
 
 Handler = Callable[[argparse.Namespace], int]
 CommandBuilder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -40,9 +54,287 @@ def _build_aws(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.set_defaults(handler=_aws_up)
 
 
+# -- zaindari invoke: `sam local invoke` without Docker, against the embedded AWS
+
+
+class InvokeSetupError(RuntimeError):
+    """The invocation could not be prepared (no template, bad event file, AWS unreachable ...)."""
+
+
+class LocalLambdaContext:
+    """The Lambda context object: the attributes handlers and Powertools read."""
+
+    def __init__(self, function: FunctionSettings, region: str, account_id: str) -> None:
+        self.function_name = function.function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{region}:{account_id}:function:{function.function_name}"
+        self.memory_limit_in_mb = function.memory_mb
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function.function_name}"
+        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex
+        self.identity = None
+        self.client_context = None
+        self._deadline = time.monotonic() + function.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _find_template(explicit: Path | None) -> Path:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise InvokeSetupError(f"{explicit}: no such template")
+        return explicit.resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "template.yaml").is_file():
+            return folder / "template.yaml"
+    raise InvokeSetupError(f"no template.yaml in {here} or its parents (use --template)")
+
+
+def _read_event(source: str) -> Any:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvokeSetupError(f"{source}: cannot be read: {exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvokeSetupError(f"{source}: not JSON: {exc}") from exc
+
+
+def _endpoint_answers(url: str) -> bool:
+    """A moto server, or LocalStack (its health endpoint), answers at ``url``."""
+    import urllib.request
+
+    from zaindari.infra.local_aws import is_moto_server
+
+    if is_moto_server(url):
+        return True
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{url.rstrip('/')}/_localstack/health", timeout=1.0) as response:
+            return int(response.status) == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _choose_endpoint(explicit: str | None, err: TextIO) -> tuple[str, LocalAws | None]:
+    """``--endpoint``, else ``$AWS_ENDPOINT_URL`` when it answers, else moto started here."""
+    from zaindari.infra.local_aws import start_local_aws
+
+    if explicit:
+        if not _endpoint_answers(explicit):
+            raise InvokeSetupError(f"no moto or LocalStack answers at --endpoint {explicit}")
+        return explicit.rstrip("/"), None
+    from_env = os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    if from_env and _endpoint_answers(from_env):
+        return from_env.rstrip("/"), None
+    if from_env:
+        print(
+            f"zaindari invoke: nothing answers at AWS_ENDPOINT_URL={from_env}; starting moto here", file=err
+        )
+    server = start_local_aws("127.0.0.1", 0, reuse_existing=False)
+    return server.endpoint_url, server
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str], remove: Sequence[str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set and ``remove`` unset, restored afterwards."""
+    saved = dict(os.environ)
+    for name in remove:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _import_function(app_path: Path, folder: str) -> ModuleType:
+    """Import ``functions/<folder>/app.py`` as Lambda would: by file, with its folder on the path."""
+    import importlib.util
+
+    module_name = f"zaindari_function_{folder}"
+    spec = importlib.util.spec_from_file_location(module_name, app_path)
+    if spec is None or spec.loader is None:
+        raise InvokeSetupError(f"{app_path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # before exec: pydantic resolves the module's annotations by name
+    sys.path.insert(0, str(app_path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+# Settings from a developer's shell that would send the function's requests elsewhere.
+_AWS_ENV_TO_CLEAR = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    out = sys.stdout  # the response only: logs (Powertools writes to stdout) go to stderr
+    err = sys.stderr
+    try:
+        template_path = _find_template(args.template)
+        root = template_path.parent
+        app_path = root / "functions" / args.function / "app.py"
+        if not app_path.is_file():
+            raise InvokeSetupError(f"{app_path}: no such function (FN is a folder under functions/)")
+        event = _read_event(args.event)
+    except InvokeSetupError as exc:
+        print(f"zaindari invoke: {exc}", file=err)
+        return 2
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per moto request otherwise
+    started = time.perf_counter()
+    server: LocalAws | None = None
+    try:
+        with contextlib.redirect_stdout(err):
+            server_endpoint, server = _choose_endpoint(args.endpoint, err)
+            prepared = _prepare(args, template_path, server_endpoint, err)
+            ready = time.perf_counter()
+            with _environment(prepared.env, _AWS_ENV_TO_CLEAR):
+                try:
+                    module = _import_function(app_path, args.function)
+                    initialised = time.perf_counter()
+                    context = LocalLambdaContext(prepared.function, prepared.region, prepared.account)
+                    response = module.lambda_handler(event, context)
+                except Exception:
+                    traceback.print_exc(file=err)
+                    print(f"zaindari invoke: {args.function} raised (as Lambda would report it)", file=err)
+                    return 1
+            done = time.perf_counter()
+    except InvokeSetupError as exc:
+        print(f"zaindari invoke: {exc}", file=err)
+        return 2
+    except Exception as exc:  # template or provisioning failure: name it, no traceback wall
+        print(f"zaindari invoke: {type(exc).__name__}: {exc}", file=err)
+        return 2
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        f"zaindari invoke: {prepared.function.logical_id} on {prepared.endpoint_note}; "
+        f"setup {ready - started:.2f} s ({prepared.model_note}), init {initialised - ready:.2f} s, "
+        f"handler {1000 * (done - initialised):.0f} ms",
+        file=err,
+    )
+    out.write(json.dumps(response, indent=2, default=str) + "\n")
+    out.flush()
+    return 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    function: FunctionSettings
+    region: str
+    account: str
+    env: dict[str, str]
+    endpoint_note: str
+    model_note: str
+
+
+def _prepare(args: argparse.Namespace, template_path: Path, endpoint: str, err: TextIO) -> _Prepared:
+    """Provision the template, resolve the function's environment, make sure its model exists."""
+    from zaindari.infra.aws import DEFAULT_REGION
+    from zaindari.infra.local_aws import is_moto_server, local_client_factory, local_environment
+    from zaindari.infra.provision import example_model_bundle, provision, seed_model_bundle
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    factory = local_client_factory(endpoint, region)
+    t0 = time.perf_counter()
+    stack = provision(factory, template_path, stack_name=args.stack_name)
+    provisioned_s = time.perf_counter() - t0
+    function = stack.function_settings(args.function)
+    cache_dir = args.cache_dir or template_path.parent / ".zaindari" / "models"
+
+    env = dict(function.environment)
+    model = args.model or env.get("ZAINDARI_MODEL_PATH")
+    if model and not model.startswith("s3://"):
+        folder = Path(model).expanduser().resolve()
+        if not (folder / "MANIFEST.json").is_file():
+            raise InvokeSetupError(f"{folder}: not a model bundle (no MANIFEST.json)")
+        model, model_note = str(folder), f"model {folder}"
+    elif model:
+        uploaded = seed_model_bundle(factory, model, lambda: example_model_bundle(cache_dir))
+        model_note = f"model {model}" + (" (uploaded the fitted example model)" if uploaded else "")
+    else:
+        model = str(example_model_bundle(cache_dir))
+        model_note = f"model {model}"
+        print(
+            f"zaindari invoke: {function.logical_id} sets no ZAINDARI_MODEL_PATH in template.yaml; "
+            "using the fitted example model",
+            file=err,
+        )
+    env["ZAINDARI_MODEL_PATH"] = model
+    lambda_env = {
+        "AWS_LAMBDA_FUNCTION_NAME": function.function_name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.function_name}",
+        "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
+    }
+    kind = "moto" if is_moto_server(endpoint) else "LocalStack"
+    return _Prepared(
+        function=function,
+        region=region,
+        account=stack.account_id,
+        # the function's own settings, then what points it at the local AWS (always wins)
+        env={**lambda_env, **env, **local_environment(endpoint, region)},
+        endpoint_note=f"{kind} at {endpoint}, {len(stack.resources)} resources ({provisioned_s:.2f} s)",
+        model_note=model_note,
+    )
+
+
+def _build_invoke(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    invoke = commands.add_parser(
+        "invoke",
+        help="run a function once on an event file, against the embedded AWS",
+        description=(
+            "Like `sam local invoke -e EVENT`, without Docker: provision template.yaml's data "
+            "resources in the embedded AWS, set the function's environment from the template, "
+            "call its lambda_handler and print the response (JSON) on stdout; logs go to stderr. "
+            "Exit 0 when the handler returned, 1 when it raised, 2 when nothing could be invoked."
+        ),
+    )
+    invoke.add_argument("function", metavar="FN", help="the function's folder under functions/ (score_event)")
+    invoke.add_argument("event", metavar="EVENT", help="the event JSON file (events/...), or - for stdin")
+    invoke.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="the embedded AWS to use (default: $AWS_ENDPOINT_URL when moto or LocalStack answers "
+        "there, else moto started in this process for the call)",
+    )
+    invoke.add_argument(
+        "--model",
+        metavar="PATH",
+        help="model bundle to score with, a folder or s3:// prefix (default: the function's "
+        "ZAINDARI_MODEL_PATH, seeded with a fitted example model when S3 has none)",
+    )
+    invoke.add_argument(
+        "--template", type=Path, help="SAM template (default: template.yaml here or in a parent folder)"
+    )
+    invoke.add_argument(
+        "--stack-name", default="zaindari", help="prefix of resource names (default: %(default)s)"
+    )
+    invoke.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the fitted example model is cached (default: .zaindari/models next to the template)",
+    )
+    invoke.set_defaults(handler=_invoke)
+
+
 # Command groups, in the order ``--help`` lists them. Add a group by adding a builder here.
 COMMANDS: dict[str, CommandBuilder] = {
     "aws": _build_aws,
+    "invoke": _build_invoke,
 }
 
 
