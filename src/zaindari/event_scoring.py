@@ -7,8 +7,8 @@ went to the dead-letter store with its reason), ``rejected`` (nothing in it was 
 to the dead-letter store), ``duplicate`` (every reading was already processed), or ``retry`` (a
 downstream system failed; the adapter hands it back to its source).
 
-Order of effects, chosen so that a failure never loses a reading and a redelivery never doubles an
-output: dead letters, then the lake (raw telemetry and scores), then device state (history, alert
+Order of effects, chosen so that a failure never loses a reading and a redelivery does not double
+an output (``docs/SCORING.md`` states the narrow cases where it can, and how readers cope): dead letters, then the lake (raw telemetry and scores), then device state (history, alert
 state, keys of the readings seen, and the new alerts as an *outbox*), then alert delivery, then the
 outbox is cleared. A redelivered reading is recognised by its key in the device's state and
 dropped; alerts still in an outbox are delivered by the next batch that touches the device.
@@ -161,6 +161,7 @@ class EventScoring:
         # 1. contract: every record parsed on its own; bad readings become dead letters
         readings: list[Reading] = []
         owner: list[str] = []  # record id of each reading
+        position: list[int] = []  # its index in the record's payload
         for record in records:
             report.status[record.record_id] = "scored"
             try:
@@ -193,6 +194,7 @@ class EventScoring:
                     )
                 readings.extend(parsed.readings)
                 owner.extend([record.record_id] * len(parsed.readings))
+                position.extend(parsed.indices)
         sources = {r.record_id: r.source for r in records}
 
         # 2. device state, read in bulk
@@ -206,10 +208,10 @@ class EventScoring:
         fresh: list[Reading] = []
         fresh_keys: list[str] = []
         fresh_owner: list[str] = []
+        fresh_position: list[int] = []
         batch_keys: set[str] = set()
         seen_sets = {d: s.seen_keys() for d, s in states.items()}
-        has_fresh: set[str] = set()
-        for reading, rid in zip(readings, owner, strict=True):
+        for reading, rid, pos in zip(readings, owner, position, strict=True):
             key = reading_key_hash(reading)
             state = states.get(reading.device_id)
             if key in batch_keys or key in seen_sets.get(reading.device_id, ()):
@@ -225,7 +227,7 @@ class EventScoring:
                         ({"field": "timestamp", "message": "too late to deduplicate"},),
                         reading.to_record(),
                         "idempotency",
-                        None,
+                        pos,
                         received_at,
                     )
                 )
@@ -234,7 +236,7 @@ class EventScoring:
             fresh_keys.append(key)
             fresh.append(reading)
             fresh_owner.append(rid)
-            has_fresh.add(rid)
+            fresh_position.append(pos)
 
         # 4. score everything fresh in one call
         outcome = score_readings(bundle, fresh, states, threads=self.threads) if fresh else None
@@ -243,7 +245,14 @@ class EventScoring:
                 rid = fresh_owner[rej.index]
                 report.rejected.append(
                     RejectedRecord(
-                        sources[rid], rid, rej.reason, rej.errors, rej.record, rej.stage, None, received_at
+                        sources[rid],
+                        rid,
+                        rej.reason,
+                        rej.errors,
+                        rej.record,
+                        rej.stage,
+                        fresh_position[rej.index],
+                        received_at,
                     )
                 )
 
@@ -258,6 +267,7 @@ class EventScoring:
         # 6. the lake: raw telemetry and scores in one micro-batch
         scored_positions = outcome.scored_positions if outcome else []
         scored_rows = outcome.scored if outcome else []
+        scored_ids = {fresh_owner[p] for p in scored_positions}
         for row, pos in zip(scored_rows, scored_positions, strict=True):
             row["record_key"] = fresh_keys[pos]
         if scored_rows:
@@ -268,13 +278,15 @@ class EventScoring:
             except PortError as exc:
                 for rid in {fresh_owner[p] for p in scored_positions}:
                     self._retry(report, rid, f"lake: {exc}")
-                return clock.finish(self._finish_statuses(report, records, has_fresh))
+                return clock.finish(self._finish_statuses(report, records, scored_ids))
 
-        # 7. device state with the keys seen and the new alerts in the outbox
+        # 7. device state with the keys of the readings scored and the new alerts in the outbox
+        # (a dead-lettered reading is not remembered: fixed and replayed, it must score)
         new_states: dict[str, DeviceState] = dict(outcome.states) if outcome else {}
-        for reading, key in zip(fresh, fresh_keys, strict=True):
+        for p in scored_positions:
+            reading = fresh[p]
             state = new_states.setdefault(reading.device_id, states.get(reading.device_id) or DeviceState())
-            state.remember(key, reading.timestamp.timestamp(), self.dedup_memory)
+            state.remember(fresh_keys[p], reading.timestamp.timestamp(), self.dedup_memory)
         for alert in outcome.alerts if outcome else []:
             new_states[alert.device_id].outbox.append(alert.model_dump(mode="json"))
         # devices with undelivered alerts from an earlier batch are flushed too
@@ -287,7 +299,7 @@ class EventScoring:
             except PortError as exc:
                 for rid in set(owner):
                     self._retry(report, rid, f"state store: {exc}")
-                return clock.finish(self._finish_statuses(report, records, has_fresh))
+                return clock.finish(self._finish_statuses(report, records, scored_ids))
             for device in saved.failed:
                 for reading, rid in zip(fresh, fresh_owner, strict=True):
                     if reading.device_id == device:
@@ -321,7 +333,7 @@ class EventScoring:
                     clock.io_call(self.states.save, delivered_devices)
 
         report.scored = scored_rows
-        return clock.finish(self._finish_statuses(report, records, has_fresh))
+        return clock.finish(self._finish_statuses(report, records, scored_ids))
 
     # ------------------------------------------------------------------------------------------
 
@@ -340,10 +352,9 @@ class EventScoring:
 
     @staticmethod
     def _finish_statuses(
-        report: ScoringReport, records: Sequence[InboundRecord], has_fresh: set[str]
+        report: ScoringReport, records: Sequence[InboundRecord], scored_ids: set[str]
     ) -> ScoringReport:
         rejected_ids = {r.record_id for r in report.rejected}
-        scored_ids = {row_owner for row_owner in has_fresh}
         for record in records:
             rid = record.record_id
             if report.status.get(rid) == "retry":
