@@ -366,3 +366,42 @@ Resources:
 def test_refuses_to_provision_into_real_aws(template: Template) -> None:
     with pytest.raises(ProvisionError, match="real AWS"):
         provision(ClientFactory(AwsConfig(region="eu-west-1", endpoint_url=None)), template)
+
+
+def test_types_later_issues_add_are_provisioned_too(aws: EmbeddedAws, inline: Callable[[str], Path]) -> None:
+    text = """
+Resources:
+  Bus: {Type: AWS::Events::EventBus, Properties: {Name: !Sub "${AWS::StackName}-bus"}}
+  Lake: {Type: AWS::Glue::Database, Properties: {CatalogId: !Ref AWS::AccountId, DatabaseInput: {}}}
+  Scores:
+    Type: AWS::Glue::Table
+    Properties:
+      CatalogId: !Ref AWS::AccountId
+      DatabaseName: !Ref Lake
+      TableInput:
+        Name: scores
+        PartitionKeys: [{Name: date, Type: string}]
+        StorageDescriptor: {Location: s3://somewhere/scores/, Columns: [{Name: score, Type: double}]}
+  Stream: {Type: AWS::Kinesis::Stream, Properties: {StreamModeDetails: {StreamMode: ON_DEMAND}}}
+  Simple: {Type: AWS::Serverless::SimpleTable, Properties: {PrimaryKey: {Name: pk, Type: String}}}
+  Ordered: {Type: AWS::SQS::Queue, Properties: {FifoQueue: true, ContentBasedDeduplication: true}}
+  Inbox: {Type: AWS::SQS::Queue}
+  Alerts: {Type: AWS::SNS::Topic}
+  AlertsToQueue:
+    Type: AWS::SNS::Subscription
+    Properties: {TopicArn: !Ref Alerts, Protocol: sqs, Endpoint: !GetAtt Inbox.Arn, RawMessageDelivery: true}
+"""
+    template = load_template(inline(text))
+
+    first = provision(aws.factory, template)
+    second = provision(aws.factory, template)
+
+    assert second.resources == first.resources
+    assert sorted(first.resources) == sorted(template.resources)
+    for rid in first.resources:
+        assert _exists(aws.factory, first, rid), rid
+    assert first.name("Bus") == "zaindari-bus"
+    assert first.name("Lake") == "zaindari_lake"  # Glue names use underscores (Athena)
+    assert first.name("Ordered").endswith(".fifo")
+    subscriptions = aws.factory.client("sns").list_subscriptions_by_topic(TopicArn=first.arn("Alerts"))
+    assert len(subscriptions["Subscriptions"]) == 1  # the second run found it, did not add one
