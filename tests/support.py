@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import sys
 import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from zaindari.contract import parse_readings
-from zaindari.features import SensorTable, compute_features
-from zaindari.pca_model import fit_pca_bundle
+from zaindari.example_model import example_model_bundle
+from zaindari.infra.lambda_local import LocalLambdaContext, import_function
 from zaindari.simulate import PlantConfig, simulate_plant
 from zaindari.spec import ModelSpec, load_spec
 
@@ -30,39 +27,18 @@ def plant_readings(seed: int = 0) -> list[dict[str, Any]]:
     return list(simulate_plant(PlantConfig.small(seed=seed)).readings())
 
 
-def fit_example_bundle(out_dir: Path, *, rows: int = 800, seed: int = 0) -> Path:
-    """A real PCA anomaly bundle fitted on the first ``rows`` simulated readings."""
-    spec = example_spec()
-    parsed = parse_readings(plant_readings(seed)[:rows])
-    features = compute_features(spec, SensorTable.from_readings(parsed.readings, spec.sensor_names))
-    return fit_pca_bundle(spec, features.matrix(spec.model_features), out_dir)
+def fit_example_bundle(out_dir: Path) -> Path:
+    """The example model (PCA fitted on simulated healthy operation), cached under ``out_dir``."""
+    return example_model_bundle(out_dir)
 
 
 def load_function(name: str) -> ModuleType:
-    """Import ``functions/<name>/app.py`` as Lambda would (fresh module, registered for pydantic)."""
-    module_name = f"zaindari_function_{name}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    """Import ``functions/<name>/app.py`` afresh, as a new Lambda container would."""
+    return import_function(ROOT / "functions" / name / "app.py", name, fresh=True)
 
 
-class LambdaContext:
-    """The attributes of the Lambda context object that handlers and Powertools read."""
-
-    def __init__(self, function_name: str = "score_event") -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 1024
-        self.invoked_function_arn = f"arn:aws:lambda:eu-west-1:123456789012:function:{function_name}"
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+def LambdaContext(function_name: str = "score_event") -> LocalLambdaContext:
+    return LocalLambdaContext(function_name)
 
 
 def sqs_event(bodies: list[str], ids: list[str] | None = None) -> dict[str, Any]:

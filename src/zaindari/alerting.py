@@ -32,6 +32,7 @@ from zaindari.spec import (
     RangeCondition,
     RateCondition,
     ThresholdCondition,
+    condition_features,
 )
 
 __all__ = [
@@ -213,16 +214,6 @@ def _describe(cond: Any) -> str:
     return " or ".join(f"({_describe(c)})" for c in cond.any)
 
 
-def _referenced(cond: Any) -> list[str]:
-    if isinstance(cond, ThresholdCondition):
-        return [cond.feature]
-    if isinstance(cond, RangeCondition):
-        return [cond.range]
-    if isinstance(cond, RateCondition):
-        return [cond.rate_of_change]
-    return [f for c in (cond.all if isinstance(cond, AllOf) else cond.any) for f in _referenced(c)]
-
-
 def _compile_expert(
     rule: ExpertRule, columns: Mapping[str, FloatArray], modes: npt.NDArray[np.object_], clear_after: int
 ) -> _Compiled:
@@ -240,7 +231,7 @@ def _compile_expert(
         severity=np.full(len(fire), rule.severity, dtype=object),
         for_consecutive=rule.for_consecutive,
         clear_after=clear_after,
-        features=tuple(dict.fromkeys(_referenced(rule.when))),
+        features=tuple(dict.fromkeys(condition_features(rule.when))),
         thresholds=_condition_thresholds(rule.when),
         message=rule.message or _describe(rule.when),
     )

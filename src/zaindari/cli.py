@@ -14,11 +14,9 @@ import os
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -59,25 +57,6 @@ def _build_aws(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 class InvokeSetupError(RuntimeError):
     """The invocation could not be prepared (no template, bad event file, AWS unreachable ...)."""
-
-
-class LocalLambdaContext:
-    """The Lambda context object: the attributes handlers and Powertools read."""
-
-    def __init__(self, function: FunctionSettings, region: str, account_id: str) -> None:
-        self.function_name = function.function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:{region}:{account_id}:function:{function.function_name}"
-        self.memory_limit_in_mb = function.memory_mb
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function.function_name}"
-        self.log_stream_name = time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex
-        self.identity = None
-        self.client_context = None
-        self._deadline = time.monotonic() + function.timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def _find_template(explicit: Path | None) -> Path:
@@ -152,25 +131,6 @@ def _environment(values: dict[str, str], remove: Sequence[str]) -> Iterator[None
         os.environ.update(saved)
 
 
-def _import_function(app_path: Path, folder: str) -> ModuleType:
-    """Import ``functions/<folder>/app.py`` as Lambda would: by file, with its folder on the path."""
-    import importlib.util
-
-    module_name = f"zaindari_function_{folder}"
-    spec = importlib.util.spec_from_file_location(module_name, app_path)
-    if spec is None or spec.loader is None:
-        raise InvokeSetupError(f"{app_path}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # before exec: pydantic resolves the module's annotations by name
-    sys.path.insert(0, str(app_path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
-
-
 # Settings from a developer's shell that would send the function's requests elsewhere.
 _AWS_ENV_TO_CLEAR = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
 
@@ -201,9 +161,17 @@ def _invoke(args: argparse.Namespace) -> int:
             ready = time.perf_counter()
             with _environment(prepared.env, _AWS_ENV_TO_CLEAR):
                 try:
-                    module = _import_function(app_path, args.function)
+                    from zaindari.infra.lambda_local import LocalLambdaContext, import_function
+
+                    module = import_function(app_path, args.function)
                     initialised = time.perf_counter()
-                    context = LocalLambdaContext(prepared.function, prepared.region, prepared.account)
+                    context = LocalLambdaContext(
+                        prepared.function.function_name,
+                        memory_mb=prepared.function.memory_mb,
+                        timeout_s=prepared.function.timeout_s,
+                        region=prepared.region,
+                        account_id=prepared.account,
+                    )
                     response = module.lambda_handler(event, context)
                 except Exception:
                     traceback.print_exc(file=err)
@@ -242,9 +210,10 @@ class _Prepared:
 
 def _prepare(args: argparse.Namespace, template_path: Path, endpoint: str, err: TextIO) -> _Prepared:
     """Provision the template, resolve the function's environment, make sure its model exists."""
+    from zaindari.example_model import example_model_bundle
     from zaindari.infra.aws import DEFAULT_REGION
     from zaindari.infra.local_aws import is_moto_server, local_client_factory, local_environment
-    from zaindari.infra.provision import example_model_bundle, provision, seed_model_bundle
+    from zaindari.infra.provision import provision, seed_model_bundle
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     factory = local_client_factory(endpoint, region)

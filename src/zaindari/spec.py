@@ -35,6 +35,7 @@ __all__ = [
     "SpecError",
     "ThresholdCondition",
     "WindowFeature",
+    "condition_features",
     "load_spec",
 ]
 
@@ -272,7 +273,7 @@ class ModelSpec(_Strict):
         if not self.model_features:
             raise ValueError("the spec defines no model feature")
         for rule in self.alert_policy.rules:
-            for ref in _condition_features(rule.when):
+            for ref in condition_features(rule.when):
                 if ref not in all_names:
                     raise ValueError(f"rule {rule.id} reads unknown feature {ref!r}")
         for source in self.rate_sources:
@@ -357,7 +358,8 @@ class ModelSpec(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
-def _condition_features(cond: Any) -> list[str]:
+def condition_features(cond: Any) -> list[str]:
+    """Every feature a rule condition reads, in order (repeats kept)."""
     if isinstance(cond, ThresholdCondition):
         return [cond.feature]
     if isinstance(cond, RangeCondition):
@@ -365,9 +367,9 @@ def _condition_features(cond: Any) -> list[str]:
     if isinstance(cond, RateCondition):
         return [cond.rate_of_change]
     if isinstance(cond, AllOf):
-        return [f for c in cond.all for f in _condition_features(c)]
+        return [f for c in cond.all for f in condition_features(c)]
     if isinstance(cond, AnyOf):
-        return [f for c in cond.any for f in _condition_features(c)]
+        return [f for c in cond.any for f in condition_features(c)]
     return []
 
 
