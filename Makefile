@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed
 AWS_HOST ?= 127.0.0.1
 AWS_PORT ?= 4566
 PYTEST_ARGS ?=
+PY_DIRS := $(wildcard src tests functions glue_jobs bench docs)
 
 # Heavy CLIs live in their own venvs under .tools/ (never in .venv), pinned, created on first use.
 TOOLS := .tools
@@ -59,8 +60,8 @@ test: setup ## Run the test suite (unit, functions on moto, contract, e2e)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup ## ruff lint and format check
-	$(BIN)/ruff check src tests functions glue_jobs bench
-	$(BIN)/ruff format --check src tests functions glue_jobs bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: setup ## mypy (strict) on the core package
 	$(BIN)/mypy
