@@ -62,6 +62,52 @@ class Settings(BaseModel):
         default=512, ge=16, le=4096, description="Recent reading keys each device remembers for idempotency."
     )
     log_level: str = Field(default="INFO", description="Powertools logger level.")
+    # -- retraining (start_retraining)
+    training_runner: Literal["glue", "emr-serverless"] = Field(
+        default="glue", description="What runs the Spark jobs: Glue job runs or EMR Serverless job runs."
+    )
+    runs_table: str = Field(
+        default="zaindari-retraining-runs",
+        description="DynamoDB table of retraining runs: one lock per model, each run's triggers.",
+    )
+    build_training_set_job: str = Field(
+        default="zaindari-build-training-set",
+        description="Glue job (or EMR run name) building training sets.",
+    )
+    train_model_job: str = Field(
+        default="zaindari-train-model", description="Glue job (or EMR run name) training a model."
+    )
+    training_spec_uri: str = Field(
+        default="{lake}/specs/{model}.yaml",
+        description="A model's spec for training; {lake} is s3://<lake bucket>, {model} the model name.",
+    )
+    retrain_models: str = Field(
+        default="plant-anomaly", description="Models the schedule retrains (comma-separated)."
+    )
+    retrain_lookback_days: int = Field(
+        default=28, ge=1, le=3660, description="Days of raw telemetry a scheduled or drift run trains on."
+    )
+    retrain_start_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts to start a job before alerting (transient failures)."
+    )
+    retrain_backoff_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="First wait between start attempts; doubles each time."
+    )
+    retrain_lease_hours: float = Field(
+        default=12.0, gt=0, description="A run's lock expires this long after its last stage started."
+    )
+    emr_application_id: str | None = Field(
+        default=None, description="EMR Serverless application (ZAINDARI_TRAINING_RUNNER=emr-serverless)."
+    )
+    emr_execution_role_arn: str | None = Field(
+        default=None, description="IAM role EMR Serverless job runs assume."
+    )
+    emr_scripts_uri: str | None = Field(
+        default=None, description="s3:// prefix holding build_training_set.py and train_model.py for EMR."
+    )
+    emr_spark_submit_parameters: str = Field(
+        default="", description="sparkSubmitParameters of EMR Serverless job runs (e.g. the venv archive)."
+    )
 
     @property
     def limits(self) -> ContractLimits:
