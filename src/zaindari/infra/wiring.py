@@ -5,13 +5,17 @@ Adapters call these once per container; nothing here runs at import time.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from zaindari.event_scoring import EventScoring
 from zaindari.infra.aws import AwsConfig, ClientFactory
 from zaindari.infra.aws_ports import DynamoStateStore, S3LakeWriter, S3RejectSink, SnsEventBridgeAlertSink
 from zaindari.infra.model_store import ModelSource
+from zaindari.retraining import Retraining
 from zaindari.settings import Settings, SettingsError
 
-__all__ = ["build_event_scoring", "client_factory"]
+__all__ = ["build_event_scoring", "build_retraining", "client_factory"]
 
 
 def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
@@ -34,4 +38,56 @@ def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScor
         limits=settings.limits,
         dedup_memory=settings.dedup_memory,
         threads=settings.onnx_threads,
+    )
+
+
+def build_retraining(
+    settings: Settings, factory: ClientFactory, *, sleep: Callable[[float], None] | None = None
+) -> Retraining:
+    """The ``start_retraining`` use case wired to Glue (or EMR Serverless), DynamoDB, SNS and EventBridge."""
+    from zaindari.infra.retraining_ports import (
+        DynamoRunLog,
+        EmrServerlessJobRunner,
+        GlueJobRunner,
+        SnsEventBridgeRetrainingAlerts,
+    )
+    from zaindari.retraining import JobRunner, RetrainingConfig, parse_models
+
+    runner: JobRunner
+    if settings.training_runner == "emr-serverless":
+        missing = [
+            f"ZAINDARI_{name.upper()}"
+            for name in ("emr_application_id", "emr_execution_role_arn", "emr_scripts_uri")
+            if not getattr(settings, name)
+        ]
+        if missing:
+            raise SettingsError(f"ZAINDARI_TRAINING_RUNNER=emr-serverless needs {', '.join(missing)}")
+        runner = EmrServerlessJobRunner(
+            factory,
+            str(settings.emr_application_id),
+            str(settings.emr_execution_role_arn),
+            str(settings.emr_scripts_uri),
+            settings.emr_spark_submit_parameters,
+        )
+    else:
+        runner = GlueJobRunner(factory)
+    config = RetrainingConfig(
+        lake_uri=f"s3://{settings.lake_bucket}",
+        spec_uri=settings.training_spec_uri,
+        job_names={
+            "build_training_set": settings.build_training_set_job,
+            "train_model": settings.train_model_job,
+        },
+        scheduled_models=parse_models(settings.retrain_models),
+        lookback_days=settings.retrain_lookback_days,
+        start_attempts=settings.retrain_start_attempts,
+        backoff_seconds=settings.retrain_backoff_seconds,
+        lease_hours=settings.retrain_lease_hours,
+    )
+    return Retraining(
+        runner,
+        DynamoRunLog(factory, settings.runs_table),
+        SnsEventBridgeRetrainingAlerts(factory, settings.alert_topic_arn, settings.event_bus_name),
+        config,
+        sleep=sleep or time.sleep,
     )
