@@ -74,6 +74,8 @@ def _exists(factory: ClientFactory, stack: Provisioned, rid: str) -> dict[str, A
         return dict(
             factory.client("glue").get_table(DatabaseName=props["DatabaseName"], Name=resource.name)["Table"]
         )
+    if kind == "AWS::Glue::Job":
+        return dict(factory.client("glue").get_job(JobName=resource.name)["Job"])
     raise AssertionError(f"no existence check for {kind}: add one here")
 
 

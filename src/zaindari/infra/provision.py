@@ -2,7 +2,7 @@
 
 ``sam local invoke`` needs Docker and creates no tables, buckets or queues; this module reads the
 SAM template itself, creates its data resources (buckets, tables, topics, queues, streams, event
-buses, Glue catalog entries) in the embedded AWS, and resolves a function's environment
+buses, Glue catalog entries and jobs) in the embedded AWS, and resolves a function's environment
 (``!Ref``/``!GetAtt``/``!Sub`` ...) against what it created. The template stays the only list of
 resources: nothing here names a bucket or a table.
 
@@ -1031,6 +1031,62 @@ def _glue_table(ctx: _Context, logical_id: str, props: Mapping[str, Any]) -> Pro
     )
 
 
+_GLUE_JOB_KEYS = (
+    "Description",
+    "LogUri",
+    "ExecutionProperty",
+    "DefaultArguments",
+    "NonOverridableArguments",
+    "Connections",
+    "MaxRetries",
+    "AllocatedCapacity",
+    "Timeout",
+    "MaxCapacity",
+    "SecurityConfiguration",
+    "NotificationProperty",
+    "GlueVersion",
+    "NumberOfWorkers",
+    "WorkerType",
+    "ExecutionClass",
+)
+
+
+def _glue_job(ctx: _Context, logical_id: str, props: Mapping[str, Any]) -> ProvisionedResource:
+    """A Glue job (no script is run locally: moto records job runs, so start_retraining can start them)."""
+    glue = ctx.factory.client("glue")
+    resolved = ctx.resolve(dict(props))
+    name = ctx.name(logical_id, props, "Name", "AWS::Glue::Job")
+    try:
+        glue.get_job(JobName=name)  # moto's create_job replaces an existing job and its runs
+    except _client_error() as exc:
+        if _error_code(exc) != "EntityNotFoundException":
+            raise
+        request: dict[str, Any] = {
+            "Name": name,
+            "Role": str(resolved["Role"]),
+            "Command": resolved["Command"],
+        }
+        request.update({k: resolved[k] for k in _GLUE_JOB_KEYS if k in resolved})
+        for key in ("MaxRetries", "AllocatedCapacity", "Timeout", "NumberOfWorkers"):
+            if key in request:
+                request[key] = int(request[key])
+        if "ExecutionProperty" in request:
+            request["ExecutionProperty"] = {k: int(v) for k, v in request["ExecutionProperty"].items()}
+        if isinstance(resolved.get("Tags"), Mapping):
+            request["Tags"] = {str(k): str(v) for k, v in resolved["Tags"].items()}
+        glue.create_job(**request)
+    arn = f"arn:aws:glue:{ctx.region}:{ctx.account}:job/{name}"
+    return ProvisionedResource(
+        logical_id,
+        "AWS::Glue::Job",
+        name,
+        arn,
+        name,
+        {},
+        ignored_properties=_ignored(props, {"Name", "Role", "Command", "Tags", *_GLUE_JOB_KEYS}),
+    )
+
+
 _Provisioner = Callable[[_Context, str, Mapping[str, Any]], ProvisionedResource]
 _PROVISIONERS: dict[str, _Provisioner] = {
     "AWS::S3::Bucket": _s3_bucket,
@@ -1043,6 +1099,7 @@ _PROVISIONERS: dict[str, _Provisioner] = {
     "AWS::Events::EventBus": _event_bus,
     "AWS::Glue::Database": _glue_database,
     "AWS::Glue::Table": _glue_table,
+    "AWS::Glue::Job": _glue_job,
 }
 
 #: The resource types :func:`provision` creates; every other type is listed as skipped.
