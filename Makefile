@@ -38,7 +38,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction
+.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -118,6 +118,14 @@ build-ScoreEventFunction: ## Copy the function code into ARTIFACTS_DIR (sam buil
 	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
 	cp "$(REPO)/functions/score_event/app.py" "$(ARTIFACTS_DIR)/app.py"
+
+build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DIR (sam build calls it)
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)"
+	rm -rf "$(ARTIFACTS_DIR)/zaindari"
+	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
+	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
+	cp "$(REPO)/functions/start_retraining/app.py" "$(ARTIFACTS_DIR)/app.py"
 
 build: setup ## Build the Lambda code and layer into build/ (no Docker, no sam) and check the 250 MB limit
 	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/sizes.txt
