@@ -1,39 +1,49 @@
 """score_event on Lambda: IoT rule, SQS, Kinesis, EventBridge and HTTP telemetry -> EventScoring ->
-partial batch response (SQS, Kinesis), HTTP response, or a summary (IoT, EventBridge)."""
+partial batch response (SQS, Kinesis), HTTP response, or a summary (IoT, EventBridge).
 
-from __future__ import annotations
+Cold start: what only one trigger needs (the batch utility, the HTTP resolver with its OpenAPI
+models, the X-Ray SDK) is imported on the first event that needs it.
+"""
 
 import base64
 import binascii
 import functools
 import json
 import os
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes import KinesisStreamEvent, SQSEvent
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from zaindari.contract import TelemetryPayload, parse_payload
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
 from zaindari.infra.wiring import build_event_scoring, client_factory
 from zaindari.settings import Settings
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
 logger = Logger(service="score_event", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
-tracer = Tracer(service="score_event")
-app = APIGatewayHttpResolver(enable_validation=True)
+TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() not in ("true", "1")
 
 
 @functools.cache
 def scoring() -> EventScoring:
     """The use case, built once per container (clients, model session)."""
     return build_event_scoring(settings, client_factory())
+
+
+def _traced(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """X-Ray tracing when enabled (the SDK costs ~300 ms of cold start, so it is opt-in)."""
+    if not TRACING:
+        return handler
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service="score_event").capture_lambda_handler(capture_response=False)(handler)
 
 
 def trigger_of(event: Any) -> str:
@@ -76,7 +86,10 @@ def _observe(report: ScoringReport, trigger: str) -> None:
 # -- SQS and Kinesis: score the whole batch at once, then let Powertools build the partial response
 
 
-def _score_batch(event: dict[str, Any], context: LambdaContext, trigger: str) -> dict[str, Any]:
+def _score_batch(event: dict[str, Any], context: "LambdaContext", trigger: str) -> dict[str, Any]:
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes import KinesisStreamEvent, SQSEvent
+
     if trigger == "sqs":
         event_type = EventType.SQS
         inbound = [InboundRecord(r.message_id, r.body, "sqs") for r in SQSEvent(event).records]
@@ -121,7 +134,9 @@ def _score_single(payload: Any, record_id: str, trigger: str) -> dict[str, Any]:
 # -- HTTP (API Gateway HTTP API and Lambda function URLs, payload format 2.0)
 
 
-def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    from aws_lambda_powertools.event_handler import Response, content_types
+
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
@@ -130,66 +145,83 @@ def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
     )
 
 
-@app.post("/readings", summary="Score one reading or a batch", tags=["telemetry"])
-def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Response[str]:
-    # the body is parsed again with the receiver's clock and limits (future skew, sizes)
-    raw = app.current_event.decoded_body or ""
-    parsed = parse_payload(raw, limits=settings.limits)
-    if parsed.rejections:
-        metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=len(parsed.rejections))
+@functools.cache
+def http_app() -> "APIGatewayHttpResolver":
+    """The HTTP routes, with their OpenAPI schema (built on the first HTTP event)."""
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+    from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+    from aws_lambda_powertools.event_handler.openapi.params import Body
+
+    app = APIGatewayHttpResolver(enable_validation=True)
+
+    @app.post("/readings", summary="Score one reading or a batch", tags=["telemetry"])
+    def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Any:
+        # the body is parsed again with the receiver's clock and limits (future skew, sizes)
+        parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
+        if parsed.rejections:
+            metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=len(parsed.rejections))
+            return _json_response(
+                400,
+                {
+                    "message": "invalid telemetry: nothing was scored",
+                    "errors": [r.to_dict() for r in parsed.rejections],
+                },
+            )
+        request_id = app.current_event.request_context.request_id or "http"
+        report = scoring().score_records([InboundRecord(request_id, parsed.readings, "http")])
+        _observe(report, "http")
+        if report.retry_ids:
+            return _json_response(
+                503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}
+            )
         return _json_response(
-            400,
+            200,
             {
-                "message": "invalid telemetry: nothing was scored",
-                "errors": [r.to_dict() for r in parsed.rejections],
+                "model_version": report.model_version,
+                "scores": [
+                    {
+                        k: row[k]
+                        for k in (
+                            "device_id",
+                            "timestamp",
+                            "seq",
+                            "score",
+                            "severity",
+                            "rules",
+                            "alert",
+                            "late",
+                        )
+                    }
+                    for row in report.scored
+                ],
+                "alerts": [a.model_dump(mode="json") for a in report.alerts],
+                "rejected": [r.to_dict() for r in report.rejected],
+                "duplicates": report.duplicates,
             },
         )
-    request_id = app.current_event.request_context.request_id or "http"
-    report = scoring().score_records([InboundRecord(request_id, parsed.readings, "http")])
-    _observe(report, "http")
-    if report.retry_ids:
-        return _json_response(503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"})
-    return _json_response(
-        200,
-        {
-            "model_version": report.model_version,
-            "scores": [
-                {
-                    k: row[k]
-                    for k in ("device_id", "timestamp", "seq", "score", "severity", "rules", "alert", "late")
-                }
-                for row in report.scored
-            ],
-            "alerts": [a.model_dump(mode="json") for a in report.alerts],
-            "rejected": [r.to_dict() for r in report.rejected],
-            "duplicates": report.duplicates,
-        },
-    )
+
+    @app.get("/health", summary="Liveness and the model version in use", tags=["ops"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model_version": scoring().model().model_version}
+
+    @app.exception_handler(Exception)
+    def validation_or_internal(exc: Exception) -> Any:
+        if isinstance(exc, RequestValidationError):
+            # report the contract's own field errors (the schema check only names a union branch)
+            parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
+            errors = [r.to_dict() for r in parsed.rejections] or [
+                {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                for e in exc.errors()
+            ]
+            metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=max(len(errors), 1))
+            return _json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})
+        logger.exception("unhandled error")
+        return _json_response(500, {"message": "internal error"})
+
+    return app
 
 
-@app.get("/health", summary="Liveness and the model version in use", tags=["ops"])
-def health() -> dict[str, Any]:
-    return {"status": "ok", "model_version": scoring().model().model_version}
-
-
-@app.exception_handler(Exception)
-def _validation_or_internal(exc: Exception) -> Response[str]:
-    from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-
-    if isinstance(exc, RequestValidationError):
-        # report the contract's own field errors (the schema check only says which union branch failed)
-        parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
-        errors = [r.to_dict() for r in parsed.rejections] or [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-            for e in exc.errors()
-        ]
-        metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=max(len(errors), 1))
-        return _json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})
-    logger.exception("unhandled error")
-    return _json_response(500, {"message": "internal error"})
-
-
-def _http(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def _http(event: dict[str, Any], context: "LambdaContext") -> dict[str, Any]:
     metrics.add_metric(name="HttpRequests", unit=MetricUnit.Count, value=1)
     body = event.get("body") or ""
     size = (
@@ -205,16 +237,16 @@ def _http(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 {"message": f"payload is {size} bytes, above the limit of {settings.max_payload_bytes}"}
             ),
         }
-    return app.resolve(event, context)
+    return http_app().resolve(event, context)
 
 
 # -- entry point
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
+@_traced
 @metrics.log_metrics
-def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: Any, context: "LambdaContext") -> dict[str, Any]:
     trigger = trigger_of(event)
     logger.append_keys(trigger=trigger)
     if trigger in ("sqs", "kinesis"):

@@ -402,7 +402,7 @@ def test_function_url_request_and_health(
 
 
 def test_openapi_schema_documents_the_readings_payload(app: ModuleType) -> None:
-    schema = json.loads(app.app.get_openapi_json_schema())
+    schema = json.loads(app.http_app().get_openapi_json_schema())
     assert "/readings" in schema["paths"]
     body = schema["paths"]["/readings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "$ref" in body or "anyOf" in body
