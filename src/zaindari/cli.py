@@ -1,4 +1,5 @@
-"""The ``zaindari`` command: developer entry points (``zaindari aws up``, ``zaindari invoke``).
+"""The ``zaindari`` command: developer entry points (``zaindari aws up``, ``zaindari invoke``,
+``zaindari retrain``).
 
 Each command group registers a builder in :data:`COMMANDS`; a builder adds its subparser and sets
 ``handler`` (a function of the parsed arguments returning an exit code). Heavy imports happen
@@ -300,10 +301,81 @@ def _build_invoke(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     invoke.set_defaults(handler=_invoke)
 
 
+# -- zaindari retrain: the start_retraining use case by hand
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import uuid
+
+    from pydantic import ValidationError
+
+    from zaindari.infra.wiring import build_retraining, client_factory
+    from zaindari.ports import PortError
+    from zaindari.retraining import RetrainingRequest
+    from zaindari.settings import Settings, SettingsError
+
+    try:
+        request = RetrainingRequest(
+            model=args.model,
+            trigger="manual",
+            request_id=f"cli-{uuid.uuid4()}",
+            requested_at=dt.datetime.now(dt.UTC),
+            start=args.start,
+            end=args.end,
+            evidence={"reason": args.reason} if args.reason else None,
+            requested_by=f"cli:{os.environ.get('USER', 'unknown')}",
+        )
+        retraining = build_retraining(Settings.from_env(os.environ), client_factory())
+        outcome = retraining.request(request)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        print(f"zaindari retrain: {problems}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"zaindari retrain: {exc}", file=sys.stderr)
+        return 2
+    except PortError as exc:
+        print(f"zaindari retrain: nothing started, a downstream service failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(outcome.model_dump(mode="json", exclude_none=True), indent=2))
+    return 1 if outcome.status == "start_failed" else 0
+
+
+def _build_retrain(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    retrain = commands.add_parser(
+        "retrain",
+        help="start a retraining run for a model (or record the request on its active run)",
+        description=(
+            "What POST /retrain does, from a shell: start the build_training_set job for MODEL on "
+            "raw telemetry from START to END (inclusive, UTC days), at most one run per model. "
+            "Settings come from ZAINDARI_* variables (ZAINDARI_RUNS_TABLE, ZAINDARI_LAKE_BUCKET, ...), "
+            "AWS from the standard environment (AWS_ENDPOINT_URL for the embedded AWS). Prints the "
+            "outcome as JSON; exit 0 when started or recorded, 1 when the start failed (alerted), "
+            "2 on bad arguments or settings."
+        ),
+    )
+    retrain.add_argument("--model", required=True, help="the model's name (its spec's name)")
+    retrain.add_argument("--start", required=True, type=_iso_date, help="first day of data, YYYY-MM-DD")
+    retrain.add_argument("--end", required=True, type=_iso_date, help="last day of data, YYYY-MM-DD")
+    retrain.add_argument("--reason", help="why, kept in the run's trigger log")
+    retrain.set_defaults(handler=_retrain)
+
+
+def _iso_date(text: str) -> Any:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
 # Command groups, in the order ``--help`` lists them. Add a group by adding a builder here.
 COMMANDS: dict[str, CommandBuilder] = {
     "aws": _build_aws,
     "invoke": _build_invoke,
+    "retrain": _build_retrain,
 }
 
 
