@@ -503,7 +503,7 @@ class Retraining:
             delivered (the run is closed; the caller should surface the failure).
         """
         now = self.clock()
-        start, end = self._data_range(request, now)
+        start, end = self._data_range(request)
         run_id = self.new_run_id(now)
         uris = self.config.uris(request.model, run_id)
         run = RunRecord(
@@ -582,10 +582,10 @@ class Retraining:
 
     # -- internals
 
-    def _data_range(self, request: RetrainingRequest, now: datetime) -> tuple[date, date]:
+    def _data_range(self, request: RetrainingRequest) -> tuple[date, date]:
         if request.start is not None and request.end is not None:
             return request.start, request.end
-        end = request.requested_at.date() if request.requested_at <= now else now.date()
+        end = request.requested_at.date()
         return end - timedelta(days=self.config.lookback_days - 1), end
 
     def _closed_unnoticed(self, run: RunRecord) -> bool:

@@ -4,7 +4,7 @@ The run log is one DynamoDB table keyed by ``model`` (hash) and ``run_id`` (rang
 item; the item ``run_id = "LOCK"`` of a model names its active run (``active_run``). Taking the
 lock is one transaction (a conditional put of the lock plus the new run item), so two triggers
 racing for a free model start one run. A global secondary index on ``job_run_id`` (the current
-stage's job run) finds the run a job state-change event belongs to. Triggers and stages are kept
+stage's job run, keys only) finds the run a job state-change event belongs to. Triggers and stages are kept
 as lists of JSON strings, so evidence with floats needs no Decimal conversion.
 """
 
@@ -107,8 +107,8 @@ def _start_error(service: str, job: str, exc: Exception) -> JobStartError:
 class GlueJobRunner:
     """Starts each stage as a run of the Glue job named by ``JobRequest.job_name``.
 
-    Glue's ``StartJobRun`` has no idempotency token; the jobs' ``MaxConcurrentRuns: 1`` keeps a
-    start retried after a lost response from running the stage twice.
+    Glue's ``StartJobRun`` has no idempotency token: a start retried after a lost response may run
+    a stage twice (the later run is the one the run log follows).
     """
 
     name = "glue"
@@ -446,13 +446,12 @@ class DynamoRunLog:
         items = response.get("Items") or []
         if not items:
             return None
-        # the index is eventually consistent: read the run itself
-        found = _run_of(items[0])
+        # the index projects keys only (and is eventually consistent): read the run itself
         try:
-            item = self._get(found.model, found.run_id)
+            item = self._get(items[0]["model"]["S"], items[0]["run_id"]["S"])
         except aws_errors() as exc:
             raise PortError(f"DynamoDB {self.table}: {exc}") from exc
-        return _run_of(item) if item else found
+        return _run_of(item) if item else None
 
     def close(self, run: RunRecord, status: str, message: str | None, now: float) -> None:
         from botocore.exceptions import ClientError
