@@ -69,6 +69,9 @@ class ContractLimits(BaseModel):
     max_future_skew_seconds: float = Field(default=300.0, ge=0)
 
 
+DEFAULT_LIMITS = ContractLimits()
+
+
 class PayloadTooLarge(ValueError):
     """The payload exceeds ``ContractLimits.max_payload_bytes`` (HTTP 413)."""
 
@@ -166,7 +169,7 @@ class Reading(BaseModel):
             )
         context = info.context or {}
         now: datetime | None = context.get("now")
-        limits: ContractLimits = context.get("limits") or ContractLimits()
+        limits: ContractLimits = context.get("limits") or DEFAULT_LIMITS
         if now is not None and value - now > timedelta(seconds=limits.max_future_skew_seconds):
             raise ValueError(
                 f"timestamp {value.isoformat()} is more than {limits.max_future_skew_seconds:g} s "
@@ -179,7 +182,7 @@ class Reading(BaseModel):
     def _sensors_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError("sensors must be an object mapping sensor name to number")
-        limits: ContractLimits = (info.context or {}).get("limits") or ContractLimits()
+        limits: ContractLimits = (info.context or {}).get("limits") or DEFAULT_LIMITS
         if len(value) == 0:
             raise ValueError("sensors must hold at least one value")
         if len(value) > limits.max_sensors:
@@ -192,8 +195,22 @@ class Reading(BaseModel):
         return f"{self.device_id}|{self.timestamp.isoformat()}|{seq}"
 
     def to_record(self) -> dict[str, Any]:
-        """The reading as JSON-ready data (timestamps as ISO 8601 UTC)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The reading as JSON-ready data (timestamp as ISO 8601 UTC with ``Z``); round-trips.
+
+        Built by hand: it runs once per reading on the lake path, where ``model_dump`` costs ~10x.
+        """
+        record: dict[str, Any] = {"device_id": self.device_id}
+        for name in ("asset", "line", "site"):
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = value
+        record["timestamp"] = self.timestamp.isoformat().replace("+00:00", "Z")
+        record["sensors"] = dict(self.sensors)
+        if self.mode is not None:
+            record["mode"] = self.mode
+        if self.seq is not None:
+            record["seq"] = self.seq
+        return record
 
 
 class ReadingBatch(BaseModel):
@@ -281,7 +298,7 @@ def parse_reading(
     """
     if isinstance(obj, Reading):
         return obj
-    context = {"limits": limits or ContractLimits(), "now": now}
+    context = {"limits": limits or DEFAULT_LIMITS, "now": now}
     if not isinstance(obj, Mapping):
         return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)
     try:
@@ -301,7 +318,7 @@ def parse_readings(
     start_index: int = 0,
 ) -> ParsedPayload:
     """Validate many decoded records one by one; bad ones become rejections, good ones readings."""
-    limits = limits or ContractLimits()
+    limits = limits or DEFAULT_LIMITS
     out = ParsedPayload()
     for i, obj in enumerate(records, start=start_index):
         result = parse_reading(obj, index=i, limits=limits, now=now)
@@ -340,7 +357,7 @@ def parse_payload(
     PayloadTooLarge
         When raw bytes or text exceed ``limits.max_payload_bytes``; nothing is parsed.
     """
-    limits = limits or ContractLimits()
+    limits = limits or DEFAULT_LIMITS
     document: Any = payload
     if isinstance(payload, bytes | bytearray | str):
         raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)

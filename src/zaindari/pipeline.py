@@ -103,7 +103,8 @@ class TableScores:
 class ScoringOutcome:
     """What :func:`score_readings` returns.
 
-    ``scored`` holds one row per scored reading, JSON-ready (what goes to the lake); ``rejections``
+    ``scored`` holds one row per scored reading, JSON-ready (what goes to the lake's ``scores/``; the
+    sensor values go to ``raw/telemetry/`` with the same ``record_key``); ``rejections``
     refer to positions in the ``readings`` argument.
     """
 
@@ -229,7 +230,6 @@ def score_readings(
                 "late": bool(result.features.late[k]),
                 "model_version": result.model_version,
                 "rule_set_version": rule_set,
-                "sensors": dict(reading.sensors),
             }
         )
     return ScoringOutcome(
