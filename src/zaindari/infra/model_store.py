@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -49,7 +50,9 @@ def download_bundle(factory: ClientFactory, uri: str, cache_dir: str | Path) -> 
         if "/" in name or name.startswith("."):
             raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {name!r}")
         try:
-            s3.download_file(bucket, prefix + name, str(partial / name))
+            body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"]
+            with (partial / name).open("wb") as out:
+                shutil.copyfileobj(body, out, 1 << 20)
         except aws_errors() as exc:
             raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
     (partial / MANIFEST_FILE).write_bytes(manifest_bytes)

@@ -22,7 +22,7 @@ def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
     """AWS clients from the standard configuration (``AWS_ENDPOINT_URL`` selects moto/LocalStack)."""
     import os
 
-    return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)))
+    return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)), botocore_only=True)
 
 
 def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScoring:
