@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -62,12 +62,24 @@ def fit_pca(matrix: npt.NDArray[Any], n_components: int) -> PcaWeights:
     return PcaWeights(mean, std, vt[:k].T)
 
 
-def pca_anomaly_onnx(weights: PcaWeights, input_name: str = "features") -> bytes:
-    """The ONNX graph (float32 in, ``score`` and ``contributions`` out) for ``weights``."""
+def pca_anomaly_onnx(
+    weights: PcaWeights,
+    input_name: str = "features",
+    *,
+    compute_dtype: Literal["float32", "float64"] = "float32",
+) -> bytes:
+    """The ONNX graph (float32 in, ``score`` and ``contributions`` out) for ``weights``.
+
+    With ``compute_dtype="float64"`` the graph casts its input to double, computes in double and
+    returns double outputs: the Spark training job uses it so the exported score equals Spark's
+    to ~1e-12 even for large scores (float32 holds a score of 1,000 only to ~6e-5).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     n_features = weights.mean.shape[0]
-    f32 = np.float32
+    wide = compute_dtype == "float64"
+    f32 = np.float64 if wide else np.float32
+    out_type = TensorProto.DOUBLE if wide else TensorProto.FLOAT
     initializers = [
         numpy_helper.from_array(weights.mean.astype(f32), "mean"),
         numpy_helper.from_array(weights.std.astype(f32), "std"),
@@ -75,8 +87,11 @@ def pca_anomaly_onnx(weights: PcaWeights, input_name: str = "features") -> bytes
         numpy_helper.from_array(np.ascontiguousarray(weights.components.T).astype(f32), "components_t"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
+    cast = [helper.make_node("Cast", [input_name], ["features_wide"], to=TensorProto.DOUBLE)] if wide else []
+    first = "features_wide" if wide else input_name
     nodes = [
-        helper.make_node("Sub", [input_name, "mean"], ["centred"]),
+        *cast,
+        helper.make_node("Sub", [first, "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "std"], ["z"]),
         helper.make_node("MatMul", ["z", "components"], ["projection"]),
         helper.make_node("MatMul", ["projection", "components_t"], ["reconstruction"]),
@@ -89,8 +104,8 @@ def pca_anomaly_onnx(weights: PcaWeights, input_name: str = "features") -> bytes
         "zaindari_pca_anomaly",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, n_features])],
         [
-            helper.make_tensor_value_info("score", TensorProto.FLOAT, [None]),
-            helper.make_tensor_value_info("contributions", TensorProto.FLOAT, [None, n_features]),
+            helper.make_tensor_value_info("score", out_type, [None]),
+            helper.make_tensor_value_info("contributions", out_type, [None, n_features]),
         ],
         initializers,
     )
@@ -99,7 +114,14 @@ def pca_anomaly_onnx(weights: PcaWeights, input_name: str = "features") -> bytes
     return bytes(model.SerializeToString())
 
 
-def pca_signature(spec: ModelSpec, weights: PcaWeights, input_name: str = "features") -> Signature:
+def pca_signature(
+    spec: ModelSpec,
+    weights: PcaWeights,
+    input_name: str = "features",
+    *,
+    output_dtype: Literal["float32", "float64"] = "float32",
+) -> Signature:
+    """The signature of :func:`pca_anomaly_onnx`'s graph (``output_dtype`` = its ``compute_dtype``)."""
     features = spec.model_features
     return Signature(
         inputs=[TensorSpec(name=input_name, dtype="float32", shape=[None, len(features)])],
@@ -107,14 +129,14 @@ def pca_signature(spec: ModelSpec, weights: PcaWeights, input_name: str = "featu
         outputs=[
             OutputSpec(
                 name="score",
-                dtype="float32",
+                dtype=output_dtype,
                 shape=[None],
                 role="score",
                 meaning="PCA reconstruction error of the standardised features (higher = more abnormal)",
             ),
             OutputSpec(
                 name="contributions",
-                dtype="float32",
+                dtype=output_dtype,
                 shape=[None, len(features)],
                 role="contributions",
                 meaning="squared standardised residual per feature; sums to the score",
