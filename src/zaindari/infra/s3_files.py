@@ -2,7 +2,8 @@
 
 Implements :class:`zaindari.training_set.FileStore` with boto3, so a local Spark (which has no S3
 filesystem offline, see :mod:`zaindari.training_set`) can work on S3 data through local copies.
-Downloads and uploads run in a small thread pool (boto3 clients are thread-safe).
+Downloads and uploads run in a small thread pool (clients are thread-safe) with plain
+``GetObject``/``PutObject`` calls, so the store works with botocore-only clients too.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class S3FileStore:
             stored, target = pair
             target.parent.mkdir(parents=True, exist_ok=True)
             bucket, key = split_s3_uri(stored.uri)
-            client.download_file(bucket, key, str(target))
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with target.open("wb") as f:  # plain botocore clients: no download_file
+                for chunk in body.iter_chunks(1 << 20):
+                    f.write(chunk)
 
         try:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
@@ -107,7 +111,8 @@ class S3FileStore:
                 )
 
             def put(path: Path) -> None:
-                client.upload_file(str(path), bucket, key + path.relative_to(folder).as_posix())
+                with path.open("rb") as f:  # one request per file: Spark part files are far below 5 GB
+                    client.put_object(Bucket=bucket, Key=key + path.relative_to(folder).as_posix(), Body=f)
 
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
                 list(pool.map(put, files))
