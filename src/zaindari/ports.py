@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
 from zaindari.pipeline import DeviceState
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from zaindari.file_scoring import FileManifest, FileRun, FileSource
+
 __all__ = [
     "AlertSink",
+    "FileSink",
     "LakeWriter",
     "PortError",
     "RejectSink",
@@ -97,4 +103,42 @@ class RejectSink(Protocol):
 
     def reject(self, rejected: Sequence[RejectedRecord]) -> list[str]:
         """Store; returns the locations written (raises PortError on failure)."""
+        ...
+
+
+class FileSink(Protocol):
+    """Where file scoring's outputs go (S3 on AWS, a local folder at the edge).
+
+    Scores and quarantined rows of a run (a file, or one part of it) are *staged* as they come and
+    published together by :meth:`commit`, or dropped by :meth:`abort`: a reader of the lake never
+    sees half a file. Object names derive from ``run.name``, so a replay overwrites its own outputs.
+    Every method raises PortError when the storage fails.
+    """
+
+    def write_scores(self, run: FileRun, scores: pa.Table) -> None:
+        """Stage one chunk's scores (``zaindari.file_scoring.SCORES_SCHEMA``), partitioned by date."""
+        ...
+
+    def write_quarantine(self, run: FileRun, rejected: Sequence[RejectedRecord]) -> None:
+        """Stage one chunk's quarantined rows, each with its reason and raw record."""
+        ...
+
+    def commit(self, run: FileRun) -> list[str]:
+        """Publish everything staged for ``run``; returns the locations written."""
+        ...
+
+    def abort(self, run: FileRun) -> None:
+        """Drop everything staged for ``run`` (nothing of it becomes visible)."""
+        ...
+
+    def discard(self, outputs: Sequence[str]) -> None:
+        """Delete published outputs (the other parts of a fanned-out file that failed)."""
+        ...
+
+    def quarantine_file(self, source: FileSource, reason: str) -> str:
+        """Set a whole file aside (corrupt, truncated, unreadable); returns where."""
+        ...
+
+    def write_manifest(self, manifest: FileManifest) -> str:
+        """Write a file's (or a part's) manifest at its deterministic location; returns it."""
         ...
