@@ -428,7 +428,7 @@ def stage_arguments(run: RunRecord, stage: str, lake_uri: str, rejected_uri: str
     """The job arguments of one stage (Glue ``--name value`` pairs; EMR passes the same list).
 
     ``build_training_set`` gets the lake, the data range, the spec and where to write;
-    ``train_model`` gets the spec, the training set and where to write the bundle.
+    ``train_model`` gets the spec, the training set (``--input``) and where to write the bundle.
     """
     if stage == "build_training_set":
         return {
@@ -440,11 +440,7 @@ def stage_arguments(run: RunRecord, stage: str, lake_uri: str, rejected_uri: str
             "--rejected": rejected_uri,
         }
     if stage == "train_model":
-        return {
-            "--spec": run.spec_uri,
-            "--training_set": run.training_set_uri,
-            "--output": run.model_output_uri,
-        }
+        return {"--spec": run.spec_uri, "--input": run.training_set_uri, "--output": run.model_output_uri}
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -228,8 +228,7 @@ def test_job_state_changes_move_the_run_to_training_then_close_it(
     (train_run,) = job_runs(aws, stack, "TrainModelJob")
     lake = stack.name("LakeBucket")
     assert (
-        train_run["Arguments"]["--training_set"]
-        == f"s3://{lake}/training/sets/plant-anomaly/{started['run_id']}/"
+        train_run["Arguments"]["--input"] == f"s3://{lake}/training/sets/plant-anomaly/{started['run_id']}/"
     )
     assert (
         train_run["Arguments"]["--output"]

@@ -186,7 +186,7 @@ def test_the_first_stage_succeeding_starts_the_second_with_the_training_set() ->
     assert job.job_name == "zaindari-train-model"
     assert job.arguments == {
         "--spec": "s3://lake/specs/plant-anomaly.yaml",
-        "--training_set": "s3://lake/training/sets/plant-anomaly/r1/",
+        "--input": "s3://lake/training/sets/plant-anomaly/r1/",
         "--output": "s3://lake/models/plant-anomaly/candidates/r1/",
     }
     assert w.runs.locks == {"plant-anomaly": "r1"}  # still one run, still locked
