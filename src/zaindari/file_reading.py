@@ -501,6 +501,8 @@ def _csv_header(line: bytes) -> list[str]:
         line = line[3:]
     if not line.strip():
         raise FileError("empty CSV file: no header line")
+    if b"\x00" in line:
+        raise FileError("not a CSV file: its first line holds binary (NUL) bytes")
     try:
         names = pcsv.read_csv(
             pa.BufferReader(line), read_options=pcsv.ReadOptions(use_threads=False)
@@ -939,7 +941,7 @@ def _python_column(
 
 
 def _preview(value: Any) -> str:
-    text = json.dumps(value, default=str)
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

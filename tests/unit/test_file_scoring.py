@@ -1,0 +1,562 @@
+"""File scoring on a real bundle and simulated historian files, written to a local folder.
+
+No network: the example model (PCA fitted on simulated healthy operation) scores the small
+simulated plant exported as CSV, gzip CSV, Parquet (several row groups) and JSON Lines. Chunks are
+kept small so every file spans many chunks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.example_model import example_model_bundle
+from zaindari.features import SensorTable
+from zaindari.file_reading import RawChunk, read_chunks
+from zaindari.file_scoring import (
+    FileManifest,
+    FilePart,
+    FileRun,
+    FileScoring,
+    FileScoringOptions,
+    FileSource,
+    merge_manifests,
+    number_parts,
+    plan_parts,
+    validate_chunk,
+)
+from zaindari.local_ports import LocalFileSink
+from zaindari.pipeline import score_table
+from zaindari.ports import PortError
+from zaindari.simulate import PlantConfig, PlantData, simulate_plant
+
+SMALL_CHUNKS = FileScoringOptions(chunk_bytes=8192, chunk_rows=97)
+SENSORS = ["temperature", "vibration_rms", "motor_current", "pressure", "speed", "torque"]
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    return load_bundle(example_model_bundle(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def plant() -> PlantData:
+    return simulate_plant(PlantConfig.small(seed=0))
+
+
+@pytest.fixture(scope="module")
+def frame(plant: PlantData) -> pd.DataFrame:
+    return plant.historian_frame()
+
+
+@pytest.fixture(scope="module")
+def files(frame: pd.DataFrame) -> dict[str, bytes]:
+    """The same readings in every format the drops come in."""
+    csv = frame.to_csv(index=False).encode()
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False, engine="pyarrow", row_group_size=250)
+    jsonl = frame.to_json(orient="records", lines=True).encode()
+    return {
+        "drop.csv": csv,
+        "drop.csv.gz": gzip.compress(csv),
+        "drop.parquet": parquet.getvalue(),
+        "drop.jsonl": jsonl,
+        "drop.json.gz": gzip.compress(jsonl),
+    }
+
+
+def run(
+    bundle: ModelBundle,
+    data: bytes,
+    key: str,
+    lake: Path,
+    *,
+    options: FileScoringOptions = SMALL_CHUNKS,
+    part: FilePart | None = None,
+    sink: LocalFileSink | None = None,
+) -> FileManifest:
+    scoring = FileScoring(model=lambda: bundle, sink=sink or LocalFileSink(lake), options=options)
+    return scoring.score_file(io.BytesIO(data), FileSource(key=f"drops/{key}", etag="e1"), part=part)
+
+
+def scores_of(lake: Path) -> pd.DataFrame:
+    files = sorted((lake / "scores").rglob("*.parquet")) if (lake / "scores").exists() else []
+    if not files:
+        return pd.DataFrame(columns=["row"])
+    return pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("row").reset_index(drop=True)
+
+
+def quarantined(lake: Path) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for f in sorted((lake / "quarantine").glob("date=*/*.jsonl")):
+        for line in f.read_text().splitlines():
+            record = json.loads(line)
+            out[record["reading_index"]] = record
+    return out
+
+
+def assert_accounted(manifest: FileManifest, lake: Path) -> None:
+    assert manifest.status == "scored", manifest.error
+    assert manifest.rows_in == manifest.rows_scored + manifest.rows_quarantined
+    assert len(scores_of(lake)) == manifest.rows_scored
+    assert len(quarantined(lake)) == manifest.rows_quarantined
+
+
+def summary_key(summary: Any) -> tuple[Any, ...]:
+    """An alert summary without its floats (ONNX batches of other sizes round differently)."""
+    return (
+        summary.device_id,
+        summary.rule_id,
+        summary.severity,
+        summary.rows,
+        summary.raised,
+        summary.escalated,
+        summary.resolved,
+        summary.first_at,
+        summary.last_at,
+        [w.row for w in summary.worst_rows],
+    )
+
+
+def lines_of(data: bytes) -> list[bytes]:
+    return data.decode().splitlines(keepends=True)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------- every format
+
+
+@pytest.mark.parametrize("key", ["drop.csv", "drop.csv.gz", "drop.parquet", "drop.jsonl", "drop.json.gz"])
+def test_each_format_is_scored_in_chunks_with_every_row_accounted(
+    bundle: ModelBundle, files: dict[str, bytes], frame: pd.DataFrame, key: str, tmp_path: Path
+) -> None:
+    manifest = run(bundle, files[key], key, tmp_path)
+
+    assert_accounted(manifest, tmp_path)
+    assert manifest.rows_in == len(frame) == manifest.rows_scored
+    assert manifest.chunks > 5
+    assert manifest.format == key.removeprefix("drop.").replace("json.gz", "jsonl.gz")
+    scores = scores_of(tmp_path)
+    assert scores["row"].tolist() == list(range(len(frame)))
+    assert set(scores["source_key"]) == {f"drops/{key}"}
+    assert set(scores["model_version"]) == {bundle.model_version}
+    assert scores["device_id"].tolist() == frame["device_id"].tolist()
+    assert scores["asset"].tolist() == frame["asset"].tolist()
+    assert manifest.extra_columns == ["seq"]
+    assert manifest.outputs == [f"scores/date=2024-01-01/{manifest.source_id}.parquet"]
+
+
+def test_results_are_equal_across_formats(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    results = {}
+    for key, data in files.items():
+        manifest = run(bundle, data, key, tmp_path / key)
+        scores = scores_of(tmp_path / key)
+        results[key] = (manifest, scores)
+    reference_manifest, reference = results["drop.csv"]
+    for key, (manifest, scores) in results.items():
+        np.testing.assert_allclose(scores["score"], reference["score"], rtol=1e-6, err_msg=key)
+        assert scores["alert"].tolist() == reference["alert"].tolist(), key
+        assert scores["severity"].tolist() == reference["severity"].tolist(), key
+        assert scores["timestamp"].tolist() == reference["timestamp"].tolist(), key
+        assert [summary_key(a) for a in manifest.alerts] == [
+            summary_key(a) for a in reference_manifest.alerts
+        ]
+
+
+def test_chunked_scores_equal_score_table_on_the_whole_table(
+    bundle: ModelBundle, files: dict[str, bytes], frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Given the whole table scored in one score_table call
+    whole = SensorTable(
+        device_id=frame["device_id"].to_numpy(dtype=object),
+        timestamp=pd.to_datetime(frame["timestamp"], utc=True).astype("int64").to_numpy() / 1e9,
+        sensors={s: frame[s].to_numpy(dtype=np.float64) for s in SENSORS},
+        mode=frame["mode"].to_numpy(dtype=object),
+    )
+    expected = score_table(bundle, whole)
+    # When the CSV is scored in chunks of about 70 rows
+    manifest = run(bundle, files["drop.csv"], "drop.csv", tmp_path)
+    # Then the windows crossed the chunk boundaries: every row scores the same
+    assert manifest.chunks >= 20
+    scores = scores_of(tmp_path)
+    assert scores["row"].tolist() == expected.rows.tolist()
+    np.testing.assert_allclose(scores["score"], expected.score, rtol=1e-5)
+    assert [list(r) for r in scores["rules"]] == expected.row_rules
+    assert scores["severity"].tolist() == expected.row_severity
+    raised = {(a.device_id, a.rule_id) for a in expected.alerts if a.kind == "raised"}
+    assert {(s.device_id, s.rule_id) for s in manifest.alerts if s.raised} == raised
+    assert sum(s.raised for s in manifest.alerts) == sum(a.kind == "raised" for a in expected.alerts)
+
+
+# ----------------------------------------------------------------------------------- bad rows
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_neighbours_scored(
+    bundle: ModelBundle, files: dict[str, bytes], frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    lines = lines_of(files["drop.csv"])  # lines[0] is the header; row r is lines[r + 1]
+    header = lines[0].strip().split(",")
+    col = {name: i for i, name in enumerate(header)}
+
+    def edit(row: int, **values: str) -> None:
+        fields = lines[row + 1].rstrip("\n").split(",")
+        for name, value in values.items():
+            fields[col[name]] = value
+        lines[row + 1] = ",".join(fields) + "\n"
+
+    edit(10, timestamp="2024-01-01T00:02:00")  # naive
+    edit(20, temperature="hot")  # not a number
+    edit(30, device_id="")  # missing device id
+    edit(40, pressure="900")  # outside the spec's range [0, 400]
+    edit(50, timestamp="01/01/2024 00:05")  # not ISO 8601
+    edit(60, timestamp="1704068100000")  # epoch milliseconds as text: valid
+    edit(70, speed="inf")  # not finite
+    lines[81] = "plant-1-press-101,press-101\n"  # row 80: wrong number of fields
+    lines.insert(91, "\n")  # a blank line: not a row, row numbers still count it
+    data = "".join(lines).encode()
+
+    manifest = run(bundle, data, "bad.csv", tmp_path)
+
+    assert_accounted(manifest, tmp_path)
+    assert manifest.rows_in == len(frame)
+    assert manifest.blank_lines == 1
+    bad = quarantined(tmp_path)
+    assert sorted(bad) == [10, 20, 30, 40, 50, 70, 80]
+    assert "timestamp" in bad[10]["reason"] and "no timezone" in bad[10]["reason"]
+    assert bad[20]["reason"] == "sensors.temperature: value 'hot' is not a number"
+    assert bad[30]["reason"] == "device_id: missing"
+    assert "outside valid range [0, 400]" in bad[40]["reason"] and bad[40]["stage"] == "features"
+    assert "is not ISO 8601" in bad[50]["reason"]
+    assert "not finite" in bad[70]["reason"]
+    assert bad[80]["reason"] == "row has 2 fields, the header has 13" and bad[80]["stage"] == "parse"
+    # the raw row is kept, extra columns included
+    assert bad[20]["record"]["seq"] == str(frame["seq"][20]) and bad[20]["record"]["temperature"] == "hot"
+    scores = scores_of(tmp_path)
+    assert 60 in set(scores["row"]) and 92 in set(scores["row"])  # the row after the blank line
+    assert not set(bad) & set(scores["row"])
+    assert scores["row"].max() == len(frame)  # the blank line took a number
+
+
+def test_json_lines_follow_the_event_contract(bundle: ModelBundle, plant: PlantData, tmp_path: Path) -> None:
+    # Given event-shaped lines (sensors nested), with epoch-millisecond timestamps on some
+    records = list(plant.readings(limit=400))
+    records[5]["timestamp"] = int(datetime(2024, 1, 1, 0, 1, tzinfo=UTC).timestamp() * 1000)
+    records[7]["sensors"]["pressure"] = "12.5"  # a JSON string is not a number
+    records[9]["device_id"] = None
+    records[11]["sensors"]["speed"] = True
+    text = [json.dumps(r) for r in records]
+    text[13] = '{"device_id": "plant-1-press-101", "timestamp": '  # truncated line
+    text[15] = "[1, 2, 3]"
+    data = ("\n".join(text) + "\n").encode()
+
+    manifest = run(bundle, data, "events.jsonl", tmp_path)
+
+    assert_accounted(manifest, tmp_path)
+    assert manifest.rows_in == 400
+    bad = quarantined(tmp_path)
+    assert sorted(bad) == [7, 9, 11, 13, 15]
+    assert bad[7]["reason"] == "sensors.pressure: value '12.5' is not a number"
+    assert bad[9]["reason"] == "device_id: missing"
+    assert bad[11]["reason"] == "sensors.speed: value true is not a number"
+    assert "not valid JSON" in bad[13]["reason"]
+    assert "must be a JSON object" in bad[15]["reason"]
+    assert 5 in set(scores_of(tmp_path)["row"])
+
+
+def test_timestamps_are_checked_like_the_contract(bundle: ModelBundle) -> None:
+    stamps = [
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T02:00:00+02:00",
+        "2024-01-01 00:00:00.250+0000",
+        "1704067200000",
+        "2024-01-01T00:00:00",
+        "2024-01-01",
+        "yesterday",
+        "2024-13-01T00:00:00Z",
+        "946684799000",
+        None,
+    ]
+    n = len(stamps)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "device_id": ["d"] * n,
+            "timestamp": pa.array(stamps, pa.string()),
+            **{s: pa.array([1.0] * n) for s in SENSORS},
+        }
+    )
+    valid = validate_chunk(RawChunk(batch, np.arange(n, dtype=np.int64)), bundle.spec)
+
+    assert valid.positions.tolist() == [0, 1, 2, 3]
+    assert valid.table.timestamp.tolist() == [1704067200.0, 1704067200.0, 1704067200.25, 1704067200.0]
+    reasons = {i: reason for i, reason, _ in valid.rejected}
+    assert "no timezone" in reasons[4] and "no timezone" in reasons[5]
+    assert "not ISO 8601" in reasons[6] and "not ISO 8601" in reasons[7]
+    assert "before 2000-01-01" in reasons[8]
+    assert reasons[9] == "timestamp: missing"
+
+
+def test_typed_parquet_timestamps_naive_ones_are_quarantined(
+    bundle: ModelBundle, plant: PlantData, tmp_path: Path
+) -> None:
+    frame = plant.frame.loc[:, ["device_id", "timestamp", "mode", *SENSORS]]
+    aware, naive = io.BytesIO(), io.BytesIO()
+    frame.to_parquet(aware, index=False)
+    frame.assign(timestamp=frame["timestamp"].dt.tz_localize(None)).to_parquet(naive, index=False)
+
+    good = run(bundle, aware.getvalue(), "aware.parquet", tmp_path / "aware")
+    bad = run(bundle, naive.getvalue(), "naive.parquet", tmp_path / "naive")
+
+    assert good.rows_scored == len(frame)
+    assert bad.rows_quarantined == len(frame) and bad.rows_scored == 0
+    assert "no timezone" in quarantined(tmp_path / "naive")[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- whole-file errors
+
+
+@pytest.mark.parametrize(
+    ("key", "make", "message"),
+    [
+        ("cut.csv.gz", lambda f: f["drop.csv.gz"][: len(f["drop.csv.gz"]) // 2], "truncated gzip file"),
+        ("cut.json.gz", lambda f: f["drop.json.gz"][:-20], "truncated gzip file"),
+        ("noise.csv.gz", lambda f: bytes(range(256)) * 64, "corrupt gzip file"),
+        ("noise.parquet", lambda f: bytes(range(256)) * 64, "not a readable Parquet file"),
+        ("cut.parquet", lambda f: f["drop.parquet"][:-100], "not a readable Parquet file"),
+        ("noise.csv", lambda f: b"\x00\xff" * 50_000, "not a CSV file: its first line holds binary"),
+        ("long.csv", lambda f: b"a" * 9_000_000, "no line end within 8,388,608 bytes"),
+        ("noise.jsonl", lambda f: b"garbage\n" * 100, "not a JSON Lines file"),
+        ("readme.txt", lambda f: b"hello\n", "unsupported file type"),
+        ("empty.csv", lambda f: b"", "empty CSV file"),
+    ],
+)
+def test_corrupt_files_fail_with_a_clear_error_and_write_nothing(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path, key: str, make: Any, message: str
+) -> None:
+    manifest = run(bundle, make(files), key, tmp_path)
+
+    assert manifest.status == "failed"
+    assert manifest.error is not None and message in manifest.error
+    assert manifest.rows_in == manifest.rows_scored == manifest.rows_quarantined == 0
+    assert manifest.outputs == []
+    assert manifest.quarantined_to == f"quarantine/files/{manifest.source_id}.json"
+    marker = json.loads((tmp_path / manifest.quarantined_to).read_text())
+    assert marker["source"]["key"] == f"drops/{key}" and message in marker["reason"]
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [f"manifests/{manifest.source_id}.json", manifest.quarantined_to]
+    assert LocalFileSink(tmp_path).read_manifest(FileSource(key=f"drops/{key}", etag="e1")) == manifest
+
+
+def test_truncated_gzip_after_many_chunks_reports_how_far_it_got(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.csv.gz"][:-30]
+    manifest = run(bundle, data, "late-cut.csv.gz", tmp_path)
+
+    assert manifest.status == "failed" and "truncated gzip file" in (manifest.error or "")
+    assert manifest.rows_read_before_failure > 1000  # the scored chunks were not kept
+    assert not (tmp_path / "scores").exists() or not list((tmp_path / "scores").rglob("*.parquet"))
+    assert not list(tmp_path.rglob("*.inprogress"))
+
+
+def test_missing_columns_are_named(bundle: ModelBundle, frame: pd.DataFrame, tmp_path: Path) -> None:
+    data = frame.drop(columns=["pressure", "timestamp"]).to_csv(index=False).encode()
+    manifest = run(bundle, data, "thin.csv", tmp_path)
+
+    assert manifest.status == "failed"
+    assert manifest.error is not None
+    assert manifest.error.startswith("missing required columns timestamp, pressure (the file has: device_id")
+
+
+# ------------------------------------------------------------------------------------ fan-out
+
+
+@pytest.mark.parametrize("numbered", [True, False])
+def test_csv_byte_range_parts_merge_to_the_whole_file(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path, numbered: bool
+) -> None:
+    data = files["drop.csv"]
+    whole = run(bundle, data, "drop.csv", tmp_path / "whole")
+    parts = plan_parts("drop.csv", len(data), part_bytes=20_000)
+    if numbered:  # the planner counts the newlines once; otherwise each part counts its own
+        parts = number_parts(io.BytesIO(data), "drop.csv", parts)
+        assert all(p.first_row is not None for p in parts)
+    assert len(parts) > 5
+
+    sink = LocalFileSink(tmp_path / "parts")
+    scoring = FileScoring(model=lambda: bundle, sink=sink, options=SMALL_CHUNKS)
+    source = FileSource(key="drops/drop.csv", etag="e1")
+    manifests = [scoring.score_file(io.BytesIO(data), source, part=p) for p in parts]
+    merged = scoring.complete_parts(manifests)
+
+    assert merged.status == "scored" and merged.parts == len(parts)
+    for count in ("rows_in", "rows_scored", "rows_quarantined", "alert_rows"):
+        assert getattr(merged, count) == getattr(whole, count), count
+    assert scores_of(tmp_path / "parts")["row"].tolist() == scores_of(tmp_path / "whole")["row"].tolist()
+    assert len(merged.outputs) == len(parts)
+    assert (tmp_path / "parts" / "manifests" / f"{source.source_id}.json").is_file()
+    assert len(list((tmp_path / "parts" / "manifests" / source.source_id).glob("part-*.json"))) == len(parts)
+
+
+def test_byte_ranges_hold_every_line_once_whatever_the_boundaries(
+    bundle: ModelBundle, files: dict[str, bytes]
+) -> None:
+    data = files["drop.csv"][:3000]  # a line cut at the end: the last row is malformed, still one row
+    expected = len(data.splitlines()) - 1
+    for part_bytes in (1, 7, 64, 101, 256, 999, 4096):
+        parts = plan_parts("x.csv", len(data), part_bytes=part_bytes)
+        rows: list[int] = []
+        for part in parts:
+            for chunk in read_chunks(io.BytesIO(data), "x.csv", bundle.spec, part=part, chunk_bytes=50):
+                rows += chunk.rows.tolist() + [bad.row for bad in chunk.invalid]
+        assert sorted(rows) == list(range(expected)), part_bytes
+
+
+def test_parquet_row_group_parts_merge_to_the_whole_file(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.parquet"]
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
+    parts = plan_parts("drop.parquet", len(data), metadata, part_bytes=1)
+    assert len(parts) == metadata.num_row_groups > 3
+    assert [p.first_row for p in parts] == [250 * i for i in range(len(parts))]
+
+    sink = LocalFileSink(tmp_path)
+    scoring = FileScoring(model=lambda: bundle, sink=sink, options=SMALL_CHUNKS)
+    source = FileSource(key="drops/drop.parquet", version_id="v7")
+    manifests = [scoring.score_file(io.BytesIO(data), source, part=p) for p in reversed(parts)]
+    merged = scoring.complete_parts(manifests)
+
+    assert merged.status == "scored"
+    assert merged.rows_in == merged.rows_scored == metadata.num_rows
+    assert scores_of(tmp_path)["row"].tolist() == list(range(metadata.num_rows))
+    assert set(scores_of(tmp_path)["source_version"]) == {"v7"}
+
+
+def test_a_failed_part_fails_the_file_and_removes_the_other_parts_outputs(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.csv"]
+    parts = plan_parts("drop.csv", len(data), part_bytes=40_000)
+    sink = LocalFileSink(tmp_path)
+    scoring = FileScoring(model=lambda: bundle, sink=sink, options=SMALL_CHUNKS)
+    source = FileSource(key="drops/drop.csv", etag="e1")
+    manifests = [scoring.score_file(io.BytesIO(data), source, part=p) for p in parts[1:]]
+    manifests.append(
+        scoring.score_file(io.BytesIO(b"device_id\n"), source, part=parts[0])  # the columns are gone
+    )
+
+    merged = scoring.complete_parts(manifests)
+
+    assert merged.status == "failed"
+    assert merged.error is not None and "part 0: missing required columns" in merged.error
+    assert merged.rows_in == merged.rows_scored == 0 and merged.outputs == []
+    assert scores_of(tmp_path).empty
+    assert merge_manifests(manifests[:-1]).error == f"parts [0] of {len(parts)} are missing"
+
+
+# ------------------------------------------------------------------------------------- alerts
+
+
+def test_alerts_are_aggregated_one_per_device_and_rule(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    manifest = run(bundle, files["drop.parquet"], "drop.parquet", tmp_path, options=FileScoringOptions())
+    scores = scores_of(tmp_path)
+
+    keys = [(a.device_id, a.rule_id) for a in manifest.alerts]
+    assert len(keys) == len(set(keys)) > 1
+    fired = scores.explode("rules").dropna(subset=["rules"])
+    assert manifest.alert_rows == int(scores["alert"].sum()) > len(manifest.alerts)
+    for summary in manifest.alerts:
+        mine = fired[(fired["device_id"] == summary.device_id) & (fired["rules"] == summary.rule_id)]
+        assert summary.rows == len(mine)
+        assert summary.asset == mine["asset"].iloc[0]
+        worst = mine.sort_values(["score", "row"], ascending=[False, True]).head(5)
+        assert [w.row for w in summary.worst_rows] == worst["row"].tolist()
+        assert summary.first_at == mine["timestamp"].min().isoformat().replace("+00:00", "Z")
+        if summary.raised:
+            assert summary.first_alert is not None and summary.first_alert.asset == summary.asset
+    learned = [a for a in manifest.alerts if a.rule_id == "model_score" and a.raised]
+    assert learned and learned[0].first_alert is not None and learned[0].first_alert.top_contributors
+
+
+def test_merged_alert_summaries_add_counts_and_rerank_worst_rows(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.parquet"]
+    parts = plan_parts("drop.parquet", len(data), pq.ParquetFile(io.BytesIO(data)).metadata, part_bytes=1)
+    scoring = FileScoring(model=lambda: bundle, sink=LocalFileSink(tmp_path), options=SMALL_CHUNKS)
+    source = FileSource(key="drops/drop.parquet")
+    merged = scoring.complete_parts([scoring.score_file(io.BytesIO(data), source, part=p) for p in parts])
+    fired = scores_of(tmp_path).explode("rules").dropna(subset=["rules"])
+
+    for summary in merged.alerts:
+        mine = fired[(fired["device_id"] == summary.device_id) & (fired["rules"] == summary.rule_id)]
+        assert summary.rows == len(mine)
+        assert [w.row for w in summary.worst_rows] == mine.sort_values(
+            ["score", "row"], ascending=[False, True]
+        ).head(5)["row"].tolist()
+
+
+# -------------------------------------------------------------------------- outputs and sink
+
+
+def test_replaying_a_file_overwrites_its_own_outputs(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    first = run(bundle, files["drop.csv"], "drop.csv", tmp_path)
+    second = run(bundle, files["drop.csv"], "drop.csv", tmp_path)
+
+    assert first.outputs == second.outputs
+    assert len(scores_of(tmp_path)) == first.rows_scored
+
+
+def test_extra_columns_can_be_kept_in_the_scores(
+    bundle: ModelBundle, files: dict[str, bytes], frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    options = FileScoringOptions(keep_columns=("seq", "absent"))
+    run(bundle, files["drop.parquet"], "drop.parquet", tmp_path, options=options)
+    scores = scores_of(tmp_path)
+
+    assert scores["seq"].tolist() == frame["seq"].astype(str).tolist()
+    assert scores["absent"].isna().all()
+
+
+class _BrokenSink(LocalFileSink):
+    def write_scores(self, run: FileRun, scores: pa.Table) -> None:
+        super().write_scores(run, scores)
+        raise PortError("disk full")
+
+
+def test_a_sink_failure_is_raised_for_retry_and_publishes_nothing(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    with pytest.raises(PortError, match="disk full"):
+        run(bundle, files["drop.csv"], "drop.csv", tmp_path, sink=_BrokenSink(tmp_path))
+
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_readers_never_hold_more_than_a_chunk(bundle: ModelBundle, files: dict[str, bytes]) -> None:
+    def sizes(chunks: Iterator[RawChunk]) -> list[int]:
+        return [c.batch.nbytes for c in chunks]
+
+    for key in ("drop.csv", "drop.jsonl", "drop.csv.gz"):
+        chunks = sizes(read_chunks(io.BytesIO(files[key]), key, bundle.spec, chunk_bytes=8192))
+        assert len(chunks) > 10 and max(chunks) < 4 * 8192, key
