@@ -116,7 +116,7 @@ def failure_model(spark: Any, plant: dict[str, Any]) -> Any:
         "plant_failure",
         training={
             "models": {
-                "random_forest": {"numTrees": [30], "maxDepth": [5, 8]},
+                "random_forest": {"numTrees": [20], "maxDepth": [4, 6]},
                 "logistic_regression": {"regParam": [0.01]},
             }
         },
@@ -132,7 +132,7 @@ def failure_model(spark: Any, plant: dict[str, Any]) -> Any:
 def rul_model(spark: Any, plant: dict[str, Any]) -> Any:
     from zaindari.training import publish_bundle, train_model
 
-    spec = _spec("plant_rul", training={"models": {"gbt": {"maxDepth": [4], "maxIter": [15]}}})
+    spec = _spec("plant_rul", training={"models": {"random_forest": {"numTrees": [20], "maxDepth": [6]}}})
     trained = train_model(spark, spec, str(plant["raw"]))
     bundle = publish_bundle(trained, str(plant["folder"] / "bundles" / "rul"))
     return trained, Path(bundle)
@@ -258,7 +258,7 @@ def test_classification_beats_the_positive_rate_baseline_and_its_onnx_matches_sp
 def test_regression_rmse_is_well_below_predicting_the_training_mean(rul_model: Any) -> None:
     trained, path = rul_model
     metrics = trained.metrics
-    assert metrics["model"] == "gbt"  # the GBT regressor goes through our converter (#703 upstream)
+    assert metrics["model"] == "random_forest"
     assert metrics["rmse"] <= 0.6 * metrics["baseline"]["rmse"]
     assert metrics["mae"] < metrics["baseline"]["mae"]
     assert trained.parity["max_abs_diff"] <= 1e-4
@@ -284,6 +284,59 @@ def test_cross_validation_search_uses_asset_folds(spark: Any, plant: dict[str, A
     assert [s["params"]["regParam"] for s in trained.fitted.search] == [0.0, 1.0]
     assert all(s["metric"] == "rmse" and s["value"] > 0 for s in trained.fitted.search)
     assert trained.metrics["rmse"] < trained.metrics["baseline"]["rmse"]
+
+
+def test_every_supported_spark_model_exports_to_onnx_with_spark_s_predictions(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Including GBTRegressor, whose stock onnxmltools converter returns an int64 0/1 (#703)."""
+    import onnxruntime as ort
+    from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import Vectors
+    from pyspark.ml.regression import GBTRegressor, LinearRegression, RandomForestRegressor
+
+    from zaindari.sparkml_onnx import sparkml_to_onnx
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4)).astype(np.float32).astype(np.float64)
+    klass = (x[:, 0] + x[:, 1] ** 2 + 0.3 * rng.normal(size=600) > 1).astype(float)
+    value = 3 * x[:, 0] + x[:, 1] ** 2 + rng.normal(size=600)
+    df = spark.createDataFrame(
+        [(float(c), float(v), Vectors.dense(row)) for c, v, row in zip(klass, value, x, strict=True)],
+        ["klass", "value", "features"],
+    )
+    estimators = [
+        GBTClassifier(labelCol="klass", maxIter=5, maxDepth=3),
+        RandomForestClassifier(labelCol="klass", numTrees=5, maxDepth=4),
+        LogisticRegression(labelCol="klass"),
+        GBTRegressor(labelCol="value", maxIter=5, maxDepth=3),
+        RandomForestRegressor(labelCol="value", numTrees=5, maxDepth=4),
+        LinearRegression(labelCol="value"),
+    ]
+    for estimator in estimators:
+        model = estimator.fit(df)
+        graph = sparkml_to_onnx(model, 4, spark=spark, scratch_dir=str(tmp_path))
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, {"features": x.astype(np.float32)}), strict=True))
+        predicted = model.transform(df)
+        if "probability" in predicted.columns:
+            assert names == ["score", "probability", "label"]
+            spark_out = predicted.select(
+                vector_to_array("probability")[1].alias("p"), "prediction"
+            ).toPandas()
+            np.testing.assert_allclose(
+                outputs["score"], spark_out["p"], atol=1e-6, err_msg=type(model).__name__
+            )
+            np.testing.assert_array_equal(outputs["label"], spark_out["prediction"].astype(np.int64))
+        else:
+            assert names == ["score"]
+            spark_out = predicted.select("prediction").toPandas()
+            np.testing.assert_allclose(
+                outputs["score"], spark_out["prediction"], atol=1e-4, err_msg=type(model).__name__
+            )
+    assert not list(tmp_path.iterdir())  # the saved ensembles are cleaned up
 
 
 # ----------------------------------------------------------------------------- failures write nothing
