@@ -52,6 +52,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1233,8 +1234,10 @@ def train_model(
     seed
         Overrides ``spec.training.seed``.
     scratch_dir
-        Where tree ensembles are saved for export; default: a local temporary folder (local
-        Spark only: on a cluster pass a shared path, e.g. Glue's ``TempDir``).
+        Where tree ensembles are saved for export: a path the driver can read back after the
+        executors write it. Default: a local temporary folder with a local master, else
+        ``/tmp/...`` on the cluster's default file system (HDFS on EMR); on Glue pass an
+        ``s3://`` path (e.g. the job's ``TempDir``).
 
     Raises
     ------
@@ -1247,6 +1250,31 @@ def train_model(
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
     data = read_input(spark, input_path, spec, start=start, end=end, log=log)
+    try:
+        return _train(spark, spec, settings, data, scratch_dir, started, clock, log)
+    except (TrainingError, SpecError):
+        raise
+    except Exception as exc:
+        from py4j.protocol import Py4JJavaError  # type: ignore[import-untyped]
+        from pyspark.errors import PySparkException
+
+        if isinstance(exc, Py4JJavaError | PySparkException):  # e.g. a file whose columns disagree
+            raise TrainingError(
+                f"Spark failed while training from {input_path!r}: {_first_line(exc)}"
+            ) from exc
+        raise
+
+
+def _train(
+    spark: SparkSession,
+    spec: ModelSpec,
+    settings: TrainingSettings,
+    data: InputData,
+    scratch_dir: str | None,
+    started: str,
+    clock: float,
+    log: Log,
+) -> TrainedModel:
     prepared = prepare_rows(data, spec, log=log)
     rows = prepared.frame.persist()
     train, held_out, train_assets, held_assets = split_by_asset(
@@ -1254,8 +1282,15 @@ def train_model(
     )
     train, held_out = train.persist(), held_out.persist()
     log(f"split by asset: {len(train_assets)} training assets, {len(held_assets)} held out")
-    own_scratch = scratch_dir is None
-    scratch = scratch_dir or tempfile.mkdtemp(prefix="zaindari-train-")
+    local = str(spark.sparkContext.master or "").startswith("local")
+    own_scratch = scratch_dir is None and local
+    if scratch_dir:
+        scratch = scratch_dir
+    elif local:
+        scratch = tempfile.mkdtemp(prefix="zaindari-train-")
+    else:  # resolved against the cluster's default file system (HDFS on EMR); on Glue pass one
+        scratch = f"/tmp/zaindari-train-{uuid.uuid4().hex}"
+        log(f"no scratch path given: tree ensembles are saved under {scratch} on the default file system")
     try:
         fitted = fit_model(spec, settings, train, held_out, spark=spark, scratch_dir=scratch, log=log)
         parity = check_parity(fitted, settings, seed=settings.seed)

@@ -419,3 +419,34 @@ def test_a_time_range_limits_the_rows_trained_on(spark: Any, plant: dict[str, An
         end="2024-01-03T00:00:00Z",
     )
     assert data.rows_read == 13_824 and data.rows_in_range == 12 * 144
+
+
+def test_a_bundle_is_published_to_s3_manifest_last_and_never_over_another(
+    rul_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from zaindari.training import publish_bundle, read_spec
+
+    trained, _ = rul_model
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_object(Bucket="lake", Key="specs/rul.yaml", Body=trained.spec.to_yaml().encode())
+        assert read_spec("s3://lake/specs/rul.yaml") == trained.spec
+        publish_bundle(trained, "s3://lake/models/plant-rul/7/")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix="models/")["Contents"]]
+        assert {k.rsplit("/", 1)[1] for k in keys} >= {"model.onnx", "parity.json", "MANIFEST.json"}
+        for key in keys:
+            s3.download_file("lake", key, str(tmp_path / key.rsplit("/", 1)[1]))
+        assert load_bundle(tmp_path).extras["parity.json"]["passed"]
+        with pytest.raises(TrainingError, match="already holds a bundle"):
+            publish_bundle(trained, "s3://lake/models/plant-rul/7")
