@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,21 @@ def test_a_missed_state_change_event_is_noticed_by_the_next_trigger(
     assert outcome["status"] == "started" and outcome["run_id"] != first["run_id"]
     assert items(aws, stack)[first["run_id"]]["status"] == "succeeded"
     assert len(job_runs(aws, stack, "TrainModelJob")) == 1
+
+
+def test_a_lock_whose_lease_ran_out_is_taken_over(
+    stack: Provisioned, aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZAINDARI_RETRAIN_LEASE_HOURS", "0.0001")  # 0.36 s
+    app = load_function("start_retraining")
+    first = http_body(app.lambda_handler(event("http_retrain.json"), LambdaContext("start_retraining")))
+    time.sleep(0.5)  # the job still runs (moto keeps it RUNNING), but nobody renewed the lease
+    response = app.lambda_handler(event("eventbridge_drift_detected.json"), LambdaContext("start_retraining"))
+    (outcome,) = response["outcomes"]
+    assert outcome["status"] == "started" and outcome["run_id"] != first["run_id"]
+    stored = items(aws, stack)
+    assert stored[first["run_id"]]["status"] == "lease_expired"
+    assert stored["LOCK"]["active_run"] == outcome["run_id"]
 
 
 def test_a_job_state_change_of_an_unknown_run_is_ignored(
