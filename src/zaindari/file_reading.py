@@ -60,8 +60,8 @@ __all__ = [
     "required_columns",
 ]
 
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-DEFAULT_CHUNK_ROWS = 65_536
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+DEFAULT_CHUNK_ROWS = 16_384
 DEFAULT_PART_BYTES = 256 * 1024 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024
 IDENTITY_COLUMNS = ("asset", "line", "site")
@@ -436,6 +436,19 @@ class _Prefixed:
             return out
         return self._stream.read(size)
 
+    def readinto(self, view: memoryview, /) -> int:
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            return int(readinto(view) or 0)
+        data = self._stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
     def readable(self) -> bool:
         return True
 
@@ -516,13 +529,36 @@ def _csv_header(line: bytes) -> list[str]:
     return names
 
 
+def _fill(stream: ByteStream, view: memoryview) -> int:
+    """Read into ``view`` until it is full or the stream ends; returns the bytes read."""
+    readinto = getattr(stream, "readinto", None)
+    got = 0
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = stream.read(len(view) - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _lines_in(buf: bytearray, end: int) -> int:
+    """Lines in ``buf[:end]`` (the last one may lack its newline)."""
+    return buf.count(b"\n", 0, end) + (1 if end and buf[end - 1] != 10 else 0)
+
+
 def _line_blocks(
     stream: ByteStream, block_bytes: int, max_line_bytes: int, limit: int | None
-) -> Iterator[bytes]:
-    """Blocks of whole lines (the last may lack its newline).
+) -> Iterator[tuple[memoryview, int]]:
+    """Blocks of whole lines (the last may lack its newline), with their line counts.
 
-    With ``limit``, stop after the line holding byte ``limit - 1`` (counted from the stream's
-    current position): the lines whose first byte lies before ``limit``.
+    Each block is read straight into its own buffer and handed out as a view (Arrow parses it
+    without a copy). With ``limit``, stop after the line holding byte ``limit - 1`` (counted from
+    the stream's current position): the lines whose first byte lies before ``limit``.
     """
     carry = b""
     consumed = 0  # bytes read from the stream so far
@@ -533,38 +569,36 @@ def _line_blocks(
             want = min(block_bytes, limit - consumed)
         else:
             want = block_bytes
-        data = stream.read(want)
+        buf = bytearray(len(carry) + want)
+        buf[: len(carry)] = carry
+        got = _fill(stream, memoryview(buf)[len(carry) :])
         buf_start = consumed - len(carry)
-        consumed += len(data)
-        buf = carry + data if carry else data
+        consumed += got
+        size = len(carry) + got
+        at_end = got < want
         if limit is not None and consumed >= limit:
-            nl = buf.find(b"\n", max(limit - 1 - buf_start, 0))
+            nl = buf.find(b"\n", max(limit - 1 - buf_start, 0), size)
             if nl >= 0:
-                if nl + 1 > 0:
-                    yield buf[: nl + 1]
+                yield memoryview(buf)[: nl + 1], _lines_in(buf, nl + 1)
                 return
-            if not data:
-                if buf:
-                    yield buf
+            if at_end:
+                if size:
+                    yield memoryview(buf)[:size], _lines_in(buf, size)
                 return
-            carry = buf
+            carry = bytes(buf[:size])
             continue
-        if not data:
-            if buf:
-                yield buf
+        if at_end:
+            if size:
+                yield memoryview(buf)[:size], _lines_in(buf, size)
             return
-        cut = buf.rfind(b"\n") + 1
+        cut = buf.rfind(b"\n", 0, size) + 1
         if cut == 0:
-            if len(buf) > max_line_bytes:
+            if size > max_line_bytes:
                 raise FileError(f"no line end within {max_line_bytes:,} bytes; not a text file?")
-            carry = buf
+            carry = bytes(buf[:size])
             continue
-        if cut == len(buf):
-            carry = b""
-            yield buf
-        else:
-            carry = buf[cut:]
-            yield buf[:cut]
+        carry = bytes(buf[cut:size])
+        yield memoryview(buf)[:cut], _lines_in(buf, cut)
 
 
 def _text_part_chunks(
@@ -633,16 +667,15 @@ def _text_chunks(
         if limit is not None and limit <= 0:
             return
         row = first_row
-        for block in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
-            chunk = _csv_block(block, names, spec, row)
-            row += _line_count(block)
-            yield chunk
+        for block, lines in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
+            yield _csv_block(block, lines, names, spec, row)
+            row += lines
         return
     row = first_row
     checked = False
-    for block in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
+    for block, lines in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
         chunk = _jsonl_block(block, row, spec)
-        row += _line_count(block)
+        row += lines
         if not checked:
             if chunk.batch.num_rows == 0 and chunk.invalid:
                 raise FileError(
@@ -659,22 +692,19 @@ def _text_chunks(
         on_columns([])
 
 
-def _line_count(block: bytes) -> int:
-    return block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
-
-
 # ------------------------------------------------------------------------------------- CSV
 
 
-def _csv_block(block: bytes, names: list[str], spec: ModelSpec, first_row: int) -> RawChunk:
-    """Parse a block of CSV lines: all-typed and multi-threaded, or line by line when a line is bad."""
-    lines = _line_count(block)
+def _csv_block(block: memoryview, lines: int, names: list[str], spec: ModelSpec, first_row: int) -> RawChunk:
+    """Parse a block of ``lines`` CSV lines: typed in one go, or as text with bad lines set aside."""
     sensors = set(spec.sensor_names)
     fast_types = {n: (pa.float64() if n in sensors else pa.string()) for n in names}
     try:
         table = pcsv.read_csv(
-            pa.BufferReader(block),
-            read_options=pcsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 22),
+            pa.BufferReader(pa.py_buffer(block)),
+            # one batch per block, parsed on this thread: the parser's working memory is a
+            # multiple of what it parses at once, and threads multiply it (for little speed-up)
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
             parse_options=pcsv.ParseOptions(ignore_empty_lines=False),
             convert_options=pcsv.ConvertOptions(column_types=fast_types, strings_can_be_null=True),
         )
@@ -691,8 +721,8 @@ def _csv_block(block: bytes, names: list[str], spec: ModelSpec, first_row: int) 
 
     try:
         table = pcsv.read_csv(
-            pa.BufferReader(block),
-            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 22),
+            pa.BufferReader(pa.py_buffer(block)),
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
             parse_options=pcsv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=skip),
             convert_options=pcsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True
@@ -766,12 +796,12 @@ def _text_fields(spec: ModelSpec) -> list[str]:
     return list(dict.fromkeys([*names, *IDENTITY_COLUMNS]))
 
 
-def _jsonl_block(block: bytes, first_row: int, spec: ModelSpec) -> RawChunk:
+def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> RawChunk:
     """Parse a block of JSON lines with pyarrow, or line by line when pyarrow refuses the block."""
     data = np.frombuffer(block, dtype=np.uint8)
     ends = np.flatnonzero(data == 10)
-    if block and not block.endswith(b"\n"):
-        ends = np.append(ends, len(block))
+    if len(data) and data[-1] != 10:
+        ends = np.append(ends, len(data))
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
     lengths = ends - starts
     # blank lines: empty, or only whitespace (checked in Python for the few lines starting with it)
@@ -779,7 +809,7 @@ def _jsonl_block(block: bytes, first_row: int, spec: ModelSpec) -> RawChunk:
     if len(data):
         first_bytes = np.where(lengths > 0, data[np.minimum(starts, len(data) - 1)], 0)
         for i in np.flatnonzero((lengths > 0) & np.isin(first_bytes, (9, 13, 32))):
-            if not block[starts[i] : ends[i]].strip():
+            if not bytes(block[starts[i] : ends[i]]).strip():
                 blank[i] = True
     line_rows = first_row + np.flatnonzero(~blank).astype(np.int64)
     n_blank = int(blank.sum())
@@ -797,14 +827,16 @@ def _jsonl_block(block: bytes, first_row: int, spec: ModelSpec) -> RawChunk:
     return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec)
 
 
-def _read_json_block(block: bytes, text_fields: list[str], time_field: str, numeric_time: bool) -> pa.Table:
+def _read_json_block(
+    block: memoryview, text_fields: list[str], time_field: str, numeric_time: bool
+) -> pa.Table:
     # identifiers are read as text: inference would turn "2024-01-01T00:00:00+02:00" into a
     # timestamp without its zone, and a naive one into the same type, so neither could be checked
     fields = [
         pa.field(n, pa.float64() if numeric_time and n == time_field else pa.string()) for n in text_fields
     ]
     return pjson.read_json(
-        pa.BufferReader(block),
+        pa.BufferReader(pa.py_buffer(block)),
         read_options=pjson.ReadOptions(use_threads=True, block_size=max(len(block) + 1, 1 << 20)),
         parse_options=pjson.ParseOptions(
             explicit_schema=pa.schema(fields), unexpected_field_behavior="infer", newlines_in_values=False
@@ -838,7 +870,7 @@ def _flatten_sensors(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def _jsonl_python(
-    block: bytes,
+    block: memoryview,
     starts: npt.NDArray[np.int64],
     ends: npt.NDArray[np.int64],
     line_rows: npt.NDArray[np.int64],
@@ -850,7 +882,7 @@ def _jsonl_python(
     rows: list[int] = []
     invalid: list[InvalidRecord] = []
     for start, end, row in zip(starts.tolist(), ends.tolist(), line_rows.tolist(), strict=True):
-        raw = block[start:end]
+        raw = bytes(block[start:end])
         try:
             obj = json.loads(raw)
         except (ValueError, RecursionError) as exc:

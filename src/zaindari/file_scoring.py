@@ -35,15 +35,19 @@ the whole file; the first readings of each device in a part score with partial w
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +101,7 @@ __all__ = [
     "validate_chunk",
 ]
 
+_T = TypeVar("_T")
 MAX_ID_LENGTH = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST_US = 946_684_800_000_000  # 2000-01-01: before it, epoch seconds were sent as milliseconds
@@ -282,6 +287,10 @@ class FileScoringOptions(BaseModel):
         Extra columns copied into the scores (as text).
     threads
         onnxruntime intra-op threads.
+    read_ahead
+        Chunks parsed ahead on a background thread while the current one is scored (0: none).
+        Parsing releases the GIL, so with two cores reading and scoring overlap; each chunk
+        ahead costs one more chunk of memory.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -292,25 +301,64 @@ class FileScoringOptions(BaseModel):
     worst_rows: int = Field(default=5, ge=1, le=100)
     keep_columns: tuple[str, ...] = ()
     threads: int = Field(default=1, ge=1)
+    read_ahead: int = Field(default=1, ge=0, le=8)
 
 
 # ----------------------------------------------------------------------------- validation
 
 
 @dataclass
+class Coded:
+    """A text column as its distinct values and one code per row (``-1`` for null).
+
+    Identifiers repeat (a file has few devices), so they are checked, trimmed and turned into
+    Python strings once per distinct value, not once per row.
+    """
+
+    values: pa.Array
+    codes: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, column: pa.Array) -> Coded:
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        values = encoded.dictionary
+        if not _is_text(values.type):
+            values = pc.cast(values, pa.string())
+        codes = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return cls(values.cast(pa.string()), codes)
+
+    def objects(self, rows: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.object_]:
+        """Per row (of ``rows``), the value as a Python string (``None`` for null)."""
+        table = np.empty(len(self.values) + 1, dtype=object)
+        table[:-1] = self.values.to_pylist()
+        table[-1] = None
+        codes = self.codes if rows is None else self.codes[rows]
+        return np.asarray(table[codes], dtype=object)
+
+    def take(self, rows: npt.NDArray[np.intp]) -> pa.Array:
+        """The values at ``rows`` as a text array."""
+        codes = self.codes[rows]
+        return self.values.take(pa.array(codes, mask=codes < 0))
+
+    def at(self, row: int) -> str | None:
+        code = int(self.codes[row])
+        return None if code < 0 else str(self.values[code].as_py())
+
+
+@dataclass
 class ValidChunk:
     """The rows of a chunk that passed validation, ready for :func:`score_table`.
 
-    ``positions`` are their positions in the chunk's batch; ``micros`` their timestamps (epoch
-    microseconds, UTC); ``devices`` the trimmed device ids (all rows of the chunk, as text).
+    ``positions`` are their positions in the chunk's batch; ``micros`` the timestamps of every
+    row of the chunk (epoch microseconds, UTC); ``devices`` the trimmed device ids of every row.
     """
 
     table: SensorTable
     positions: npt.NDArray[np.intp]
     micros: npt.NDArray[np.int64]
-    devices: pa.Array
-    modes: pa.Array | None
-    identity: dict[str, pa.Array]
+    devices: Coded
+    modes: Coded | None
+    identity: dict[str, Coded]
     rejected: list[tuple[int, str, tuple[dict[str, str], ...]]]  # (batch position, reason, errors)
 
 
@@ -365,30 +413,36 @@ def _as_text(column: pa.Array) -> pa.Array:
     return column.cast(pa.string()) if pa.types.is_large_string(column.type) else column
 
 
-def _device_ids(column: pa.Array | None, n: int, name: str, problems: _Problems) -> pa.Array:
+def _device_ids(column: pa.Array | None, n: int, name: str, problems: _Problems) -> Coded:
+    """Device ids, trimmed, checked once per distinct value (as the contract checks one reading's)."""
     if column is None:
         problems.add(np.ones(n, dtype=bool), name, "missing")
-        return pa.nulls(n, pa.string())
-    column = _as_text(column)
-    t = column.type
-    if _is_text(t):
-        text = column
-    elif pa.types.is_integer(t):
-        text = pc.cast(column, pa.string())
-    else:
+        return Coded(pa.array([], pa.string()), np.full(n, -1, dtype=np.int64))
+    t = column.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (_is_text(t) or pa.types.is_integer(t)):
         if not pa.types.is_null(t):
             problems.add(
                 ~_mask(column.is_null()), name, lambda i: f"must be a string, got {_value(column, i)}"
             )
-        text = pa.nulls(n, pa.string())
-    text = pc.utf8_trim_whitespace(text)
-    length = np.asarray(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
-    problems.add((length == 0) & _mask(text.is_valid()), name, "must not be empty")
-    problems.add(_mask(text.is_null()) & _mask(column.is_null()), name, "missing")
-    problems.add(length > MAX_ID_LENGTH, name, f"longer than {MAX_ID_LENGTH} characters")
-    printable = pc.fill_null(pc.utf8_is_printable(text), True)
-    problems.add(~_mask(printable), name, "must contain printable characters only")
-    return text
+        else:
+            problems.add(np.ones(n, dtype=bool), name, "missing")
+        return Coded(pa.array([], pa.string()), np.full(n, -1, dtype=np.int64))
+    coded = Coded.of(column)
+    trimmed = pc.utf8_trim_whitespace(coded.values)
+    length = np.asarray(pc.utf8_length(trimmed).to_numpy(zero_copy_only=False), dtype=np.int64)
+    printable = _mask(pc.utf8_is_printable(trimmed))
+    codes = coded.codes
+    missing = codes < 0
+    safe = np.where(missing, 0, codes)
+    present = ~missing
+    problems.add(missing, name, "missing")
+    if len(length):
+        problems.add(present & (length == 0)[safe], name, "must not be empty")
+        problems.add(
+            present & (length > MAX_ID_LENGTH)[safe], name, f"longer than {MAX_ID_LENGTH} characters"
+        )
+        problems.add(present & ~printable[safe], name, "must contain printable characters only")
+    return Coded(trimmed, codes)
 
 
 def _epoch_ms(
@@ -544,14 +598,15 @@ def _text_column(column: pa.Array | None) -> pa.Array | None:
         return pa.nulls(len(column), pa.string())
 
 
-def _objects(column: pa.Array) -> npt.NDArray[np.object_]:
-    """Text as a numpy object array, sharing one Python string per distinct value."""
-    encoded = pc.dictionary_encode(column)
-    indices = pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-    values = np.empty(len(encoded.dictionary) + 1, dtype=object)
-    values[:-1] = encoded.dictionary.to_pylist()
-    values[-1] = None
-    return np.asarray(values[indices], dtype=object)
+def _coded(column: pa.Array | None) -> Coded | None:
+    """An identifier column (mode, asset, line, site) as :class:`Coded` text, if the file has it."""
+    if column is None:
+        return None
+    t = column.value_type if pa.types.is_dictionary(column.type) else column.type
+    if _is_text(t) or pa.types.is_integer(t):
+        return Coded.of(column)
+    text = _text_column(column)
+    return None if text is None else Coded.of(text)
 
 
 def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
@@ -586,20 +641,19 @@ def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
         errors = problems.errors(i)
         rejected.append((i, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors))
 
-    take = pa.array(positions, type=pa.int64())
-    modes = _text_column(column(ids.mode))
-    valid_devices = devices.take(take)
+    modes = _coded(column(ids.mode))
+    every = len(positions) == n  # the common case: no copy of the columns
     table = SensorTable(
-        device_id=_objects(valid_devices),
-        timestamp=micros[positions] / 1e6,
-        sensors={s: v[positions] for s, v in sensors.items()},
-        mode=_objects(modes.take(take)) if modes is not None else np.full(len(positions), None, dtype=object),
+        device_id=devices.objects(None if every else positions),
+        timestamp=(micros if every else micros[positions]) / 1e6,
+        sensors=sensors if every else {s: v[positions] for s, v in sensors.items()},
+        mode=(
+            modes.objects(None if every else positions)
+            if modes is not None
+            else np.full(len(positions), None, dtype=object)
+        ),
     )
-    identity: dict[str, pa.Array] = {}
-    for name in IDENTITY_COLUMNS:
-        text = _text_column(column(name))
-        if text is not None:
-            identity[name] = text
+    identity = {name: coded for name in IDENTITY_COLUMNS if (coded := _coded(column(name))) is not None}
     return ValidChunk(table, positions, micros, devices, modes, identity, rejected)
 
 
@@ -769,6 +823,72 @@ class _AlertTally:
 # ----------------------------------------------------------------------------- the use case
 
 
+def _read_ahead(chunks: Iterator[_T], depth: int) -> Iterator[_T]:
+    """Items from a background thread, at most ``depth`` ahead of the consumer.
+
+    An exception in the reader is raised here, in the consumer; a consumer that stops early stops
+    the reader (after the chunk it is parsing).
+    """
+    if depth <= 0:
+        yield from chunks
+        return
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+
+    reader = threading.Thread(target=produce, name="zaindari-file-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.05)
+        reader.join()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one chunk's scoring.
+
+    ``score_table`` allocates a few Python objects per row (the alert rules of each row); with the
+    collector on, a chunk of them triggers full collections over every object in the process, which
+    doubled the cost of scoring in the benchmark. Nothing scored here forms reference cycles that
+    must be reclaimed mid-chunk; the collector resumes (and catches up) right after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @dataclass
 class _Progress:
     rows_in: int = 0
@@ -851,7 +971,7 @@ class FileScoring:
             fmt = fmt or detect_format(source.key)
             fmt_name = fmt.name
             states: dict[str, DeviceState] = {}
-            for chunk in read_chunks(
+            chunks = read_chunks(
                 stream,
                 fmt,
                 bundle.spec,
@@ -860,8 +980,12 @@ class FileScoring:
                 chunk_rows=self.options.chunk_rows,
                 max_line_bytes=self.options.max_line_bytes,
                 on_columns=progress.columns.extend,
-            ):
-                self._score_chunk(bundle, run, chunk, states, tally, progress)
+            )
+            # reading, parsing and validating (Arrow and numpy, mostly outside the GIL) run ahead
+            # on another thread while this one scores and writes
+            prepared = ((chunk, validate_chunk(chunk, bundle.spec)) for chunk in chunks)
+            for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
+                self._score_chunk(bundle, run, chunk, valid, states, tally, progress)
         except PortError:
             self.sink.abort(run)
             raise
@@ -949,11 +1073,11 @@ class FileScoring:
         bundle: ModelBundle,
         run: FileRun,
         chunk: RawChunk,
+        valid: ValidChunk,
         states: dict[str, DeviceState],
         tally: _AlertTally,
         progress: _Progress,
     ) -> None:
-        spec = bundle.spec
         received = run.started_at.isoformat()
         source = run.source
         progress.chunks += 1
@@ -971,8 +1095,8 @@ class FileScoring:
             )
             for bad in chunk.invalid
         ]
-        valid = validate_chunk(chunk, spec)
-        result = score_table(bundle, valid.table, states, threads=self.options.threads)
+        with _collector_paused():
+            result = score_table(bundle, valid.table, states, threads=self.options.threads)
         states.update(result.states)
 
         # quarantine: contract failures, then the features stage's (ranges, derived values)
@@ -1011,11 +1135,11 @@ class FileScoring:
             rows = chunk.rows[scored]
 
             def identity(k: int) -> dict[str, str | None]:
-                at = int(scored[k])
-                return {name: col[at].as_py() for name, col in valid.identity.items()}
+                return {name: col.at(int(scored[k])) for name, col in valid.identity.items()}
 
             tally.add(devices, rows, micros, result.score, result.row_rules, identity)
-            progress.devices.update(pc.unique(valid.devices.take(pa.array(scored))).to_pylist())
+            seen = np.unique(valid.devices.codes[scored])
+            progress.devices.update(valid.devices.values.take(pa.array(seen[seen >= 0])).to_pylist())
         tally.add_alerts(result.alerts)
         progress.rows_in += chunk.records_in
         progress.rows_scored += m
@@ -1053,14 +1177,14 @@ class FileScoring:
         def text(value: str | None) -> pa.Array:
             return pa.nulls(m, strings) if value is None else pa.repeat(value, m).cast(strings)
 
-        def taken(col: pa.Array | None) -> pa.Array:
-            return pa.nulls(m, strings) if col is None else col.take(take)
+        def taken(col: Coded | None) -> pa.Array:
+            return pa.nulls(m, strings) if col is None else col.take(scored)
 
         columns = [
             text(run.source.key),
             text(run.source.version),
             pa.array(chunk.rows[scored], type=pa.int64()),
-            valid.devices.take(take),
+            valid.devices.take(scored),
             taken(valid.identity.get("asset")),
             taken(valid.identity.get("line")),
             taken(valid.identity.get("site")),
@@ -1078,7 +1202,7 @@ class FileScoring:
         names = chunk.batch.schema.names
         for name in self.options.keep_columns:
             col = _text_column(chunk.batch.column(names.index(name))) if name in names else None
-            columns.append(taken(col))
+            columns.append(pa.nulls(m, strings) if col is None else col.take(take))
             schema = schema.append(pa.field(name, strings))
         return pa.Table.from_arrays(columns, schema=schema)
 

@@ -97,7 +97,9 @@ class LocalFileSink:
         final = self.root / "scores" / f"date={day}" / f"{run.name}{suffix}.parquet"
         path = final.with_name(f".{final.name}.inprogress")
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = pq.ParquetWriter(path, schema, compression="snappy")
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_list(f.type)]
+        # dictionaries only where values repeat (ids, versions, rules): floats gain nothing from them
+        writer = pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=text)
         staged.writers[day] = (writer, path)
         staged.files.append((path, final))
         return writer
