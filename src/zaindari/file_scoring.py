@@ -418,7 +418,7 @@ def _device_ids(column: pa.Array | None, n: int, name: str, problems: _Problems)
     if column is None:
         problems.add(np.ones(n, dtype=bool), name, "missing")
         return Coded(pa.array([], pa.string()), np.full(n, -1, dtype=np.int64))
-    t = column.value_type if pa.types.is_dictionary(column.type) else column.type
+    t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (_is_text(t) or pa.types.is_integer(t)):
         if not pa.types.is_null(t):
             problems.add(
@@ -602,7 +602,7 @@ def _coded(column: pa.Array | None) -> Coded | None:
     """An identifier column (mode, asset, line, site) as :class:`Coded` text, if the file has it."""
     if column is None:
         return None
-    t = column.value_type if pa.types.is_dictionary(column.type) else column.type
+    t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if _is_text(t) or pa.types.is_integer(t):
         return Coded.of(column)
     text = _text_column(column)

@@ -560,3 +560,70 @@ def test_readers_never_hold_more_than_a_chunk(bundle: ModelBundle, files: dict[s
     for key in ("drop.csv", "drop.jsonl", "drop.csv.gz"):
         chunks = sizes(read_chunks(io.BytesIO(files[key]), key, bundle.spec, chunk_bytes=8192))
         assert len(chunks) > 10 and max(chunks) < 4 * 8192, key
+
+
+def test_json_lines_byte_range_parts_merge_to_the_whole_file(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.jsonl"]
+    parts = number_parts(
+        io.BytesIO(data), "drop.jsonl", plan_parts("drop.jsonl", len(data), part_bytes=30_000)
+    )
+    scoring = FileScoring(model=lambda: bundle, sink=LocalFileSink(tmp_path), options=SMALL_CHUNKS)
+    source = FileSource(key="drops/drop.jsonl")
+
+    merged = scoring.complete_parts([scoring.score_file(io.BytesIO(data), source, part=p) for p in parts])
+
+    assert len(parts) > 5 and merged.status == "scored"
+    assert scores_of(tmp_path)["row"].tolist() == list(range(merged.rows_in))
+
+
+def test_gzip_is_one_part_and_cannot_be_entered_mid_stream(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    data = files["drop.csv.gz"]
+    assert plan_parts("drop.csv.gz", len(data), part_bytes=1_000) == [FilePart(index=0, count=1)]
+
+    manifest = run(
+        bundle, data, "drop.csv.gz", tmp_path, part=FilePart(index=1, count=2, start=500, end=1_000)
+    )
+
+    assert manifest.status == "failed" and "cannot be read from a byte offset" in (manifest.error or "")
+
+
+def test_identifiers_may_be_integers_dictionaries_or_padded(
+    bundle: ModelBundle, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    numbered = frame.assign(device_id=frame["device_id"].str.len() * 1000 + frame.index % 4)
+    padded = frame.assign(device_id="  " + frame["device_id"] + " ", mode=frame["mode"].astype("category"))
+    for name, table in (("numbered", numbered), ("padded", padded)):
+        data = io.BytesIO()
+        table.to_parquet(data, index=False)
+        manifest = run(bundle, data.getvalue(), f"{name}.parquet", tmp_path / name)
+        assert manifest.rows_scored == len(frame), name
+    assert set(scores_of(tmp_path / "padded")["device_id"]) == set(frame["device_id"])
+    assert scores_of(tmp_path / "padded")["mode"].tolist() == frame["mode"].tolist()
+    assert scores_of(tmp_path / "numbered")["device_id"].iloc[0] == str(numbered["device_id"].iloc[0])
+
+
+def test_a_header_only_file_scores_nothing_and_succeeds(bundle: ModelBundle, tmp_path: Path) -> None:
+    header = ",".join(["device_id", "timestamp", *SENSORS]) + "\n"
+    manifest = run(bundle, header.encode(), "empty-day.csv", tmp_path)
+
+    assert manifest.status == "scored" and manifest.rows_in == 0 and manifest.outputs == []
+
+
+def test_reading_ahead_does_not_change_the_results(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    ahead = run(bundle, files["drop.csv"], "drop.csv", tmp_path / "ahead")
+    inline = run(
+        bundle,
+        files["drop.csv"],
+        "drop.csv",
+        tmp_path / "inline",
+        options=SMALL_CHUNKS.model_copy(update={"read_ahead": 0}),
+    )
+
+    assert ahead.alerts == inline.alerts
+    pd.testing.assert_frame_equal(scores_of(tmp_path / "ahead"), scores_of(tmp_path / "inline"))
