@@ -990,27 +990,12 @@ class FileScoring:
             self.sink.abort(run)
             raise
         except (FileError, pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
-            self.sink.abort(run)
-            error = str(exc) if isinstance(exc, FileError) else f"cannot read the file: {exc}"
-            where = self.sink.quarantine_file(source, error)
-            manifest = FileManifest(
-                source=source,
-                source_id=source.source_id,
-                format=fmt_name,
-                part=part,
-                parts=part.count if part else 1,
-                status="failed",
-                error=error,
-                rows_read_before_failure=progress.rows_in,
-                columns=progress.columns,
-                model_version=bundle.model_version,
-                rule_set_version=bundle.spec.alert_policy.rule_set_version,
-                started_at=started,
-                duration_seconds=time.perf_counter() - t0,
-                quarantined_to=where,
-            )
+            manifest = self._failed(run, bundle, fmt_name, progress, exc, t0)
             self.sink.write_manifest(manifest)
             return manifest
+        except BaseException:
+            self.sink.abort(run)  # a bug, not the file: publish nothing and let it surface
+            raise
         outputs = self.sink.commit(run)
         known = {bundle.spec.identifiers.asset, bundle.spec.identifiers.time, bundle.spec.identifiers.mode}
         known |= set(bundle.spec.sensor_names) | set(IDENTITY_COLUMNS)
@@ -1039,6 +1024,36 @@ class FileScoring:
         )
         self.sink.write_manifest(manifest)
         return manifest
+
+    def _failed(
+        self,
+        run: FileRun,
+        bundle: ModelBundle,
+        fmt_name: str,
+        progress: _Progress,
+        exc: BaseException,
+        t0: float,
+    ) -> FileManifest:
+        """Drop what the run staged, set the file aside, and say why in its manifest."""
+        self.sink.abort(run)
+        error = str(exc) if isinstance(exc, FileError) else f"cannot read the file: {exc}"
+        part = run.part
+        return FileManifest(
+            source=run.source,
+            source_id=run.source.source_id,
+            format=fmt_name,
+            part=part,
+            parts=part.count if part else 1,
+            status="failed",
+            error=error,
+            rows_read_before_failure=progress.rows_in,
+            columns=progress.columns,
+            model_version=bundle.model_version,
+            rule_set_version=bundle.spec.alert_policy.rule_set_version,
+            started_at=run.started_at,
+            duration_seconds=time.perf_counter() - t0,
+            quarantined_to=self.sink.quarantine_file(run.source, error),
+        )
 
     def complete_parts(self, parts: Sequence[FileManifest]) -> FileManifest:
         """The last step of a fan-out: merge the parts' manifests and write the file's manifest.
