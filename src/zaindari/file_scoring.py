@@ -1225,6 +1225,12 @@ class FileScoring:
 # ----------------------------------------------------------------------------- fan-out
 
 
+def _instant(pick: Callable[..., str], *stamps: str | None) -> str | None:
+    """The earliest or latest of ISO 8601 stamps, compared as instants (not as text)."""
+    present = [x for x in stamps if x]
+    return pick(present, key=datetime.fromisoformat) if present else None
+
+
 def _merge_alerts(summaries: list[AlertSummary], keep: int) -> list[AlertSummary]:
     merged: dict[tuple[str, str], AlertSummary] = {}
     for s in summaries:
@@ -1246,14 +1252,12 @@ def _merge_alerts(summaries: list[AlertSummary], keep: int) -> list[AlertSummary
                 "raised": prev.raised + s.raised,
                 "escalated": prev.escalated + s.escalated,
                 "resolved": prev.resolved + s.resolved,
-                "first_at": min(x for x in (prev.first_at, s.first_at) if x)
-                if prev.first_at or s.first_at
-                else None,
-                "last_at": max(x for x in (prev.last_at, s.last_at) if x)
-                if prev.last_at or s.last_at
-                else None,
+                "first_at": _instant(min, prev.first_at, s.first_at),
+                "last_at": _instant(max, prev.last_at, s.last_at),
                 "worst_rows": worst[:keep],
-                "first_alert": min(firsts, key=lambda a: a.timestamp) if firsts else None,
+                "first_alert": min(firsts, key=lambda a: datetime.fromisoformat(a.timestamp))
+                if firsts
+                else None,
             }
         )
     return [merged[k] for k in sorted(merged)]
