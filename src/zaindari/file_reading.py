@@ -546,15 +546,31 @@ def _fill(stream: ByteStream, view: memoryview) -> int:
     return got
 
 
-def _lines_in(buf: bytearray, end: int) -> int:
-    """Lines in ``buf[:end]`` (the last one may lack its newline)."""
-    return buf.count(b"\n", 0, end) + (1 if end and buf[end - 1] != 10 else 0)
+class _Block:
+    """A block of whole lines: the first ``end`` bytes of ``buf``."""
+
+    __slots__ = ("buf", "end")
+
+    def __init__(self, buf: bytearray, end: int) -> None:
+        self.buf = buf
+        self.end = end
+
+    @property
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[: self.end]
+
+    def lines(self) -> int:
+        """Lines in the block (the last one may lack its newline)."""
+        return self.buf.count(b"\n", 0, self.end) + (1 if self.end and self.buf[self.end - 1] != 10 else 0)
+
+    def has_carriage_return(self) -> bool:
+        return self.buf.find(b"\r", 0, self.end) >= 0
 
 
 def _line_blocks(
     stream: ByteStream, block_bytes: int, max_line_bytes: int, limit: int | None
-) -> Iterator[tuple[memoryview, int]]:
-    """Blocks of whole lines (the last may lack its newline), with their line counts.
+) -> Iterator[_Block]:
+    """Blocks of whole lines (the last may lack its newline).
 
     Each block is read straight into its own buffer and handed out as a view (Arrow parses it
     without a copy). With ``limit``, stop after the line holding byte ``limit - 1`` (counted from
@@ -579,17 +595,17 @@ def _line_blocks(
         if limit is not None and consumed >= limit:
             nl = buf.find(b"\n", max(limit - 1 - buf_start, 0), size)
             if nl >= 0:
-                yield memoryview(buf)[: nl + 1], _lines_in(buf, nl + 1)
+                yield _Block(buf, nl + 1)
                 return
             if at_end:
                 if size:
-                    yield memoryview(buf)[:size], _lines_in(buf, size)
+                    yield _Block(buf, size)
                 return
             carry = bytes(buf[:size])
             continue
         if at_end:
             if size:
-                yield memoryview(buf)[:size], _lines_in(buf, size)
+                yield _Block(buf, size)
             return
         cut = buf.rfind(b"\n", 0, size) + 1
         if cut == 0:
@@ -598,7 +614,7 @@ def _line_blocks(
             carry = bytes(buf[:size])
             continue
         carry = bytes(buf[cut:size])
-        yield memoryview(buf)[:cut], _lines_in(buf, cut)
+        yield _Block(buf, cut)
 
 
 def _text_part_chunks(
@@ -667,14 +683,15 @@ def _text_chunks(
         if limit is not None and limit <= 0:
             return
         row = first_row
-        for block, lines in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
-            yield _csv_block(block, lines, names, spec, row)
+        for block in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
+            chunk, lines = _csv_block(block, names, spec, row)
+            yield chunk
             row += lines
         return
     row = first_row
     checked = False
-    for block, lines in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
-        chunk = _jsonl_block(block, row, spec)
+    for block in _line_blocks(body, chunk_bytes, max_line_bytes, limit):
+        chunk, lines = _jsonl_block(block.view, row, spec)
         row += lines
         if not checked:
             if chunk.batch.num_rows == 0 and chunk.invalid:
@@ -695,23 +712,32 @@ def _text_chunks(
 # ------------------------------------------------------------------------------------- CSV
 
 
-def _csv_block(block: memoryview, lines: int, names: list[str], spec: ModelSpec, first_row: int) -> RawChunk:
-    """Parse a block of ``lines`` CSV lines: typed in one go, or as text with bad lines set aside."""
+def _csv_block(block: _Block, names: list[str], spec: ModelSpec, first_row: int) -> tuple[RawChunk, int]:
+    """Parse a block of CSV lines: typed in one go, or as text with bad lines set aside.
+
+    Returns the chunk and the number of lines the block held.
+    """
+    data = block.view
     sensors = set(spec.sensor_names)
     fast_types = {n: (pa.float64() if n in sensors else pa.string()) for n in names}
     try:
         table = pcsv.read_csv(
-            pa.BufferReader(pa.py_buffer(block)),
+            pa.BufferReader(pa.py_buffer(data)),
             # one batch per block, parsed on this thread: the parser's working memory is a
             # multiple of what it parses at once, and threads multiply it (for little speed-up)
-            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
             parse_options=pcsv.ParseOptions(ignore_empty_lines=False),
             convert_options=pcsv.ConvertOptions(column_types=fast_types, strings_can_be_null=True),
         )
+        # without empty lines skipped, Arrow makes one row of each line; only a bare carriage
+        # return (a line end to Arrow, not to the line splitter) can make the counts differ
+        lines = table.num_rows if not block.has_carriage_return() else block.lines()
         if table.num_rows == lines:
-            return _csv_chunk(table, np.arange(first_row, first_row + lines, dtype=np.int64), [])
+            rows = np.arange(first_row, first_row + lines, dtype=np.int64)
+            return _csv_chunk(table, rows, []), lines
     except pa.ArrowInvalid:
         pass
+    lines = block.lines()
     # slow path: text columns, bad lines skipped with their line number (single-threaded for that)
     bad: list[tuple[int, str, int, int]] = []
 
@@ -721,8 +747,8 @@ def _csv_block(block: memoryview, lines: int, names: list[str], spec: ModelSpec,
 
     try:
         table = pcsv.read_csv(
-            pa.BufferReader(pa.py_buffer(block)),
-            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
+            pa.BufferReader(pa.py_buffer(data)),
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
             parse_options=pcsv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=skip),
             convert_options=pcsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True
@@ -752,7 +778,7 @@ def _csv_block(block: memoryview, lines: int, names: list[str], spec: ModelSpec,
         raise FileError(
             f"CSV rows near row {first_row} cannot be told apart (a quoted value with a line break?)"
         )
-    return _csv_chunk(table, rows, invalid, blank)
+    return _csv_chunk(table, rows, invalid, blank), lines
 
 
 def _csv_chunk(
@@ -796,8 +822,11 @@ def _text_fields(spec: ModelSpec) -> list[str]:
     return list(dict.fromkeys([*names, *IDENTITY_COLUMNS]))
 
 
-def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> RawChunk:
-    """Parse a block of JSON lines with pyarrow, or line by line when pyarrow refuses the block."""
+def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[RawChunk, int]:
+    """Parse a block of JSON lines with pyarrow, or line by line when pyarrow refuses the block.
+
+    Returns the chunk and the number of lines the block held.
+    """
     data = np.frombuffer(block, dtype=np.uint8)
     ends = np.flatnonzero(data == 10)
     if len(data) and data[-1] != 10:
@@ -814,7 +843,7 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> RawChunk
     line_rows = first_row + np.flatnonzero(~blank).astype(np.int64)
     n_blank = int(blank.sum())
     if len(line_rows) == 0:
-        return RawChunk(_empty_batch(0), line_rows, [], n_blank, numeric_strings=False)
+        return RawChunk(_empty_batch(0), line_rows, [], n_blank, numeric_strings=False), len(ends)
     text_fields = _text_fields(spec)
     for numeric_time in (False, True):
         try:
@@ -823,8 +852,9 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> RawChunk
             continue
         if table.num_rows == len(line_rows):
             batch = _drop_absent(_combined_batch(table), text_fields)
-            return RawChunk(_flatten_sensors(batch), line_rows, [], n_blank, numeric_strings=False)
-    return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec)
+            chunk = RawChunk(_flatten_sensors(batch), line_rows, [], n_blank, numeric_strings=False)
+            return chunk, len(ends)
+    return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec), len(ends)
 
 
 def _read_json_block(

@@ -627,3 +627,18 @@ def test_reading_ahead_does_not_change_the_results(
 
     assert ahead.alerts == inline.alerts
     pd.testing.assert_frame_equal(scores_of(tmp_path / "ahead"), scores_of(tmp_path / "inline"))
+
+
+def test_windows_line_ends_keep_row_numbers(
+    bundle: ModelBundle, files: dict[str, bytes], frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    data = files["drop.csv"].replace(b"\n", b"\r\n")
+    lines = data.split(b"\r\n")
+    lines[5] = b""  # a blank line, then a short one
+    lines[9] = b"plant-1-press-101,press-101"
+    manifest = run(bundle, b"\r\n".join(lines), "windows.csv", tmp_path)
+
+    assert_accounted(manifest, tmp_path)
+    assert manifest.blank_lines == 1 and manifest.rows_in == len(frame) - 1
+    assert sorted(quarantined(tmp_path)) == [8]
+    assert scores_of(tmp_path)["row"].tolist() == [r for r in range(len(frame)) if r not in (4, 8)]
