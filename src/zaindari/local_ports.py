@@ -26,7 +26,6 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from zaindari.file_scoring import FileManifest, FileRun, FileSource
@@ -69,16 +68,13 @@ class LocalFileSink:
 
     def write_scores(self, run: FileRun, scores: pa.Table) -> None:
         staged = self._runs.setdefault(run.name, _Staged())
-        days = np.asarray(
-            pc.floor(pc.divide(scores["timestamp"].cast(pa.int64()).cast(pa.float64()), float(_US_PER_DAY)))
-            .cast(pa.int64())
-            .to_numpy(),
-            dtype=np.int64,
-        )
+        micros = np.asarray(scores["timestamp"].cast(pa.int64()).to_numpy(), dtype=np.int64)
+        days = micros // _US_PER_DAY  # floor: UTC days since 1970-01-01
+        distinct = np.unique(days).tolist()
         try:
-            for day in np.unique(days).tolist():
+            for day in distinct:
                 name = (_EPOCH_DAY + timedelta(days=int(day))).isoformat()
-                part = scores.filter(pa.array(days == day)) if len(np.unique(days)) > 1 else scores
+                part = scores.filter(pa.array(days == day)) if len(distinct) > 1 else scores
                 self._writer(staged, run, name, scores.schema).write_table(part)
         except OSError as exc:
             raise PortError(f"local scores folder: {exc}") from exc

@@ -642,3 +642,26 @@ def test_windows_line_ends_keep_row_numbers(
     assert manifest.blank_lines == 1 and manifest.rows_in == len(frame) - 1
     assert sorted(quarantined(tmp_path)) == [8]
     assert scores_of(tmp_path)["row"].tolist() == [r for r in range(len(frame)) if r not in (4, 8)]
+
+
+def test_scores_are_partitioned_by_the_reading_date(
+    bundle: ModelBundle, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # one device's clock is a day ahead: every chunk holds two dates
+    ahead = frame["device_id"] == "plant-1-press-101"
+    shifted = pd.to_datetime(frame["timestamp"], utc=True) + pd.Timedelta(days=1)
+    table = frame.assign(
+        timestamp=frame["timestamp"].where(~ahead, shifted.dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    )
+    sink = LocalFileSink(tmp_path, max_open_writers=1)
+
+    manifest = run(bundle, table.to_csv(index=False).encode(), "two-days.csv", tmp_path, sink=sink)
+
+    assert_accounted(manifest, tmp_path)
+    assert any(o.endswith("-1.parquet") for o in manifest.outputs)  # a date's file was reopened
+    for day in ("2024-01-01", "2024-01-02"):
+        part = pd.concat(
+            pq.read_table(f).to_pandas() for f in (tmp_path / "scores" / f"date={day}").glob("*")
+        )
+        assert set(part["timestamp"].dt.strftime("%Y-%m-%d")) == {day}
+        assert (part["device_id"] == "plant-1-press-101").all() == (day == "2024-01-02")
