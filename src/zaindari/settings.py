@@ -108,6 +108,37 @@ class Settings(BaseModel):
     emr_spark_submit_parameters: str = Field(
         default="", description="sparkSubmitParameters of EMR Serverless job runs (e.g. the venv archive)."
     )
+    # -- file drops (score_batch)
+    file_runs_table: str = Field(
+        default="zaindari-file-runs",
+        description="DynamoDB ledger of file drops: one item per object version (claims, parts, outcome).",
+    )
+    file_parts_queue_url: str | None = Field(
+        default=None, description="SQS queue of fan-out parts; unset: large files are scored in one go."
+    )
+    fanout_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Drops larger than this are split into parts scored in parallel (CSV, JSON Lines, Parquet).",
+    )
+    part_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Target size of one fan-out part, in bytes."
+    )
+    spark_bytes: int = Field(
+        default=0, ge=0, description="Drops larger than this go to the Spark (Glue) job; 0: never."
+    )
+    score_file_job: str = Field(
+        default="zaindari-score-file", description="Glue job scoring the drops above ZAINDARI_SPARK_BYTES."
+    )
+    file_lease_seconds: float = Field(
+        default=900.0, gt=0, description="A claim on a drop lapses after this (a crashed run's drop is retried)."
+    )
+    file_stale_hours: float = Field(
+        default=6.0, gt=0, description="A fan-out or Spark run not finished after this may be started again."
+    )
+    file_spool_dir: str = Field(
+        default="/tmp/zaindari/spool", description="Where a run's outputs wait for commit (Lambda: /tmp)."
+    )
 
     @property
     def limits(self) -> ContractLimits:
