@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from zaindari.event_scoring import EventScoring
 from zaindari.infra.aws import AwsConfig, ClientFactory
@@ -15,7 +16,10 @@ from zaindari.infra.model_store import ModelSource
 from zaindari.retraining import Retraining
 from zaindari.settings import Settings, SettingsError
 
-__all__ = ["build_event_scoring", "build_retraining", "client_factory"]
+if TYPE_CHECKING:
+    from zaindari.file_drops import DropScoring
+
+__all__ = ["build_drop_scoring", "build_event_scoring", "build_retraining", "client_factory"]
 
 
 def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
@@ -38,6 +42,52 @@ def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScor
         limits=settings.limits,
         dedup_memory=settings.dedup_memory,
         threads=settings.onnx_threads,
+    )
+
+
+def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScoring:
+    """The ``score_batch`` use case wired to S3 (drops, lake), DynamoDB (ledger), SQS, Glue, SNS, EventBridge."""
+    from zaindari.file_drops import DropConfig, DropScoring
+    from zaindari.file_scoring import FileScoring, FileScoringOptions
+    from zaindari.infra.file_ports import (
+        DynamoDropLedger,
+        GlueSparkRunner,
+        S3DropObjects,
+        S3FileSink,
+        SqsPartQueue,
+    )
+
+    if not settings.model_path:
+        raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
+    sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
+    return DropScoring(
+        scoring=FileScoring(
+            model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
+            sink=sink,
+            options=FileScoringOptions(threads=settings.onnx_threads),
+        ),
+        objects=S3DropObjects(factory),
+        ledger=DynamoDropLedger(factory, settings.file_runs_table),
+        manifests=sink,
+        alerts=SnsEventBridgeAlertSink(factory, settings.alert_topic_arn, settings.event_bus_name),
+        parts=SqsPartQueue(factory, settings.file_parts_queue_url) if settings.file_parts_queue_url else None,
+        spark=(
+            GlueSparkRunner(
+                factory,
+                settings.score_file_job,
+                model=settings.model_path,
+                lake=f"s3://{settings.lake_bucket}",
+            )
+            if settings.spark_bytes
+            else None
+        ),
+        config=DropConfig(
+            fanout_bytes=settings.fanout_bytes,
+            part_bytes=settings.part_bytes,
+            spark_bytes=settings.spark_bytes,
+            lease_seconds=settings.file_lease_seconds,
+            stale_seconds=settings.file_stale_hours * 3600,
+        ),
     )
 
 
