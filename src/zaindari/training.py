@@ -326,10 +326,12 @@ def derive_labels(df: DataFrame, spec: ModelSpec, *, is_time: bool) -> DataFrame
         return df.withColumn(FAILED, F.lit(False)).withColumn(LABEL, F.lit(None).cast("double"))
     if label.derive == "none":
         return df.withColumn(FAILED, F.lit(False)).withColumn(LABEL, F.col(label.column).cast("double"))
+    # "this row and every later one" as a running frame in reverse time order: Spark computes an
+    # unbounded-preceding frame incrementally, an unbounded-following one anew for every row (O(n^2)).
     ahead = (
         Window.partitionBy(asset)
-        .orderBy(TIME_VALUE)
-        .rowsBetween(Window.currentRow, Window.unboundedFollowing)
+        .orderBy(F.col(TIME_VALUE).desc())
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     whole = Window.partitionBy(asset)
     last = F.max(TIME_VALUE).over(whole)
