@@ -886,6 +886,7 @@ def _search(
                 numFolds=settings.search.folds,
                 foldCol=FOLD,
                 seed=settings.seed,
+                parallelism=settings.search.parallelism,
             ).fit(folded)
             for param_map, value in zip(maps, cv.avgMetrics, strict=True):
                 search.append(

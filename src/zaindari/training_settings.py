@@ -74,7 +74,7 @@ class SearchSettings(_Strict):
     tune_fraction: float = Field(default=0.25, gt=0, lt=1)
     folds: int = Field(default=3, ge=2, le=20)
     metric: Literal["areaUnderROC", "areaUnderPR", "rmse", "mae"] | None = None
-    parallelism: int = Field(default=1, ge=1, le=64)
+    parallelism: int = Field(default=1, ge=1, le=64)  # models fitted at once (cross_validation)
 
 
 class ParitySettings(_Strict):

@@ -450,3 +450,42 @@ def test_a_bundle_is_published_to_s3_manifest_last_and_never_over_another(
         assert load_bundle(tmp_path).extras["parity.json"]["passed"]
         with pytest.raises(TrainingError, match="already holds a bundle"):
             publish_bundle(trained, "s3://lake/models/plant-rul/7")
+
+
+def test_labels_are_derived_from_failure_flags_or_run_to_failure_and_censored_when_unknown(
+    spark: Any,
+) -> None:
+    from zaindari.training import FAILED, LABEL, derive_labels
+
+    rows = [("a", float(t), t >= 4) for t in range(6)] + [("b", float(t), False) for t in range(6)]
+    df = spark.createDataFrame(rows, "asset string, cycle double, broken boolean")
+
+    def labels(label: dict[str, Any], frame: Any = df) -> dict[tuple[str, float], Any]:
+        spec = load_spec(
+            {
+                "name": "toy",
+                "task": "regression",
+                "sensors": [{"name": "x"}],
+                "identifiers": {"asset": "asset", "time": "cycle", "mode": None},
+                "label": label,
+            }
+        )
+        out = derive_labels(frame, spec, is_time=False).collect()
+        return {(r["asset"], r["cycle"]): (r[LABEL], r[FAILED]) for r in out}
+
+    rul = labels({"column": "rul", "derive": "remaining_useful_life", "failure_column": "broken", "cap": 2})
+    assert [rul[("a", t)] for t in (0.0, 2.0, 3.0, 4.0)] == [
+        (2.0, False),
+        (2.0, False),
+        (1.0, False),
+        (0.0, True),
+    ]
+    # b never fails: known to be >= 2 while 2 cycles of data lie ahead, unknown after
+    assert [rul[("b", t)][0] for t in (0.0, 3.0, 4.0, 5.0)] == [2.0, 2.0, None, None]
+
+    soon = labels({"column": "soon", "derive": "failure_within", "failure_column": "broken", "horizon": 1.5})
+    assert [soon[("a", t)][0] for t in (0.0, 2.0, 3.0)] == [0.0, 0.0, 1.0]
+    assert [soon[("b", t)][0] for t in (3.0, 4.0)] == [0.0, None]
+
+    run_to_failure = labels({"column": "rul", "derive": "remaining_useful_life"}, df.filter("asset = 'b'"))
+    assert [run_to_failure[("b", float(t))][0] for t in range(6)] == [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]
