@@ -735,10 +735,11 @@ class _AlertTally:
         micros: npt.NDArray[np.int64],
         score: npt.NDArray[np.float64],
         row_rules: list[list[str]],
+        lengths: npt.NDArray[np.int32],
         identity: Callable[[int], dict[str, str | None]],
     ) -> None:
-        """Add one chunk's scored rows (``row_rules`` per row: the rules whose condition held)."""
-        lengths = np.fromiter(map(len, row_rules), dtype=np.int64, count=len(row_rules))
+        """Add one chunk's scored rows (``row_rules`` per row: the rules whose condition held;
+        ``lengths`` how many)."""
         hits = np.flatnonzero(lengths)
         self.alert_rows += len(hits)
         if not len(hits):
@@ -1144,7 +1145,10 @@ class FileScoring:
         scored = valid.positions[result.rows]
         m = len(scored)
         if m:
-            self.sink.write_scores(run, self._scores_table(bundle, run, chunk, valid, result, scored))
+            lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=m)
+            self.sink.write_scores(
+                run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
+            )
             devices = valid.table.device_id[result.rows]
             micros = valid.micros[scored]
             rows = chunk.rows[scored]
@@ -1152,7 +1156,7 @@ class FileScoring:
             def identity(k: int) -> dict[str, str | None]:
                 return {name: col.at(int(scored[k])) for name, col in valid.identity.items()}
 
-            tally.add(devices, rows, micros, result.score, result.row_rules, identity)
+            tally.add(devices, rows, micros, result.score, result.row_rules, lengths, identity)
             seen = np.unique(valid.devices.codes[scored])
             progress.devices.update(valid.devices.values.take(pa.array(seen[seen >= 0])).to_pylist())
         tally.add_alerts(result.alerts)
@@ -1180,10 +1184,10 @@ class FileScoring:
         valid: ValidChunk,
         result: TableScores,
         scored: npt.NDArray[np.intp],
+        lengths: npt.NDArray[np.int32],
     ) -> pa.Table:
         m = len(scored)
         take = pa.array(scored, type=pa.int64())
-        lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=m)
         offsets = np.zeros(m + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         rule_values = pa.array(list(itertools.chain.from_iterable(result.row_rules)), type=pa.string())
