@@ -33,12 +33,18 @@ AWS_OFFLINE_ENV := env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_CONFIG_FILE=/dev/
 LAMBDA_PLATFORM ?= x86_64-manylinux2014
 LAMBDA_LIMIT_MB ?= 250
 LAYER_REQUIREMENTS := layers/dependencies/requirements.txt
+FILE_SCORING_REQUIREMENTS := layers/file_scoring/requirements.txt
+# What score_batch never imports from pyarrow (Flight, the C++ tests, other filesystems and formats),
+# and the extra copies of sonamed libraries (a wheel cannot hold symlinks): trimmed from its layer.
+PYARROW_TRIM := tests include src _flight* libarrow_flight* libarrow_python_flight* _pyarrow_cpp_tests* \
+	_azurefs* _gcsfs* _hdfs* _orc* _dataset_orc* libarrow_python.so libarrow_python.so.*.*.* \
+	libarrow_python_parquet_encryption.so libarrow_python_parquet_encryption.so.*.*.*
 BUILD := build
 # Where `make build-ScoreEventFunction` copies from: the repo, wherever make was started (sam build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction
+.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -128,8 +134,28 @@ build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DI
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
 	cp "$(REPO)/functions/start_retraining/app.py" "$(ARTIFACTS_DIR)/app.py"
 
-build: setup ## Build the Lambda code and layer into build/ (no Docker, no sam) and check the 250 MB limit
-	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/sizes.txt
+build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)"
+	rm -rf "$(ARTIFACTS_DIR)/zaindari"
+	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
+	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
+	cp "$(REPO)/functions/score_batch/app.py" "$(ARTIFACTS_DIR)/app.py"
+	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)"
+
+build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	rm -rf "$(ARTIFACTS_DIR)/python"
+	$(REPO)/$(UV) pip install --quiet --target "$(ARTIFACTS_DIR)/python" --python-platform $(LAMBDA_PLATFORM) \
+		--python-version 3.11 --only-binary :all: --no-deps --compile-bytecode -r "$(REPO)/$(FILE_SCORING_REQUIREMENTS)"
+	cd "$(ARTIFACTS_DIR)/python/pyarrow" && rm -rf $(PYARROW_TRIM) \
+		&& find . \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' \) -delete
+	# debug symbols: 22 MB of the libraries
+	@if command -v strip >/dev/null; then find "$(ARTIFACTS_DIR)/python/pyarrow" -name '*.so*' -exec strip --strip-unneeded {} +; \
+	else echo "warning: strip (binutils) not found: the layer keeps its debug symbols (about 22 MB)" >&2; fi
+
+build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam) and check the 250 MB limit
+	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/score_batch $(BUILD)/file_scoring_layer $(BUILD)/sizes.txt
 	$(UV) pip install --quiet --target $(BUILD)/layer/python --python-platform $(LAMBDA_PLATFORM) \
 		--python-version 3.11 --only-binary :all: --compile-bytecode -r $(LAYER_REQUIREMENTS)
 	# sympy and mpmath come with onnxruntime for its offline tools (symbolic shape inference); the
@@ -148,3 +174,19 @@ build: setup ## Build the Lambda code and layer into build/ (no Docker, no sam) 
 		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes.txt; \
 	cat $(BUILD)/sizes.txt; \
 	test $$((code + layer)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
+	@$(MAKE) --no-print-directory build-FileScoringLayer ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/file_scoring_layer
+	cd $(BUILD)/file_scoring_layer/python && $(CURDIR)/$(PY) -I -c "import sys; sys.path[:0] = ['.', '$(CURDIR)/$(BUILD)/layer/python']; import pyarrow, pyarrow.parquet, pyarrow.csv, pyarrow.json, pyarrow.compute; print('file scoring layer imports: ok, pyarrow', pyarrow.__version__)"
+	@$(MAKE) --no-print-directory build-ScoreBatchFunction ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/score_batch
+	@code=$$(du -sb $(BUILD)/score_batch | cut -f1); layer=$$(du -sb $(BUILD)/layer | cut -f1); \
+	files=$$(du -sb $(BUILD)/file_scoring_layer | cut -f1); \
+	awk -v code=$$code -v layer=$$layer -v files=$$files -v limit=$(LAMBDA_LIMIT_MB) 'BEGIN { \
+		mb = 1048576; total = code + layer + files; \
+		printf "\n%-34s %9s\n", "score_batch, unzipped", "MB"; \
+		printf "%-34s %9.1f\n", "code   build/score_batch", code / mb; \
+		printf "%-34s %9.1f\n", "layer  build/layer", layer / mb; \
+		printf "%-34s %9.1f\n", "layer  build/file_scoring_layer", files / mb; \
+		printf "%-34s %9.1f\n", "total", total / mb; \
+		printf "%-34s %9d\n", "Lambda limit (262,144,000 bytes)", limit; \
+		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes_batch.txt; \
+	cat $(BUILD)/sizes_batch.txt; cat $(BUILD)/sizes_batch.txt >> $(BUILD)/sizes.txt; rm $(BUILD)/sizes_batch.txt; \
+	test $$((code + layer + files)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
