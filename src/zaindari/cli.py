@@ -159,6 +159,7 @@ def _invoke(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(err):
             server_endpoint, server = _choose_endpoint(args.endpoint, err)
             prepared = _prepare(args, template_path, server_endpoint, err)
+            event = _seed_drops(event, template_path.parent, server_endpoint, prepared.region, err)
             ready = time.perf_counter()
             with _environment(prepared.env, _AWS_ENV_TO_CLEAR):
                 try:
@@ -260,6 +261,17 @@ def _prepare(args: argparse.Namespace, template_path: Path, endpoint: str, err: 
         endpoint_note=f"{kind} at {endpoint}, {len(stack.resources)} resources ({provisioned_s:.2f} s)",
         model_note=model_note,
     )
+
+
+def _seed_drops(event: Any, root: Path, endpoint: str, region: str, err: TextIO) -> Any:
+    """The objects an S3 event names, uploaded from ``events/data/`` when missing (events/README.md)."""
+    from zaindari.infra.local_aws import local_client_factory
+    from zaindari.infra.local_drops import seed_drop_objects
+
+    event, notes = seed_drop_objects(local_client_factory(endpoint, region), event, root / "events" / "data")
+    for note in notes:
+        print(f"zaindari invoke: {note}", file=err)
+    return event
 
 
 def _build_invoke(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

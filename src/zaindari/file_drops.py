@@ -184,7 +184,7 @@ class DropOutcome(BaseModel):
     alerts: int = 0
     error: str | None = None
     job_run_id: str | None = None
-    message: str | None = None
+    note: str | None = None
 
 
 # ----------------------------------------------------------------------------- ports
@@ -271,6 +271,10 @@ class SparkRunner(Protocol):
 
     def start(self, source: FileSource) -> str:
         """Start a run for ``source``; returns its id (raises PortError)."""
+        ...
+
+    def source_of(self, job_run_id: str) -> FileSource | None:
+        """The drop a run was started for; None when the run is not one of this job's."""
         ...
 
 
@@ -423,7 +427,7 @@ class DropScoring:
             A downstream service failed; the claim is released so a retry starts again.
         """
         if source.key.endswith("/"):
-            return self._outcome("ignored", source, message="a folder marker, not a file")
+            return self._outcome("ignored", source, note="a folder marker, not a file")
         if source.size is None or (source.etag is None and source.version_id is None):
             source = self.objects.describe(source)
         fmt = _format_of(source)
@@ -455,7 +459,7 @@ class DropScoring:
                 "busy",
                 source,
                 route=record.route,
-                message=f"another run has it ({record.status}, lease until {record.lease_until:.0f})",
+                note=f"another run has it ({record.status}, lease until {record.lease_until:.0f})",
             )
         alerts = self._redeliver(source, record) if record.undelivered else 0
         return self._outcome(
@@ -464,7 +468,7 @@ class DropScoring:
             route=record.route,
             manifest=record.manifest,
             alerts=alerts,
-            message=f"already {record.outcome or 'done'}; outputs and alerts not repeated",
+            note=f"already {record.outcome or 'done'}; outputs and alerts not repeated",
         )
 
     def _redeliver(self, source: FileSource, record: FileRunRecord) -> int:
@@ -535,7 +539,7 @@ class DropScoring:
                 route="fanout",
                 part=part.index,
                 parts=part.count,
-                message=f"the drop is {current.status}, not fanned out: part not scored again",
+                note=f"the drop is {current.status}, not fanned out: part not scored again",
             )
         manifest = self.scoring.score_file(self.objects.open(source, seekable=True), source, part=part)
         record = self.ledger.part_done(source, part.index)
@@ -552,37 +556,41 @@ class DropScoring:
             error=manifest.error,
         )
         if record is None:
-            return outcome.model_copy(
-                update={"message": "the drop is no longer fanned out: nothing to merge"}
-            )
+            return outcome.model_copy(update={"note": "the drop is no longer fanned out: nothing to merge"})
         if record.parts_done < record.parts:
-            return outcome.model_copy(update={"message": f"{record.parts_done} of {record.parts} parts done"})
+            return outcome.model_copy(update={"note": f"{record.parts_done} of {record.parts} parts done"})
         now = self.clock()
         if not self.ledger.claim_merge(
             source, owner=owner, now=now, lease_until=now + self.config.lease_seconds
         ):
-            return outcome.model_copy(update={"message": "all parts done; another run merges"})
+            return outcome.model_copy(update={"note": "all parts done; another run merges"})
         parts = [m for m in self.manifests.part_manifests(source) if m.parts == record.parts]
         merged = self.scoring.complete_parts(parts)
         finished = self._finish(source, merged, route="fanout")
-        return finished.model_copy(
-            update={"part": part.index, "message": f"part {part.index} merged the file"}
-        )
+        return finished.model_copy(update={"part": part.index, "note": f"part {part.index} merged the file"})
 
     # -- a Spark run ----------------------------------------------------------------------------
 
-    def complete_spark_run(
-        self, source: FileSource, *, job_run_id: str, succeeded: bool, message: str
-    ) -> DropOutcome:
+    def complete_spark_run(self, job_run_id: str, *, succeeded: bool, message: str = "") -> DropOutcome:
         """Close the ledger record of a drop a Spark run scored (on the job's state change).
 
         On success the job's manifest is read and the file's alerts are raised; on failure the claim
         is released (the job never finished: the next delivery of the drop starts again).
         """
+        source = self.spark.source_of(job_run_id) if self.spark is not None else None
+        if source is None:
+            return DropOutcome(
+                status="ignored",
+                key="",
+                source_id="",
+                route="spark",
+                job_run_id=job_run_id,
+                note="not a run of the score_file job started for a drop",
+            )
         record = self.ledger.find(source)
         if record is None or record.status != "spark" or record.job_run_id != job_run_id:
             return self._outcome(
-                "ignored", source, route="spark", job_run_id=job_run_id, message="not this drop's run"
+                "ignored", source, route="spark", job_run_id=job_run_id, note="not the drop's current run"
             )
         if not succeeded:
             self.ledger.release(
