@@ -131,7 +131,9 @@ class Settings(BaseModel):
         default="zaindari-score-file", description="Glue job scoring the drops above ZAINDARI_SPARK_BYTES."
     )
     file_lease_seconds: float = Field(
-        default=900.0, gt=0, description="A claim on a drop lapses after this (a crashed run's drop is retried)."
+        default=900.0,
+        gt=0,
+        description="A claim on a drop lapses after this (a crashed run's drop is retried).",
     )
     file_stale_hours: float = Field(
         default=6.0, gt=0, description="A fan-out or Spark run not finished after this may be started again."
