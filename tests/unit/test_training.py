@@ -34,7 +34,7 @@ def _plant(seed: int, days: float) -> Any:
     from zaindari.simulate import PlantConfig, simulate_plant
 
     # 12 machines, 9 of them fail after a slowly developing fault (48 to 72 h of warning);
-    # every machine wears. 10-minute samples keep the table small (13,824 rows over 8 days).
+    # every machine wears. 10-minute samples keep the table small (10,368 rows over 6 days).
     config = PlantConfig(
         seed=seed,
         lines=3,
@@ -72,7 +72,7 @@ def _load_job() -> Any:
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    data = _plant(seed=3, days=8)
+    data = _plant(seed=3, days=6)
     frame = data.historian_frame(ground_truth=True)
     frame["abnormal"] = frame["in_fault"] | frame["failed"]
     folder = tmp_path_factory.mktemp("plant")
@@ -177,11 +177,11 @@ def test_anomaly_job_writes_a_verified_bundle_with_parity_and_lineage(anomaly_bu
     assets = lineage["data"]["assets"]
     assert not set(assets["train"]) & set(assets["held_out"])
     assert len(assets["train"]) + len(assets["held_out"]) == 12
-    assert len(lineage["data"]["content_hash"]) == 64 and lineage["data"]["rows_read"] == 13_824
+    assert len(lineage["data"]["content_hash"]) == 64 and lineage["data"]["rows_read"] == 10_368
     assert lineage["spark"]["version"] and lineage["code"]["package"] == "zaindari"
     assert lineage["started_at"] <= lineage["ended_at"]
     metrics = bundle.extras["metrics.json"]
-    assert metrics["rows"]["trained_on"] == 13_824 and metrics["rows"]["rejected"] == 0
+    assert metrics["rows"]["trained_on"] == 10_368 and metrics["rows"]["rejected"] == 0
     healthy, abnormal = metrics["healthy_score_quantiles"], metrics["abnormal_score_quantiles"]
     assert abnormal["0.5"] > 5 * healthy["0.5"]
     assert metrics["auc"] > 0.85
@@ -394,7 +394,7 @@ def test_an_empty_input_or_range_fails_the_job_and_writes_no_model(
     )
     assert code == 1 and not out.exists()
     assert (
-        "13824 rows but none with 2030-01-01T00:00:00Z <= timestamp < 2030-02-01" in capsys.readouterr().err
+        "10368 rows but none with 2030-01-01T00:00:00Z <= timestamp < 2030-02-01" in capsys.readouterr().err
     )
 
 
@@ -418,7 +418,7 @@ def test_a_time_range_limits_the_rows_trained_on(spark: Any, plant: dict[str, An
         start="2024-01-02T00:00:00Z",
         end="2024-01-03T00:00:00Z",
     )
-    assert data.rows_read == 13_824 and data.rows_in_range == 12 * 144
+    assert data.rows_read == 10_368 and data.rows_in_range == 12 * 144
 
 
 def test_a_bundle_is_published_to_s3_manifest_last_and_never_over_another(
