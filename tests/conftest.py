@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ EVENTS = ROOT / "events"
 def spark() -> Iterator[Any]:
     """A small local Spark session shared by every Spark test (Java 17, ``local[2]``)."""
     from pyspark.sql import SparkSession
+
+    # Python workers (mapInPandas) run this interpreter: its venv has the core, pandas and pyarrow
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     session = (
         SparkSession.builder.master("local[2]")
