@@ -1,7 +1,7 @@
 """score_file: a 1,000,000-row x 24-sensor historian drop, streamed in chunks vs read whole.
 
 Ours: ``FileScoring.score_file`` on the file (CSV, then Parquet) with the default options: chunks of
-4 MiB of CSV text (16,384 Parquet rows), each validated (vectorised), scored by one
+3 MiB of CSV text (16,384 Parquet rows), each validated (vectorised), scored by one
 ``score_table`` call (features, one ONNX call, the alert policy with hysteresis), its scores written
 as date-partitioned Parquet to a local folder, alerts summarised per device and rule, a manifest.
 Baseline, measured in the same run: the straightforward approach, ``pandas.read_csv`` (or
