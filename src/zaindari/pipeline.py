@@ -161,7 +161,7 @@ def score_table(
             contributions=outputs.contributions,
             devices=table.device_id[rows].tolist(),
             timestamps=table.timestamp[rows],
-            modes=[] if table.mode is None else table.mode[rows].tolist(),
+            modes=[None] * len(rows) if table.mode is None else table.mode[rows].tolist(),
             late=features.late,
             identity=None if identity is None else [identity[int(i)] for i in rows],
             states={d: s.alerts for d, s in states.items()},

@@ -305,3 +305,36 @@ def test_alert_state_round_trips_through_json() -> None:
     restored = AlertState.from_dict(json.loads(json.dumps(states["d1"].to_dict())))
     assert restored.to_dict() == states["d1"].to_dict()
     assert restored.active_rules == ["hot"]
+
+
+def test_a_table_without_modes_still_alerts_and_mode_rules_do_not_fire() -> None:
+    # file drops may carry no mode column: score_table passes no mode per row
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from zaindari.bundle import load_bundle
+    from zaindari.example_model import example_model_bundle
+    from zaindari.features import SensorTable
+    from zaindari.pipeline import score_table
+
+    bundle = load_bundle(example_model_bundle(Path(tempfile.mkdtemp())))
+    n = 4
+    table = SensorTable(
+        device_id=np.array(["d"] * n, dtype=object),
+        timestamp=np.arange(n) * 60.0 + 1.7e9,
+        sensors={
+            "temperature": np.full(n, 130.0),
+            "vibration_rms": np.full(n, 20.0),
+            "motor_current": np.full(n, 40.0),
+            "pressure": np.full(n, 150.0),
+            "speed": np.full(n, 1500.0),
+            "torque": np.full(n, 80.0),
+        },
+        mode=None,
+    )
+    result = score_table(bundle, table)
+    rules = {a.rule_id for a in result.alerts}
+    assert "overheating" in rules  # no mode condition: fires
+    assert "vibration_high_under_load" not in rules  # only in modes run/heavy: unknown mode, no fire
