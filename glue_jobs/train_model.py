@@ -42,12 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, train, publish; 0 on success, 1 with the reason on stderr otherwise."""
     from zaindari.bundle import BundleError
     from zaindari.spec import SpecError
-    from zaindari.training import TrainingError, publish_bundle, read_spec, train_model
+    from zaindari.training import TrainingError, check_output, publish_bundle, read_spec, train_model
 
     args = parse_job_arguments(ARGUMENTS, argv, description=__doc__.splitlines()[0])
+    overwrite = str(args.get("overwrite") or "false").lower() == "true"
     try:
         spec = read_spec(str(args["spec"]))
         seed = int(args["seed"]) if args.get("seed") else None
+        check_output(str(args["output"]), overwrite=overwrite)  # before hours of training, not after
     except (SpecError, TrainingError, ValueError) as exc:
         print(f"train_model failed: {exc}", file=sys.stderr)
         return 1
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         location = publish_bundle(
             trained,
             str(args["output"]),
-            overwrite=str(args.get("overwrite") or "false").lower() == "true",
+            overwrite=overwrite,
             version=args.get("version") or None,
         )
     except (SpecError, TrainingError, BundleError) as exc:

@@ -88,6 +88,7 @@ __all__ = [
     "TrainedModel",
     "TrainingError",
     "assign_held_out",
+    "check_output",
     "check_parity",
     "derive_labels",
     "fit_model",
@@ -1367,10 +1368,7 @@ def publish_bundle(
             _upload(folder, output, overwrite=overwrite)
         else:
             target = Path(output)
-            if (target / MANIFEST_FILE).exists() and not overwrite:
-                raise TrainingError(
-                    f"output {output!r} already holds a bundle (pass overwrite to replace it)"
-                )
+            check_output(output, overwrite=overwrite)
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -1380,13 +1378,30 @@ def publish_bundle(
     return output
 
 
+def check_output(output: str, *, overwrite: bool = False) -> None:
+    """Fail early when ``output`` already holds a bundle and ``overwrite`` is off.
+
+    Raises
+    ------
+    TrainingError
+        Naming the output.
+    """
+    if overwrite:
+        return
+    if output.startswith("s3://"):
+        bucket, prefix = _split_s3(output.rstrip("/") + "/")
+        found = _s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix + MANIFEST_FILE)
+        taken = bool(found.get("KeyCount", 0))
+    else:
+        taken = (Path(output) / MANIFEST_FILE).exists()
+    if taken:
+        raise TrainingError(f"output {output!r} already holds a bundle (pass overwrite to replace it)")
+
+
 def _upload(folder: Path, output: str, *, overwrite: bool) -> None:
     bucket, prefix = _split_s3(output.rstrip("/") + "/")
     client = _s3_client()
-    if not overwrite and client.list_objects_v2(Bucket=bucket, Prefix=prefix + MANIFEST_FILE).get(
-        "KeyCount", 0
-    ):
-        raise TrainingError(f"output {output!r} already holds a bundle (pass overwrite to replace it)")
+    check_output(output, overwrite=overwrite)
     files = [*sorted(p for p in folder.iterdir() if p.name != MANIFEST_FILE), folder / MANIFEST_FILE]
     for file in files:  # the manifest last: a reader that sees it sees a complete bundle
         client.upload_file(str(file), bucket, prefix + file.name)

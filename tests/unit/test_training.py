@@ -489,3 +489,13 @@ def test_labels_are_derived_from_failure_flags_or_run_to_failure_and_censored_wh
 
     run_to_failure = labels({"column": "rul", "derive": "remaining_useful_life"}, df.filter("asset = 'b'"))
     assert [run_to_failure[("b", float(t))][0] for t in range(6)] == [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]
+
+
+def test_the_job_refuses_to_train_over_an_existing_bundle_unless_told(
+    anomaly_bundle: Path, plant: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (anomaly_bundle / "MANIFEST.json").read_text()
+    arguments = ["--spec", str(DATA / "plant_anomaly.yaml"), "--input", str(plant["raw"])]
+    code = _load_job().main([*arguments, "--output", str(anomaly_bundle)])
+    assert code == 1 and "already holds a bundle" in capsys.readouterr().err
+    assert (anomaly_bundle / "MANIFEST.json").read_text() == before
