@@ -19,7 +19,6 @@ from zaindari.contract import parse_readings
 from zaindari.infra.aws_ports import S3LakeWriter
 
 pytestmark = [pytest.mark.aws, pytest.mark.spark]
-pytest.importorskip("pyspark")
 
 BUCKET = "zaindari-test-lake"
 REGION = "eu-west-1"

@@ -13,7 +13,6 @@ from zaindari.features import SensorTable, compute_features
 from zaindari.spec import ModelSpec
 
 pytestmark = pytest.mark.spark
-pytest.importorskip("pyspark")
 
 from pyspark.sql import functions as F  # noqa: E402
 

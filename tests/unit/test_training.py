@@ -23,8 +23,6 @@ from zaindari.training import (
 )
 
 pytestmark = pytest.mark.spark
-pytest.importorskip("pyspark")
-pytest.importorskip("onnxmltools")
 
 DATA = Path(__file__).resolve().parents[2] / "src" / "zaindari" / "data"
 JOB = Path(__file__).resolve().parents[2] / "glue_jobs" / "train_model.py"
@@ -424,8 +422,8 @@ def test_a_time_range_limits_the_rows_trained_on(spark: Any, plant: dict[str, An
 def test_a_bundle_is_published_to_s3_manifest_last_and_never_over_another(
     rul_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    moto = pytest.importorskip("moto")
     import boto3
+    import moto
 
     from zaindari.training import publish_bundle, read_spec
 

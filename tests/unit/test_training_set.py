@@ -17,7 +17,6 @@ from zaindari.contract import parse_readings
 from zaindari.features import SensorTable, compute_features
 
 pytestmark = pytest.mark.spark
-pytest.importorskip("pyspark")
 
 from zaindari.training_set import (  # noqa: E402
     LocalFileStore,
