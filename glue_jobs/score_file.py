@@ -29,13 +29,12 @@ ARGUMENTS = (
     JobArgument("key", "", "the drop's object key as the lake names it (default: from --input)"),
     JobArgument("bucket", "", "the drop's bucket (default: from an s3:// --input)"),
     JobArgument("etag", "", "the drop's ETag (names its outputs with the version)"),
-    JobArgument("version-id", "", "the drop's version id (names its outputs; read pinned to it)"),
+    JobArgument("version", "", "the drop's version id (names its outputs)"),
     JobArgument("size", "", "the drop's size in bytes (informational)"),
     JobArgument("partitions", "", "partitions to score in (default: Spark's default parallelism)"),
     JobArgument(
         "staging", "", "where Spark writes before files move into the lake (default <lake>/_staging/)"
     ),
-    JobArgument("run-token", "", "set by score_batch; unused"),
 )
 
 
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key=key or PurePosixPath(uri).name,
         bucket=bucket or None,
         etag=args.get("etag") or None,
-        version_id=args.get("version-id") or None,
+        version_id=args.get("version") or None,
         size=int(args["size"]) if args.get("size") else None,
     )
     master = args.get("master")

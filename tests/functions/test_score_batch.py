@@ -501,7 +501,7 @@ def test_a_drop_above_the_spark_size_goes_to_the_glue_job_and_its_state_change_c
     run = glue.get_job_run(JobName=stack.name("ScoreFileJob"), RunId=handed["job_run_id"])["JobRun"]
     obj = s3_event["Records"][0]["s3"]["object"]
     assert run["Arguments"]["--input"] == f"s3://{stack.name('RawBucket')}/{obj['key']}"
-    assert run["Arguments"]["--version-id"] == obj["versionId"]
+    assert run["Arguments"]["--version"] == obj["versionId"]
     assert only_outcome(invoke(app, s3_event))["status"] == "busy"  # the job has it
 
     # the job writes the file's outputs and manifest (here: the same use case, through the S3 sink)
@@ -717,6 +717,10 @@ def test_the_glue_job_runs_locally_and_records_a_truncated_file_as_failed(
             str(drop_file),
             "--key",
             "drops/test/cut.csv.gz",
+            "--bucket",
+            "zaindari-rawbucket",
+            "--version",
+            "v42",
             "--lake",
             str(lake),
             "--model",
@@ -731,7 +735,9 @@ def test_the_glue_job_runs_locally_and_records_a_truncated_file_as_failed(
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "failed" and "truncated gzip file" in summary["error"]
-    source_id = FileSource(key="drops/test/cut.csv.gz").source_id
+    source_id = FileSource(
+        key="drops/test/cut.csv.gz", bucket="zaindari-rawbucket", version_id="v42"
+    ).source_id
     manifest = FileManifest.model_validate_json((lake / "manifests" / f"{source_id}.json").read_text())
     assert manifest.status == "failed" and manifest.rows_in == 0
     assert (lake / "quarantine" / "files" / source_id / "cut.csv.gz").read_bytes() == cut

@@ -28,7 +28,6 @@ import json
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -703,8 +702,8 @@ class SqsPartQueue:
 class GlueSparkRunner:
     """Starts the ``score_file`` Glue job for one drop, and finds the drop a job run scored.
 
-    The drop travels as job arguments: ``--input s3://bucket/key``, ``--etag``, ``--version-id``,
-    ``--size``; the job reads the model and the lake from its default arguments (``--model``,
+    The drop travels as job arguments: ``--input s3://bucket/key``, ``--etag``, ``--version`` (the
+    version id), ``--size``; the job reads the model and the lake from its default arguments (``--model``,
     ``--lake``), overridden here when given.
     """
 
@@ -720,9 +719,8 @@ class GlueSparkRunner:
         arguments = {
             "--input": f"s3://{source.bucket}/{source.key}",
             "--etag": source.etag or "",
-            "--version-id": source.version_id or "",
+            "--version": source.version_id or "",
             "--size": str(source.size or ""),
-            "--run-token": uuid.uuid4().hex,
         }
         if self.model:
             arguments["--model"] = self.model
@@ -748,6 +746,6 @@ class GlueSparkRunner:
             return None
         size = arguments.get("--size") or None
         source = source_from_uri(
-            uri, etag=arguments.get("--etag") or None, version_id=arguments.get("--version-id") or None
+            uri, etag=arguments.get("--etag") or None, version_id=arguments.get("--version") or None
         )
         return source.model_copy(update={"size": int(size) if size else None})
