@@ -33,7 +33,7 @@ import pytest
 
 from tests.functions.conftest import EmbeddedAws
 from tests.support import LambdaContext, fit_example_bundle, load_function, sqs_event
-from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource
+from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
 from zaindari.infra.file_ports import S3FileSink
 from zaindari.infra.local_drops import seed_drop_objects
@@ -410,12 +410,14 @@ def test_a_crashed_runs_claim_is_taken_over_once_its_lease_runs_out(
 # ----------------------------------------------------------------------------------- fan-out
 
 
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_a_drop_above_the_fanout_size_is_split_scored_in_parts_and_merged(
     aws: EmbeddedAws,
     stack: Provisioned,
     monkeypatch: pytest.MonkeyPatch,
     plant_csv: bytes,
     inboxes: dict[str, str],
+    kind: str,
 ) -> None:
     monkeypatch.setenv("ZAINDARI_FANOUT_BYTES", "40000")
     monkeypatch.setenv("ZAINDARI_PART_BYTES", "16000")
@@ -423,8 +425,13 @@ def test_a_drop_above_the_fanout_size_is_split_scored_in_parts_and_merged(
     whole = only_outcome(invoke(app, drop(aws, stack, "whole.csv", plant_csv[:39000])))  # below: inline
     assert whole["route"] == "inline"
     drain(aws, inboxes["sns"])
+    data = plant_csv
+    if kind == "parquet":  # 8 row groups of about 9 KB: parts of row groups, read by byte ranges
+        buffer = io.BytesIO()
+        pd.read_csv(io.BytesIO(plant_csv)).to_parquet(buffer, index=False, row_group_size=200)
+        data = buffer.getvalue()
 
-    planned = only_outcome(invoke(app, drop(aws, stack, "plant.csv", plant_csv)))
+    planned = only_outcome(invoke(app, drop(aws, stack, f"plant.{kind}", data)))
 
     assert planned["status"] == "fanned_out" and planned["route"] == "fanout"
     queue = stack.url("ScoreBatchPartsQueue")
@@ -432,7 +439,9 @@ def test_a_drop_above_the_fanout_size_is_split_scored_in_parts_and_merged(
     messages = []
     while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
         messages += batch
-    assert len(messages) == planned["parts"] == -(-len(plant_csv) // 16000)
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata if kind == "parquet" else None
+    expected_parts = plan_parts(f"x.{kind}", len(data), metadata, part_bytes=16000)
+    assert len(messages) == planned["parts"] == len(expected_parts) > 2
     assert drain(aws, inboxes["sns"]) == []  # alerts wait for the merge
 
     # workers take the parts in any order, one message per invocation
