@@ -10,6 +10,7 @@ import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zaindari.alerting import Alert
@@ -24,8 +25,23 @@ from zaindari.ports import (
     SaveResult,
     StateStore,
 )
+from zaindari.registry import (
+    AliasConflict,
+    ArtifactStore,
+    HistoryEntry,
+    ModelVersion,
+    RegistryStore,
+    VersionConflict,
+)
 
-__all__ = ["MemoryAlertSink", "MemoryLake", "MemoryRejectSink", "MemoryStateStore"]
+__all__ = [
+    "LocalArtifactStore",
+    "MemoryAlertSink",
+    "MemoryLake",
+    "MemoryRegistryStore",
+    "MemoryRejectSink",
+    "MemoryStateStore",
+]
 
 
 @dataclass
@@ -100,3 +116,82 @@ def _conforms() -> None:
     _l: LakeWriter = MemoryLake()
     _a: AlertSink = MemoryAlertSink()
     _r: RejectSink = MemoryRejectSink()
+
+
+# -- the model registry's ports (zaindari.registry)
+
+
+@dataclass
+class MemoryRegistryStore:
+    """The registry's metadata in dicts, with the same conditional semantics as DynamoDB."""
+
+    versions: dict[tuple[str, int], str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    alias_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    entries: dict[str, list[str]] = field(default_factory=dict)
+
+    def reserve_version(self, model: str) -> int:
+        self.counters[model] = self.counters.get(model, 0) + 1
+        return self.counters[model]
+
+    def put_version(self, version: ModelVersion) -> None:
+        key = (version.model, version.version)
+        if key in self.versions:
+            raise VersionConflict(f"{version.model} version {version.version} exists")
+        self.versions[key] = version.model_dump_json()
+
+    def get_version(self, model: str, version: int) -> ModelVersion | None:
+        raw = self.versions.get((model, version))
+        return None if raw is None else ModelVersion.model_validate_json(raw)
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        return [
+            ModelVersion.model_validate_json(v) for (m, _), v in sorted(self.versions.items()) if m == model
+        ]
+
+    def list_models(self) -> list[str]:
+        return sorted({m for m, _ in self.versions} | set(self.counters))
+
+    def aliases(self, model: str) -> dict[str, int]:
+        return dict(self.alias_table.get(model, {}))
+
+    def move_alias(self, entry: HistoryEntry, *, expected: int | None) -> None:
+        table = self.alias_table.setdefault(entry.model, {})
+        if table.get(entry.alias) != expected:
+            raise AliasConflict(f"{entry.model} {entry.alias} is {table.get(entry.alias)}, not {expected}")
+        if entry.to_version is None:
+            table.pop(entry.alias, None)
+        else:
+            table[entry.alias] = entry.to_version
+        self.append_history(entry)
+
+    def append_history(self, entry: HistoryEntry) -> None:
+        self.entries.setdefault(entry.model, []).append(entry.model_dump_json())
+
+    def history(self, model: str) -> list[HistoryEntry]:
+        return [HistoryEntry.model_validate_json(e) for e in self.entries.get(model, [])]
+
+
+@dataclass
+class LocalArtifactStore:
+    """Bundles as local folders; :meth:`publish` copies them under ``root/models/<name>/<version>/``."""
+
+    root: Path
+
+    def fetch(self, location: str) -> Path:
+        return Path(location)
+
+    def publish(self, model: str, version: int, bundle: Path) -> str:
+        import shutil
+
+        target = self.root / "models" / model / str(version)
+        target.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in bundle.iterdir() if p.is_file() and p.name != "MANIFEST.json")
+        for name in [*names, "MANIFEST.json"]:  # the manifest last: a folder with one is complete
+            shutil.copyfile(bundle / name, target / name)
+        return str(target)
+
+
+def _conforms_registry() -> None:
+    _s: RegistryStore = MemoryRegistryStore()
+    _a: ArtifactStore = LocalArtifactStore(Path("."))

@@ -1,0 +1,666 @@
+"""The model registry and the promotion gate: which verified bundle runs where, and why.
+
+A registered model has numbered versions (monotonic integers per model, never reused), each the
+metadata of one verified bundle (artifact location, content hash, signature summary, metrics,
+learned thresholds, lineage, parity), and aliases (``staging``, ``production``, ``archived`` or
+custom names) pointing at versions. Every alias change, and every gate decision that changed
+nothing, is appended to the model's audit history with the numbers that decided it.
+
+The core knows nothing of AWS: storage is the :class:`RegistryStore` port (DynamoDB in
+``zaindari.infra.registry_store``, memory in ``zaindari.memory_ports``) and artifacts go through
+the :class:`ArtifactStore` port (S3 under ``models/<name>/<version>/``).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from zaindari.bundle import BundleError, ModelBundle, load_bundle
+
+if TYPE_CHECKING:
+    from zaindari.contract import Reading
+
+__all__ = [
+    "ALIASES",
+    "AliasConflict",
+    "ArtifactStore",
+    "GateDecision",
+    "GatePolicy",
+    "HistoryEntry",
+    "MetricComparison",
+    "ModelRegistry",
+    "ModelVersion",
+    "RegistryError",
+    "RegistryStore",
+    "ShadowResult",
+    "VersionConflict",
+    "compare_metrics",
+    "shadow_alert_rates",
+]
+
+ALIASES = ("staging", "production", "archived")
+STAGING = "staging"
+PRODUCTION = "production"
+ARCHIVED = "archived"
+
+Action = Literal["register", "set", "promote", "refused", "awaiting_approval", "rollback"]
+
+
+class RegistryError(ValueError):
+    """A registry request cannot be honoured (unknown model or version, invalid bundle, ...)."""
+
+
+class VersionConflict(RuntimeError):
+    """Another writer already stored this version number."""
+
+
+class AliasConflict(RuntimeError):
+    """The alias moved since it was read (another writer changed it): re-read and decide again."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelVersion(_Frozen):
+    """One registered version: a verified bundle's metadata and where its files are."""
+
+    model: str
+    version: int = Field(ge=1)
+    artifact_uri: str
+    content_hash: str
+    files: dict[str, str]
+    task: str
+    signature: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    parity: dict[str, Any] = Field(default_factory=dict)
+    source: str = ""
+    bundle_version: str = ""
+    registered_at: str
+    registered_by: str = ""
+
+
+class HistoryEntry(_Frozen):
+    """One line of a model's audit history (append-only).
+
+    ``alias`` moved ``from_version`` -> ``to_version`` (both ``None`` when the decision moved
+    nothing, as for a refusal); ``numbers`` holds the figures that decided it.
+    """
+
+    model: str
+    at: str
+    seq: str
+    alias: str
+    action: Action
+    from_version: int | None = None
+    to_version: int | None = None
+    candidate: int | None = None
+    reason: str = ""
+    actor: str = ""
+    numbers: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.action in ("register", "set", "promote", "rollback")
+
+
+class RegistryStore(Protocol):
+    """Where the registry's metadata lives (one DynamoDB table on AWS).
+
+    Writes are conditional: :meth:`put_version` never overwrites a version, :meth:`move_alias`
+    only moves an alias still pointing where the caller saw it, so two writers can neither assign
+    one version number twice nor lose an alias change.
+    """
+
+    def reserve_version(self, model: str) -> int:
+        """The next version number of ``model`` (atomic: each call gets a new, larger one)."""
+        ...
+
+    def put_version(self, version: ModelVersion) -> None:
+        """Store a version; raises :class:`VersionConflict` when that number is taken."""
+        ...
+
+    def get_version(self, model: str, version: int) -> ModelVersion | None: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        """All versions of ``model``, oldest first."""
+        ...
+
+    def list_models(self) -> list[str]: ...
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """Alias -> version of ``model``."""
+        ...
+
+    def move_alias(self, entry: HistoryEntry, *, expected: int | None) -> None:
+        """Point ``entry.alias`` at ``entry.to_version`` (``None``: remove it) and append ``entry``,
+        atomically, if the alias still points at ``expected``; else raise :class:`AliasConflict`."""
+        ...
+
+    def append_history(self, entry: HistoryEntry) -> None:
+        """Record a decision that moved no alias."""
+        ...
+
+    def history(self, model: str) -> list[HistoryEntry]:
+        """The model's audit history, oldest first."""
+        ...
+
+
+class ArtifactStore(Protocol):
+    """Where bundle files live (the lake's ``models/<name>/<version>/`` on AWS)."""
+
+    def fetch(self, location: str) -> Path:
+        """A local folder holding the bundle at ``location`` (a folder, or an s3:// prefix)."""
+        ...
+
+    def publish(self, model: str, version: int, bundle: Path) -> str:
+        """Copy the bundle's files (``MANIFEST.json`` last); returns the artifact's location."""
+        ...
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """A quality figure of a task: where it is in ``metrics.json`` and which way is better."""
+
+    name: str
+    path: tuple[str, ...]
+    higher_is_better: bool
+
+
+# Per task, the figures the gate compares (those present in both bundles' metrics.json).
+METRIC_RULES: dict[str, tuple[MetricRule, ...]] = {
+    "anomaly": (
+        MetricRule("auc", ("auc",), True),
+        MetricRule("detection_rate", ("at_thresholds", "warning", "detection_rate"), True),
+        MetricRule("false_alarm_rate", ("at_thresholds", "warning", "false_alarm_rate"), False),
+    ),
+    "classification": (
+        MetricRule("f1", ("at_learned_threshold", "f1"), True),
+        MetricRule("auc", ("auc",), True),
+    ),
+    "regression": (
+        MetricRule("rmse", ("rmse",), False),
+        MetricRule("mae", ("mae",), False),
+    ),
+}
+
+
+def _metric(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One figure, champion against challenger."""
+
+    name: str
+    higher_is_better: bool
+    champion: float
+    challenger: float
+    allowed: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.name,
+            "better": "higher" if self.higher_is_better else "lower",
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "worst_allowed": self.allowed,
+            "passed": self.passed,
+        }
+
+
+def compare_metrics(
+    task: str, champion: dict[str, Any], challenger: dict[str, Any], tolerance: float
+) -> tuple[list[MetricComparison], list[str]]:
+    """Compare the task's figures present in the champion's metrics.
+
+    The challenger may be worse than the champion by at most ``tolerance`` times the champion's
+    value (relative, so one setting serves AUCs and RMSEs in hours). Returns the comparisons and
+    the reasons to refuse (a worse figure, or a figure the champion has and the challenger lacks).
+    """
+    comparisons: list[MetricComparison] = []
+    reasons: list[str] = []
+    for rule in METRIC_RULES.get(task, ()):
+        old = _metric(champion, rule.path)
+        if old is None:
+            continue
+        new = _metric(challenger, rule.path)
+        if new is None:
+            reasons.append(f"{rule.name}: the champion has {old:.6g}, the challenger reports none")
+            continue
+        slack = tolerance * abs(old)
+        allowed = old - slack if rule.higher_is_better else old + slack
+        passed = new >= allowed if rule.higher_is_better else new <= allowed
+        comparisons.append(MetricComparison(rule.name, rule.higher_is_better, old, new, allowed, passed))
+        if not passed:
+            way = "lower" if rule.higher_is_better else "higher"
+            reasons.append(
+                f"{rule.name}: challenger {new:.6g} is {way} than the champion's {old:.6g} "
+                f"beyond the tolerance {tolerance:g} (worst allowed {allowed:.6g})"
+            )
+    return comparisons, reasons
+
+
+# ----------------------------------------------------------------------------- shadow scoring
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    """Alert rates of champion and challenger on the same recent readings (fraction of rows scored)."""
+
+    readings: int
+    champion_scored: int
+    challenger_scored: int
+    champion_alert_rate: float
+    challenger_alert_rate: float
+
+    @property
+    def difference(self) -> float:
+        return self.challenger_alert_rate - self.champion_alert_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "readings": self.readings,
+            "champion_scored": self.champion_scored,
+            "challenger_scored": self.challenger_scored,
+            "champion_alert_rate": self.champion_alert_rate,
+            "challenger_alert_rate": self.challenger_alert_rate,
+            "difference": self.difference,
+        }
+
+
+def shadow_alert_rates(
+    champion: ModelBundle, challenger: ModelBundle, readings: Sequence[Reading]
+) -> ShadowResult:
+    """Score ``readings`` with both models (fresh device state each) and return their alert rates.
+
+    The rate is the share of scored rows on which at least one alert rule fired; both models see
+    the same readings in the same order through :func:`zaindari.pipeline.score_readings`.
+    """
+    from zaindari.pipeline import score_readings
+
+    def rate(bundle: ModelBundle) -> tuple[int, float]:
+        scored = score_readings(bundle, readings).scored
+        alerts = sum(1 for row in scored if row["alert"])
+        return len(scored), (alerts / len(scored) if scored else 0.0)
+
+    champion_n, champion_rate = rate(champion)
+    challenger_n, challenger_rate = rate(challenger)
+    return ShadowResult(len(readings), champion_n, challenger_n, champion_rate, challenger_rate)
+
+
+# ----------------------------------------------------------------------------- the gate
+
+
+class GatePolicy(_Frozen):
+    """How the champion/challenger gate decides.
+
+    ``tolerance``: how much worse (relative to the champion's value) a figure may be.
+    ``alert_rate_bound``: largest allowed |challenger - champion| shadow alert rate; ``None``
+    skips shadow scoring. ``manual_approval``: a passing challenger waits for a named approver.
+    """
+
+    tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    alert_rate_bound: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    manual_approval: bool = False
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided about a candidate, and the numbers behind it."""
+
+    outcome: Literal["promoted", "refused", "awaiting_approval"]
+    model: str
+    candidate: int
+    champion: int | None
+    reasons: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _signature_summary(bundle: ModelBundle) -> dict[str, Any]:
+    sig = bundle.signature
+    return {
+        "input": {"name": sig.input.name, "dtype": sig.input.dtype, "shape": sig.input.shape},
+        "features": list(sig.features),
+        "outputs": [{"name": o.name, "role": o.role, "dtype": o.dtype} for o in sig.outputs],
+    }
+
+
+class ModelRegistry:
+    """The registry's use cases over a :class:`RegistryStore` and an :class:`ArtifactStore`.
+
+    Parameters
+    ----------
+    store, artifacts
+        The ports.
+    clock
+        The time recorded in history (UTC ISO 8601).
+    """
+
+    def __init__(
+        self, store: RegistryStore, artifacts: ArtifactStore, *, clock: Callable[[], str] = _now
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.clock = clock
+
+    # -- reads
+
+    def version(self, model: str, version: int) -> ModelVersion:
+        found = self.store.get_version(model, version)
+        if found is None:
+            raise RegistryError(f"{model} has no version {version}")
+        return found
+
+    def alias_version(self, model: str, alias: str) -> int | None:
+        return self.store.aliases(model).get(alias)
+
+    # -- registration
+
+    def register_version(
+        self, bundle_location: str, *, model: str | None = None, actor: str = ""
+    ) -> ModelVersion:
+        """Verify the bundle at ``bundle_location``, store it as the model's next version, point ``staging`` at it.
+
+        Raises
+        ------
+        RegistryError
+            When the bundle is invalid (hash mismatch, ONNX that does not load or disagrees with its
+            signature, signature not matching the spec, metrics or parity missing or failed), or
+            belongs to another model than ``model``.
+        """
+        try:
+            bundle = load_bundle(self.artifacts.fetch(bundle_location))
+        except BundleError as exc:
+            raise RegistryError(f"bundle refused: {exc}") from exc
+        except Exception as exc:  # onnxruntime raises its own types for a graph it cannot load
+            raise RegistryError(f"bundle refused: model.onnx cannot be loaded: {exc}") from exc
+        if model is not None and bundle.name != model:
+            raise RegistryError(f"bundle refused: it is a bundle of {bundle.name!r}, not {model!r}")
+        metrics = bundle.extras.get("metrics.json")
+        if not isinstance(metrics, dict) or not metrics:
+            raise RegistryError("bundle refused: no metrics.json (the gate has nothing to compare)")
+        parity = bundle.extras.get("parity.json")
+        if not isinstance(parity, dict) or not parity:
+            raise RegistryError("bundle refused: no parity.json (ONNX parity with training unproven)")
+        if parity.get("passed") is False:
+            raise RegistryError(f"bundle refused: parity.json records a failed parity check: {parity}")
+        lineage = bundle.extras.get("lineage.json")
+
+        number = self.store.reserve_version(bundle.name)
+        uri = self.artifacts.publish(bundle.name, number, bundle.path)
+        version = ModelVersion(
+            model=bundle.name,
+            version=number,
+            artifact_uri=uri,
+            content_hash=bundle.content_hash,
+            files=dict(bundle.manifest.files),
+            task=str(metrics.get("task") or bundle.spec.task),
+            signature=_signature_summary(bundle),
+            metrics=metrics,
+            thresholds=bundle.thresholds.model_dump(mode="json"),
+            lineage=lineage if isinstance(lineage, dict) else {},
+            parity=parity,
+            source=bundle_location,
+            bundle_version=bundle.manifest.version or "",
+            registered_at=self.clock(),
+            registered_by=actor,
+        )
+        self.store.put_version(version)
+        self._move(
+            version.model,
+            STAGING,
+            number,
+            action="register",
+            reason=f"registered from {bundle_location}",
+            actor=actor,
+            numbers={"content_hash": version.content_hash},
+        )
+        return version
+
+    # -- aliases
+
+    def set_alias(
+        self, model: str, alias: str, version: int | None, *, reason: str, actor: str = ""
+    ) -> HistoryEntry:
+        """Point ``alias`` at ``version`` (``None`` removes it) by hand; recorded in the history."""
+        if not alias or "#" in alias:
+            raise RegistryError(f"invalid alias name {alias!r}")
+        if version is not None:
+            self.version(model, version)
+        return self._move(model, alias, version, action="set", reason=reason, actor=actor)
+
+    def _move(
+        self,
+        model: str,
+        alias: str,
+        version: int | None,
+        *,
+        action: Action,
+        reason: str,
+        actor: str,
+        numbers: dict[str, Any] | None = None,
+        expected: int | Literal["read"] | None = "read",
+        candidate: int | None = None,
+    ) -> HistoryEntry:
+        current = self.store.aliases(model).get(alias) if expected == "read" else expected
+        entry = HistoryEntry(
+            model=model,
+            at=self.clock(),
+            seq=uuid.uuid4().hex[:12],
+            alias=alias,
+            action=action,
+            from_version=current,
+            to_version=version,
+            candidate=candidate,
+            reason=reason,
+            actor=actor,
+            numbers=numbers or {},
+        )
+        self.store.move_alias(entry, expected=current)
+        return entry
+
+    def _record(
+        self,
+        model: str,
+        alias: str,
+        action: Action,
+        *,
+        candidate: int,
+        reason: str,
+        actor: str,
+        numbers: dict[str, Any],
+    ) -> HistoryEntry:
+        entry = HistoryEntry(
+            model=model,
+            at=self.clock(),
+            seq=uuid.uuid4().hex[:12],
+            alias=alias,
+            action=action,
+            candidate=candidate,
+            reason=reason,
+            actor=actor,
+            numbers=numbers,
+        )
+        self.store.append_history(entry)
+        return entry
+
+    # -- the gate
+
+    def promote(
+        self,
+        model: str,
+        candidate: int,
+        *,
+        policy: GatePolicy | None = None,
+        shadow: ShadowResult | None = None,
+        approved_by: str | None = None,
+        actor: str = "",
+        reason: str = "",
+    ) -> GateDecision:
+        """The champion/challenger gate: make ``candidate`` the ``production`` version if it earns it.
+
+        The candidate's figures (per task, see :data:`METRIC_RULES`) must be no worse than the
+        current production version's beyond ``policy.tolerance``; its shadow alert rate must be
+        within ``policy.alert_rate_bound`` of the champion's; with ``policy.manual_approval`` a
+        passing candidate waits (``awaiting_approval``) until called again with ``approved_by``.
+        Every decision is appended to the history with its numbers; a refused candidate keeps
+        its aliases (``staging``). The replaced champion becomes ``archived``.
+        """
+        policy = policy or GatePolicy()
+        challenger = self.version(model, candidate)
+        aliases = self.store.aliases(model)
+        champion_number = aliases.get(PRODUCTION)
+        numbers: dict[str, Any] = {
+            "policy": policy.model_dump(mode="json"),
+            "champion": champion_number,
+            "challenger": candidate,
+        }
+        reasons: list[str] = []
+        if champion_number == candidate:
+            raise RegistryError(f"{model} version {candidate} is already production")
+        if champion_number is not None:
+            champion = self.version(model, champion_number)
+            if champion.task != challenger.task:
+                reasons.append(f"task changed from {champion.task} to {challenger.task}")
+            comparisons, metric_reasons = compare_metrics(
+                challenger.task, champion.metrics, challenger.metrics, policy.tolerance
+            )
+            reasons += metric_reasons
+            numbers["metrics"] = [c.to_dict() for c in comparisons]
+            if not comparisons and not metric_reasons:
+                if challenger.task == "anomaly":
+                    numbers["metrics_note"] = (
+                        "no labelled figure in both metrics.json (unlabelled anomaly): shadow alert rate decides"
+                    )
+                else:
+                    reasons.append(f"no {challenger.task} figure in both metrics.json to compare")
+            if policy.alert_rate_bound is not None:
+                if shadow is None:
+                    reasons.append("no shadow scoring result (alert_rate_bound is set)")
+                else:
+                    numbers["shadow"] = shadow.to_dict() | {"bound": policy.alert_rate_bound}
+                    if shadow.challenger_scored == 0:
+                        reasons.append("shadow scoring: the challenger scored no reading")
+                    elif abs(shadow.difference) > policy.alert_rate_bound:
+                        reasons.append(
+                            f"shadow alert rate {shadow.challenger_alert_rate:.4f} vs the champion's "
+                            f"{shadow.champion_alert_rate:.4f}: difference {shadow.difference:+.4f} beyond "
+                            f"the bound {policy.alert_rate_bound:g}"
+                        )
+        else:
+            numbers["note"] = "no production version yet: nothing to compare against"
+            if shadow is not None:
+                numbers["shadow"] = shadow.to_dict()
+
+        if reasons:
+            why = "; ".join(reasons)
+            self._record(
+                model, PRODUCTION, "refused", candidate=candidate, reason=why, actor=actor, numbers=numbers
+            )
+            return GateDecision("refused", model, candidate, champion_number, reasons, numbers)
+        if policy.manual_approval and not approved_by:
+            why = "gate passed; manual approval required"
+            self._record(
+                model,
+                PRODUCTION,
+                "awaiting_approval",
+                candidate=candidate,
+                reason=why,
+                actor=actor,
+                numbers=numbers,
+            )
+            return GateDecision("awaiting_approval", model, candidate, champion_number, [why], numbers)
+        if approved_by:
+            numbers["approved_by"] = approved_by
+        why = reason or "gate passed"
+        self._move(
+            model,
+            PRODUCTION,
+            candidate,
+            action="promote",
+            reason=why,
+            actor=actor,
+            numbers=numbers,
+            expected=champion_number,
+            candidate=candidate,
+        )
+        if champion_number is not None:
+            self._move(
+                model,
+                ARCHIVED,
+                champion_number,
+                action="set",
+                reason=f"replaced in production by version {candidate}",
+                actor=actor,
+            )
+        return GateDecision("promoted", model, candidate, champion_number, [why], numbers)
+
+    # -- rollback
+
+    def rollback_target(self, model: str) -> int | None:
+        """The production version before the current one, skipping versions rolled back from."""
+        entries = [e for e in self.store.history(model) if e.alias == PRODUCTION and e.changed]
+        current = self.store.aliases(model).get(PRODUCTION)
+        bad = {e.from_version for e in entries if e.action == "rollback" and e.from_version is not None}
+        for entry in reversed(entries):
+            for number in (entry.to_version, entry.from_version):
+                if number is not None and number != current and number not in bad:
+                    return number
+        return None
+
+    def rollback(
+        self, model: str, *, to_version: int | None = None, reason: str, actor: str = ""
+    ) -> HistoryEntry:
+        """Set ``production`` back to the previous production version (or ``to_version``), recording why."""
+        if not reason.strip():
+            raise RegistryError("a rollback needs a reason")
+        current = self.store.aliases(model).get(PRODUCTION)
+        if current is None:
+            raise RegistryError(f"{model} has no production version to roll back")
+        target = to_version if to_version is not None else self.rollback_target(model)
+        if target is None:
+            raise RegistryError(f"{model} has no earlier production version; name one with to_version")
+        if target == current:
+            raise RegistryError(f"{model} version {target} is already production")
+        self.version(model, target)
+        return self._move(
+            model,
+            PRODUCTION,
+            target,
+            action="rollback",
+            reason=reason,
+            actor=actor,
+            expected=current,
+            numbers={"rolled_back_from": current},
+        )
