@@ -141,6 +141,26 @@ class Settings(BaseModel):
     file_spool_dir: str = Field(
         default="/tmp/zaindari/spool", description="Where a run's outputs wait for commit (Lambda: /tmp)."
     )
+    # -- model registry and promotion gate
+    registry_table: str = Field(
+        default="zaindari-model-registry",
+        description="DynamoDB table of the model registry: versions, aliases, audit history.",
+    )
+    promotion_tolerance: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much worse (relative to production's value) a challenger's metric may be.",
+    )
+    promotion_alert_rate_bound: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed difference of shadow alert rates (share of readings), challenger vs production.",
+    )
+    promotion_manual_approval: bool = Field(
+        default=False, description="A challenger that passes the gate waits for a named approver."
+    )
 
     @property
     def limits(self) -> ContractLimits:
