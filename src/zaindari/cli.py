@@ -383,11 +383,18 @@ def _iso_date(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _build_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from zaindari.registry_cli import build_registry_command
+
+    build_registry_command(commands)
+
+
 # Command groups, in the order ``--help`` lists them. Add a group by adding a builder here.
 COMMANDS: dict[str, CommandBuilder] = {
     "aws": _build_aws,
     "invoke": _build_invoke,
     "retrain": _build_retrain,
+    "registry": _build_registry,
 }
 
 

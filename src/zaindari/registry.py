@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIASES",
+    "METRIC_RULES",
     "AliasConflict",
     "ArtifactStore",
     "GateDecision",
@@ -43,6 +44,7 @@ __all__ = [
     "ShadowResult",
     "VersionConflict",
     "compare_metrics",
+    "metric_value",
     "shadow_alert_rates",
 ]
 
@@ -198,7 +200,8 @@ METRIC_RULES: dict[str, tuple[MetricRule, ...]] = {
 }
 
 
-def _metric(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+def metric_value(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The finite number at ``path`` in ``metrics``, else ``None``."""
     value: Any = metrics
     for key in path:
         if not isinstance(value, dict) or key not in value:
@@ -243,10 +246,10 @@ def compare_metrics(
     comparisons: list[MetricComparison] = []
     reasons: list[str] = []
     for rule in METRIC_RULES.get(task, ()):
-        old = _metric(champion, rule.path)
+        old = metric_value(champion, rule.path)
         if old is None:
             continue
-        new = _metric(challenger, rule.path)
+        new = metric_value(challenger, rule.path)
         if new is None:
             reasons.append(f"{rule.name}: the champion has {old:.6g}, the challenger reports none")
             continue
