@@ -242,7 +242,7 @@ def _history(registry: ModelRegistry, args: argparse.Namespace) -> int:
             e.alias,
             e.action,
             e.from_version,
-            e.to_version if e.changed else e.candidate,
+            e.to_version if e.changed else (f"({e.candidate})" if e.candidate is not None else None),
             e.actor or None,
             e.reason,
             _numbers(e) or None,
