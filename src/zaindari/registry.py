@@ -346,6 +346,25 @@ class GateDecision:
         return self.outcome == "promoted"
 
 
+def _evaluation_identity(version: ModelVersion) -> Any:
+    data = version.lineage.get("data")
+    if not isinstance(data, dict):
+        return None
+    assets = data.get("assets")
+    held_out = assets.get("held_out") if isinstance(assets, dict) else None
+    return {"content_hash": data.get("content_hash"), "held_out_assets": held_out}
+
+
+def _evaluation_data(champion: ModelVersion, challenger: ModelVersion) -> dict[str, Any]:
+    """Whether both versions' metrics come from the same held-out data (``None``: lineage does not say).
+
+    Recorded, not enforced: each training run reports metrics on its own held-out assets.
+    """
+    old, new = _evaluation_identity(champion), _evaluation_identity(challenger)
+    same = None if old is None or new is None else old == new
+    return {"same": same, "champion": old, "challenger": new}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -440,15 +459,25 @@ class ModelRegistry:
             registered_by=actor,
         )
         self.store.put_version(version)
-        self._move(
-            version.model,
-            STAGING,
-            number,
-            action="register",
-            reason=f"registered from {bundle_location}",
-            actor=actor,
-            numbers={"content_hash": version.content_hash},
-        )
+        for attempt in range(5):  # a concurrent registration may move staging between read and write
+            current = self.store.aliases(version.model).get(STAGING)
+            if current is not None and current > number:
+                break  # a newer version is already staging
+            try:
+                self._move(
+                    version.model,
+                    STAGING,
+                    number,
+                    action="register",
+                    reason=f"registered from {bundle_location}",
+                    actor=actor,
+                    numbers={"content_hash": version.content_hash},
+                    expected=current,
+                )
+                break
+            except AliasConflict:
+                if attempt == 4:
+                    raise
         return version
 
     # -- aliases
@@ -561,6 +590,7 @@ class ModelRegistry:
             )
             reasons += metric_reasons
             numbers["metrics"] = [c.to_dict() for c in comparisons]
+            numbers["evaluation"] = _evaluation_data(champion, challenger)
             if not comparisons and not metric_reasons:
                 if challenger.task == "anomaly":
                     numbers["metrics_note"] = (

@@ -304,3 +304,51 @@ def test_bundle_of_another_model_is_refused(registry: ModelRegistry, cache: Path
 
     with pytest.raises(RegistryError, match="not 'pump-rul'"):
         registry.register_version(str(path), model="pump-rul")
+
+
+def test_registration_racing_another_keeps_staging_on_the_newest(
+    store: MemoryRegistryStore, cache: Path, tmp_path: Path
+) -> None:
+    class RacingStore(MemoryRegistryStore):
+        """Another writer registers version 2 between this writer's read and write of staging."""
+
+        raced = False
+
+        def move_alias(self, entry: HistoryEntry, *, expected: int | None) -> None:
+            if entry.action == "register" and not self.raced:
+                self.raced = True
+                other = HistoryEntry(
+                    model=MODEL, at="t", seq="other", alias="staging", action="register", to_version=2
+                )
+                super().move_alias(other, expected=self.aliases(MODEL).get("staging"))
+            super().move_alias(entry, expected=expected)
+
+    racing = RacingStore()
+    registry = ModelRegistry(racing, LocalArtifactStore(tmp_path / "lake"))
+
+    version = registry.register_version(
+        str(registry_bundle(cache, tmp_path / "b", metrics=labelled_metrics(0.9)))
+    )
+
+    assert version.version == 1
+    assert racing.aliases(MODEL) == {"staging": 2}  # the newer version stays staging, no error
+
+
+def test_gate_records_whether_both_versions_were_evaluated_on_the_same_data(
+    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+) -> None:
+    same = {"data": {"content_hash": "abc", "assets": {"held_out": ["press-3"]}}}
+    other = {"data": {"content_hash": "def", "assets": {"held_out": ["press-1"]}}}
+    registry.promote(MODEL, _register(registry, cache, tmp_path, "a", 0.9, lineage=same))
+    on_same = _register(registry, cache, tmp_path, "b", 0.9, lineage=same)
+    on_other = _register(registry, cache, tmp_path, "c", 0.9, lineage=other)
+
+    first = registry.promote(MODEL, on_other, shadow=SAME_RATES, policy=GatePolicy(manual_approval=True))
+    second = registry.promote(MODEL, on_same, shadow=SAME_RATES, policy=GatePolicy(manual_approval=True))
+
+    assert first.numbers["evaluation"]["same"] is False
+    assert second.numbers["evaluation"]["same"] is True
+    assert store.history(MODEL)[-1].numbers["evaluation"]["champion"] == {
+        "content_hash": "abc",
+        "held_out_assets": ["press-3"],
+    }
