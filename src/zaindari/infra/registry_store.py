@@ -194,7 +194,12 @@ class DynamoRegistryStore:
         try:
             self._client.transact_write_items(TransactItems=[alias_write, {"Put": self._history_put(entry)}])
         except aws_errors() as exc:
-            if _error_code(exc) == "TransactionCanceledException" and "ConditionalCheckFailed" in str(exc):
+            reasons = [
+                r.get("Code") for r in (getattr(exc, "response", None) or {}).get("CancellationReasons", [])
+            ]
+            if _error_code(exc) == "TransactionCanceledException" and (
+                "ConditionalCheckFailed" in reasons or "ConditionalCheckFailed" in str(exc)
+            ):
                 raise AliasConflict(
                     f"{entry.model} alias {entry.alias} no longer points at {expected}: re-read and decide again"
                 ) from exc
