@@ -27,8 +27,9 @@ ports (below), implemented on DynamoDB, S3, SQS and Glue in :mod:`zaindari.infra
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Literal, Protocol
 
@@ -446,8 +447,10 @@ class DropScoring:
                     source, owner=owner, job_run_id=job_run_id, lease_until=now + self.config.stale_seconds
                 )
                 return self._outcome("spark", source, route="spark", job_run_id=job_run_id)
-            stream = self.objects.open(source, seekable=fmt is not None and fmt.kind == "parquet")
-            manifest = self.scoring.score_file(stream, source)
+            with _closing(
+                self.objects.open(source, seekable=fmt is not None and fmt.kind == "parquet")
+            ) as stream:
+                manifest = self.scoring.score_file(stream, source)
         except PortError as exc:
             self.ledger.release(source, owner=owner, message=str(exc))
             raise
@@ -492,7 +495,8 @@ class DropScoring:
             import pyarrow.parquet as pq
 
             try:
-                metadata = pq.ParquetFile(self.objects.open(source, seekable=True)).metadata
+                with _closing(self.objects.open(source, seekable=True)) as stream:
+                    metadata = pq.ParquetFile(stream).metadata
             except (OSError, ValueError):
                 # not readable as Parquet (or gone): scoring it whole records why, in its manifest
                 return self._score_inline_after_claim(source)
@@ -501,7 +505,8 @@ class DropScoring:
             parts = plan_parts(fmt, size, part_bytes=self.config.part_bytes)
             if len(parts) > 1:
                 # the first row of each part, counted once here rather than by every worker
-                parts = number_parts(self.objects.open(source, seekable=False), fmt, parts)
+                with _closing(self.objects.open(source, seekable=False)) as stream:
+                    parts = number_parts(stream, fmt, parts)
         if len(parts) <= 1:
             return self._score_inline_after_claim(source)
         now = self.clock()
@@ -513,8 +518,11 @@ class DropScoring:
 
     def _score_inline_after_claim(self, source: FileSource) -> DropOutcome:
         fmt = _format_of(source)
-        stream = self.objects.open(source, seekable=fmt is not None and fmt.kind == "parquet")
-        return self._finish(source, self.scoring.score_file(stream, source), route="inline")
+        with _closing(
+            self.objects.open(source, seekable=fmt is not None and fmt.kind == "parquet")
+        ) as stream:
+            manifest = self.scoring.score_file(stream, source)
+        return self._finish(source, manifest, route="inline")
 
     # -- a part ---------------------------------------------------------------------------------
 
@@ -541,7 +549,8 @@ class DropScoring:
                 parts=part.count,
                 note=f"the drop is {current.status}, not fanned out: part not scored again",
             )
-        manifest = self.scoring.score_file(self.objects.open(source, seekable=True), source, part=part)
+        with _closing(self.objects.open(source, seekable=True)) as stream:
+            manifest = self.scoring.score_file(stream, source, part=part)
         record = self.ledger.part_done(source, part.index)
         outcome = self._outcome(
             "part_scored",
@@ -642,3 +651,14 @@ def _format_of(source: FileSource) -> FileFormat | None:
         return detect_format(source.key)
     except FileError:
         return None  # scored inline: score_file records the unsupported type in a failed manifest
+
+
+@contextlib.contextmanager
+def _closing(stream: ByteStream) -> Iterator[ByteStream]:
+    """The stream, closed afterwards when it can be (an S3 body holds a connection until then)."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()
