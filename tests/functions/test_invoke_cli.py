@@ -90,7 +90,7 @@ def test_poison_is_dead_lettered_in_the_running_embedded_aws(aws: EmbeddedAws, m
     env = stack.function_environment("score_event")
     s3 = aws.factory.client("s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=env["ZAINDARI_LAKE_BUCKET"]).get("Contents", [])]
-    assert any(k.startswith("scores/date=2026-11-20/") for k in keys), keys
+    assert any(k.startswith("scores/events/date=2026-11-20/") for k in keys), keys
     assert any(k.startswith(env["ZAINDARI_MODEL_PATH"].split("/", 3)[3]) for k in keys), keys
     quarantined = [k for k in keys if k.startswith("quarantine/events/")]
     assert len(quarantined) == 1

@@ -139,7 +139,7 @@ def test_sqs_batch_is_scored_in_one_object_per_date_with_model_version_on_every_
     assert len(scores) == 100
     assert {r["model_version"] for r in scores} == {app.scoring().model().model_version}
     assert len(lake_keys(aws, "scores/")) == 1  # a micro-batch, never an object per reading
-    assert lake_keys(aws, "scores/")[0].startswith("scores/date=2024-01-01/")
+    assert lake_keys(aws, "scores/")[0].startswith("scores/events/date=2024-01-01/")
     assert len(lake_rows(aws, "raw/telemetry/")) == 100
     # device state is kept per device with its history and the keys it has seen
     items = aws.factory.client("dynamodb").scan(TableName=TABLE)["Items"]

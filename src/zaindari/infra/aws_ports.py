@@ -139,7 +139,9 @@ class DynamoStateStore:
 class S3LakeWriter:
     """Raw telemetry and scores as one object each per date partition per batch.
 
-    Keys: ``raw/telemetry/date=YYYY-MM-DD/<name>.<ext>`` and ``scores/date=YYYY-MM-DD/<name>.<ext>``,
+    Keys: ``raw/telemetry/date=YYYY-MM-DD/<name>.<ext>`` and ``scores/events/date=YYYY-MM-DD/<name>.<ext>``
+    (event scores are JSON Lines, apart from the Parquet file scores that the Glue ``scores`` table
+    reads under ``scores/date=...``),
     where ``<name>`` is derived from the readings' keys (a retried batch overwrites, never doubles).
     """
 
@@ -167,7 +169,7 @@ class S3LakeWriter:
                 keys = [str(scores[i].get("record_key", i)) for i in rows]
                 name = f"{self.source}-{_content_name(keys)}.{self.fmt}"
                 raw = [readings[i].to_record() for i in rows]
-                for prefix, data in (("raw/telemetry", raw), ("scores", [scores[i] for i in rows])):
+                for prefix, data in (("raw/telemetry", raw), ("scores/events", [scores[i] for i in rows])):
                     key = f"{prefix}/date={date}/{name}"
                     client.put_object(Bucket=self.bucket, Key=key, Body=self._encode(data))
                     written.append(key)
