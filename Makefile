@@ -44,7 +44,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer
+.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -73,6 +73,9 @@ typecheck: setup ## mypy (strict) on the core package
 	$(BIN)/mypy
 
 check: lint lint-template typecheck test ## Exactly what CI runs: lint, template lint, types, tests
+
+docs: setup ## Regenerate the generated parts of README.md (the settings table)
+	$(PY) docs/update_readme.py
 
 demo: setup ## The whole loop on embedded defaults (not built yet: see issue "make demo")
 	@echo "make demo: the end-to-end demo is not built yet (tracked in the 'make demo' issue)." >&2
@@ -117,31 +120,26 @@ lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, s
 	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --lint --template template.yaml --region eu-west-1
 
 # SAM's `BuildMethod: makefile` calls this with ARTIFACTS_DIR set; only mkdir, cp and rm.
-build-ScoreEventFunction: ## Copy the function code into ARTIFACTS_DIR (sam build calls it)
+# One recipe for every function's code asset: the core package plus the function's app.py, with its
+# bytecode (Lambda's code folder is read-only). sam build calls build-<LogicalId>.
+define copy_function
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
 	mkdir -p "$(ARTIFACTS_DIR)"
 	rm -rf "$(ARTIFACTS_DIR)/zaindari"
 	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
-	cp "$(REPO)/functions/score_event/app.py" "$(ARTIFACTS_DIR)/app.py"
-	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)"  # Lambda's code folder is read-only: ship the .pyc
+	cp "$(REPO)/functions/$(1)/app.py" "$(ARTIFACTS_DIR)/app.py"
+	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)"
+endef
+
+build-ScoreEventFunction: ## Copy score_event's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,score_event)
 
 build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DIR (sam build calls it)
-	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
-	mkdir -p "$(ARTIFACTS_DIR)"
-	rm -rf "$(ARTIFACTS_DIR)/zaindari"
-	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
-	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
-	cp "$(REPO)/functions/start_retraining/app.py" "$(ARTIFACTS_DIR)/app.py"
+	$(call copy_function,start_retraining)
 
 build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
-	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
-	mkdir -p "$(ARTIFACTS_DIR)"
-	rm -rf "$(ARTIFACTS_DIR)/zaindari"
-	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
-	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
-	cp "$(REPO)/functions/score_batch/app.py" "$(ARTIFACTS_DIR)/app.py"
-	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)"
+	$(call copy_function,score_batch)
 
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
