@@ -57,6 +57,7 @@ from zaindari.file_scoring import (
     FileSource,
     merge_manifests,
 )
+from zaindari.jsonable import finite, json_default
 from zaindari.ports import RejectedRecord
 
 __all__ = ["OUTPUT_DDL", "score_file_on_spark"]
@@ -180,10 +181,8 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
     if sink.rejected:
         lines = [
             json.dumps(
-                _finite(
-                    dataclasses.replace(r, reading_index=_file_row(file_rows, r.reading_index)).to_dict()
-                ),
-                default=_json_default,
+                finite(dataclasses.replace(r, reading_index=_file_row(file_rows, r.reading_index)).to_dict()),
+                default=json_default,
                 allow_nan=False,
             )
             for r in sink.rejected
@@ -246,24 +245,6 @@ def _spool(job: _Job, batches: Iterator[Any], piece: Path, rows: list[Any]) -> N
                 continue
             rows.append(frame[_PIECE_ROW].to_numpy(dtype=np.int64))
             out.write("".join(f"{line}\n" for line in frame[_TEXT].tolist()).encode())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ----------------------------------------------------------------------------- driver side

@@ -15,7 +15,6 @@ Athena and Spark skip) and renamed into place on commit.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zaindari.file_scoring import FileManifest, FileRun, FileSource
+from zaindari.jsonable import finite, json_default
 from zaindari.ports import FileSink, PortError, RejectedRecord
 
 __all__ = ["LocalFileSink"]
@@ -110,9 +110,7 @@ class LocalFileSink:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 staged.quarantine = path.open("w", encoding="utf-8")
                 staged.files.append((path, final))
-            lines = (
-                json.dumps(_finite(r.to_dict()), default=_json_default, allow_nan=False) for r in rejected
-            )
+            lines = (json.dumps(finite(r.to_dict()), default=json_default, allow_nan=False) for r in rejected)
             staged.quarantine.write("".join(f"{line}\n" for line in lines))
         except OSError as exc:
             raise PortError(f"local quarantine folder: {exc}") from exc
@@ -186,30 +184,10 @@ class LocalFileSink:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
             os.replace(tmp, path)
         except OSError as exc:
             raise PortError(f"local folder: cannot write {key}: {exc}") from exc
-
-
-def _json_default(value: Any) -> Any:
-    """Values pyarrow hands back from raw rows (datetimes, decimals, bytes) as JSON."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _finite(value: Any) -> Any:
-    """Raw records may hold nan or inf, which strict JSON cannot: they are written as text."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _conforms() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
 from zaindari.infra.aws import ClientFactory
+from zaindari.jsonable import json_default
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError, RejectedRecord, SaveResult
 
@@ -41,20 +42,12 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def _jsonl_gz(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """JSON Lines (orjson: the lake write is on the hot path), gzip level 1, compressed in one call."""
     import orjson
 
     dumps = orjson.dumps
-    body = b"\n".join(dumps(row, default=_json_default) for row in rows) + b"\n"
+    body = b"\n".join(dumps(row, default=json_default) for row in rows) + b"\n"
     return gzip.compress(body, compresslevel=1, mtime=0)
 
 
