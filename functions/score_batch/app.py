@@ -8,7 +8,6 @@ utility is imported by the first SQS event.
 
 import functools
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -16,6 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventBridgeNotificationEvent
 
+from zaindari.infra.observability import traced
 from zaindari.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
 logger = Logger(service="score_batch", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_batch")
-TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() not in ("true", "1")
 LEASE_MARGIN_SECONDS = 30.0  # a claim outlives its invocation by this much
 
 _METRIC_OF = {
@@ -48,15 +47,6 @@ def drops() -> "DropScoring":
     from zaindari.infra.wiring import build_drop_scoring, client_factory
 
     return build_drop_scoring(settings, client_factory())
-
-
-def _traced(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """X-Ray tracing when enabled (the SDK costs ~300 ms of cold start, so it is opt-in)."""
-    if not TRACING:
-        return handler
-    from aws_lambda_powertools import Tracer
-
-    return Tracer(service="score_batch").capture_lambda_handler(capture_response=False)(handler)
 
 
 class RetryableFailure(RuntimeError):
@@ -196,7 +186,7 @@ def _score_parts(event: dict[str, Any], context: "LambdaContext") -> dict[str, A
 
 
 @logger.inject_lambda_context(clear_state=True)
-@_traced
+@traced("score_batch")
 @metrics.log_metrics
 def lambda_handler(event: Any, context: "LambdaContext") -> dict[str, Any]:
     trigger = trigger_of(event)

@@ -10,7 +10,6 @@ import binascii
 import functools
 import json
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -18,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from zaindari.contract import TelemetryPayload, parse_payload
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.infra.observability import traced
 from zaindari.infra.wiring import build_event_scoring, client_factory
 from zaindari.settings import Settings
 
@@ -28,22 +28,12 @@ if TYPE_CHECKING:
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
 logger = Logger(service="score_event", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
-TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() not in ("true", "1")
 
 
 @functools.cache
 def scoring() -> EventScoring:
     """The use case, built once per container (clients, model session)."""
     return build_event_scoring(settings, client_factory())
-
-
-def _traced(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """X-Ray tracing when enabled (the SDK costs ~300 ms of cold start, so it is opt-in)."""
-    if not TRACING:
-        return handler
-    from aws_lambda_powertools import Tracer
-
-    return Tracer(service="score_event").capture_lambda_handler(capture_response=False)(handler)
 
 
 def trigger_of(event: Any) -> str:
@@ -244,7 +234,7 @@ def _http(event: dict[str, Any], context: "LambdaContext") -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@_traced
+@traced("score_event")
 @metrics.log_metrics
 def lambda_handler(event: Any, context: "LambdaContext") -> dict[str, Any]:
     trigger = trigger_of(event)
