@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report import info_line, result_row
 from _setup import (
     FUNCTION_DIR,
     BenchAws,
@@ -70,29 +71,11 @@ DRIVER = Path(__file__).resolve().parent / "_cold_start_driver.py"
 
 
 def info(message: str) -> None:
-    print(message, file=OUT, flush=True)
+    info_line(message, OUT)
 
 
-def row(
-    metric: str,
-    value: float,
-    unit: str,
-    *,
-    baseline: float | None = None,
-    ratio: float | None = None,
-    target: str | None = None,
-    passed: bool | None = None,
-) -> dict[str, Any]:
-    return {
-        "benchmark": BENCHMARK,
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": ratio,
-        "target": target,
-        "pass": passed,
-    }
+def row(metric: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return result_row(BENCHMARK, metric, value, unit, **extra)
 
 
 class AwsWaitClock:

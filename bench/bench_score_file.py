@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from _report import info_line, result_row
 
 BENCHMARK = "score_file"
 ROWS = 1_000_000
@@ -53,29 +55,11 @@ OUT = sys.stdout
 
 
 def info(message: str) -> None:
-    print(message, file=OUT, flush=True)
+    info_line(message, OUT)
 
 
-def row(
-    metric: str,
-    value: float,
-    unit: str,
-    *,
-    baseline: float | None = None,
-    ratio: float | None = None,
-    target: str | None = None,
-    passed: bool | None = None,
-) -> dict[str, Any]:
-    return {
-        "benchmark": BENCHMARK,
-        "metric": metric,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": ratio,
-        "target": target,
-        "pass": passed,
-    }
+def row(metric: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return result_row(BENCHMARK, metric, value, unit, **extra)
 
 
 # ----------------------------------------------------------------------------------- data
