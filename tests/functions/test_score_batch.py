@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.functions.conftest import EmbeddedAws
+from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import LambdaContext, fit_example_bundle, load_function, sqs_event
 from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
@@ -90,36 +90,10 @@ def app(stack: Provisioned) -> ModuleType:
 @pytest.fixture
 def inboxes(aws: EmbeddedAws, stack: Provisioned) -> dict[str, str]:
     """SQS queues subscribed to the alert topic and to an EventBridge rule for ``Zaindari Alert``."""
-    sqs = aws.factory.client("sqs")
-    sns_q = sqs.create_queue(QueueName="file-alerts-from-sns")["QueueUrl"]
-    eb_q = sqs.create_queue(QueueName="file-alerts-from-eventbridge")["QueueUrl"]
-
-    def arn(url: str) -> str:
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-    aws.factory.client("sns").subscribe(
-        TopicArn=stack.arn("AlertTopic"),
-        Protocol="sqs",
-        Endpoint=arn(sns_q),
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    events = aws.factory.client("events")
-    events.put_rule(Name="file-alerts", EventPattern=json.dumps({"detail-type": ["Zaindari Alert"]}))
-    events.put_targets(Rule="file-alerts", Targets=[{"Id": "q", "Arn": arn(eb_q)}])
-    return {"sns": sns_q, "eventbridge": eb_q}
+    return subscribe_alert_inboxes(aws, stack.arn("AlertTopic"), "Zaindari Alert", "file-alerts")
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def drain(aws: EmbeddedAws, url: str) -> list[dict[str, Any]]:
-    sqs = aws.factory.client("sqs")
-    out: list[dict[str, Any]] = []
-    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for m in msgs:
-            out.append(json.loads(m["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return out
 
 
 def invoke(app: ModuleType, payload: dict[str, Any]) -> dict[str, Any]:

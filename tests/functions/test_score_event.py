@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.functions.conftest import EmbeddedAws
+from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import (
     LambdaContext,
     bodies_of,
@@ -73,37 +72,9 @@ def app(env: dict[str, str]) -> ModuleType:
 
 
 @pytest.fixture
-def alert_inboxes(aws: EmbeddedAws, env: dict[str, str]) -> Iterator[dict[str, str]]:
+def alert_inboxes(aws: EmbeddedAws, env: dict[str, str]) -> dict[str, str]:
     """SQS queues subscribed to the SNS topic and to an EventBridge rule for alerts."""
-    sqs = aws.factory.client("sqs")
-    sns_q = sqs.create_queue(QueueName="alerts-from-sns")["QueueUrl"]
-    eb_q = sqs.create_queue(QueueName="alerts-from-eventbridge")["QueueUrl"]
-
-    def arn(url: str) -> str:
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-    aws.factory.client("sns").subscribe(
-        TopicArn=env["ZAINDARI_ALERT_TOPIC_ARN"],
-        Protocol="sqs",
-        Endpoint=arn(sns_q),
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    events = aws.factory.client("events")
-    events.put_rule(Name="zaindari-alerts", EventPattern=json.dumps({"detail-type": ["Zaindari Alert"]}))
-    events.put_targets(Rule="zaindari-alerts", Targets=[{"Id": "q", "Arn": arn(eb_q)}])
-    yield {"sns": sns_q, "eventbridge": eb_q}
-
-
-def drain(aws: EmbeddedAws, url: str) -> list[dict[str, Any]]:
-    sqs = aws.factory.client("sqs")
-    out: list[dict[str, Any]] = []
-    while True:
-        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-        if not msgs:
-            return out
-        for m in msgs:
-            out.append(json.loads(m["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return subscribe_alert_inboxes(aws, env["ZAINDARI_ALERT_TOPIC_ARN"], "Zaindari Alert", "zaindari-alerts")
 
 
 def lake_rows(aws: EmbeddedAws, prefix: str) -> list[dict[str, Any]]:

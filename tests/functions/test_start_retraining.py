@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.functions.conftest import EmbeddedAws
+from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import LambdaContext, load_function
 from zaindari.infra.provision import Provisioned, provision
 
@@ -72,37 +72,11 @@ def app(stack: Provisioned) -> ModuleType:
 
 
 @pytest.fixture
-def inboxes(aws: EmbeddedAws, stack: Provisioned) -> Iterator[dict[str, str]]:
+def inboxes(aws: EmbeddedAws, stack: Provisioned) -> dict[str, str]:
     """SQS queues subscribed to the alert topic and to an EventBridge rule for retraining alerts."""
-    sqs = aws.factory.client("sqs")
-    sns_q = sqs.create_queue(QueueName="retraining-alerts-from-sns")["QueueUrl"]
-    eb_q = sqs.create_queue(QueueName="retraining-alerts-from-eventbridge")["QueueUrl"]
-
-    def arn(url: str) -> str:
-        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-    aws.factory.client("sns").subscribe(
-        TopicArn=stack.arn("AlertTopic"),
-        Protocol="sqs",
-        Endpoint=arn(sns_q),
-        Attributes={"RawMessageDelivery": "true"},
+    return subscribe_alert_inboxes(
+        aws, stack.arn("AlertTopic"), "Zaindari Retraining Failed", "retraining-alerts"
     )
-    events = aws.factory.client("events")
-    events.put_rule(
-        Name="retraining-alerts", EventPattern=json.dumps({"detail-type": ["Zaindari Retraining Failed"]})
-    )
-    events.put_targets(Rule="retraining-alerts", Targets=[{"Id": "q", "Arn": arn(eb_q)}])
-    yield {"sns": sns_q, "eventbridge": eb_q}
-
-
-def drain(aws: EmbeddedAws, url: str) -> list[Any]:
-    sqs = aws.factory.client("sqs")
-    out: list[Any] = []
-    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for m in msgs:
-            out.append(json.loads(m["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return out
 
 
 def job_runs(aws: EmbeddedAws, stack: Provisioned, job: str) -> list[dict[str, Any]]:
