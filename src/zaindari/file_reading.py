@@ -835,17 +835,25 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[Ra
     lengths = ends - starts
     # blank lines: empty, or only whitespace (checked in Python for the few lines starting with it)
     blank = lengths == 0
+    # pyarrow only sees blocks whose every line is an object: a line that is a bare ``null`` makes
+    # pyarrow 20's JSON reader crash the process (a segfault, found by fuzzing), and any other
+    # non-object line is refused by it anyway
+    objects_only = True
     if len(data):
         first_bytes = np.where(lengths > 0, data[np.minimum(starts, len(data) - 1)], 0)
         for i in np.flatnonzero((lengths > 0) & np.isin(first_bytes, (9, 13, 32))):
-            if not bytes(block[starts[i] : ends[i]]).strip():
+            stripped = bytes(block[starts[i] : ends[i]]).strip()
+            if not stripped:
                 blank[i] = True
+            elif not stripped.startswith(b"{"):
+                objects_only = False
+        objects_only = objects_only and bool(np.all(np.isin(first_bytes[lengths > 0], (9, 13, 32, 123))))
     line_rows = first_row + np.flatnonzero(~blank).astype(np.int64)
     n_blank = int(blank.sum())
     if len(line_rows) == 0:
         return RawChunk(_empty_batch(0), line_rows, [], n_blank, numeric_strings=False), len(ends)
     text_fields = _text_fields(spec)
-    for numeric_time in (False, True):
+    for numeric_time in (False, True) if objects_only else ():
         try:
             table = _read_json_block(block, text_fields, spec.identifiers.time, numeric_time)
         except pa.ArrowInvalid:
