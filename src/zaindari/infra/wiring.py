@@ -13,11 +13,11 @@ from zaindari.event_scoring import EventScoring
 from zaindari.infra.aws import AwsConfig, ClientFactory
 from zaindari.infra.aws_ports import DynamoStateStore, S3LakeWriter, S3RejectSink, SnsEventBridgeAlertSink
 from zaindari.infra.model_store import ModelSource
-from zaindari.retraining import Retraining
 from zaindari.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from zaindari.file_drops import DropScoring
+    from zaindari.retraining import Retraining
 
 __all__ = ["build_drop_scoring", "build_event_scoring", "build_retraining", "client_factory"]
 
@@ -101,7 +101,7 @@ def build_retraining(
         GlueJobRunner,
         SnsEventBridgeRetrainingAlerts,
     )
-    from zaindari.retraining import JobRunner, RetrainingConfig, parse_models
+    from zaindari.retraining import JobRunner, Retraining, RetrainingConfig, parse_models
 
     runner: JobRunner
     if settings.training_runner == "emr-serverless":
