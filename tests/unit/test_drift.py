@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import FLEET_DEVICES, FLEET_START, fit_fleet_bundle, fleet_readings
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.contract import parse_readings
 from zaindari.drift import (
@@ -44,42 +45,24 @@ from zaindari.features import SensorTable, compute_features
 from zaindari.memory_ports import MemoryDriftNotifier, MemoryDriftTriggerLog, MemorySummaryStore
 from zaindari.pca_model import fit_pca_bundle
 from zaindari.pipeline import score_table
-from zaindari.simulate import DriftEvent, PlantConfig, simulate_plant
 from zaindari.spec import load_spec
 
 SPEC = load_spec(example_spec_text())
-START = datetime(2024, 3, 1, tzinfo=UTC)
-LINES, PER_LINE = 4, 6
+START = FLEET_START
 # Calibrated on this simulated fleet: a window of 24 machines without drift reaches PSI ~0.55 and
 # D ~0.3 on its most variable feature (temperature, per-machine ambient); see the module docstring.
 THRESHOLDS = DriftThresholds(psi=1.0, ks=0.25, score_psi=1.0, min_readings=1000)
-DEVICES = tuple(m.device_id for m in PlantConfig(lines=LINES, machines_per_line=PER_LINE).machines())
-SHIFTED = (
-    ("temperature", "offset", 12.0),  # degC on every machine
-    ("pressure", "gain", 0.5),  # +50 %
-)
+DEVICES = FLEET_DEVICES
 
 
-def _table(seed: int, start: datetime, drifts: tuple[DriftEvent, ...] = ()) -> SensorTable:
-    config = PlantConfig(
-        seed=seed,
-        lines=LINES,
-        machines_per_line=PER_LINE,
-        start=start,
-        duration=timedelta(hours=1),
-        drifts=drifts,
-    )
-    parsed = parse_readings(list(simulate_plant(config).readings()))
+def _table(seed: int, start: datetime, *, drifted: bool = False) -> SensorTable:
+    parsed = parse_readings(fleet_readings(seed, start, drifted=drifted))
     return SensorTable.from_readings(parsed.readings, SPEC.sensor_names)
 
 
 @pytest.fixture(scope="module")
 def fleet_bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    matrices = [compute_features(SPEC, _table(seed, START)).matrix(SPEC.model_features) for seed in range(20)]
-    folder = fit_pca_bundle(
-        SPEC, np.concatenate(matrices), tmp_path_factory.mktemp("fleet") / "bundle", version="fleet-1"
-    )
-    return load_bundle(folder)
+    return load_bundle(fit_fleet_bundle(tmp_path_factory.mktemp("fleet")))
 
 
 def _stream(
@@ -89,13 +72,8 @@ def _stream(
     out = []
     for k in range(windows):
         start = START + timedelta(days=30 + k)  # same hour of day as the baseline: see the docstring
-        drifts: tuple[DriftEvent, ...] = ()
-        if drift_from is not None and k >= drift_from:
-            drifts = tuple(
-                DriftEvent(sensor=s, start=start, kind=kind, magnitude=m, devices=DEVICES)  # type: ignore[arg-type]
-                for s, kind, m in SHIFTED
-            )
-        result = score_table(bundle, _table(1000 + k, start, drifts))
+        drifted = drift_from is not None and k >= drift_from
+        result = score_table(bundle, _table(1000 + k, start, drifted=drifted))
         out.append((start + timedelta(hours=1), result.summaries))
     return out
 
