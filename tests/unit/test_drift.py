@@ -281,3 +281,75 @@ def test_two_shifted_sensors_trigger_exactly_one_retraining_naming_them(fleet_bu
     assert all(f["psi"] >= THRESHOLDS.psi and f["ks"] >= THRESHOLDS.ks for f in evidence["features"])
     assert evidence["window"]["readings"] == len(DEVICES) * 60
     assert any("retraining requested" in subject for subject, _ in notifier.people)
+
+
+# ----------------------------------------------------------------------------- scoring paths
+
+
+def test_score_event_and_score_batch_keep_the_same_summaries_of_what_they_scored(
+    fleet_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """One hour of readings scored as events (three batches) and as one CSV file: equal summaries."""
+    import io
+
+    import pandas as pd
+
+    from zaindari.event_scoring import EventScoring, InboundRecord
+    from zaindari.file_scoring import FileScoring, FileSource
+    from zaindari.local_ports import LocalFileSink
+    from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
+
+    hour = START + timedelta(days=40)
+    readings = fleet_readings(2000, hour)
+    events_store, files_store = MemorySummaryStore(), MemorySummaryStore()
+    scoring = EventScoring(
+        model=lambda: fleet_bundle,
+        states=MemoryStateStore(),
+        lake=MemoryLake(),
+        alerts=MemoryAlertSink(),
+        rejects=MemoryRejectSink(),
+        summaries=events_store,
+    )
+    for i in range(0, len(readings), 480):
+        report = scoring.score_records([InboundRecord(f"r{i}", {"readings": readings[i : i + 480]}, "test")])
+        assert any(o.startswith("plant-anomaly:fleet-1/") for o in report.lake_objects)
+    assert len(events_store.objects) == 3  # one object per batch (and window)
+
+    frame = pd.DataFrame(
+        [{**{k: v for k, v in r.items() if k != "sensors"}, **r["sensors"]} for r in readings]
+    )
+    FileScoring(model=lambda: fleet_bundle, sink=LocalFileSink(tmp_path), summaries=files_store).score_file(
+        io.BytesIO(frame.to_csv(index=False).encode()), FileSource(key="drops/hour.csv", etag="e1")
+    )
+    (file_key,) = files_store.objects
+
+    baseline = baseline_of(fleet_bundle)
+    assert baseline is not None
+    empty = WindowSummary.empty(baseline, fleet_bundle.model_version)
+    from_events = merge_summaries([s for v in events_store.objects.values() for s in v], empty)
+    from_file = merge_summaries(files_store.objects[file_key], empty)
+    assert from_events.to_dict() == from_file.to_dict()
+    assert from_events.scored == len(readings) and set(from_events.devices) == set(DEVICES)
+
+
+def test_a_summary_store_failure_sends_the_batch_back_for_retry(fleet_bundle: ModelBundle) -> None:
+    from zaindari.event_scoring import EventScoring, InboundRecord
+    from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
+
+    store = MemorySummaryStore()
+    store.fail = True
+    states = MemoryStateStore()
+    scoring = EventScoring(
+        model=lambda: fleet_bundle,
+        states=states,
+        lake=MemoryLake(),
+        alerts=MemoryAlertSink(),
+        rejects=MemoryRejectSink(),
+        summaries=store,
+    )
+    readings = fleet_readings(2001, START + timedelta(days=41))[:50]
+    report = scoring.score_records([InboundRecord("r1", {"readings": readings}, "test")])
+    assert report.status == {"r1": "retry"} and "summaries" in report.retry_reasons["r1"]
+    store.fail = False  # the redelivery scores and summarises it (nothing was remembered)
+    again = scoring.score_records([InboundRecord("r1", {"readings": readings}, "test")])
+    assert again.status == {"r1": "scored"} and len(store.objects) == 1

@@ -103,6 +103,7 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
             model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
             sink=sink,
             options=FileScoringOptions(threads=settings.onnx_threads),
+            summaries=_summary_store(settings, factory),
         ),
         objects=S3DropObjects(factory),
         ledger=DynamoDropLedger(factory, settings.file_runs_table),
