@@ -138,6 +138,10 @@ build-ScoreEventFunction: ## Copy score_event's code into ARTIFACTS_DIR (sam bui
 build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,start_retraining)
 
+.PHONY: build-MonitorDriftFunction
+build-MonitorDriftFunction: ## Copy monitor_drift's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,monitor_drift)
+
 build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,score_batch)
 

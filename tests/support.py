@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -141,3 +142,50 @@ def http_event(
 
 def bodies_of(readings: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(r) for r in readings]
+
+
+# -- drift: a fleet of 24 simulated machines (see tests/unit/test_drift.py)
+
+FLEET_START = datetime(2024, 3, 1, tzinfo=UTC)
+FLEET_LINES, FLEET_PER_LINE = 4, 6
+FLEET_DEVICES = tuple(
+    m.device_id for m in PlantConfig(lines=FLEET_LINES, machines_per_line=FLEET_PER_LINE).machines()
+)
+#: The two sensors a drifting stream shifts, on every machine: (sensor, kind, magnitude).
+FLEET_SHIFT = (("temperature", "offset", 12.0), ("pressure", "gain", 0.5))
+
+
+def fleet_readings(seed: int, start: datetime, *, drifted: bool = False) -> list[dict[str, Any]]:
+    """One hour of the fleet (1,440 readings); ``drifted``: the FLEET_SHIFT sensors read off."""
+    from zaindari.simulate import DriftEvent
+
+    drifts = tuple(
+        DriftEvent(sensor=s, start=start, kind=kind, magnitude=m, devices=FLEET_DEVICES)  # type: ignore[arg-type]
+        for s, kind, m in (FLEET_SHIFT if drifted else ())
+    )
+    config = PlantConfig(
+        seed=seed,
+        lines=FLEET_LINES,
+        machines_per_line=FLEET_PER_LINE,
+        start=start,
+        duration=timedelta(hours=1),
+        drifts=drifts,
+    )
+    return list(simulate_plant(config).readings())
+
+
+def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
+    """A PCA bundle (with baseline.json) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
+    import numpy as np
+
+    from zaindari.contract import parse_readings
+    from zaindari.features import SensorTable, compute_features
+    from zaindari.pca_model import fit_pca_bundle
+
+    spec = example_spec()
+    matrices = []
+    for seed in range(seeds):
+        parsed = parse_readings(fleet_readings(seed, FLEET_START))
+        table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
+        matrices.append(compute_features(spec, table).matrix(spec.model_features))
+    return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")

@@ -17,6 +17,7 @@ dropped; alerts still in an outbox are delivered by the next batch that touches 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from typing import Any, Literal
 from zaindari.alerting import Alert
 from zaindari.bundle import ModelBundle
 from zaindari.contract import ContractLimits, PayloadTooLarge, Reading, parse_payload
+from zaindari.drift import SummaryStore
 from zaindari.pipeline import DeviceState, score_readings
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
 
@@ -122,6 +124,9 @@ class EventScoring:
         onnxruntime intra-op threads.
     clock
         Current time (UTC); injectable for tests.
+    summaries, source
+        Where the batch's window summaries go (``zaindari.drift``; none: not kept), labelled
+        with ``source`` (``events``, ``edge``).
     """
 
     def __init__(
@@ -136,6 +141,8 @@ class EventScoring:
         dedup_memory: int = 512,
         threads: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        summaries: SummaryStore | None = None,
+        source: str = "events",
     ) -> None:
         self.model = model
         self.states = states
@@ -146,6 +153,8 @@ class EventScoring:
         self.dedup_memory = dedup_memory
         self.threads = threads
         self.clock = clock
+        self.summaries = summaries
+        self.source = source
 
     # ------------------------------------------------------------------------------------------
 
@@ -278,6 +287,19 @@ class EventScoring:
             except PortError as exc:
                 for rid in {fresh_owner[p] for p in scored_positions}:
                     self._retry(report, rid, f"lake: {exc}")
+                return clock.finish(self._finish_statuses(report, records, scored_ids))
+        # 6b. what was scored, per window, for drift monitoring (named by content: a replay overwrites)
+        if outcome is not None and outcome.summaries and self.summaries is not None:
+            name = hashlib.blake2b(
+                "\n".join(sorted(fresh_keys[p] for p in scored_positions)).encode(), digest_size=12
+            ).hexdigest()
+            try:
+                report.lake_objects += clock.io_call(
+                    functools.partial(self.summaries.write, source=self.source, name=name), outcome.summaries
+                )
+            except PortError as exc:
+                for rid in scored_ids:
+                    self._retry(report, rid, f"summaries: {exc}")
                 return clock.finish(self._finish_statuses(report, records, scored_ids))
 
         # 7. device state with the keys of the readings scored and the new alerts in the outbox

@@ -161,6 +161,47 @@ class Settings(BaseModel):
     promotion_manual_approval: bool = Field(
         default=False, description="A challenger that passes the gate waits for a named approver."
     )
+    # -- drift monitoring (monitor_drift; summaries written by every scoring path)
+    drift_summaries: bool = Field(
+        default=True,
+        description="Scoring writes per-hour window summaries to summaries/ (bundles with a baseline).",
+    )
+    drift_state_table: str = Field(
+        default="zaindari-drift-state", description="DynamoDB table: the last drift trigger per model."
+    )
+    drift_window_hours: int = Field(
+        default=24,
+        ge=1,
+        le=24 * 90,
+        description="monitor_drift compares the last this-many hours with the baseline.",
+    )
+    drift_min_interval_hours: float = Field(
+        default=168.0, ge=0, description="At most one drift-triggered retraining per model within this time."
+    )
+    drift_min_readings: int = Field(
+        default=1000, ge=1, description="A window with fewer scored readings gives no drift verdict."
+    )
+    drift_psi: float = Field(
+        default=0.5, gt=0, description="A feature drifts at or above this PSI (and KS D)."
+    )
+    drift_ks: float = Field(
+        default=0.2, gt=0, le=1, description="A feature drifts at or above this binned KS D (and PSI)."
+    )
+    drift_score_psi: float = Field(
+        default=0.5, gt=0, description="The model's score drifts at or above this PSI."
+    )
+    drift_missing_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Alert people when a sensor is missing from more of the readings.",
+    )
+    drift_out_of_range_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Alert people when more of a sensor's readings are out of range.",
+    )
 
     @property
     def limits(self) -> ContractLimits:
