@@ -332,6 +332,10 @@ class ModelLifecycle:
     def on_production_changed(self, change: ProductionChanged) -> DeploymentOutcome:
         """React to a Promoted / Rolled Back event: deploy, unless it is stale or already done."""
         current = self.registry.alias_version(change.model, PRODUCTION)
+        if current is None:
+            return DeploymentOutcome(
+                change.model, None, "skipped", f"{change.model} has no production version in the registry"
+            )
         if current != change.version:
             return DeploymentOutcome(
                 change.model,
