@@ -301,7 +301,6 @@ class ModelLifecycle:
         self, model: str, candidate: int, *, actor: str = "", approved_by: str | None = None
     ) -> GateDecision:
         """Run the champion/challenger gate on ``candidate``; a promotion is mirrored and announced."""
-        champion = self.registry.alias_version(model, PRODUCTION)
         decision = self.registry.promote(
             model,
             candidate,
@@ -311,21 +310,26 @@ class ModelLifecycle:
             actor=actor,
         )
         if decision.promoted:
-            self._mirror_model(model, reason=f"promoted to production (was {champion})")
-            self.notifier.event(
-                MODEL_PROMOTED,
-                ProductionChanged(
-                    model=model,
-                    version=candidate,
-                    previous=champion,
-                    action="promote",
-                    reason="; ".join(decision.reasons),
-                    actor=actor,
-                    at=self.clock(),
-                    numbers=decision.numbers,
-                ),
-            )
+            self.announce_promotion(decision, actor=actor)
         return decision
+
+    def announce_promotion(self, decision: GateDecision, *, actor: str = "") -> None:
+        """After a promotion: SageMaker approval statuses follow, ``Zaindari Model Promoted`` is sent
+        (``deploy_model`` deploys on it). For promotions decided elsewhere (``zaindari registry promote``)."""
+        self._mirror_model(decision.model, reason=f"version {decision.candidate} promoted to production")
+        self.notifier.event(
+            MODEL_PROMOTED,
+            ProductionChanged(
+                model=decision.model,
+                version=decision.candidate,
+                previous=decision.champion,
+                action="promote",
+                reason="; ".join(decision.reasons),
+                actor=actor,
+                at=self.clock(),
+                numbers=decision.numbers,
+            ),
+        )
 
     # -- deploy_model
 
