@@ -67,16 +67,19 @@ __all__ = [
 ApprovalStatus = Literal["Approved", "PendingManualApproval", "Rejected"]
 
 
-def approval_status(version: int, aliases: dict[str, int]) -> ApprovalStatus:
+def approval_status(
+    version: int, aliases: dict[str, int], rolled_back: frozenset[int] = frozenset()
+) -> ApprovalStatus:
     """The SageMaker Model Registry status of ``version`` given the model's aliases.
 
-    ``production`` -> Approved; ``staging`` (or a custom alias) -> PendingManualApproval; no alias,
-    ``archived`` or rolled back from -> Rejected. A version under several aliases takes the first
-    of that order.
+    ``production`` -> Approved; rolled back from (``rolled_back``), ``archived`` or no alias ->
+    Rejected; ``staging`` (or a custom alias) -> PendingManualApproval. The first that applies wins.
     """
     held = {alias for alias, number in aliases.items() if number == version}
     if PRODUCTION in held:
         return "Approved"
+    if version in rolled_back:
+        return "Rejected"
     if held - {ARCHIVED}:
         return "PendingManualApproval"
     return "Rejected"
@@ -404,9 +407,14 @@ class ModelLifecycle:
         if self.mirror is None:
             return {}
         aliases = self.registry.store.aliases(model)
+        rolled_back = frozenset(
+            e.from_version
+            for e in self.registry.store.history(model)
+            if e.action == "rollback" and e.from_version is not None
+        )
         statuses: dict[str, str] = {}
         for version in self.registry.store.list_versions(model):
-            status = approval_status(version.version, aliases)
+            status = approval_status(version.version, aliases, rolled_back)
             self.mirror.sync(version, status, reason)
             statuses[str(version.version)] = status
         return statuses
