@@ -44,7 +44,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer
+.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-RegisterModelFunction build-DeployModelFunction
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -144,6 +144,12 @@ build-MonitorDriftFunction: ## Copy monitor_drift's code into ARTIFACTS_DIR (sam
 
 build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,score_batch)
+
+build-RegisterModelFunction: ## Copy register_model's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,register_model)
+
+build-DeployModelFunction: ## Copy deploy_model's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,deploy_model)
 
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }

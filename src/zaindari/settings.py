@@ -202,6 +202,46 @@ class Settings(BaseModel):
         le=1,
         description="Alert people when more of a sensor's readings are out of range.",
     )
+    # -- deployment (register_model, deploy_model) and registry:// model references
+    model_alias_ttl_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a registry://<model>/<alias> model path is trusted before the alias is read again.",
+    )
+    shadow_readings: int = Field(
+        default=2000, ge=10, le=100_000, description="Recent raw readings the promotion gate shadow-scores."
+    )
+    sagemaker_model_registry: bool = Field(
+        default=True,
+        description="Mirror each version into a SageMaker Model Package Group named after the model.",
+    )
+    sagemaker_image_uri: str | None = Field(
+        default=None,
+        description="Serving container image (ECR URI); unset: no SageMaker endpoint is deployed.",
+    )
+    sagemaker_execution_role_arn: str | None = Field(
+        default=None, description="IAM role the SageMaker model runs as (reads the bundle from the lake)."
+    )
+    sagemaker_endpoint_name: str = Field(
+        default="zaindari-{model}", description="SageMaker endpoint of a model; {model} is the model name."
+    )
+    sagemaker_serverless_memory_mb: int = Field(
+        default=2048,
+        ge=1024,
+        le=6144,
+        multiple_of=1024,
+        description="Serverless inference memory of the endpoint (1024 to 6144, in steps of 1024).",
+    )
+    sagemaker_serverless_max_concurrency: int = Field(
+        default=5, ge=1, le=200, description="Serverless inference concurrent invocations of the endpoint."
+    )
+    model_update_topic: str = Field(
+        default="zaindari/models/{model}/update",
+        description="IoT topic of the edge's model-update events; {model} is the model name; empty: none.",
+    )
+    presigned_url_seconds: int = Field(
+        default=86400, ge=60, le=604800, description="Validity of the bundle URLs in model-update events."
+    )
 
     @property
     def limits(self) -> ContractLimits:

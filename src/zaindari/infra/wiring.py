@@ -36,12 +36,24 @@ def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
     return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)), botocore_only=True)
 
 
+def _model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
+    """The model of a scoring function: a folder, an s3:// prefix or a registry:// alias (re-read
+    every ``model_alias_ttl_seconds``)."""
+    return ModelSource(
+        str(settings.model_path),
+        settings.model_cache_dir,
+        factory,
+        registry_table=settings.registry_table,
+        alias_ttl=settings.model_alias_ttl_seconds,
+    )
+
+
 def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScoring:
     """The ``score_event`` use case wired to DynamoDB, S3, SNS and EventBridge."""
     if not settings.model_path:
         raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
     return EventScoring(
-        model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
+        model=_model_source(settings, factory),
         states=DynamoStateStore(factory, settings.state_table, settings.state_ttl_days),
         lake=S3LakeWriter(factory, settings.lake_bucket, settings.scores_format),
         alerts=SnsEventBridgeAlertSink(factory, settings.alert_topic_arn, settings.event_bus_name),
@@ -100,7 +112,7 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
     sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
     return DropScoring(
         scoring=FileScoring(
-            model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
+            model=_model_source(settings, factory),
             sink=sink,
             options=FileScoringOptions(threads=settings.onnx_threads),
             summaries=_summary_store(settings, factory),
