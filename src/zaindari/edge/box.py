@@ -116,6 +116,7 @@ class EdgeBox:
         self.sync = sync
         self.box_id = box_id
         self.local = local
+        self._observer = sync.on_event
         self.sync.on_event = self._ack
         self.scoring = EventScoring(
             model=sync.current,
@@ -229,6 +230,7 @@ class EdgeBox:
         }
 
     def _ack(self, detail: dict[str, Any]) -> None:
+        self._observer(detail)
         self.buffer.append("ack", {**detail, "box_id": self.box_id, "at": _now()})
         self._wake.set()
 
