@@ -171,7 +171,11 @@ class EdgeBox:
                     password=read_secret(secrets, "mqtt-password"),
                 )
             )
-        buffer = EdgeBuffer(settings.edge_buffer_path, max_bytes=settings.edge_buffer_max_bytes)
+        buffer = EdgeBuffer(
+            settings.edge_buffer_path,
+            max_bytes=settings.edge_buffer_max_bytes,
+            synchronous=settings.edge_buffer_synchronous,
+        )
         sync = ModelSync(
             LocalModelStore(settings.edge_model_dir),
             fetcher or LocalBundleFetcher(),
