@@ -153,6 +153,7 @@ class BufferStats:
 
     rows: dict[str, int]
     items: dict[str, int]
+    kind_bytes: dict[str, int]
     bytes: int
     max_bytes: int
     local_alerts_pending: int
@@ -517,13 +518,18 @@ class EdgeBuffer:
         db = self._db()
         rows: dict[str, int] = {}
         items: dict[str, int] = {}
-        for kind, count, total in db.execute("SELECT kind, count(*), sum(items) FROM outbox GROUP BY kind"):
+        kind_bytes: dict[str, int] = {}
+        for kind, count, total, size in db.execute(
+            "SELECT kind, count(*), sum(items), sum(bytes) FROM outbox GROUP BY kind"
+        ):
             rows[kind] = int(count)
             items[kind] = int(total)
+            kind_bytes[kind] = int(size)
         pending_local = int(db.execute("SELECT count(*) FROM local_alerts").fetchone()[0])
         return BufferStats(
             rows=rows,
             items=items,
+            kind_bytes=kind_bytes,
             bytes=self._counter(db, "bytes"),
             max_bytes=self.max_bytes,
             local_alerts_pending=pending_local,
