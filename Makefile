@@ -198,3 +198,13 @@ build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam)
 		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes_batch.txt; \
 	cat $(BUILD)/sizes_batch.txt; cat $(BUILD)/sizes_batch.txt >> $(BUILD)/sizes.txt; rm $(BUILD)/sizes_batch.txt; \
 	test $$((code + layer + files)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
+
+# The edge tests start a real MQTT broker: mosquitto from Debian's packages (as root, or with sudo).
+.PHONY: broker
+broker: ## Install mosquitto (the local MQTT broker the edge tests start) when it is missing
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto; }
+
+test: broker

@@ -242,6 +242,59 @@ class Settings(BaseModel):
     presigned_url_seconds: int = Field(
         default=86400, ge=60, le=604800, description="Validity of the bundle URLs in model-update events."
     )
+    # -- edge box, offline side (zaindari.edge: buffer, local alerts, model sync)
+    edge_box_id: str = Field(
+        default="edge-1",
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="Names this box in the objects it ships and in its acks.",
+    )
+    edge_buffer_path: str = Field(
+        default="/var/lib/zaindari/edge/buffer.db",
+        description="The box's SQLite store-and-forward buffer (and its device state).",
+    )
+    edge_buffer_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Buffer bound; past it the oldest raw scores become hourly summaries (alerts are never dropped).",
+    )
+    edge_buffer_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~10x cheaper.",
+    )
+    edge_ship_backoff_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="First wait after a failed shipment; doubles each time."
+    )
+    edge_ship_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between shipment attempts while the link is down."
+    )
+    edge_model_dir: str = Field(
+        default="/var/lib/zaindari/edge/models",
+        description="The box's model store: installed bundles, current.json, golden.jsonl.",
+    )
+    edge_max_golden_alert_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Share of the golden (normal) readings a new model may flag before it is refused.",
+    )
+    edge_rollback_after_errors: int = Field(
+        default=3, ge=1, le=1000, description="Consecutive failed live batches that roll a new model back."
+    )
+    edge_mqtt_host: str | None = Field(
+        default=None, description="Local MQTT broker for alerts; unset: no MQTT."
+    )
+    edge_mqtt_port: int = Field(default=1883, ge=1, le=65535, description="Local MQTT broker port.")
+    edge_mqtt_topic: str = Field(
+        default="zaindari/alerts/{device_id}",
+        description="MQTT topic of alerts ({device_id}, {site}, {line}, {asset}, {severity}, {kind}, {rule_id}).",
+    )
+    edge_webhook_url: str | None = Field(
+        default=None, description="Webhook that receives each alert; unset: none."
+    )
+    edge_secrets_dir: str = Field(
+        default="/var/openfaas/secrets",
+        description="Secret files: mqtt-username, mqtt-password, webhook-token (OpenFaaS mounts them here).",
+    )
 
     @property
     def limits(self) -> ContractLimits:
