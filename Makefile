@@ -114,6 +114,18 @@ $(SAM_STAMP):
 
 tools: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam)
 
+# mlflow only for the edge benchmark's baseline (`mlflow models serve`): its own venv, never .venv.
+MLFLOW_VERSION ?= 3.18.0
+MLFLOW_STAMP := $(TOOLS)/mlflow/.installed-$(MLFLOW_VERSION)
+$(MLFLOW_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/mlflow
+	$(PYTHON) -m venv $(TOOLS)/mlflow
+	$(UV) pip install --quiet --python $(TOOLS)/mlflow/bin/python mlflow==$(MLFLOW_VERSION) onnx onnxruntime
+	@touch $@
+
+.PHONY: tool-mlflow
+tool-mlflow: $(MLFLOW_STAMP) ## Create .tools/mlflow (pinned mlflow, for bench/bench_edge_http.py)
+
 lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate (offline)
 	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml
 	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --template template.yaml --region eu-west-1

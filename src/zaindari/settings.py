@@ -161,6 +161,22 @@ class Settings(BaseModel):
     promotion_manual_approval: bool = Field(
         default=False, description="A challenger that passes the gate waits for a named approver."
     )
+    # -- edge (OpenFaaS functions and `zaindari edge serve`)
+    edge_secrets_dir: str = Field(
+        default="/var/openfaas/secrets",
+        description="Folder of the edge's secret files (OpenFaaS mounts them here).",
+    )
+    edge_token_secret: str = Field(
+        default="zaindari-edge-token",
+        description="Secret file holding the bearer token(s) the edge endpoints accept (one per line).",
+    )
+    edge_data_dir: str = Field(
+        default="/var/lib/zaindari",
+        description="Edge box folder: local lake (scores/, raw/, quarantine/, manifests/) and alerts.",
+    )
+    edge_max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest file the edge's score-file accepts."
+    )
 
     @property
     def limits(self) -> ContractLimits:
