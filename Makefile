@@ -114,6 +114,20 @@ $(SAM_STAMP):
 
 tools: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam)
 
+# OpenFaaS build contexts (stack.yml): each function's handler.py, the edge requirements and the core.
+EDGE_FUNCTIONS := score-event:score_event score-file:score_batch model-sync:model_sync
+.PHONY: edge-build
+edge-build: ## Assemble build/edge/<function>/ (handler.py, requirements.txt, zaindari/) for faas-cli
+	@for pair in $(EDGE_FUNCTIONS); do \
+		fn=$${pair%%:*}; folder=$${pair##*:}; out=$(BUILD)/edge/$$fn; \
+		rm -rf $$out && mkdir -p $$out && \
+		cp functions/$$folder/handler.py $$out/handler.py && \
+		cp infra/edge/requirements.txt $$out/requirements.txt && \
+		cp -R src/zaindari $$out/zaindari && \
+		find $$out -name __pycache__ -type d -prune -exec rm -rf {} + && \
+		echo "$$out: handler.py, requirements.txt, zaindari/ ($$(du -sh $$out | cut -f1))" || exit 1; \
+	done
+
 # mlflow only for the edge benchmark's baseline (`mlflow models serve`): its own venv, never .venv.
 MLFLOW_VERSION ?= 3.18.0
 MLFLOW_STAMP := $(TOOLS)/mlflow/.installed-$(MLFLOW_VERSION)
