@@ -93,7 +93,7 @@ invoke: setup ## Run FN (default score_event) once on EVENT=events/<file>.json a
 	@test -n "$(EVENT)" || { echo "usage: make invoke [FN=score_event] EVENT=events/sqs_batch.json [INVOKE_ARGS='--endpoint URL --model PATH']" >&2; exit 2; }
 	@$(BIN)/zaindari invoke $(FN) $(EVENT) $(INVOKE_ARGS)
 
-bench: setup ## Run every benchmark under bench/ and print one table
+bench: setup bench-tools ## Run every benchmark under bench/ and print one table
 	$(PY) bench/run_all.py
 
 clean: ## Remove build outputs and caches (keeps .venv)
@@ -113,6 +113,36 @@ $(SAM_STAMP):
 	@touch $@
 
 tools: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam)
+
+# OpenFaaS build contexts (stack.yml): each function's handler.py, the edge requirements and the core.
+EDGE_FUNCTIONS := score-event:score_event score-file:score_batch model-sync:model_sync
+.PHONY: edge-build
+edge-build: ## Assemble build/edge/<function>/ (handler.py, requirements.txt, zaindari/) for faas-cli
+	@for pair in $(EDGE_FUNCTIONS); do \
+		fn=$${pair%%:*}; folder=$${pair##*:}; out=$(BUILD)/edge/$$fn; \
+		rm -rf $$out && mkdir -p $$out && \
+		cp functions/$$folder/handler.py $$out/handler.py && \
+		cp infra/edge/requirements.txt $$out/requirements.txt && \
+		cp -R src/zaindari $$out/zaindari && \
+		find $$out -name __pycache__ -type d -prune -exec rm -rf {} + && \
+		echo "$$out: handler.py, requirements.txt, zaindari/ ($$(du -sh $$out | cut -f1))" || exit 1; \
+	done
+
+# mlflow only for the edge benchmark's baseline (`mlflow models serve`): its own venv, never .venv.
+MLFLOW_VERSION ?= 3.17.2
+MLFLOW_STAMP := $(TOOLS)/mlflow/.installed-$(MLFLOW_VERSION)
+$(MLFLOW_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/mlflow
+	$(PYTHON) -m venv $(TOOLS)/mlflow
+	$(UV) pip install --quiet --python $(TOOLS)/mlflow/bin/python mlflow==$(MLFLOW_VERSION) onnx onnxruntime
+	@touch $@
+
+.PHONY: tool-mlflow
+tool-mlflow: $(MLFLOW_STAMP) ## Create .tools/mlflow (pinned mlflow, for bench/bench_edge_http.py)
+
+.PHONY: bench-tools
+bench-tools: $(MLFLOW_STAMP) ## What bench/bench_edge_http.py needs: .tools/mlflow and wrk (Debian package)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate (offline)
 	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml

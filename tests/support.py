@@ -189,3 +189,66 @@ def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
         table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
         matrices.append(compute_features(spec, table).matrix(spec.model_features))
     return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")
+# -- servers started as their own process (the edge server, the SageMaker server), over real HTTP
+
+
+def http_call(
+    url: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with the standard library: (status, headers, body), errors included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0) -> Any:
+    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file)."""
+    import os
+    import subprocess
+    import tempfile
+    import time
+    import urllib.error
+
+    log = tempfile.NamedTemporaryFile(prefix="zaindari-server-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{argv} exited with {process.returncode}: {Path(log.name).read_text()}")
+        try:
+            http_call(ready_url, timeout=2)
+            return process
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{argv} did not answer {ready_url} in {timeout} s: {Path(log.name).read_text()}")
+
+
+def stop_server(process: Any) -> None:
+    """SIGTERM (gunicorn stops gracefully), then wait."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except Exception:
+        process.kill()
+        process.wait()
+
+
+def zaindari_cli() -> list[str]:
+    """The ``zaindari`` command of the interpreter running the tests."""
+    import sys
+
+    return [sys.executable, "-m", "zaindari.cli"]

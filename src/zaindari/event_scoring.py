@@ -33,7 +33,15 @@ from zaindari.drift import SummaryStore
 from zaindari.pipeline import DeviceState, score_readings
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
 
-__all__ = ["EventScoring", "InboundRecord", "RecordStatus", "ScoringReport", "reading_key_hash"]
+__all__ = [
+    "HTTP_SCORE_FIELDS",
+    "EventScoring",
+    "HttpAnswer",
+    "InboundRecord",
+    "RecordStatus",
+    "ScoringReport",
+    "reading_key_hash",
+]
 
 RecordStatus = Literal["scored", "rejected", "duplicate", "retry"]
 
@@ -79,6 +87,23 @@ class ScoringReport:
             "readings_duplicate": self.duplicates,
             "alerts": len(self.alerts),
         }
+
+
+#: The fields of each score an HTTP caller gets back (the lake row holds more).
+HTTP_SCORE_FIELDS = ("device_id", "timestamp", "seq", "score", "severity", "rules", "alert", "late")
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What an HTTP adapter (Lambda HTTP API, the edge's ``score-event``) answers a POST of readings.
+
+    ``report`` is ``None`` when nothing was scored (the payload was refused as a whole).
+    """
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    report: ScoringReport | None = None
 
 
 def reading_key_hash(reading: Reading) -> str:
@@ -356,6 +381,42 @@ class EventScoring:
 
         report.scored = scored_rows
         return clock.finish(self._finish_statuses(report, records, scored_ids))
+
+    def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
+        """Score the readings of an HTTP request body, all or nothing on the contract.
+
+        A body with any invalid reading is refused whole (400, each error named: the caller fixes
+        and resends it); one above the size limit gets 413; a downstream failure 503 with
+        ``Retry-After`` (nothing was lost: the request can be sent again, duplicates are dropped).
+        """
+        try:
+            parsed = parse_payload(body, limits=self.limits, now=self.clock())
+        except PayloadTooLarge as exc:
+            return HttpAnswer(413, {"message": str(exc)})
+        if parsed.rejections:
+            return HttpAnswer(
+                400,
+                {
+                    "message": "invalid telemetry: nothing was scored",
+                    "errors": [r.to_dict() for r in parsed.rejections],
+                },
+            )
+        report = self.score_records([InboundRecord(request_id, parsed.readings, source)])
+        if report.retry_ids:
+            return HttpAnswer(
+                503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}, report
+            )
+        return HttpAnswer(
+            200,
+            {
+                "model_version": report.model_version,
+                "scores": [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored],
+                "alerts": [a.model_dump(mode="json") for a in report.alerts],
+                "rejected": [r.to_dict() for r in report.rejected],
+                "duplicates": report.duplicates,
+            },
+            report=report,
+        )
 
     # ------------------------------------------------------------------------------------------
 

@@ -291,9 +291,22 @@ class Settings(BaseModel):
     edge_webhook_url: str | None = Field(
         default=None, description="Webhook that receives each alert; unset: none."
     )
+    # -- edge (OpenFaaS functions and `zaindari edge serve`)
     edge_secrets_dir: str = Field(
         default="/var/openfaas/secrets",
-        description="Secret files: mqtt-username, mqtt-password, webhook-token (OpenFaaS mounts them here).",
+        description="Folder of the edge's secret files (OpenFaaS mounts them here): the endpoints' token, "
+        "mqtt-username, mqtt-password, webhook-token.",
+    )
+    edge_token_secret: str = Field(
+        default="zaindari-edge-token",
+        description="Secret file holding the bearer token(s) the edge endpoints accept (one per line).",
+    )
+    edge_data_dir: str = Field(
+        default="/var/lib/zaindari",
+        description="Edge box folder: local lake (scores/, raw/, quarantine/, manifests/) and alerts.",
+    )
+    edge_max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest file the edge's score-file accepts."
     )
 
     @property
