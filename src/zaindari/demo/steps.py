@@ -328,6 +328,8 @@ def train_first_model(run: DemoRun) -> dict[str, Any]:
     argv += ["--input", str(folder), "--output", output, "--overwrite", "true"]
     captured = io.StringIO()
     aws_env = run.aws.environment(factory.config.region) if run.aws else {}
+    # Spark's Python workers run this interpreter (its environment has the core)
+    aws_env.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", sys.executable))
     with _environment(aws_env), contextlib.redirect_stdout(captured):
         code = job.main(argv)
     run.log.write(captured.getvalue())
