@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from zaindari.example_model import example_model_bundle
+from zaindari.infra.lambda_events import eventbridge_event, http_event, sqs_event
 from zaindari.infra.lambda_local import LocalLambdaContext, import_function
 from zaindari.simulate import PlantConfig, simulate_plant
 from zaindari.spec import ModelSpec, load_spec
+
+__all__ = [
+    "EXAMPLE_SPEC",
+    "ROOT",
+    "LambdaContext",
+    "bodies_of",
+    "eventbridge_event",
+    "example_spec",
+    "fit_example_bundle",
+    "http_event",
+    "kinesis_event",
+    "load_function",
+    "plant_readings",
+    "sqs_event",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = ROOT / "src" / "zaindari" / "data" / "plant_anomaly.yaml"
@@ -42,31 +57,6 @@ def LambdaContext(function_name: str = "score_event") -> LocalLambdaContext:
     return LocalLambdaContext(function_name)
 
 
-def sqs_event(bodies: list[str], ids: list[str] | None = None) -> dict[str, Any]:
-    ids = ids or [f"msg-{i:05d}" for i in range(len(bodies))]
-    return {
-        "Records": [
-            {
-                "messageId": mid,
-                "receiptHandle": f"handle-{mid}",
-                "body": body,
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": "1763700000000",
-                    "SenderId": "AIDAEXAMPLE",
-                    "ApproximateFirstReceiveTimestamp": "1763700000001",
-                },
-                "messageAttributes": {},
-                "md5OfBody": "0" * 32,
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:zaindari-telemetryqueue",
-                "awsRegion": "eu-west-1",
-            }
-            for mid, body in zip(ids, bodies, strict=True)
-        ]
-    }
-
-
 def kinesis_event(payloads: list[bytes]) -> dict[str, Any]:
     return {
         "Records": [
@@ -88,55 +78,6 @@ def kinesis_event(payloads: list[bytes]) -> dict[str, Any]:
             }
             for i, p in enumerate(payloads)
         ]
-    }
-
-
-def eventbridge_event(detail: Any) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Zaindari Telemetry",
-        "source": "zaindari.plant",
-        "account": "123456789012",
-        "time": "2026-11-20T10:00:00Z",
-        "region": "eu-west-1",
-        "resources": [],
-        "detail": detail,
-    }
-
-
-def http_event(
-    method: str, path: str, body: str | None = None, *, base64_body: bool = False
-) -> dict[str, Any]:
-    payload = body
-    if body is not None and base64_body:
-        payload = base64.b64encode(body.encode()).decode()
-    return {
-        "version": "2.0",
-        "routeKey": f"{method} {path}",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "abc.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc",
-            "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "10.0.0.1",
-                "userAgent": "t",
-            },
-            "requestId": str(uuid.uuid4()),
-            "routeKey": f"{method} {path}",
-            "stage": "$default",
-            "time": "20/Nov/2026:10:00:00 +0000",
-            "timeEpoch": 1763632800000,
-        },
-        "body": payload,
-        "isBase64Encoded": base64_body,
     }
 
 
