@@ -163,12 +163,13 @@ def http_app() -> "APIGatewayHttpResolver":
 
     @app.exception_handler(Exception)
     def validation_or_internal(exc: Exception) -> Any:
-        if isinstance(exc, RequestValidationError):
+        # RecursionError: a body nested deeper than the JSON parser recurses (the request's fault)
+        if isinstance(exc, RequestValidationError | RecursionError):
             # report the contract's own field errors (the schema check only names a union branch)
             parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
             errors = [r.to_dict() for r in parsed.rejections] or [
                 {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-                for e in exc.errors()
+                for e in (exc.errors() if isinstance(exc, RequestValidationError) else [])
             ]
             metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=max(len(errors), 1))
             return _json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})

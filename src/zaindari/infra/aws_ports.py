@@ -20,7 +20,7 @@ from typing import Any
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
 from zaindari.infra.aws import ClientFactory
-from zaindari.jsonable import json_default
+from zaindari.jsonable import json_line
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError, RejectedRecord, SaveResult
 
@@ -43,11 +43,9 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _jsonl_gz(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """JSON Lines (orjson: the lake write is on the hot path), gzip level 1, compressed in one call."""
-    import orjson
-
-    dumps = orjson.dumps
-    body = b"\n".join(dumps(row, default=json_default) for row in rows) + b"\n"
+    """JSON Lines (orjson first: the lake write is on the hot path), gzip level 1, compressed in one
+    call; a hostile record orjson cannot write falls back to a slower writer, never fails the batch."""
+    body = b"\n".join(json_line(row) for row in rows) + b"\n"
     return gzip.compress(body, compresslevel=1, mtime=0)
 
 
