@@ -130,6 +130,8 @@ def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
         table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
         matrices.append(compute_features(spec, table).matrix(spec.model_features))
     return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")
+
+
 # -- servers started as their own process (the edge server, the SageMaker server), over real HTTP
 
 

@@ -475,6 +475,8 @@ def _build_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--threads", type=int, default=1, help="threads per process (default 1)")
     serve.set_defaults(handler=_serve)
+
+
 # -- zaindari demo: the whole loop on embedded defaults (zaindari.demo)
 
 

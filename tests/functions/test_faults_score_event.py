@@ -127,7 +127,9 @@ def test_failed_alert_delivery_hands_back_only_the_alerting_records_and_the_retr
     inbox = alert_inboxes["sns" if service == "sns" else "eventbridge"]
     delivered = drain(aws, inbox)
     kinds = [
-        (a.get("detail") or a)["kind"] for a in delivered if (a.get("detail") or a)["rule_id"] == "overheating"
+        (a.get("detail") or a)["kind"]
+        for a in delivered
+        if (a.get("detail") or a)["rule_id"] == "overheating"
     ]
     assert kinds == ["raised"]
     assert len(lake_rows(aws, "scores/")) == 6
