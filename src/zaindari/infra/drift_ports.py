@@ -1,8 +1,10 @@
 """Drift monitoring's ports on AWS: window summaries in the lake (S3), the last drift trigger per model
 (DynamoDB, conditional writes), the drift event (EventBridge) and the alert for people (SNS).
 
-Summary keys: ``summaries/date=YYYY-MM-DD/model=<name>/version=<version>/<HHMM>-<source>-<name>.json``
-(the window's UTC start in the partition and the name, so a window is listed without reading objects).
+Summary keys: ``summaries/date=YYYY-MM-DD/model=<name>/version=<version>/<HHMM>-<HHMM>-<source>-<name>.json``:
+one object per batch (or file run) and day, holding that day's window summaries as a JSON list; the
+first and last window start (UTC) are in the name, so a monitoring window lists only the objects it
+needs. A batch of live telemetry touches one window: one small PutObject.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from zaindari.ports import PortError
 __all__ = ["DynamoDriftTriggerLog", "S3SummaryStore", "SnsEventBridgeDriftNotifier", "summary_key"]
 
 PREFIX = "summaries"
-_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})/model=[^/]+/version=([^/]+)/(\d{2})(\d{2})-[^/]+\.json$")
+_KEY = re.compile(
+    r"date=(\d{4}-\d{2}-\d{2})/model=[^/]+/version=([^/]+)/(\d{2})(\d{2})-(\d{2})(\d{2})-[^/]+\.json$"
+)
 
 
 def _version_parts(model_version: str) -> tuple[str, str]:
@@ -31,11 +35,15 @@ def _version_parts(model_version: str) -> tuple[str, str]:
     return name, version or "unversioned"
 
 
-def summary_key(summary: WindowSummary, source: str, name: str) -> str:
-    """Where one window summary is stored in the lake."""
-    start = datetime.fromtimestamp(summary.start, tz=UTC)
-    model, version = _version_parts(summary.model_version)
-    return f"{PREFIX}/date={start:%Y-%m-%d}/model={model}/version={version}/{start:%H%M}-{source}-{name}.json"
+def summary_key(summaries: Sequence[WindowSummary], source: str, name: str) -> str:
+    """Where one batch's summaries of one day (and one model version) are stored in the lake."""
+    first = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC)
+    last = datetime.fromtimestamp(max(s.start for s in summaries), tz=UTC)
+    model, version = _version_parts(summaries[0].model_version)
+    return (
+        f"{PREFIX}/date={first:%Y-%m-%d}/model={model}/version={version}/"
+        f"{first:%H%M}-{last:%H%M}-{source}-{name}.json"
+    )
 
 
 class S3SummaryStore:
@@ -47,11 +55,15 @@ class S3SummaryStore:
 
     def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
         client = self.factory.client("s3")
+        groups: dict[tuple[str, str], list[WindowSummary]] = {}
+        for summary in summaries:
+            day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+            groups.setdefault((summary.model_version, day), []).append(summary)
         written = []
         try:
-            for summary in summaries:
-                key = summary_key(summary, source, name)
-                body = json.dumps(summary.to_dict(), separators=(",", ":"), default=json_default)
+            for group in groups.values():
+                key = summary_key(group, source, name)
+                body = json.dumps([s.to_dict() for s in group], separators=(",", ":"), default=json_default)
                 client.put_object(
                     Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
                 )
@@ -75,12 +87,16 @@ class S3SummaryStore:
                         match = _KEY.search(item["Key"])
                         if not match:
                             continue
-                        window = datetime.fromisoformat(match[1]).replace(
-                            hour=int(match[3]), minute=int(match[4]), tzinfo=UTC
-                        )
-                        if lo <= window.timestamp() < hi:
-                            body = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-                            out.append(WindowSummary.from_dict(json.loads(body)))
+                        midnight = datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+                        first_window = midnight + int(match[3]) * 3600 + int(match[4]) * 60
+                        last_window = midnight + int(match[5]) * 3600 + int(match[6]) * 60
+                        if last_window < lo or first_window >= hi:
+                            continue
+                        body = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                        for data in json.loads(body):
+                            summary = WindowSummary.from_dict(data)
+                            if lo <= summary.start < hi:
+                                out.append(summary)
                 day += timedelta(days=1)
         except aws_errors() as exc:
             raise PortError(f"S3 {self.bucket}: {exc}") from exc
