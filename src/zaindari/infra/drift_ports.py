@@ -1,49 +1,32 @@
 """Drift monitoring's ports on AWS: window summaries in the lake (S3), the last drift trigger per model
 (DynamoDB, conditional writes), the drift event (EventBridge) and the alert for people (SNS).
 
-Summary keys: ``summaries/date=YYYY-MM-DD/model=<name>/version=<version>/<HHMM>-<HHMM>-<source>-<name>.json``:
-one object per batch (or file run) and day, holding that day's window summaries as a JSON list; the
-first and last window start (UTC) are in the name, so a monitoring window lists only the objects it
-needs. A batch of live telemetry touches one window: one small PutObject.
+Summary keys: see :func:`zaindari.drift.summary_objects` (one object per batch and day; a batch of live
+telemetry touches one window: one small PutObject).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from zaindari.drift import DRIFT_DETAIL_TYPE, WindowSummary
+from zaindari.drift import (
+    DRIFT_DETAIL_TYPE,
+    SUMMARIES_PREFIX,
+    WindowSummary,
+    summary_days,
+    summary_key_span,
+    summary_objects,
+)
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import EVENT_SOURCE, aws_errors
 from zaindari.jsonable import json_default
 from zaindari.ports import PortError
 
-__all__ = ["DynamoDriftTriggerLog", "S3SummaryStore", "SnsEventBridgeDriftNotifier", "summary_key"]
-
-PREFIX = "summaries"
-_KEY = re.compile(
-    r"date=(\d{4}-\d{2}-\d{2})/model=[^/]+/version=([^/]+)/(\d{2})(\d{2})-(\d{2})(\d{2})-[^/]+\.json$"
-)
-
-
-def _version_parts(model_version: str) -> tuple[str, str]:
-    name, _, version = model_version.partition(":")
-    return name, version or "unversioned"
-
-
-def summary_key(summaries: Sequence[WindowSummary], source: str, name: str) -> str:
-    """Where one batch's summaries of one day (and one model version) are stored in the lake."""
-    first = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC)
-    last = datetime.fromtimestamp(max(s.start for s in summaries), tz=UTC)
-    model, version = _version_parts(summaries[0].model_version)
-    return (
-        f"{PREFIX}/date={first:%Y-%m-%d}/model={model}/version={version}/"
-        f"{first:%H%M}-{last:%H%M}-{source}-{name}.json"
-    )
+__all__ = ["DynamoDriftTriggerLog", "S3SummaryStore", "SnsEventBridgeDriftNotifier"]
 
 
 class S3SummaryStore:
@@ -55,14 +38,9 @@ class S3SummaryStore:
 
     def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
         client = self.factory.client("s3")
-        groups: dict[tuple[str, str], list[WindowSummary]] = {}
-        for summary in summaries:
-            day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
-            groups.setdefault((summary.model_version, day), []).append(summary)
         written = []
         try:
-            for group in groups.values():
-                key = summary_key(group, source, name)
+            for key, group in summary_objects(summaries, source=source, name=name).items():
                 body = json.dumps([s.to_dict() for s in group], separators=(",", ":"), default=json_default)
                 client.put_object(
                     Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
@@ -76,28 +54,19 @@ class S3SummaryStore:
         client = self.factory.client("s3")
         lo, hi = start.timestamp(), end.timestamp()
         out: list[WindowSummary] = []
-        day = start.astimezone(UTC).date()
-        last = (end - timedelta(seconds=1)).astimezone(UTC).date()
         try:
             paginator = client.get_paginator("list_objects_v2")
-            while day <= last:
-                prefix = f"{PREFIX}/date={day.isoformat()}/model={model}/"
+            for day in summary_days(start, end):
+                prefix = f"{SUMMARIES_PREFIX}/date={day}/model={model}/"
                 for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                     for item in page.get("Contents", []):
-                        match = _KEY.search(item["Key"])
-                        if not match:
-                            continue
-                        midnight = datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
-                        first_window = midnight + int(match[3]) * 3600 + int(match[4]) * 60
-                        last_window = midnight + int(match[5]) * 3600 + int(match[6]) * 60
-                        if last_window < lo or first_window >= hi:
+                        span = summary_key_span(item["Key"])
+                        if span is None or span[1] < lo or span[0] >= hi:
                             continue
                         body = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-                        for data in json.loads(body):
-                            summary = WindowSummary.from_dict(data)
-                            if lo <= summary.start < hi:
-                                out.append(summary)
-                day += timedelta(days=1)
+                        out += [
+                            s for s in map(WindowSummary.from_dict, json.loads(body)) if lo <= s.start < hi
+                        ]
         except aws_errors() as exc:
             raise PortError(f"S3 {self.bucket}: {exc}") from exc
         return out
