@@ -371,3 +371,18 @@ def test_a_summary_store_failure_sends_the_batch_back_for_retry(fleet_bundle: Mo
     store.fail = False  # the redelivery scores and summarises it (nothing was remembered)
     again = scoring.score_records([InboundRecord("r1", {"readings": readings}, "test")])
     assert again.status == {"r1": "scored"} and len(store.objects) == 1
+
+
+def test_a_fleet_gone_silent_alerts_people_but_triggers_no_retraining(fleet_bundle: ModelBundle) -> None:
+    monitor, store, notifier = _monitor()
+    baseline = baseline_of(fleet_bundle)
+    ((end, summaries),) = _stream(fleet_bundle, 1, drift_from=None)
+    store.write(summaries, source="events", name="before")
+    # the next hour nothing arrives
+    check = monitor.check(baseline, fleet_bundle.model_version, end + timedelta(hours=1))
+    assert check.status == "insufficient_data"
+    assert notifier.events == []
+    ((subject, message),) = notifier.people
+    assert subject == "Zaindari data quality: plant-anomaly"
+    assert check.report is not None and check.report.silent_devices == sorted(DEVICES)
+    assert any("24 device(s) silent" in issue for issue in message["issues"])
