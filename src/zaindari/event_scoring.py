@@ -8,7 +8,7 @@ to the dead-letter store), ``duplicate`` (every reading was already processed), 
 downstream system failed; the adapter hands it back to its source).
 
 Order of effects, chosen so that a failure never loses a reading and a redelivery does not double
-an output (``docs/SCORING.md`` states the narrow cases where it can, and how readers cope): dead letters, then the lake (raw telemetry and scores), then device state (history, alert
+an output (``docs/SCORING.md`` states the narrow cases where it can, and how readers cope): dead letters, then the lake (raw telemetry and scores, then the drift window summaries), then device state (history, alert
 state, keys of the readings seen, and the new alerts as an *outbox*), then alert delivery, then the
 outbox is cleared. A redelivered reading is recognised by its key in the device's state and
 dropped; alerts still in an outbox are delivered by the next batch that touches the device.

@@ -202,6 +202,12 @@ class Settings(BaseModel):
         le=1,
         description="Alert people when more of a sensor's readings are out of range.",
     )
+    drift_alert_rate_change: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Alert people when the share of alerting readings moves more than this between windows.",
+    )
     # -- deployment (register_model, deploy_model) and registry:// model references
     model_alias_ttl_seconds: float = Field(
         default=60.0,
