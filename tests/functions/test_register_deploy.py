@@ -368,9 +368,7 @@ def test_score_event_follows_production_without_a_restart(
     monkeypatch.setenv("ZAINDARI_STATE_TABLE", "zaindari-test-state")
     monkeypatch.setenv("ZAINDARI_MODEL_PATH", f"registry://{MODEL}/production")
     monkeypatch.setenv("ZAINDARI_MODEL_ALIAS_TTL_SECONDS", "0")
-    lifecycle = build_model_lifecycle(
-        Settings.from_env(dict(env), promotion_alert_rate_bound=None), aws.factory
-    )
+    lifecycle = build_model_lifecycle(Settings.from_env(dict(env)), aws.factory)
     # v2 alerts more (lower thresholds) yet passes: the shadow check is off in this test
     for run, scale in (("run-a", 1.0), ("run-b", 0.5)):
         uri = candidate(aws, cache, tmp_path, run, metrics=labelled_metrics(0.9), threshold_scale=scale)
