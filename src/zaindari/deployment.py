@@ -442,9 +442,17 @@ class ModelLifecycle:
             if self.mirror
             else None,
         )
+        # nothing to push: scoring functions whose model path is registry://<model>/production
+        # read the alias again within their ZAINDARI_MODEL_ALIAS_TTL_SECONDS
         results.append(
             TargetResult(
-                "lambda", "deployed", {"reference": f"registry://{model}/{PRODUCTION}", "version": number}
+                "lambda",
+                "deployed",
+                {
+                    "reference": f"registry://{model}/{PRODUCTION}",
+                    "version": number,
+                    "via": "alias, within its TTL",
+                },
             )
         )
         failed = [r for r in results if r.status == "failed"]
