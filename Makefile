@@ -81,9 +81,9 @@ check: lint lint-template typecheck test ## Exactly what CI runs: lint, template
 docs: setup ## Regenerate the generated parts of README.md (the settings table)
 	$(PY) docs/update_readme.py
 
-demo: setup ## The whole loop on embedded defaults (not built yet: see issue "make demo")
-	@echo "make demo: the end-to-end demo is not built yet (tracked in the 'make demo' issue)." >&2
-	@exit 2
+DEMO_ARGS ?=
+demo: setup ## The whole loop on embedded defaults; report in out/demo/ (DEMO_ARGS=--small: a 1-minute plant)
+	$(BIN)/zaindari demo $(DEMO_ARGS)
 
 aws-up: setup ## Run the embedded AWS (moto server) on $(AWS_HOST):$(AWS_PORT) until Ctrl-C
 	$(BIN)/zaindari aws up --host $(AWS_HOST) --port $(AWS_PORT)
@@ -97,7 +97,7 @@ invoke: setup ## Run FN (default score_event) once on EVENT=events/<file>.json a
 	@test -n "$(EVENT)" || { echo "usage: make invoke [FN=score_event] EVENT=events/sqs_batch.json [INVOKE_ARGS='--endpoint URL --model PATH']" >&2; exit 2; }
 	@$(BIN)/zaindari invoke $(FN) $(EVENT) $(INVOKE_ARGS)
 
-bench: setup ## Run every benchmark under bench/ and print one table
+bench: setup bench-tools ## Run every benchmark under bench/ and print one table
 	$(PY) bench/run_all.py
 
 clean: ## Remove build outputs and caches (keeps .venv)
@@ -129,6 +129,36 @@ tools-sagemaker: $(SAGEMAKER_STAMP) ## Create .tools/sagemaker (the sagemaker SD
 sagemaker-tools: $(SAGEMAKER_STAMP) ## Run zaindari.sagemaker_tools with the SDK: make sagemaker-tools ARGS='deploy plant-anomaly --role ARN --endpoint NAME'
 	SAGEMAKER_SUPPRESS_V2_WARNING=1 PYTHONPATH=$(CURDIR)/src $(TOOLS)/sagemaker/bin/python -m zaindari.sagemaker_tools $(ARGS)
 
+# OpenFaaS build contexts (stack.yml): each function's handler.py, the edge requirements and the core.
+EDGE_FUNCTIONS := score-event:score_event score-file:score_batch model-sync:model_sync
+.PHONY: edge-build
+edge-build: ## Assemble build/edge/<function>/ (handler.py, requirements.txt, zaindari/) for faas-cli
+	@for pair in $(EDGE_FUNCTIONS); do \
+		fn=$${pair%%:*}; folder=$${pair##*:}; out=$(BUILD)/edge/$$fn; \
+		rm -rf $$out && mkdir -p $$out && \
+		cp functions/$$folder/handler.py $$out/handler.py && \
+		cp infra/edge/requirements.txt $$out/requirements.txt && \
+		cp -R src/zaindari $$out/zaindari && \
+		find $$out -name __pycache__ -type d -prune -exec rm -rf {} + && \
+		echo "$$out: handler.py, requirements.txt, zaindari/ ($$(du -sh $$out | cut -f1))" || exit 1; \
+	done
+
+# mlflow only for the edge benchmark's baseline (`mlflow models serve`): its own venv, never .venv.
+MLFLOW_VERSION ?= 3.17.2
+MLFLOW_STAMP := $(TOOLS)/mlflow/.installed-$(MLFLOW_VERSION)
+$(MLFLOW_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/mlflow
+	$(PYTHON) -m venv $(TOOLS)/mlflow
+	$(UV) pip install --quiet --python $(TOOLS)/mlflow/bin/python mlflow==$(MLFLOW_VERSION) onnx onnxruntime
+	@touch $@
+
+.PHONY: tool-mlflow
+tool-mlflow: $(MLFLOW_STAMP) ## Create .tools/mlflow (pinned mlflow, for bench/bench_edge_http.py)
+
+.PHONY: bench-tools
+bench-tools: $(MLFLOW_STAMP) ## What bench/bench_edge_http.py needs: .tools/mlflow and wrk (Debian package)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
 lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate (offline)
 	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml
 	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --template template.yaml --region eu-west-1
@@ -152,6 +182,10 @@ build-ScoreEventFunction: ## Copy score_event's code into ARTIFACTS_DIR (sam bui
 
 build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,start_retraining)
+
+.PHONY: build-MonitorDriftFunction
+build-MonitorDriftFunction: ## Copy monitor_drift's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,monitor_drift)
 
 build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,score_batch)
@@ -209,3 +243,13 @@ build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam)
 		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes_batch.txt; \
 	cat $(BUILD)/sizes_batch.txt; cat $(BUILD)/sizes_batch.txt >> $(BUILD)/sizes.txt; rm $(BUILD)/sizes_batch.txt; \
 	test $$((code + layer + files)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
+
+# The edge tests start a real MQTT broker: mosquitto from Debian's packages (as root, or with sudo).
+.PHONY: broker
+broker: ## Install mosquitto (the local MQTT broker the edge tests start) when it is missing
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto; }
+
+test: broker

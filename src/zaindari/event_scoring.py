@@ -17,6 +17,7 @@ dropped; alerts still in an outbox are delivered by the next batch that touches 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections import Counter
@@ -28,10 +29,19 @@ from typing import Any, Literal
 from zaindari.alerting import Alert
 from zaindari.bundle import ModelBundle
 from zaindari.contract import ContractLimits, PayloadTooLarge, Reading, parse_payload
+from zaindari.drift import SummaryStore
 from zaindari.pipeline import DeviceState, score_readings
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
 
-__all__ = ["EventScoring", "InboundRecord", "RecordStatus", "ScoringReport", "reading_key_hash"]
+__all__ = [
+    "HTTP_SCORE_FIELDS",
+    "EventScoring",
+    "HttpAnswer",
+    "InboundRecord",
+    "RecordStatus",
+    "ScoringReport",
+    "reading_key_hash",
+]
 
 RecordStatus = Literal["scored", "rejected", "duplicate", "retry"]
 
@@ -79,6 +89,23 @@ class ScoringReport:
         }
 
 
+#: The fields of each score an HTTP caller gets back (the lake row holds more).
+HTTP_SCORE_FIELDS = ("device_id", "timestamp", "seq", "score", "severity", "rules", "alert", "late")
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What an HTTP adapter (Lambda HTTP API, the edge's ``score-event``) answers a POST of readings.
+
+    ``report`` is ``None`` when nothing was scored (the payload was refused as a whole).
+    """
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    report: ScoringReport | None = None
+
+
 def reading_key_hash(reading: Reading) -> str:
     """A short, stable hash of a reading's identity (device, timestamp, sequence number)."""
     return hashlib.blake2b(reading.dedup_key().encode(), digest_size=8).hexdigest()
@@ -122,6 +149,9 @@ class EventScoring:
         onnxruntime intra-op threads.
     clock
         Current time (UTC); injectable for tests.
+    summaries, source
+        Where the batch's window summaries go (``zaindari.drift``; none: not kept), labelled
+        with ``source`` (``events``, ``edge``).
     """
 
     def __init__(
@@ -136,6 +166,8 @@ class EventScoring:
         dedup_memory: int = 512,
         threads: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        summaries: SummaryStore | None = None,
+        source: str = "events",
     ) -> None:
         self.model = model
         self.states = states
@@ -146,6 +178,8 @@ class EventScoring:
         self.dedup_memory = dedup_memory
         self.threads = threads
         self.clock = clock
+        self.summaries = summaries
+        self.source = source
 
     # ------------------------------------------------------------------------------------------
 
@@ -279,6 +313,19 @@ class EventScoring:
                 for rid in {fresh_owner[p] for p in scored_positions}:
                     self._retry(report, rid, f"lake: {exc}")
                 return clock.finish(self._finish_statuses(report, records, scored_ids))
+        # 6b. what was scored, per window, for drift monitoring (named by content: a replay overwrites)
+        if outcome is not None and outcome.summaries and self.summaries is not None:
+            name = hashlib.blake2b(
+                "\n".join(sorted(fresh_keys[p] for p in scored_positions)).encode(), digest_size=12
+            ).hexdigest()
+            try:
+                report.lake_objects += clock.io_call(
+                    functools.partial(self.summaries.write, source=self.source, name=name), outcome.summaries
+                )
+            except PortError as exc:
+                for rid in scored_ids:
+                    self._retry(report, rid, f"summaries: {exc}")
+                return clock.finish(self._finish_statuses(report, records, scored_ids))
 
         # 7. device state with the keys of the readings scored and the new alerts in the outbox
         # (a dead-lettered reading is not remembered: fixed and replayed, it must score)
@@ -334,6 +381,42 @@ class EventScoring:
 
         report.scored = scored_rows
         return clock.finish(self._finish_statuses(report, records, scored_ids))
+
+    def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
+        """Score the readings of an HTTP request body, all or nothing on the contract.
+
+        A body with any invalid reading is refused whole (400, each error named: the caller fixes
+        and resends it); one above the size limit gets 413; a downstream failure 503 with
+        ``Retry-After`` (nothing was lost: the request can be sent again, duplicates are dropped).
+        """
+        try:
+            parsed = parse_payload(body, limits=self.limits, now=self.clock())
+        except PayloadTooLarge as exc:
+            return HttpAnswer(413, {"message": str(exc)})
+        if parsed.rejections:
+            return HttpAnswer(
+                400,
+                {
+                    "message": "invalid telemetry: nothing was scored",
+                    "errors": [r.to_dict() for r in parsed.rejections],
+                },
+            )
+        report = self.score_records([InboundRecord(request_id, parsed.readings, source)])
+        if report.retry_ids:
+            return HttpAnswer(
+                503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}, report
+            )
+        return HttpAnswer(
+            200,
+            {
+                "model_version": report.model_version,
+                "scores": [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored],
+                "alerts": [a.model_dump(mode="json") for a in report.alerts],
+                "rejected": [r.to_dict() for r in report.rejected],
+                "duplicates": report.duplicates,
+            },
+            report=report,
+        )
 
     # ------------------------------------------------------------------------------------------
 

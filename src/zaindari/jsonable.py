@@ -6,11 +6,14 @@ decimals, or non-finite floats that strict JSON cannot represent.
 
 from __future__ import annotations
 
+import json
 import math
+import reprlib
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["finite", "json_default"]
+__all__ = ["finite", "json_default", "json_line"]
 
 
 def json_default(value: Any) -> Any:
@@ -31,3 +34,26 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
+
+
+def json_line(row: Mapping[str, Any]) -> bytes:
+    """One JSON Lines row (no newline) for whatever a hostile payload holds; never raises on it.
+
+    orjson first (the fast path); what orjson refuses (integers beyond 64 bits, lone surrogates,
+    nesting deeper than 255 levels) goes through the standard library, non-finite floats as text;
+    a ``record`` nested deeper than Python can recurse is kept as a bounded preview instead.
+    """
+    import orjson
+
+    try:
+        return orjson.dumps(row, default=json_default)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(finite(row), default=json_default, allow_nan=False).encode()
+    except (RecursionError, ValueError):
+        preview = reprlib.Repr()
+        preview.maxlevel, preview.maxstring, preview.maxother = 20, 4096, 4096
+        kept = {k: v for k, v in row.items() if k != "record"}
+        kept["record"] = "not storable as JSON (nested too deeply): " + preview.repr(row.get("record"))
+        return json.dumps(finite(kept), default=json_default, allow_nan=False).encode()

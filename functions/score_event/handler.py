@@ -1,0 +1,39 @@
+"""score-event on OpenFaaS (python3-http) and `zaindari edge serve`: POST readings -> EventScoring
+(the same use case as app.py's HTTP route) -> the same JSON body; GET -> the model version."""
+
+import functools
+import logging
+import uuid
+from typing import Any
+
+from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
+from zaindari.edge.wiring import SerialEventScoring, build_edge_event_scoring, edge_settings
+
+settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
+tokens = read_tokens(settings)
+logger = logging.getLogger("zaindari.edge.score_event")
+
+
+@functools.cache
+def scoring() -> SerialEventScoring:
+    """The use case, built once per container (model session, ports)."""
+    return build_edge_event_scoring(settings)
+
+
+def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
+    refused = guard(event, tokens, settings.max_payload_bytes)
+    if refused:
+        return refused
+    if event.method == "GET":
+        return json_response(200, {"status": "ok", "model_version": scoring().model_version()})
+    if event.method != "POST":
+        return json_response(
+            405, {"message": "POST readings, or GET the model version"}, {"Allow": "GET, POST"}
+        )
+    request_id = event.headers.get("X-Call-Id") or uuid.uuid4().hex  # the OpenFaaS gateway sets X-Call-Id
+    answer = scoring().answer_http(event.body, request_id)
+    if answer.status >= 500:
+        logger.warning(
+            "readings not scored: %s", answer.report.retry_reasons if answer.report else answer.body
+        )
+    return json_response(answer.status, answer.body, answer.headers)
