@@ -72,9 +72,9 @@ class Edge:
             version=version.version,
             content_hash=version.content_hash,
             artifact_uri=version.artifact_uri,
-            manifest_url="file:///MANIFEST.json",
+            sha256=dict(version.files),
             manifest_sha256="0" * 64,
-            files={},
+            urls={},
             urls_expire_at="2026-11-23T00:00:00Z",
             reason=reason,
             at="2026-11-22T00:00:00Z",
@@ -188,9 +188,12 @@ def test_sagemaker_create_then_update_requests_match_the_api() -> None:
                 "ExecutionRoleArn": "arn:aws:iam::123456789012:role/zaindari-sagemaker",
                 "PrimaryContainer": {
                     "Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/zaindari-serving:1",
-                    "Environment": {
-                        "ZAINDARI_MODEL_PATH": version.artifact_uri,
-                        "ZAINDARI_MODEL_VERSION": str(version.version),
+                    "ModelDataSource": {
+                        "S3DataSource": {
+                            "S3Uri": version.artifact_uri,
+                            "S3DataType": "S3Prefix",
+                            "CompressionType": "None",
+                        }
                     },
                 },
                 "Tags": [
