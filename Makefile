@@ -21,6 +21,10 @@ CFN_LINT_VERSION ?= 1.58.0
 SAM_CLI_VERSION ?= 1.170.0
 CFN_LINT_STAMP := $(TOOLS)/cfn-lint/.installed-$(CFN_LINT_VERSION)
 SAM_STAMP := $(TOOLS)/sam/.installed-$(SAM_CLI_VERSION)
+# The sagemaker SDK (v2) pins numpy>=2 and pandas>=3 (we pin <2 and <3): its own venv, and no
+# zaindari install in it (zaindari.sagemaker_tools runs from src/ on PYTHONPATH).
+SAGEMAKER_SDK_VERSION ?= 2.257.7
+SAGEMAKER_STAMP := $(TOOLS)/sagemaker/.installed-$(SAGEMAKER_SDK_VERSION)
 # sam reads a region and credentials even for offline commands: fixed dummies keep it offline and
 # deterministic (no profile lookups, no metadata-service probes, no telemetry).
 AWS_OFFLINE_ENV := env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_CONFIG_FILE=/dev/null \
@@ -44,7 +48,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-RegisterModelFunction build-DeployModelFunction
+.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-RegisterModelFunction build-DeployModelFunction tools-sagemaker sagemaker-tools
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -112,7 +116,18 @@ $(SAM_STAMP):
 	$(TOOLS)/sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==$(SAM_CLI_VERSION)
 	@touch $@
 
-tools: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam)
+$(SAGEMAKER_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/sagemaker
+	$(UV) venv --quiet --python $(PYTHON) $(TOOLS)/sagemaker
+	$(UV) pip install --quiet --python $(TOOLS)/sagemaker/bin/python sagemaker==$(SAGEMAKER_SDK_VERSION)
+	@touch $@
+
+tools: $(CFN_LINT_STAMP) $(SAM_STAMP) $(SAGEMAKER_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam, .tools/sagemaker)
+
+tools-sagemaker: $(SAGEMAKER_STAMP) ## Create .tools/sagemaker (the sagemaker SDK for zaindari.sagemaker_tools)
+
+sagemaker-tools: $(SAGEMAKER_STAMP) ## Run zaindari.sagemaker_tools with the SDK: make sagemaker-tools ARGS='deploy plant-anomaly --role ARN --endpoint NAME'
+	SAGEMAKER_SUPPRESS_V2_WARNING=1 PYTHONPATH=$(CURDIR)/src $(TOOLS)/sagemaker/bin/python -m zaindari.sagemaker_tools $(ARGS)
 
 # OpenFaaS build contexts (stack.yml): each function's handler.py, the edge requirements and the core.
 EDGE_FUNCTIONS := score-event:score_event score-file:score_batch model-sync:model_sync

@@ -248,7 +248,14 @@ class ModelLifecycle:
         An invalid bundle (hash mismatch, ONNX that does not load, signature not matching the spec,
         metrics or parity missing) is refused: nothing is registered, people and machines are
         alerted with the reason, and the outcome says ``refused``.
+
+        Idempotent: a redelivered event (same location, same content) finds its version instead of
+        registering another; the steps after registration are redone (they are idempotent too),
+        and a gate decision already recorded for that version is reported, not taken again.
         """
+        known = self._registered_before(bundle_location)
+        if known is not None:
+            return self._after_registration(known, bundle_location, actor, redelivered=True)
         try:
             version = self.registry.register_version(bundle_location, model=model, actor=actor)
         except (RegistryError, BundleError) as exc:
@@ -259,6 +266,22 @@ class ModelLifecycle:
                 )
             )
             return RegistrationOutcome("refused", bundle_location, model, None, reason)
+        return self._after_registration(version, bundle_location, actor, redelivered=False)
+
+    def _registered_before(self, bundle_location: str) -> ModelVersion | None:
+        """The version already registered from ``bundle_location`` with the same content, if any."""
+        try:
+            bundle = load_bundle(self.registry.artifacts.fetch(bundle_location), verify_graph=False)
+        except (BundleError, RegistryError, PortError, OSError):
+            return None  # registration proper reports what is wrong with it
+        for version in self.registry.store.list_versions(bundle.name):
+            if version.source == bundle_location and version.content_hash == bundle.content_hash:
+                return version
+        return None
+
+    def _after_registration(
+        self, version: ModelVersion, bundle_location: str, actor: str, *, redelivered: bool
+    ) -> RegistrationOutcome:
         self._mirror_model(version.model, reason=f"registered from {bundle_location}")
         self.notifier.event(
             MODEL_REGISTERED,
@@ -271,6 +294,10 @@ class ModelLifecycle:
                 registered_at=version.registered_at,
             ),
         )
+        if redelivered:
+            previous = self._decided(version)
+            if previous is not None:
+                return previous
         decision = self.gate(version.model, version.version, actor=actor)
         status: Literal["promoted", "awaiting_approval", "kept_in_staging"] = (
             "promoted"
@@ -282,6 +309,32 @@ class ModelLifecycle:
         return RegistrationOutcome(
             status, bundle_location, version.model, version.version, "; ".join(decision.reasons), decision
         )
+
+    def _decided(self, version: ModelVersion) -> RegistrationOutcome | None:
+        """The gate's earlier decision on ``version`` (a redelivery): re-announced if it was promoted."""
+        source = version.source
+        if self.registry.alias_version(version.model, PRODUCTION) == version.version:
+            self.notifier.event(
+                MODEL_PROMOTED,
+                ProductionChanged(
+                    model=version.model,
+                    version=version.version,
+                    action="promote",
+                    reason="redelivered: already production",
+                    at=self.clock(),
+                ),
+            )
+            return RegistrationOutcome(
+                "promoted", source, version.model, version.version, "already production (event redelivered)"
+            )
+        outcomes = {"refused": "kept_in_staging", "awaiting_approval": "awaiting_approval"}
+        for entry in reversed(self.registry.store.history(version.model)):
+            if entry.candidate == version.version and entry.action in outcomes:
+                status: Literal["kept_in_staging", "awaiting_approval"] = (
+                    "kept_in_staging" if entry.action == "refused" else "awaiting_approval"
+                )
+                return RegistrationOutcome(status, source, version.model, version.version, entry.reason)
+        return None
 
     def shadow(self, model: str, candidate: int) -> ShadowResult | None:
         """Shadow-score recent traffic with production and ``candidate`` (``None``: nothing to compare)."""
@@ -389,9 +442,17 @@ class ModelLifecycle:
             if self.mirror
             else None,
         )
+        # nothing to push: scoring functions whose model path is registry://<model>/production
+        # read the alias again within their ZAINDARI_MODEL_ALIAS_TTL_SECONDS
         results.append(
             TargetResult(
-                "lambda", "deployed", {"reference": f"registry://{model}/{PRODUCTION}", "version": number}
+                "lambda",
+                "deployed",
+                {
+                    "reference": f"registry://{model}/{PRODUCTION}",
+                    "version": number,
+                    "via": "alias, within its TTL",
+                },
             )
         )
         failed = [r for r in results if r.status == "failed"]

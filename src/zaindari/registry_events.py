@@ -18,7 +18,6 @@ __all__ = [
     "MODEL_ROLLED_BACK",
     "MODEL_TRAINED",
     "MODEL_UPDATE",
-    "BundleFile",
     "BundleRefused",
     "ModelRegistered",
     "ModelTrained",
@@ -88,22 +87,16 @@ class ProductionChanged(_Event):
     numbers: dict[str, object] = Field(default_factory=dict)
 
 
-class BundleFile(_Event):
-    """One file of a bundle: its sha256 (from ``MANIFEST.json``) and a presigned URL to fetch it."""
-
-    sha256: str
-    url: str
-
-
 class ModelUpdate(_Event):
     """The edge's instruction to fetch and run a new production bundle.
 
     Published on the IoT topic ``zaindari/models/<model>/update`` and on EventBridge as
-    ``Zaindari Model Update``. The edge downloads ``manifest_url`` and each of ``files``, checks
-    every sha256 against ``files`` (and the manifest against ``manifest_sha256``), loads the bundle
-    with :func:`zaindari.bundle.load_bundle`, and acknowledges with ``Zaindari Edge Ack``.
-    Presigned URLs expire at ``urls_expire_at``; after that, ``artifact_uri`` (S3) still works
-    for a device with S3 credentials.
+    ``Zaindari Model Update``. ``sha256`` maps each file ``MANIFEST.json`` lists to its digest (the
+    shape the edge's model-sync, ``zaindari.edge.model_sync``, reads); ``urls`` holds a presigned GET
+    for each of those files and for ``MANIFEST.json`` (whose own digest is ``manifest_sha256``),
+    valid until ``urls_expire_at``; ``artifact_uri`` (S3) serves a device with S3 credentials.
+    The edge checks every digest before it loads the bundle, and acknowledges with
+    ``Zaindari Edge Ack``.
     """
 
     schema_version: Literal[1] = 1
@@ -112,9 +105,9 @@ class ModelUpdate(_Event):
     alias: str = "production"
     content_hash: str
     artifact_uri: str
-    manifest_url: str
+    sha256: dict[str, str]
     manifest_sha256: str
-    files: dict[str, BundleFile]
+    urls: dict[str, str]
     urls_expire_at: str
     reason: str = ""
     at: str

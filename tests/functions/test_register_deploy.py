@@ -24,6 +24,7 @@ from tests.functions.conftest import EmbeddedAws, drain
 from tests.registry_support import labelled_metrics, recent_readings, registry_bundle
 from tests.support import LambdaContext, load_function, plant_readings, sqs_event
 from zaindari.bundle import MODEL_FILE
+from zaindari.edge.model_sync import ModelUpdate as EdgeModelUpdate
 from zaindari.infra.deploy_ports import build_model_lifecycle
 from zaindari.infra.provision import seed_model_bundle
 from zaindari.infra.registry_store import create_registry_table
@@ -229,18 +230,26 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     }
     container = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]
     assert container["Image"] == IMAGE
-    assert container["Environment"]["ZAINDARI_MODEL_PATH"] == f"s3://{LAKE}/models/{MODEL}/1/"
+    # the bundle's prefix, uncompressed: SageMaker copies it to /opt/ml/model for `zaindari serve`
+    assert container["ModelDataSource"]["S3DataSource"] == {
+        "S3Uri": f"s3://{LAKE}/models/{MODEL}/1/",
+        "S3DataType": "S3Prefix",
+        "CompressionType": "None",
+    }
     [bridge_update] = drain(aws, inboxes["Zaindari Model Update"])
     backend = iotdata_backends["123456789012"][REGION]
     topic, payload = backend.published_payloads[-1]
     assert topic == f"zaindari/models/{MODEL}/update"
     update = ModelUpdate.model_validate_json(payload)
     assert update == ModelUpdate.model_validate(bridge_update["detail"])
-    assert update.version == 1 and set(update.files) >= {MODEL_FILE, "spec.yaml", "thresholds.json"}
-    with urllib.request.urlopen(update.files[MODEL_FILE].url) as response:
-        assert hashlib.sha256(response.read()).hexdigest() == update.files[MODEL_FILE].sha256
-    with urllib.request.urlopen(update.manifest_url) as response:
-        assert hashlib.sha256(response.read()).hexdigest() == update.manifest_sha256
+    assert update.version == 1 and set(update.sha256) >= {MODEL_FILE, "spec.yaml", "thresholds.json"}
+    for name, digest in (*update.sha256.items(), ("MANIFEST.json", update.manifest_sha256)):
+        with urllib.request.urlopen(update.urls[name]) as response:
+            assert hashlib.sha256(response.read()).hexdigest() == digest, name
+    # the edge's model-sync reads the same event
+    edge_view = EdgeModelUpdate.model_validate_json(payload)
+    assert (edge_view.model, edge_view.version, edge_view.sha256) == (MODEL, "1", update.sha256)
+    assert edge_view.artifact_uri == update.artifact_uri
 
     # A second run as good as the first (same thresholds: same shadow alert rate) is promoted too
     uri2 = candidate(aws, cache, tmp_path, "run-2", metrics=labelled_metrics(0.91))
@@ -368,9 +377,7 @@ def test_score_event_follows_production_without_a_restart(
     monkeypatch.setenv("ZAINDARI_STATE_TABLE", "zaindari-test-state")
     monkeypatch.setenv("ZAINDARI_MODEL_PATH", f"registry://{MODEL}/production")
     monkeypatch.setenv("ZAINDARI_MODEL_ALIAS_TTL_SECONDS", "0")
-    lifecycle = build_model_lifecycle(
-        Settings.from_env(dict(env), promotion_alert_rate_bound=None), aws.factory
-    )
+    lifecycle = build_model_lifecycle(Settings.from_env(dict(env)), aws.factory)
     # v2 alerts more (lower thresholds) yet passes: the shadow check is off in this test
     for run, scale in (("run-a", 1.0), ("run-b", 0.5)):
         uri = candidate(aws, cache, tmp_path, run, metrics=labelled_metrics(0.9), threshold_scale=scale)

@@ -72,9 +72,9 @@ class Edge:
             version=version.version,
             content_hash=version.content_hash,
             artifact_uri=version.artifact_uri,
-            manifest_url="file:///MANIFEST.json",
+            sha256=dict(version.files),
             manifest_sha256="0" * 64,
-            files={},
+            urls={},
             urls_expire_at="2026-11-23T00:00:00Z",
             reason=reason,
             at="2026-11-22T00:00:00Z",
@@ -188,9 +188,12 @@ def test_sagemaker_create_then_update_requests_match_the_api() -> None:
                 "ExecutionRoleArn": "arn:aws:iam::123456789012:role/zaindari-sagemaker",
                 "PrimaryContainer": {
                     "Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/zaindari-serving:1",
-                    "Environment": {
-                        "ZAINDARI_MODEL_PATH": version.artifact_uri,
-                        "ZAINDARI_MODEL_VERSION": str(version.version),
+                    "ModelDataSource": {
+                        "S3DataSource": {
+                            "S3Uri": version.artifact_uri,
+                            "S3DataType": "S3Prefix",
+                            "CompressionType": "None",
+                        }
                     },
                 },
                 "Tags": [
@@ -254,3 +257,27 @@ def test_sagemaker_create_then_update_requests_match_the_api() -> None:
             "action": "updated",
         }
         stub.assert_no_pending_responses()
+
+
+def test_a_redelivered_training_event_registers_nothing_twice(
+    bundles: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    notes, mirror, edge = Notes(), Mirror(), Edge()
+    flow = lifecycle(notes, mirror, edge)
+    worse = registry_bundle(
+        tmp_path_factory.mktemp("cache"),
+        tmp_path_factory.mktemp("worse") / "run-3",
+        metrics=labelled_metrics(0.7),
+    )
+    first = [flow.register_trained_bundle(str(b)).status for b in (bundles[0], worse)]
+    history = flow.registry.store.history(MODEL)
+
+    again = [flow.register_trained_bundle(str(b)) for b in (bundles[0], worse)]
+
+    assert first == ["promoted", "kept_in_staging"]
+    assert [(o.status, o.version) for o in again] == [("promoted", 1), ("kept_in_staging", 2)]
+    assert "auc: challenger 0.7" in again[1].reason
+    assert [v.version for v in flow.registry.store.list_versions(MODEL)] == [1, 2]
+    assert flow.registry.store.history(MODEL) == history  # no decision taken twice
+    promoted = [d["version"] for t, d in notes.events if t == "Zaindari Model Promoted"]
+    assert promoted == [1, 1]  # re-announced: deploy_model's work is idempotent

@@ -21,7 +21,7 @@ from zaindari.bundle import MANIFEST_FILE
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import EVENT_SOURCE, aws_errors
 from zaindari.ports import PortError
-from zaindari.registry_events import MODEL_REFUSED, MODEL_UPDATE, BundleFile, BundleRefused, ModelUpdate
+from zaindari.registry_events import MODEL_REFUSED, MODEL_UPDATE, BundleRefused, ModelUpdate
 
 if TYPE_CHECKING:
     from zaindari.contract import Reading
@@ -37,6 +37,7 @@ __all__ = [
     "SageMakerPackageMirror",
     "build_model_lifecycle",
     "glue_job_output",
+    "model_data",
     "sagemaker_name",
 ]
 
@@ -53,6 +54,13 @@ def sagemaker_name(*parts: str) -> str:
     while "--" in cleaned:
         cleaned = cleaned.replace("--", "-")
     return cleaned[:63].rstrip("-")
+
+
+def model_data(version: ModelVersion) -> dict[str, Any]:
+    """SageMaker model data of a version: its bundle prefix, uncompressed, which SageMaker copies to
+    /opt/ml/model (where the serving container, ``zaindari serve``, loads it)."""
+    uri = version.artifact_uri if version.artifact_uri.endswith("/") else version.artifact_uri + "/"
+    return {"S3DataSource": {"S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}
 
 
 def _s3_location(uri: str) -> tuple[str, str]:
@@ -185,12 +193,7 @@ class SageMakerPackageMirror:
                 }
                 if self.image_uri:
                     request["InferenceSpecification"] = {
-                        "Containers": [
-                            {
-                                "Image": self.image_uri,
-                                "Environment": {"ZAINDARI_MODEL_PATH": version.artifact_uri},
-                            }
-                        ],
+                        "Containers": [{"Image": self.image_uri, "ModelDataSource": model_data(version)}],
                         "SupportedContentTypes": ["text/csv", "application/json"],
                         "SupportedResponseMIMETypes": ["application/json"],
                     }
@@ -215,8 +218,8 @@ class SageMakerPackageMirror:
 class SageMakerEndpointDeployer:
     """:class:`~zaindari.deployment.EndpointDeployer`: a serverless SageMaker endpoint per model.
 
-    The container (``image_uri``, the serving image built from ``infra/serving``) reads the bundle
-    from ``ZAINDARI_MODEL_PATH``. ``UpdateEndpoint`` switches traffic to the new config without
+    The container (``image_uri``, the serving image built from ``infra/serving``) loads the bundle
+    from /opt/ml/model, where SageMaker copies the version's prefix (:func:`model_data`). ``UpdateEndpoint`` switches traffic to the new config without
     downtime; the old model and config stay (they are what a rollback can reuse).
     """
 
@@ -246,13 +249,7 @@ class SageMakerEndpointDeployer:
                 sm.create_model(
                     ModelName=name,
                     ExecutionRoleArn=self.role_arn,
-                    PrimaryContainer={
-                        "Image": self.image_uri,
-                        "Environment": {
-                            "ZAINDARI_MODEL_PATH": version.artifact_uri,
-                            "ZAINDARI_MODEL_VERSION": str(version.version),
-                        },
-                    },
+                    PrimaryContainer={"Image": self.image_uri, "ModelDataSource": model_data(version)},
                     Tags=[
                         {"Key": "zaindari:model", "Value": version.model},
                         {"Key": "zaindari:version", "Value": str(version.version)},
@@ -334,10 +331,7 @@ class IotEdgePublisher:
                     )
                 )
 
-            files = {
-                name: BundleFile(sha256=sha, url=url(name)) for name, sha in sorted(version.files.items())
-            }
-            manifest_url = url(MANIFEST_FILE)
+            urls = {name: url(name) for name in sorted(version.files)} | {MANIFEST_FILE: url(MANIFEST_FILE)}
         except aws_errors() as exc:
             raise PortError(f"{version.artifact_uri}: cannot link the bundle: {exc}") from exc
         now = datetime.now(UTC)
@@ -346,9 +340,9 @@ class IotEdgePublisher:
             version=version.version,
             content_hash=version.content_hash,
             artifact_uri=version.artifact_uri,
-            manifest_url=manifest_url,
+            sha256=dict(sorted(version.files.items())),
             manifest_sha256=hashlib.sha256(manifest).hexdigest(),
-            files=files,
+            urls=urls,
             urls_expire_at=(now + timedelta(seconds=self.url_seconds)).isoformat().replace("+00:00", "Z"),
             reason=reason,
             at=now.isoformat().replace("+00:00", "Z"),
