@@ -432,21 +432,28 @@ class EdgeBuffer:
                 ).fetchall()
                 if rows:
                     return [Entry(int(r[0]), r[1], r[2], int(r[3]), _decode(r[4])) for r in rows]
-            head = db.execute(
-                "SELECT seq, kind, day, items, body FROM outbox ORDER BY seq LIMIT 512"
-            ).fetchall()
-            batch: list[Entry] = []
+            head = db.execute("SELECT seq, kind, day, items FROM outbox ORDER BY seq LIMIT 512").fetchall()
+            chosen: list[tuple[int, str, str, int]] = []
             items = 0
-            for seq, kind, day, count, body in head:
-                if batch and (
-                    kind != batch[0].kind
-                    or day != batch[0].day
+            for seq, kind, day, count in head:
+                if chosen and (
+                    kind != chosen[0][1]
+                    or day != chosen[0][2]
                     or kind in ("alert", "ack")
                     or items + count > max_items
                 ):
                     break
-                batch.append(Entry(int(seq), kind, day, int(count), _decode(body)))
+                chosen.append((int(seq), kind, day, int(count)))
                 items += int(count)
+            bodies = dict(
+                db.execute(
+                    "SELECT seq, body FROM outbox WHERE seq BETWEEN ? AND ?",
+                    (chosen[0][0], chosen[-1][0]),
+                ).fetchall()
+                if chosen
+                else []
+            )
+            batch = [Entry(seq, kind, day, count, _decode(bodies[seq])) for seq, kind, day, count in chosen]
             if batch:
                 db.execute(
                     "INSERT OR REPLACE INTO meta (name, value) VALUES ('plan', ?)",

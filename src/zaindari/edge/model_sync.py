@@ -425,7 +425,12 @@ class ModelSync:
         with self._lock:
             bundle = load_bundle(bundle_dir, version=version)
             staged = LocalBundleFetcher().fetch(str(bundle_dir), self._downloads())
-            return self._swap_in(staged, bundle.name, version or bundle.version or bundle.content_hash[:12])
+            return self._swap_in(
+                staged,
+                bundle.name,
+                version or bundle.version or bundle.content_hash[:12],
+                reason="verified and installed",
+            )
 
     def request(self, update: ModelUpdate) -> SyncOutcome:
         """Take an update: keep it as pending (it survives a restart), then try to apply it."""
@@ -497,7 +502,13 @@ class ModelSync:
         return load_bundle(staged, version=update.version)
 
     def _swap_in(
-        self, staged: Path, model: str, version: str, *, smoke: SmokeResult | None = None
+        self,
+        staged: Path,
+        model: str,
+        version: str,
+        *,
+        smoke: SmokeResult | None = None,
+        reason: str = "verified, smoke-tested and swapped in",
     ) -> SyncOutcome:
         installed = self.store.install(staged, model, version)
         pointer = self.store.pointer()
@@ -515,7 +526,7 @@ class ModelSync:
         if smoke is not None:
             detail["smoke_test"] = {"readings": smoke.readings, "alert_rate": smoke.alert_rate}
         self.on_event(detail)
-        return SyncOutcome("applied", model, version, "verified, smoke-tested and swapped in", version)
+        return SyncOutcome("applied", model, version, reason, version)
 
     def _refuse(self, update: ModelUpdate, reason: str) -> SyncOutcome:
         serving = self.store.pointer().current
