@@ -305,9 +305,13 @@ def test_alerts_go_to_mqtt_and_the_webhook_at_once_and_a_channel_that_was_down_c
         second.alerts
     )
     assert box.stats().local_alerts_pending == len(second.alerts)
-    # and once it is back, the next round delivers them, in order, and nothing twice
+    # and once it is back, the background rounds deliver them (after the channel's retry wait,
+    # 1 s here), in order, and nothing twice
     webhook.start()
-    box.forward_once()
+    deadline = time.monotonic() + 10
+    while box.stats().local_alerts_pending and time.monotonic() < deadline:
+        box.forward_once()
+        time.sleep(0.1)
     assert [w["alert"] for w in webhook.received] == [
         a.model_dump(mode="json") for a in first.alerts + second.alerts
     ]

@@ -476,7 +476,10 @@ class ModelSync:
             if not smoke.passed:
                 shutil.rmtree(staged, ignore_errors=True)
                 return self._refuse(update, f"smoke test failed: {smoke.reason}")
-            return self._swap_in(staged, update.model, update.version, smoke=smoke)
+            try:
+                return self._swap_in(staged, update.model, update.version, smoke=smoke)
+            except BundleError as exc:
+                return self._refuse(update, str(exc))
 
     def _downloads(self) -> Path:
         self.store.downloads.mkdir(parents=True, exist_ok=True)
@@ -514,8 +517,13 @@ class ModelSync:
         pointer = self.store.pointer()
         new = _Pointer(current=installed, previous=pointer.current, rolled_back=pointer.rolled_back)
         self.store.write_pointer(new)
+        try:
+            self.current()  # loads through the pointer, as live traffic will
+        except BundleError as exc:  # the installed copy is unreadable: put the old pointer back
+            self.store.write_pointer(pointer)
+            self._bundle = None
+            raise BundleError(f"installed bundle {installed.folder} does not load: {exc}") from exc
         self.store.prune([new.current, new.previous])
-        self.current()  # loads through the pointer, as live traffic will
         detail: dict[str, Any] = {
             "event": "model_applied",
             "model": model,
