@@ -455,3 +455,27 @@ def test_command_line_seeds_replays_updates_reports_and_ships(
     assert status["version"] == "2" and status["buffered"]["scores"] == 2
     code, shipped = run("ship")
     assert code == 0 and shipped[0]["shipped"]["scores"] == 20 and shipped[0]["remaining"] == {}
+
+
+def test_mqtt_channel_refused_while_the_broker_is_down_then_delivers_when_it_is_up(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from tests.edge_support import free_port
+    from zaindari.contract import parse_readings
+    from zaindari.edge.local_alerts import ChannelError, MqttChannel
+    from zaindari.pipeline import score_readings
+
+    alert = score_readings(bundle, parse_readings(readings[1080:1320]).readings).alerts[0]
+    port = free_port()
+    channel = MqttChannel("127.0.0.1", port, timeout_seconds=2.0)
+    began = time.monotonic()
+    with pytest.raises(ChannelError, match="refused"):
+        channel.send(alert)
+    assert time.monotonic() - began < 1.0  # a refused connection costs no timeout
+    with mosquitto(tmp_path, port):
+        inbox = MqttInbox(port)
+        channel.send(alert)
+        got = inbox.wait_for(1)
+        inbox.close()
+    channel.close()
+    assert got == [(f"zaindari/alerts/{alert.device_id}", alert.model_dump(mode="json"))]
