@@ -703,6 +703,7 @@ class ShipReport:
 
     online: bool = False
     reconnected: bool = False
+    busy: bool = False  # another shipper holds the buffer; nothing was sent
     shipped: dict[str, int] = field(default_factory=dict)
     objects: list[str] = field(default_factory=list)
     error: str | None = None
@@ -763,7 +764,19 @@ class Shipper:
 
     def ship_once(self, *, max_batches: int | None = None) -> ShipReport:
         """Probe the link if it was down (an ack), then ship batches until the log is empty, a
-        send fails, or ``max_batches`` were sent."""
+        send fails, or ``max_batches`` were sent.
+
+        One shipper at a time per buffer, across processes (an exclusive lock on
+        ``<buffer>.ship.lock``, released if its holder dies): two would send the same planned batch
+        twice, which S3 absorbs but EventBridge does not. When another holds it, nothing is sent.
+        """
+        with _exclusive(self.buffer.path.with_name(self.buffer.path.name + ".ship.lock")) as mine:
+            if not mine:
+                stats = self.buffer.stats()
+                return ShipReport(online=self.online, busy=True, remaining=sum(stats.rows.values()))
+            return self._ship(max_batches)
+
+    def _ship(self, max_batches: int | None) -> ShipReport:
         report = ShipReport()
         try:
             if not self.online:
@@ -818,6 +831,23 @@ class Shipper:
                 self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})
             return []
         raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """A non-blocking exclusive ``flock`` on ``path``: yields whether this process holds it."""
+    import fcntl
+
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _now() -> str:
