@@ -265,7 +265,7 @@ class Settings(BaseModel):
     )
     edge_buffer_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
-        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~10x cheaper.",
+        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~5x cheaper.",
     )
     edge_ship_backoff_seconds: float = Field(
         default=1.0, gt=0, le=60, description="First wait after a failed shipment; doubles each time."
