@@ -233,8 +233,9 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
     as a stack deployment with those parameter overrides would; loaded containers are dropped."""
     from zaindari.infra.provision import provision
 
-    assert run.aws is not None
     factory = run.require_factory()
+    if run.aws is None:
+        raise DemoError("the embedded AWS is not running")
     run.stack = provision(
         factory, run.root / "template.yaml", parameters={"LogLevel": "WARNING", **parameters}
     )
@@ -498,6 +499,10 @@ def stream_live(run: DemoRun) -> dict[str, Any]:
     }
 
 
+# The loop in order. A step that lands replaces its ``not_built`` entry with a function; the report
+# reads its figures from its detail: drift_retraining returns the drift evidence and the challenger's
+# version and gate decision (the registry then shows it in production, or refused); edge_box returns
+# ``model_version``, the registry version the box runs at the end (the e2e test checks both).
 STEPS: tuple[Step, ...] = (
     Step(
         "embedded_aws", "Embedded AWS (moto server) with the resources of template.yaml", start_embedded_aws
