@@ -266,6 +266,8 @@ def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     run.aws = start_local_aws("127.0.0.1", 0, reuse_existing=False)
+    # moto keeps its state per process, shared by every server in it: start from a clean slate
+    run.aws.reset()
     run.factory = run.aws.client_factory()
     _configure_functions(run, {})
     stack = run.require_stack()
