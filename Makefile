@@ -82,7 +82,7 @@ docs: setup ## Regenerate the generated parts of README.md (the settings table)
 	$(PY) docs/update_readme.py
 
 DEMO_ARGS ?=
-demo: setup ## The whole loop on embedded defaults; report in out/demo/ (DEMO_ARGS=--small: a 1-minute plant)
+demo: setup ## The whole loop on embedded defaults; report in out/demo/ (DEMO_ARGS=--small: a small plant, 1 to 2 minutes)
 	$(BIN)/zaindari demo $(DEMO_ARGS)
 
 aws-up: setup ## Run the embedded AWS (moto server) on $(AWS_HOST):$(AWS_PORT) until Ctrl-C
