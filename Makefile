@@ -21,6 +21,10 @@ CFN_LINT_VERSION ?= 1.58.0
 SAM_CLI_VERSION ?= 1.170.0
 CFN_LINT_STAMP := $(TOOLS)/cfn-lint/.installed-$(CFN_LINT_VERSION)
 SAM_STAMP := $(TOOLS)/sam/.installed-$(SAM_CLI_VERSION)
+# The sagemaker SDK (v2) pins numpy>=2 and pandas>=3 (we pin <2 and <3): its own venv, and no
+# zaindari install in it (zaindari.sagemaker_tools runs from src/ on PYTHONPATH).
+SAGEMAKER_SDK_VERSION ?= 2.257.7
+SAGEMAKER_STAMP := $(TOOLS)/sagemaker/.installed-$(SAGEMAKER_SDK_VERSION)
 CHECKOV_VERSION ?= 3.3.30
 CHECKOV_STAMP := $(TOOLS)/checkov/.installed-$(CHECKOV_VERSION)
 # sam reads a region and credentials even for offline commands: fixed dummies keep it offline and
@@ -46,7 +50,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template checkov build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer
+.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-RegisterModelFunction build-DeployModelFunction tools-sagemaker sagemaker-tools checkov
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -79,9 +83,9 @@ check: lint lint-template typecheck test ## Exactly what CI runs: lint, template
 docs: setup ## Regenerate the generated parts of README.md (the settings table)
 	$(PY) docs/update_readme.py
 
-demo: setup ## The whole loop on embedded defaults (not built yet: see issue "make demo")
-	@echo "make demo: the end-to-end demo is not built yet (tracked in the 'make demo' issue)." >&2
-	@exit 2
+DEMO_ARGS ?=
+demo: setup ## The whole loop on embedded defaults; report in out/demo/ (DEMO_ARGS=--small: a small plant, 1 to 2 minutes)
+	$(BIN)/zaindari demo $(DEMO_ARGS)
 
 aws-up: setup ## Run the embedded AWS (moto server) on $(AWS_HOST):$(AWS_PORT) until Ctrl-C
 	$(BIN)/zaindari aws up --host $(AWS_HOST) --port $(AWS_PORT)
@@ -95,7 +99,7 @@ invoke: setup ## Run FN (default score_event) once on EVENT=events/<file>.json a
 	@test -n "$(EVENT)" || { echo "usage: make invoke [FN=score_event] EVENT=events/sqs_batch.json [INVOKE_ARGS='--endpoint URL --model PATH']" >&2; exit 2; }
 	@$(BIN)/zaindari invoke $(FN) $(EVENT) $(INVOKE_ARGS)
 
-bench: setup ## Run every benchmark under bench/ and print one table
+bench: setup bench-tools ## Run every benchmark under bench/ and print one table
 	$(PY) bench/run_all.py
 
 clean: ## Remove build outputs and caches (keeps .venv)
@@ -114,13 +118,55 @@ $(SAM_STAMP):
 	$(TOOLS)/sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==$(SAM_CLI_VERSION)
 	@touch $@
 
+$(SAGEMAKER_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/sagemaker
+	$(UV) venv --quiet --python $(PYTHON) $(TOOLS)/sagemaker
+	$(UV) pip install --quiet --python $(TOOLS)/sagemaker/bin/python sagemaker==$(SAGEMAKER_SDK_VERSION)
+	@touch $@
+
+
+tools-sagemaker: $(SAGEMAKER_STAMP) ## Create .tools/sagemaker (the sagemaker SDK for zaindari.sagemaker_tools)
+
+sagemaker-tools: $(SAGEMAKER_STAMP) ## Run zaindari.sagemaker_tools with the SDK: make sagemaker-tools ARGS='deploy plant-anomaly --role ARN --endpoint NAME'
+	SAGEMAKER_SUPPRESS_V2_WARNING=1 PYTHONPATH=$(CURDIR)/src $(TOOLS)/sagemaker/bin/python -m zaindari.sagemaker_tools $(ARGS)
+
+# OpenFaaS build contexts (stack.yml): each function's handler.py, the edge requirements and the core.
+EDGE_FUNCTIONS := score-event:score_event score-file:score_batch model-sync:model_sync
+.PHONY: edge-build
+edge-build: ## Assemble build/edge/<function>/ (handler.py, requirements.txt, zaindari/) for faas-cli
+	@for pair in $(EDGE_FUNCTIONS); do \
+		fn=$${pair%%:*}; folder=$${pair##*:}; out=$(BUILD)/edge/$$fn; \
+		rm -rf $$out && mkdir -p $$out && \
+		cp functions/$$folder/handler.py $$out/handler.py && \
+		cp infra/edge/requirements.txt $$out/requirements.txt && \
+		cp -R src/zaindari $$out/zaindari && \
+		find $$out -name __pycache__ -type d -prune -exec rm -rf {} + && \
+		echo "$$out: handler.py, requirements.txt, zaindari/ ($$(du -sh $$out | cut -f1))" || exit 1; \
+	done
+
+# mlflow only for the edge benchmark's baseline (`mlflow models serve`): its own venv, never .venv.
+MLFLOW_VERSION ?= 3.17.2
+MLFLOW_STAMP := $(TOOLS)/mlflow/.installed-$(MLFLOW_VERSION)
+$(MLFLOW_STAMP): | $(STAMP)
+	rm -rf $(TOOLS)/mlflow
+	$(PYTHON) -m venv $(TOOLS)/mlflow
+	$(UV) pip install --quiet --python $(TOOLS)/mlflow/bin/python mlflow==$(MLFLOW_VERSION) onnx onnxruntime
+	@touch $@
+
+.PHONY: tool-mlflow
+tool-mlflow: $(MLFLOW_STAMP) ## Create .tools/mlflow (pinned mlflow, for bench/bench_edge_http.py)
+
+.PHONY: bench-tools
+bench-tools: $(MLFLOW_STAMP) ## What bench/bench_edge_http.py needs: .tools/mlflow and wrk (Debian package)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
 $(CHECKOV_STAMP):
 	rm -rf $(TOOLS)/checkov
 	$(PYTHON) -m venv $(TOOLS)/checkov
 	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	@touch $@
 
-tools: $(CFN_LINT_STAMP) $(SAM_STAMP) $(CHECKOV_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam, .tools/checkov)
+tools: $(CFN_LINT_STAMP) $(SAM_STAMP) $(CHECKOV_STAMP) $(SAGEMAKER_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam, .tools/checkov, .tools/sagemaker)
 
 lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate, checkov (offline)
 	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml
@@ -153,8 +199,18 @@ build-ScoreEventFunction: ## Copy score_event's code into ARTIFACTS_DIR (sam bui
 build-StartRetrainingFunction: ## Copy start_retraining's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,start_retraining)
 
+.PHONY: build-MonitorDriftFunction
+build-MonitorDriftFunction: ## Copy monitor_drift's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,monitor_drift)
+
 build-ScoreBatchFunction: ## Copy score_batch's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,score_batch)
+
+build-RegisterModelFunction: ## Copy register_model's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,register_model)
+
+build-DeployModelFunction: ## Copy deploy_model's code into ARTIFACTS_DIR (sam build calls it)
+	$(call copy_function,deploy_model)
 
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
@@ -203,3 +259,13 @@ build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam)
 		printf "%-34s %9s\n", "fits", (total < limit * mb) ? "yes" : "NO" }' > $(BUILD)/sizes_batch.txt; \
 	cat $(BUILD)/sizes_batch.txt; cat $(BUILD)/sizes_batch.txt >> $(BUILD)/sizes.txt; rm $(BUILD)/sizes_batch.txt; \
 	test $$((code + layer + files)) -lt $$(( $(LAMBDA_LIMIT_MB) * 1048576 ))
+
+# The edge tests start a real MQTT broker: mosquitto from Debian's packages (as root, or with sudo).
+.PHONY: broker
+broker: ## Install mosquitto (the local MQTT broker the edge tests start) when it is missing
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto; }
+
+test: broker

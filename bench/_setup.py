@@ -82,6 +82,7 @@ def start_aws(bundle_dir: Path) -> BenchAws:
         "ZAINDARI_ONNX_THREADS": "1",  # the default, pinned: benchmarks compare like with like
         "POWERTOOLS_METRICS_NAMESPACE": "ZaindariBench",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "PYDANTIC_DISABLE_PLUGINS": "__all__",  # as template.yaml's Globals set it
     }
     return BenchAws(server=server, factory=factory, lake=lake, env=env)
 

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from zaindari.example_model import example_model_bundle
+from zaindari.infra.lambda_events import eventbridge_event, http_event, sqs_event
 from zaindari.infra.lambda_local import LocalLambdaContext, import_function
 from zaindari.simulate import PlantConfig, simulate_plant
 from zaindari.spec import ModelSpec, load_spec
+
+__all__ = [
+    "EXAMPLE_SPEC",
+    "ROOT",
+    "LambdaContext",
+    "bodies_of",
+    "eventbridge_event",
+    "example_spec",
+    "fit_example_bundle",
+    "http_event",
+    "kinesis_event",
+    "load_function",
+    "plant_readings",
+    "sqs_event",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = ROOT / "src" / "zaindari" / "data" / "plant_anomaly.yaml"
@@ -41,31 +57,6 @@ def LambdaContext(function_name: str = "score_event") -> LocalLambdaContext:
     return LocalLambdaContext(function_name)
 
 
-def sqs_event(bodies: list[str], ids: list[str] | None = None) -> dict[str, Any]:
-    ids = ids or [f"msg-{i:05d}" for i in range(len(bodies))]
-    return {
-        "Records": [
-            {
-                "messageId": mid,
-                "receiptHandle": f"handle-{mid}",
-                "body": body,
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": "1763700000000",
-                    "SenderId": "AIDAEXAMPLE",
-                    "ApproximateFirstReceiveTimestamp": "1763700000001",
-                },
-                "messageAttributes": {},
-                "md5OfBody": "0" * 32,
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:zaindari-telemetryqueue",
-                "awsRegion": "eu-west-1",
-            }
-            for mid, body in zip(ids, bodies, strict=True)
-        ]
-    }
-
-
 def kinesis_event(payloads: list[bytes]) -> dict[str, Any]:
     return {
         "Records": [
@@ -90,54 +81,117 @@ def kinesis_event(payloads: list[bytes]) -> dict[str, Any]:
     }
 
 
-def eventbridge_event(detail: Any) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Zaindari Telemetry",
-        "source": "zaindari.plant",
-        "account": "123456789012",
-        "time": "2026-11-20T10:00:00Z",
-        "region": "eu-west-1",
-        "resources": [],
-        "detail": detail,
-    }
-
-
-def http_event(
-    method: str, path: str, body: str | None = None, *, base64_body: bool = False
-) -> dict[str, Any]:
-    payload = body
-    if body is not None and base64_body:
-        payload = base64.b64encode(body.encode()).decode()
-    return {
-        "version": "2.0",
-        "routeKey": f"{method} {path}",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "abc.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc",
-            "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "10.0.0.1",
-                "userAgent": "t",
-            },
-            "requestId": str(uuid.uuid4()),
-            "routeKey": f"{method} {path}",
-            "stage": "$default",
-            "time": "20/Nov/2026:10:00:00 +0000",
-            "timeEpoch": 1763632800000,
-        },
-        "body": payload,
-        "isBase64Encoded": base64_body,
-    }
-
-
 def bodies_of(readings: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(r) for r in readings]
+
+
+# -- drift: a fleet of 24 simulated machines (see tests/unit/test_drift.py)
+
+FLEET_START = datetime(2024, 3, 1, tzinfo=UTC)
+FLEET_LINES, FLEET_PER_LINE = 4, 6
+FLEET_DEVICES = tuple(
+    m.device_id for m in PlantConfig(lines=FLEET_LINES, machines_per_line=FLEET_PER_LINE).machines()
+)
+#: The two sensors a drifting stream shifts, on every machine: (sensor, kind, magnitude).
+FLEET_SHIFT = (("temperature", "offset", 12.0), ("pressure", "gain", 0.5))
+
+
+def fleet_readings(seed: int, start: datetime, *, drifted: bool = False) -> list[dict[str, Any]]:
+    """One hour of the fleet (1,440 readings); ``drifted``: the FLEET_SHIFT sensors read off."""
+    from zaindari.simulate import DriftEvent
+
+    drifts = tuple(
+        DriftEvent(sensor=s, start=start, kind=kind, magnitude=m, devices=FLEET_DEVICES)  # type: ignore[arg-type]
+        for s, kind, m in (FLEET_SHIFT if drifted else ())
+    )
+    config = PlantConfig(
+        seed=seed,
+        lines=FLEET_LINES,
+        machines_per_line=FLEET_PER_LINE,
+        start=start,
+        duration=timedelta(hours=1),
+        drifts=drifts,
+    )
+    return list(simulate_plant(config).readings())
+
+
+def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
+    """A PCA bundle (with baseline.json) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
+    import numpy as np
+
+    from zaindari.contract import parse_readings
+    from zaindari.features import SensorTable, compute_features
+    from zaindari.pca_model import fit_pca_bundle
+
+    spec = example_spec()
+    matrices = []
+    for seed in range(seeds):
+        parsed = parse_readings(fleet_readings(seed, FLEET_START))
+        table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
+        matrices.append(compute_features(spec, table).matrix(spec.model_features))
+    return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")
+
+
+# -- servers started as their own process (the edge server, the SageMaker server), over real HTTP
+
+
+def http_call(
+    url: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with the standard library: (status, headers, body), errors included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0) -> Any:
+    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file)."""
+    import os
+    import subprocess
+    import tempfile
+    import time
+    import urllib.error
+
+    log = tempfile.NamedTemporaryFile(prefix="zaindari-server-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{argv} exited with {process.returncode}: {Path(log.name).read_text()}")
+        try:
+            http_call(ready_url, timeout=2)
+            return process
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{argv} did not answer {ready_url} in {timeout} s: {Path(log.name).read_text()}")
+
+
+def stop_server(process: Any) -> None:
+    """SIGTERM (gunicorn stops gracefully), then wait."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except Exception:
+        process.kill()
+        process.wait()
+
+
+def zaindari_cli() -> list[str]:
+    """The ``zaindari`` command of the interpreter running the tests."""
+    import sys
+
+    return [sys.executable, "-m", "zaindari.cli"]

@@ -178,48 +178,15 @@ def http_app() -> "APIGatewayHttpResolver":
     )
     def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Any:
         # the body is parsed again with the receiver's clock and limits (future skew, sizes)
-        parsed = parse_payload(app.current_event.decoded_body or "", limits=settings.limits)
-        if parsed.rejections:
-            metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=len(parsed.rejections))
-            return _json_response(
-                400,
-                {
-                    "message": "invalid telemetry: nothing was scored",
-                    "errors": [r.to_dict() for r in parsed.rejections],
-                },
-            )
         request_id = app.current_event.request_context.request_id or "http"
-        report = scoring().score_records([InboundRecord(request_id, parsed.readings, "http")])
-        _observe(report, "http")
-        if report.retry_ids:
-            return _json_response(
-                503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}
+        answer = scoring().answer_http(app.current_event.decoded_body or "", request_id)
+        if answer.report is not None:
+            _observe(answer.report, "http")
+        elif answer.status == 400:
+            metrics.add_metric(
+                name="ReadingsRejected", unit=MetricUnit.Count, value=len(answer.body["errors"])
             )
-        return _json_response(
-            200,
-            {
-                "model_version": report.model_version,
-                "scores": [
-                    {
-                        k: row[k]
-                        for k in (
-                            "device_id",
-                            "timestamp",
-                            "seq",
-                            "score",
-                            "severity",
-                            "rules",
-                            "alert",
-                            "late",
-                        )
-                    }
-                    for row in report.scored
-                ],
-                "alerts": [a.model_dump(mode="json") for a in report.alerts],
-                "rejected": [r.to_dict() for r in report.rejected],
-                "duplicates": report.duplicates,
-            },
-        )
+        return _json_response(answer.status, answer.body, answer.headers)
 
     @app.get("/health", summary="Liveness and the model version in use", tags=["ops"])
     def health() -> dict[str, Any]:

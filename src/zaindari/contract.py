@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -344,6 +345,19 @@ def _records_of(document: Any) -> list[Any] | None:
     return None
 
 
+def _decode_json(text: str) -> Any:
+    """``json.loads``, about 3x faster through orjson when orjson accepts the text.
+
+    What orjson refuses (``NaN`` literals, integers beyond 64 bits, lone surrogates, nesting past
+    its limit) goes to the standard library, so the contract sees exactly what ``json.loads`` makes
+    and keeps naming the bad field (a ``NaN`` sensor value is a field error, not bad JSON).
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def parse_payload(
     payload: bytes | str | Any,
     *,
@@ -360,12 +374,17 @@ def parse_payload(
     limits = limits or DEFAULT_LIMITS
     document: Any = payload
     if isinstance(payload, bytes | bytearray | str):
-        raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
-        if len(raw) > limits.max_payload_bytes:
-            raise PayloadTooLarge(len(raw), limits.max_payload_bytes)
-        text = raw.decode("utf-8", "replace")
+        if isinstance(payload, str) and payload.isascii():
+            text = payload  # the common case: its length is its size in bytes, no copy
+            if len(text) > limits.max_payload_bytes:
+                raise PayloadTooLarge(len(text), limits.max_payload_bytes)
+        else:
+            raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
+            if len(raw) > limits.max_payload_bytes:
+                raise PayloadTooLarge(len(raw), limits.max_payload_bytes)
+            text = raw.decode("utf-8", "replace")
         try:
-            document = json.loads(text)
+            document = _decode_json(text)
         except (ValueError, RecursionError) as exc:
             return ParsedPayload(rejections=[Rejection(0, f"payload is not valid JSON: {exc}", record=text)])
     records = _records_of(document)

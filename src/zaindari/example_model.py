@@ -23,7 +23,7 @@ def example_spec_text() -> str:
 
 
 # Bump when the recipe below changes, so cached bundles are refitted.
-_EXAMPLE_FIT_RECIPE = "PlantConfig.small(seed=0..3); readings before the first fault onset; PCA k=3; v2"
+_EXAMPLE_FIT_RECIPE = "PlantConfig.small(seed=0..3); readings before the first fault onset; PCA k=3; v3"
 _EXAMPLE_FIT_SEEDS = (0, 1, 2, 3)
 
 

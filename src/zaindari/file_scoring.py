@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zaindari.alerting import LEARNED_RULE_ID, Alert
 from zaindari.bundle import ModelBundle
+from zaindari.drift import SummaryStore, WindowSummary
 from zaindari.features import SensorTable
 from zaindari.file_reading import (
     DEFAULT_CHUNK_BYTES,
@@ -899,6 +900,13 @@ class _Progress:
     chunks: int = 0
     columns: list[str] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
+    #: the run's window summaries (``zaindari.drift``), one per window start, merged chunk by chunk
+    windows: dict[int, WindowSummary] = field(default_factory=dict)
+
+    def add_summaries(self, summaries: Sequence[WindowSummary]) -> None:
+        for summary in summaries:
+            known = self.windows.get(summary.start)
+            self.windows[summary.start] = summary if known is None else known.merge(summary)
 
 
 class FileScoring:
@@ -914,6 +922,10 @@ class FileScoring:
         Chunk sizes, summaries, pass-through columns, threads.
     clock
         Current time (UTC); injectable for tests.
+    summaries
+        Where each run's window summaries go (``zaindari.drift``; none: not kept). They are
+        written under the run's name before the outputs are published, so a retried run
+        overwrites its own.
     """
 
     def __init__(
@@ -923,11 +935,13 @@ class FileScoring:
         sink: FileSink,
         options: FileScoringOptions | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        summaries: SummaryStore | None = None,
     ) -> None:
         self.model = model
         self.sink = sink
         self.options = options or FileScoringOptions()
         self.clock = clock
+        self.summaries = summaries
 
     def score_file(
         self,
@@ -997,6 +1011,14 @@ class FileScoring:
         except BaseException:
             self.sink.abort(run)  # a bug, not the file: publish nothing and let it surface
             raise
+        if self.summaries is not None and progress.windows:
+            try:
+                self.summaries.write(
+                    [progress.windows[k] for k in sorted(progress.windows)], source="files", name=run.name
+                )
+            except PortError:
+                self.sink.abort(run)
+                raise
         outputs = self.sink.commit(run)
         known = {bundle.spec.identifiers.asset, bundle.spec.identifiers.time, bundle.spec.identifiers.mode}
         known |= set(bundle.spec.sensor_names) | set(IDENTITY_COLUMNS)
@@ -1114,6 +1136,7 @@ class FileScoring:
         with _collector_paused():
             result = score_table(bundle, valid.table, states, threads=self.options.threads)
         states.update(result.states)
+        progress.add_summaries(result.summaries)
 
         # quarantine: contract failures, then the features stage's (ranges, derived values)
         bad_positions = [p for p, _, _ in valid.rejected]

@@ -10,8 +10,9 @@ import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
@@ -33,6 +34,9 @@ from zaindari.registry import (
     RegistryStore,
     VersionConflict,
 )
+
+if TYPE_CHECKING:
+    from zaindari.drift import WindowSummary
 
 __all__ = [
     "LocalArtifactStore",
@@ -195,3 +199,78 @@ class LocalArtifactStore:
 def _conforms_registry() -> None:
     _s: RegistryStore = MemoryRegistryStore()
     _a: ArtifactStore = LocalArtifactStore(Path("."))
+
+
+# -- drift monitoring (zaindari.drift)
+
+
+class MemorySummaryStore:
+    """Window summaries in a dict keyed like the lake's objects; a replay overwrites its own."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, list[WindowSummary]] = {}
+        self.fail = False
+
+    def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
+        if self.fail:
+            raise PortError("summary store unavailable")
+        keys = []
+        for s in summaries:
+            key = f"{s.model_version}/{s.start}/{source}-{name}"
+            self.objects[key] = [s]
+            keys.append(key)
+        return keys
+
+    def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+        lo, hi = start.timestamp(), end.timestamp()
+        return [
+            s
+            for items in self.objects.values()
+            for s in items
+            if s.model_version.split(":")[0] == model and lo <= s.start < hi
+        ]
+
+
+class MemoryDriftTriggerLog:
+    """The last drift trigger per model."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, datetime] = {}
+        self.evidence: dict[str, Mapping[str, Any]] = {}
+
+    def claim(self, model: str, at: datetime, min_interval: timedelta, evidence: Mapping[str, Any]) -> bool:
+        last = self.last.get(model)
+        if last is not None and at - last < min_interval:
+            return False
+        self.last[model] = at
+        self.evidence[model] = evidence
+        return True
+
+    def release(self, model: str, at: datetime) -> None:
+        if self.last.get(model) == at:
+            del self.last[model]
+
+
+@dataclass
+class MemoryDriftNotifier:
+    """Drift events and people alerts, kept in lists."""
+
+    events: list[Mapping[str, Any]] = field(default_factory=list)
+    people: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+
+    def drift_detected(self, detail: Mapping[str, Any]) -> None:
+        self.events.append(detail)
+
+    def tell_people(self, subject: str, message: Mapping[str, Any]) -> None:
+        self.people.append((subject, message))
+
+
+def _conforms_drift() -> None:
+    from zaindari.drift import DriftNotifier, DriftTriggerLog, SummaryStore
+
+    _s: SummaryStore = MemorySummaryStore()
+    _t: DriftTriggerLog = MemoryDriftTriggerLog()
+    _n: DriftNotifier = MemoryDriftNotifier()
+
+
+__all__ += ["MemoryDriftNotifier", "MemoryDriftTriggerLog", "MemorySummaryStore"]

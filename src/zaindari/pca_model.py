@@ -179,7 +179,12 @@ def fit_pca_bundle(
         "n_components": int(weights.components.shape[1]),
         "score_quantiles": {str(q): float(np.quantile(scores, q)) for q in (0.5, 0.9, 0.99, 0.999)},
     }
-    all_extras = {"metrics.json": metrics, **(extras or {})}
+    from zaindari.drift import BASELINE_FILE, compute_baseline
+
+    baseline = compute_baseline(
+        spec, spec.model_features, matrix, scores, thresholds, source=f"{matrix.shape[0]} training rows"
+    )
+    all_extras = {"metrics.json": metrics, BASELINE_FILE: baseline.model_dump(mode="json"), **(extras or {})}
     return write_bundle(
         out_dir,
         model=pca_anomaly_onnx(weights),

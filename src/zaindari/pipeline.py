@@ -18,6 +18,7 @@ import numpy.typing as npt
 from zaindari.alerting import Alert, AlertState, evaluate_alerts
 from zaindari.bundle import ModelBundle
 from zaindari.contract import Reading, Rejection
+from zaindari.drift import WindowSummary, baseline_of, summarize_table
 from zaindari.features import DeviceHistory, FeatureBatch, SensorTable, compute_features
 from zaindari.scoring import get_scorer
 
@@ -89,6 +90,8 @@ class TableScores:
     alerts: list[Alert]
     states: dict[str, DeviceState]
     model_version: str
+    #: What was scored, per time window (``zaindari.drift``); empty when the bundle has no baseline.
+    summaries: list[WindowSummary] = field(default_factory=list)
 
     @property
     def rows(self) -> npt.NDArray[np.intp]:
@@ -114,6 +117,7 @@ class ScoringOutcome:
     alerts: list[Alert]
     states: dict[str, DeviceState]
     model_version: str
+    summaries: list[WindowSummary] = field(default_factory=list)
 
 
 def score_table(
@@ -180,14 +184,32 @@ def score_table(
             evicted_until=previous.evicted_until if previous else None,
             outbox=list(previous.outbox) if previous else [],
         )
+    row_rules = evaluation.row_rules if evaluation else []
+    baseline = baseline_of(bundle)
+    summaries = (
+        summarize_table(
+            baseline,
+            model_version=bundle.model_version,
+            devices=table.device_id,
+            timestamps=table.timestamp,
+            sensors=table.sensors,
+            rows=rows,
+            matrix=matrix,
+            score=outputs.score,
+            alerts=np.fromiter((bool(r) for r in row_rules), dtype=bool, count=len(row_rules)),
+        )
+        if baseline is not None
+        else []
+    )
     return TableScores(
         features=features,
         score=outputs.score,
-        row_rules=evaluation.row_rules if evaluation else [],
+        row_rules=row_rules,
         row_severity=evaluation.row_severity if evaluation else [],
         alerts=evaluation.alerts if evaluation else [],
         states=new_states,
         model_version=bundle.model_version,
+        summaries=summaries,
     )
 
 
@@ -239,4 +261,5 @@ def score_readings(
         alerts=result.alerts,
         states=result.states,
         model_version=result.model_version,
+        summaries=result.summaries,
     )

@@ -1,4 +1,4 @@
-"""``zaindari registry``: list, show, register, promote, roll back and read the history of models.
+"""``zaindari registry``: list, show, register, promote, deploy, roll back and read the history of models.
 
 Runs against the configured AWS (``AWS_ENDPOINT_URL`` for moto or LocalStack) with the registry
 table and lake bucket from ``ZAINDARI_*`` settings. Output is plain-text tables. Exit codes: 0 done
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from zaindari.deployment import DeploymentOutcome, ModelLifecycle
     from zaindari.registry import HistoryEntry, ModelRegistry, ModelVersion
     from zaindari.settings import Settings
 
@@ -224,15 +225,44 @@ def _promote(registry: ModelRegistry, args: argparse.Namespace, settings: Settin
             f"shadow: {s['readings']} readings, alert rate production {s['champion_alert_rate']:.4f}, "
             f"candidate {s['challenger_alert_rate']:.4f}"
         )
+    if decision.promoted:
+        _lifecycle(settings).announce_promotion(decision, actor=_actor())
+        print("announced: Zaindari Model Promoted (deploy_model deploys it)")
     return 1 if decision.outcome == "refused" else 0
 
 
-def _rollback(registry: ModelRegistry, args: argparse.Namespace) -> int:
-    entry = registry.rollback(args.model, to_version=args.to, reason=args.reason, actor=_actor())
-    print(
-        f"rolled back {entry.model} production from version {entry.from_version} to {entry.to_version}: {entry.reason}"
-    )
+def _lifecycle(settings: Settings) -> ModelLifecycle:
+    from zaindari.infra.deploy_ports import build_model_lifecycle
+    from zaindari.infra.wiring import client_factory
+
+    return build_model_lifecycle(settings, client_factory())
+
+
+def _print_deployment(outcome: DeploymentOutcome) -> None:
+    rows = [
+        [t.target, t.status, ", ".join(f"{k}={v}" for k, v in t.detail.items() if k != "statuses") or None]
+        for t in outcome.targets
+    ]
+    if rows:
+        print(format_table(["target", "status", "detail"], rows))
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    """Production back to the previous (or --to) version, deployed everywhere, announced."""
+    lifecycle = _lifecycle(settings)
+    before = lifecycle.registry.alias_version(args.model, "production")
+    outcome = lifecycle.rollback(args.model, to_version=args.to, reason=args.reason, actor=_actor())
+    print(f"rolled back {args.model} production from version {before} to {outcome.version}: {args.reason}")
+    _print_deployment(outcome)
     return 0
+
+
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    """Deploy the production version again (the SageMaker endpoint, the edge, the mirror)."""
+    outcome = _lifecycle(settings).deploy_production(args.model, reason=args.reason or "deployed by hand")
+    print(f"{outcome.status}: {args.model} version {outcome.version} {outcome.reason}".rstrip())
+    _print_deployment(outcome)
+    return 0 if outcome.status == "deployed" else 1
 
 
 def _history(registry: ModelRegistry, args: argparse.Namespace) -> int:
@@ -264,11 +294,14 @@ def _run(args: argparse.Namespace) -> int:
         command = args.registry_command
         if command == "promote":
             return _promote(registry, args, settings)
+        if command == "rollback":
+            return _rollback(args, settings)
+        if command == "deploy":
+            return _deploy(args, settings)
         handlers = {
             "list": _list,
             "show": _show,
             "register": _register,
-            "rollback": _rollback,
             "history": _history,
         }
         return handlers[command](registry, args)
@@ -315,7 +348,15 @@ def build_registry_command(commands: argparse._SubParsersAction[argparse.Argumen
     promote.add_argument("--tolerance", type=float, help="override ZAINDARI_PROMOTION_TOLERANCE")
     promote.add_argument("--approved-by", metavar="NAME", help="the approver (when manual approval is on)")
     promote.add_argument("--reason", help="why, kept in the history")
-    rollback = sub.add_parser("rollback", help="set production back to the previous (or a named) version")
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy the production version again: SageMaker endpoint, edge update, package statuses",
+    )
+    deploy.add_argument("model", metavar="MODEL")
+    deploy.add_argument("--reason", help="why, sent with the edge's model-update event")
+    rollback = sub.add_parser(
+        "rollback", help="set production back to the previous (or a named) version and deploy it everywhere"
+    )
     rollback.add_argument("model", metavar="MODEL")
     rollback.add_argument("--to", metavar="VERSION", type=int, help="the version to go back to")
     rollback.add_argument("--reason", required=True, help="why, kept in the history")

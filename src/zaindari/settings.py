@@ -161,6 +161,159 @@ class Settings(BaseModel):
     promotion_manual_approval: bool = Field(
         default=False, description="A challenger that passes the gate waits for a named approver."
     )
+    # -- drift monitoring (monitor_drift; summaries written by every scoring path)
+    drift_summaries: bool = Field(
+        default=True,
+        description="Scoring writes per-hour window summaries to summaries/ (bundles with a baseline).",
+    )
+    drift_state_table: str = Field(
+        default="zaindari-drift-state", description="DynamoDB table: the last drift trigger per model."
+    )
+    drift_window_hours: int = Field(
+        default=24,
+        ge=1,
+        le=24 * 90,
+        description="monitor_drift compares the last this-many hours with the baseline.",
+    )
+    drift_min_interval_hours: float = Field(
+        default=168.0, ge=0, description="At most one drift-triggered retraining per model within this time."
+    )
+    drift_min_readings: int = Field(
+        default=1000, ge=1, description="A window with fewer scored readings gives no drift verdict."
+    )
+    drift_psi: float = Field(
+        default=0.5, gt=0, description="A feature drifts at or above this PSI (and KS D)."
+    )
+    drift_ks: float = Field(
+        default=0.2, gt=0, le=1, description="A feature drifts at or above this binned KS D (and PSI)."
+    )
+    drift_score_psi: float = Field(
+        default=0.5, gt=0, description="The model's score drifts at or above this PSI."
+    )
+    drift_missing_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Alert people when a sensor is missing from more of the readings.",
+    )
+    drift_out_of_range_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Alert people when more of a sensor's readings are out of range.",
+    )
+    drift_alert_rate_change: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Alert people when the share of alerting readings moves more than this between windows.",
+    )
+    # -- deployment (register_model, deploy_model) and registry:// model references
+    model_alias_ttl_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a registry://<model>/<alias> model path is trusted before the alias is read again.",
+    )
+    shadow_readings: int = Field(
+        default=2000, ge=10, le=100_000, description="Recent raw readings the promotion gate shadow-scores."
+    )
+    sagemaker_model_registry: bool = Field(
+        default=True,
+        description="Mirror each version into a SageMaker Model Package Group named after the model.",
+    )
+    sagemaker_image_uri: str | None = Field(
+        default=None,
+        description="Serving container image (ECR URI); unset: no SageMaker endpoint is deployed.",
+    )
+    sagemaker_execution_role_arn: str | None = Field(
+        default=None, description="IAM role the SageMaker model runs as (reads the bundle from the lake)."
+    )
+    sagemaker_endpoint_name: str = Field(
+        default="zaindari-{model}", description="SageMaker endpoint of a model; {model} is the model name."
+    )
+    sagemaker_serverless_memory_mb: int = Field(
+        default=2048,
+        ge=1024,
+        le=6144,
+        multiple_of=1024,
+        description="Serverless inference memory of the endpoint (1024 to 6144, in steps of 1024).",
+    )
+    sagemaker_serverless_max_concurrency: int = Field(
+        default=5, ge=1, le=200, description="Serverless inference concurrent invocations of the endpoint."
+    )
+    model_update_topic: str = Field(
+        default="zaindari/models/{model}/update",
+        description="IoT topic of the edge's model-update events; {model} is the model name; empty: none.",
+    )
+    presigned_url_seconds: int = Field(
+        default=86400, ge=60, le=604800, description="Validity of the bundle URLs in model-update events."
+    )
+    # -- edge box, offline side (zaindari.edge: buffer, local alerts, model sync)
+    edge_box_id: str = Field(
+        default="edge-1",
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="Names this box in the objects it ships and in its acks.",
+    )
+    edge_buffer_path: str = Field(
+        default="/var/lib/zaindari/edge/buffer.db",
+        description="The box's SQLite store-and-forward buffer (and its device state).",
+    )
+    edge_buffer_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Buffer bound; past it the oldest raw scores become hourly summaries (alerts are never dropped).",
+    )
+    edge_buffer_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~5x cheaper.",
+    )
+    edge_ship_backoff_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="First wait after a failed shipment; doubles each time."
+    )
+    edge_ship_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between shipment attempts while the link is down."
+    )
+    edge_model_dir: str = Field(
+        default="/var/lib/zaindari/edge/models",
+        description="The box's model store: installed bundles, current.json, golden.jsonl.",
+    )
+    edge_max_golden_alert_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Share of the golden (normal) readings a new model may flag before it is refused.",
+    )
+    edge_rollback_after_errors: int = Field(
+        default=3, ge=1, le=1000, description="Consecutive failed live batches that roll a new model back."
+    )
+    edge_mqtt_host: str | None = Field(
+        default=None, description="Local MQTT broker for alerts; unset: no MQTT."
+    )
+    edge_mqtt_port: int = Field(default=1883, ge=1, le=65535, description="Local MQTT broker port.")
+    edge_mqtt_topic: str = Field(
+        default="zaindari/alerts/{device_id}",
+        description="MQTT topic of alerts ({device_id}, {site}, {line}, {asset}, {severity}, {kind}, {rule_id}).",
+    )
+    edge_webhook_url: str | None = Field(
+        default=None, description="Webhook that receives each alert; unset: none."
+    )
+    # -- edge (OpenFaaS functions and `zaindari edge serve`)
+    edge_secrets_dir: str = Field(
+        default="/var/openfaas/secrets",
+        description="Folder of the edge's secret files (OpenFaaS mounts them here): the endpoints' token, "
+        "mqtt-username, mqtt-password, webhook-token.",
+    )
+    edge_token_secret: str = Field(
+        default="zaindari-edge-token",
+        description="Secret file holding the bearer token(s) the edge endpoints accept (one per line).",
+    )
+    edge_data_dir: str = Field(
+        default="/var/lib/zaindari",
+        description="Edge box folder: local lake (scores/, raw/, quarantine/, manifests/) and alerts.",
+    )
+    edge_max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest file the edge's score-file accepts."
+    )
 
     @property
     def limits(self) -> ContractLimits:

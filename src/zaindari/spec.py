@@ -383,6 +383,11 @@ def _condition_rates(cond: Any) -> list[str]:
     return []
 
 
+# libyaml's safe loader (in PyYAML's wheels) parses a spec ~10x faster than the pure-Python one:
+# ~15 ms of a Lambda cold start. Both build the same plain data.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
     """Load and validate a spec from a YAML/JSON file path, YAML/JSON text, or a mapping.
 
@@ -401,7 +406,7 @@ def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
         if isinstance(source, str) and "\n" not in source and Path(source).is_file():
             text = Path(source).read_text()
         try:
-            data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+            data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_YAML_LOADER)
         except (ValueError, yaml.YAMLError) as exc:
             raise SpecError(f"model spec is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -208,6 +208,14 @@ def test_cli_registers_promotes_rolls_back_and_prints_tables(
     assert "auc" in refused.stdout and "WORSE" in refused.stdout
     assert promoted.returncode == 0 and "shadow: 600 readings" in promoted.stdout, promoted.stderr
     assert rolled.returncode == 0 and "from version 3 to 1" in rolled.stdout
+    # the rollback deployed version 1 everywhere configured (no serving image here: no endpoint)
+    targets = {line.split()[0]: line.split()[1] for line in rolled.stdout.splitlines()[2:]}
+    assert targets == {
+        "sagemaker_endpoint": "skipped",
+        "edge": "deployed",
+        "sagemaker_model_registry": "deployed",
+        "lambda": "deployed",
+    }, rolled.stdout
     assert listed.stdout.splitlines() == [
         "MODEL          VERSIONS  LATEST  PRODUCTION  STAGING  ARCHIVED  OTHER ALIASES",
         "plant-anomaly  3         3       1           3        1         -",

@@ -153,20 +153,27 @@ class S3LakeWriter:
         by_date: dict[str, list[int]] = defaultdict(list)
         for i, reading in enumerate(readings):
             by_date[reading.timestamp.date().isoformat()].append(i)
-        client = self.factory.client("s3")
         written: list[str] = []
+        for date, rows in sorted(by_date.items()):
+            keys = [str(scores[i].get("record_key", i)) for i in rows]
+            name = f"{self.source}-{_content_name(keys)}"
+            raw = [readings[i].to_record() for i in rows]
+            written.append(self.put_rows("raw/telemetry", date, name, raw))
+            written.append(self.put_rows("scores/events", date, name, [scores[i] for i in rows]))
+        return written
+
+    def put_rows(self, prefix: str, date: str, name: str, rows: Sequence[Mapping[str, Any]]) -> str:
+        """Write ``rows`` as ``<prefix>/date=<date>/<name>.<ext>``; returns the key.
+
+        The caller names the object, so a resend of the same rows overwrites it (the edge box
+        names them by its buffer's sequence numbers). Raises PortError when S3 fails.
+        """
+        key = f"{prefix}/date={date}/{name}.{self.fmt}"
         try:
-            for date, rows in sorted(by_date.items()):
-                keys = [str(scores[i].get("record_key", i)) for i in rows]
-                name = f"{self.source}-{_content_name(keys)}.{self.fmt}"
-                raw = [readings[i].to_record() for i in rows]
-                for prefix, data in (("raw/telemetry", raw), ("scores/events", [scores[i] for i in rows])):
-                    key = f"{prefix}/date={date}/{name}"
-                    client.put_object(Bucket=self.bucket, Key=key, Body=self._encode(data))
-                    written.append(key)
+            self.factory.client("s3").put_object(Bucket=self.bucket, Key=key, Body=self._encode(rows))
         except aws_errors() as exc:
             raise PortError(f"S3 {self.bucket}: {exc}") from exc
-        return written
+        return key
 
 
 class S3RejectSink:

@@ -13,13 +13,20 @@ from zaindari.event_scoring import EventScoring
 from zaindari.infra.aws import AwsConfig, ClientFactory
 from zaindari.infra.aws_ports import DynamoStateStore, S3LakeWriter, S3RejectSink, SnsEventBridgeAlertSink
 from zaindari.infra.model_store import ModelSource
-from zaindari.retraining import Retraining
 from zaindari.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from zaindari.drift import DriftMonitor, SummaryStore
     from zaindari.file_drops import DropScoring
+    from zaindari.retraining import Retraining
 
-__all__ = ["build_drop_scoring", "build_event_scoring", "build_retraining", "client_factory"]
+__all__ = [
+    "build_drift_monitor",
+    "build_drop_scoring",
+    "build_event_scoring",
+    "build_retraining",
+    "client_factory",
+]
 
 
 def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
@@ -29,12 +36,24 @@ def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
     return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)), botocore_only=True)
 
 
+def _model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
+    """The model of a scoring function: a folder, an s3:// prefix or a registry:// alias (re-read
+    every ``model_alias_ttl_seconds``)."""
+    return ModelSource(
+        str(settings.model_path),
+        settings.model_cache_dir,
+        factory,
+        registry_table=settings.registry_table,
+        alias_ttl=settings.model_alias_ttl_seconds,
+    )
+
+
 def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScoring:
     """The ``score_event`` use case wired to DynamoDB, S3, SNS and EventBridge."""
     if not settings.model_path:
         raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
     return EventScoring(
-        model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
+        model=_model_source(settings, factory),
         states=DynamoStateStore(factory, settings.state_table, settings.state_ttl_days),
         lake=S3LakeWriter(factory, settings.lake_bucket, settings.scores_format),
         alerts=SnsEventBridgeAlertSink(factory, settings.alert_topic_arn, settings.event_bus_name),
@@ -42,6 +61,38 @@ def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScor
         limits=settings.limits,
         dedup_memory=settings.dedup_memory,
         threads=settings.onnx_threads,
+        summaries=_summary_store(settings, factory),
+    )
+
+
+def _summary_store(settings: Settings, factory: ClientFactory) -> SummaryStore | None:
+    from zaindari.infra.drift_ports import S3SummaryStore
+
+    return S3SummaryStore(factory, settings.lake_bucket) if settings.drift_summaries else None
+
+
+def build_drift_monitor(settings: Settings, factory: ClientFactory) -> DriftMonitor:
+    """The ``monitor_drift`` use case wired to S3 (summaries), DynamoDB (triggers), EventBridge and SNS."""
+    from datetime import timedelta
+
+    from zaindari.drift import DriftMonitor, DriftThresholds
+    from zaindari.infra.drift_ports import DynamoDriftTriggerLog, S3SummaryStore, SnsEventBridgeDriftNotifier
+
+    return DriftMonitor(
+        summaries=S3SummaryStore(factory, settings.lake_bucket),
+        triggers=DynamoDriftTriggerLog(factory, settings.drift_state_table),
+        notifier=SnsEventBridgeDriftNotifier(factory, settings.alert_topic_arn, settings.event_bus_name),
+        thresholds=DriftThresholds(
+            psi=settings.drift_psi,
+            ks=settings.drift_ks,
+            score_psi=settings.drift_score_psi,
+            min_readings=settings.drift_min_readings,
+            missing_rate=settings.drift_missing_rate,
+            out_of_range_rate=settings.drift_out_of_range_rate,
+            alert_rate_change=settings.drift_alert_rate_change,
+        ),
+        window=timedelta(hours=settings.drift_window_hours),
+        min_interval=timedelta(hours=settings.drift_min_interval_hours),
     )
 
 
@@ -62,9 +113,10 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
     sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
     return DropScoring(
         scoring=FileScoring(
-            model=ModelSource(settings.model_path, settings.model_cache_dir, factory),
+            model=_model_source(settings, factory),
             sink=sink,
             options=FileScoringOptions(threads=settings.onnx_threads),
+            summaries=_summary_store(settings, factory),
         ),
         objects=S3DropObjects(factory),
         ledger=DynamoDropLedger(factory, settings.file_runs_table),
@@ -101,7 +153,7 @@ def build_retraining(
         GlueJobRunner,
         SnsEventBridgeRetrainingAlerts,
     )
-    from zaindari.retraining import JobRunner, RetrainingConfig, parse_models
+    from zaindari.retraining import JobRunner, Retraining, RetrainingConfig, parse_models
 
     runner: JobRunner
     if settings.training_runner == "emr-serverless":

@@ -1,0 +1,217 @@
+"""The edge server against `mlflow models serve`: one-reading HTTP requests on loopback.
+
+Both servers serve the same ONNX model (the example bundle's ``model.onnx``; mlflow gets it saved
+with ``mlflow.onnx.save_model`` and serves it with ``--env-manager local`` from ``.tools/mlflow``,
+made by ``make tool-mlflow``). Each runs as one server process (mlflow's default: one uvicorn
+worker; the edge: one gunicorn gthread process, see zaindari.edge.server) and is measured alone,
+with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
+the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-alive connections, one
+request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
+
+* edge ``POST /function/score-event``: a raw reading (bearer token checked, contract, device
+  state and windows, one ONNX call, alert policy, scores/raw/alerts appended to the local lake);
+* mlflow ``POST /invocations``: ``{"inputs": {"features": [[14 floats]]}}``, the reading's feature
+  vector already computed (mlflow does inference only).
+
+Targets (issue 8): edge requests/s >= 3x mlflow's, edge p99 below mlflow's, peak RSS of the edge
+scoring process (the gunicorn worker, VmHWM) <= 200 MB. Environment: BENCH_EDGE_SECONDS (8),
+BENCH_EDGE_CLIENTS (connection counts, default "8,32"; the targets apply to the first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import info_line, result_row
+from _setup import ROOT, FreshReadings
+from tests.support import fit_example_bundle, start_server, stop_server, zaindari_cli
+
+from zaindari.bundle import load_bundle
+from zaindari.contract import parse_payload
+from zaindari.features import SensorTable, compute_features
+
+NAME = "edge_http"
+SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "8"))
+WARMUP_SECONDS = 2.0
+#: keep-alive connections (concurrent requests): the targets apply to the first level
+LEVELS = tuple(int(x) for x in os.environ.get("BENCH_EDGE_CLIENTS", "8,32").split(","))
+WRK_THREADS = 2
+WRK_SCRIPT = Path(__file__).resolve().parent / "edge_http.lua"
+MLFLOW_BIN = ROOT / ".tools" / "mlflow" / "bin"
+TOKEN = "bench-token"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], seconds: float, connections: int
+) -> dict[str, float]:
+    """wrk (WRK_THREADS threads, ``connections`` keep-alive connections) posting ``bodies`` for ``seconds``:
+    requests/s, p50 and p99 latency (ms), errors (non-2xx answers and socket errors)."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+        f.write(b"\n".join(bodies) + b"\n")
+        bodies_file = f.name
+    try:
+        env = {
+            **os.environ,
+            "BODIES_FILE": bodies_file,
+            "WRK_THREADS": str(WRK_THREADS),
+            "HEADERS": "|".join(f"{k}: {v}" for k, v in headers.items()),
+        }
+        result = subprocess.run(
+            ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds:.0f}s", "--timeout", "10s",
+             "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}{path}"],
+            env=env, capture_output=True, text=True, check=True, timeout=seconds + 60,
+        )  # fmt: skip
+    finally:
+        os.unlink(bodies_file)
+    figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM (peak resident set) of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dict[str, float]], float, float]:
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
+    port = _free_port()
+    env = {
+        "ZAINDARI_MODEL_PATH": str(bundle_dir),
+        "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
+        "ZAINDARI_EDGE_DATA_DIR": str(tmp / "edge-data"),
+    }
+    process = start_server(
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", str(max(LEVELS))],
+        env,
+        f"http://127.0.0.1:{port}/healthz",
+    )
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        load(port, "/function/score-event", bodies[:200], headers, WARMUP_SECONDS, LEVELS[0])
+        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
+        result = [
+            load(
+                port,
+                "/function/score-event",
+                bodies[200 + k * share : 200 + (k + 1) * share],
+                headers,
+                SECONDS,
+                c,
+            )
+            for k, c in enumerate(LEVELS)
+        ]
+        workers = children(process.pid)
+        worker_peak = max(peak_rss_mib(p) for p in workers)
+        master_peak = peak_rss_mib(process.pid)
+    finally:
+        stop_server(process)
+    return result, worker_peak, master_peak
+
+
+def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[dict[str, float]], float]:
+    model_dir = tmp / "mlflow-model"
+    python = MLFLOW_BIN / "python"
+    subprocess.run(
+        [str(python), "-c", "import sys, onnx, mlflow.onnx; mlflow.onnx.save_model(onnx.load(sys.argv[1]), sys.argv[2])",
+         str(bundle_dir / "model.onnx"), str(model_dir)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    port = _free_port()
+    env = {"PATH": f"{MLFLOW_BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": str(tmp / "mlruns")}
+    process = start_server(
+        [str(MLFLOW_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env,
+        f"http://127.0.0.1:{port}/ping",
+        timeout=180,
+    )  # fmt: skip
+    try:
+        headers = {"Content-Type": "application/json"}
+        load(port, "/invocations", vectors[:200], headers, WARMUP_SECONDS, LEVELS[0])
+        result = [load(port, "/invocations", vectors[200:], headers, SECONDS, c) for c in LEVELS]
+        peak = max([peak_rss_mib(p) for p in [process.pid, *children(process.pid)]])
+    finally:
+        stop_server(process)
+    return result, peak
+
+
+def main() -> list[dict[str, Any]]:
+    if not (MLFLOW_BIN / "mlflow").exists():
+        raise SystemExit(f"{MLFLOW_BIN}/mlflow is missing: run `make tool-mlflow` first")
+    with tempfile.TemporaryDirectory(prefix="zaindari-bench-edge-") as tmp_name:
+        tmp = Path(tmp_name)
+        bundle_dir = fit_example_bundle(tmp / "bundle")
+        bundle = load_bundle(bundle_dir)
+        readings = FreshReadings().take(60_000)
+        bodies = [json.dumps(r).encode() for r in readings]
+        parsed = parse_payload(readings[:2000]).readings
+        features = compute_features(bundle.spec, SensorTable.from_readings(parsed, bundle.spec.sensor_names))
+        matrix = features.matrix(bundle.signature.features)
+        name = bundle.signature.input.name
+        vectors = [json.dumps({"inputs": {name: [row.tolist()]}}).encode() for row in matrix]
+        info_line(
+            f"wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
+            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+        )
+        edge, worker_peak, master_peak = run_edge(tmp, bundle_dir, bodies)
+        mlflow, mlflow_peak = run_mlflow(tmp, bundle_dir, vectors)
+    rows: list[dict[str, Any]] = []
+    for level, (at_edge, at_mlflow) in enumerate(zip(edge, mlflow, strict=True)):
+        info_line(f"{LEVELS[level]} connections: edge {at_edge}; mlflow {at_mlflow}")
+        if at_edge["errors"] or at_mlflow["errors"]:
+            raise SystemExit(
+                f"non-200 answers: edge {at_edge['errors']:.0f}, mlflow {at_mlflow['errors']:.0f}"
+            )
+        checked = level == 0
+        ratio = at_edge["rps"] / at_mlflow["rps"]
+        where = f"{LEVELS[level]} connections"
+        rows += [
+            result_row(NAME, f"edge score-event, 1 reading/request, {where}", at_edge["rps"], "req/s",
+                       baseline=at_mlflow["rps"], ratio=ratio, target=">= 3x mlflow" if checked else None,
+                       passed=ratio >= 3 if checked else None),
+            result_row(NAME, f"edge p50 latency, {where}", at_edge["p50"], "ms", baseline=at_mlflow["p50"],
+                       ratio=at_edge["p50"] / at_mlflow["p50"]),
+            result_row(NAME, f"edge p99 latency, {where}", at_edge["p99"], "ms", baseline=at_mlflow["p99"],
+                       ratio=at_edge["p99"] / at_mlflow["p99"], target="< mlflow p99" if checked else None,
+                       passed=at_edge["p99"] < at_mlflow["p99"] if checked else None),
+        ]  # fmt: skip
+    return [
+        *rows,
+        result_row(NAME, "edge scoring process peak RSS (worker VmHWM)", worker_peak, "MiB",
+                   target="<= 200 MB", passed=worker_peak * 1.048576 <= 200),
+        result_row(NAME, "edge gunicorn master peak RSS (VmHWM)", master_peak, "MiB"),
+        result_row(NAME, "mlflow models serve peak RSS (VmHWM, largest process)", mlflow_peak, "MiB"),
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    from _report import info_line as _info
+
+    for r in main():
+        _info(json.dumps(r))

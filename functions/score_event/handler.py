@@ -1,0 +1,40 @@
+"""score-event on OpenFaaS (python3-http) and `zaindari edge serve`: POST readings -> EventScoring
+(the same use case as app.py's HTTP route) -> the same JSON body; GET -> the model version."""
+
+import functools
+import logging
+import uuid
+from typing import Any
+
+from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
+from zaindari.edge.wiring import BatchingEventScoring, build_edge_event_scoring, edge_settings
+
+settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
+tokens = read_tokens(settings)
+logger = logging.getLogger("zaindari.edge.score_event")
+
+
+@functools.cache
+def scoring() -> BatchingEventScoring:
+    """The use case, built once per container (model session, ports)."""
+    return build_edge_event_scoring(settings)
+
+
+def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
+    refused = guard(event, tokens, settings.max_payload_bytes)
+    if refused:
+        return refused
+    if event.method == "GET":
+        return json_response(200, {"status": "ok", "model_version": scoring().model_version()})
+    if event.method != "POST":
+        return json_response(
+            405, {"message": "POST readings, or GET the model version"}, {"Allow": "GET, POST"}
+        )
+    # unique per request: concurrent requests are scored together and answered by record id
+    request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{uuid.uuid4().hex[:12]}"
+    answer = scoring().answer_http(event.body, request_id)
+    if answer.status >= 500:
+        logger.warning(
+            "readings not scored: %s", answer.report.retry_reasons if answer.report else answer.body
+        )
+    return json_response(answer.status, answer.body, answer.headers)

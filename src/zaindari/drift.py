@@ -1,0 +1,850 @@
+"""Drift: a model version's baseline, mergeable window summaries of what was scored, drift statistics,
+and the monitor use case that turns drift into one retraining request and one alert for people.
+
+* :class:`Baseline` (``baseline.json`` in the bundle) is computed at training time: per model feature,
+  interior bin edges at the training deciles (``bins`` quantiles) and the training histogram on them;
+  the same for the model's score; the training alert rate (share of rows at or past the lowest
+  learned threshold). Bundles without it still load; they are simply not monitored.
+* :class:`WindowSummary` is what every scoring path keeps instead of raw copies: per fixed time window
+  (``window_seconds``, aligned to the epoch) and model version, histograms of the scored features and
+  score on the baseline's bins, counts of readings, of missing and out-of-range values per sensor,
+  alert rows, and each device's last-seen time. :meth:`WindowSummary.merge` adds counts and takes the
+  latest last-seen, so merging is associative and commutative, with :meth:`WindowSummary.empty` as the
+  identity: summaries written by an edge box and by the cloud, merged in any grouping, equal one
+  summary over all the data.
+* Statistics (:func:`assess_drift`): PSI per feature and on the score, a two-sample KS test from the
+  binned sketches, data-quality signals (missing sensors, out-of-range rate, devices silent since the
+  previous window) and the change of the alert rate.
+* :class:`DriftMonitor` is the ``monitor_drift`` use case over ports (:class:`SummaryStore`,
+  :class:`DriftTriggerLog`, :class:`DriftNotifier`).
+
+**KS from bins (the approximation).** Both samples are histograms on the same edges, so the two
+empirical CDFs are known exactly *at the edges*; ``D`` is their largest difference there. The true
+two-sample statistic can only be larger, by at most the largest bin's share, so the binned ``D`` is a
+lower bound. The p-value uses the asymptotic Kolmogorov distribution with ``n_eff = n m / (n + m)``;
+telemetry is autocorrelated, so that p-value is optimistic (too small) and the trigger uses ``D`` and
+PSI magnitudes, never the p-value alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from zaindari.bundle import LearnedThresholds, ModelBundle
+    from zaindari.spec import ModelSpec
+
+__all__ = [
+    "BASELINE_FILE",
+    "DRIFT_DETAIL_TYPE",
+    "SUMMARY_WINDOW_SECONDS",
+    "Baseline",
+    "DriftCheck",
+    "DriftMonitor",
+    "DriftNotifier",
+    "DriftReport",
+    "DriftThresholds",
+    "DriftTriggerLog",
+    "FeatureDrift",
+    "SummaryStore",
+    "WindowSummary",
+    "assess_drift",
+    "baseline_of",
+    "compute_baseline",
+    "ks_from_histograms",
+    "merge_summaries",
+    "psi",
+    "summarize_table",
+    "summary_days",
+    "summary_key_span",
+    "summary_objects",
+]
+
+BASELINE_FILE = "baseline.json"
+DRIFT_DETAIL_TYPE = "Zaindari Drift Detected"
+#: Summaries are kept per hour: fine enough for any monitoring window of whole hours.
+SUMMARY_WINDOW_SECONDS = 3600
+#: Added to every bin count before PSI, so an empty bin gives a large but finite term.
+PSI_SMOOTHING = 0.5
+
+FloatArray = npt.NDArray[np.float64]
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+class Baseline(BaseModel):
+    """A model version's reference distributions, from its training data (``baseline.json``).
+
+    ``edges[f]`` are the interior bin edges of feature ``features[f]`` (strictly increasing; bin ``i``
+    holds ``edges[i-1] <= x < edges[i]``, the first and last bins are open), ``counts[f]`` the training
+    histogram on them. ``sensors`` holds each raw sensor's valid range (for out-of-range rates) and
+    ``feature_sensors`` the raw sensors each feature is computed from (to name drifting sensors).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: Literal[1] = 1
+    model_name: str
+    features: list[str] = Field(min_length=1)
+    edges: list[list[float]]
+    counts: list[list[int]]
+    score_edges: list[float]
+    score_counts: list[int]
+    rows: int = Field(ge=1)
+    alert_rate: float | None = None
+    sensors: dict[str, tuple[float | None, float | None]]
+    feature_sensors: dict[str, list[str]]
+    source: str = ""
+
+    @property
+    def baseline_id(self) -> str:
+        """A short hash of the bins: summaries are only merged with summaries on the same bins."""
+        text = json.dumps([self.features, self.edges, self.score_edges], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def bins(self, feature_index: int) -> int:
+        return len(self.edges[feature_index]) + 1
+
+
+def _edges(values: FloatArray, bins: int) -> list[float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return []
+    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    return [float(e) for e in np.unique(np.quantile(finite, qs))]
+
+
+def _histogram(values: FloatArray, edges: Sequence[float]) -> list[int]:
+    finite = values[np.isfinite(values)]
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), finite, side="right")
+    return [int(c) for c in np.bincount(idx, minlength=len(edges) + 1)]
+
+
+def compute_baseline(
+    spec: ModelSpec,
+    features: Sequence[str],
+    matrix: npt.ArrayLike,
+    score: npt.ArrayLike,
+    thresholds: LearnedThresholds | None = None,
+    *,
+    bins: int = 10,
+    source: str = "",
+) -> Baseline:
+    """The baseline of a model version from its training matrix (rows x ``features``) and scores.
+
+    Parameters
+    ----------
+    spec
+        The model spec (sensor ranges, which sensors each feature reads).
+    features
+        The signature's feature order.
+    matrix, score
+        Training features and the model's score on them.
+    thresholds
+        The learned thresholds; their lowest level gives the baseline alert rate.
+    bins
+        Bins per feature (edges at the training quantiles ``1/bins .. (bins-1)/bins``).
+    source
+        What the baseline was computed on, for people (e.g. ``training set 2026-10-05..2026-11-01``).
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != len(features) or x.shape[0] != len(s) or not len(s):
+        raise ValueError(
+            f"baseline needs a non-empty matrix of {len(features)} features and one score per row"
+        )
+    if bins < 2:
+        raise ValueError("a baseline needs at least 2 bins")
+    edges = [_edges(x[:, j], bins) for j in range(x.shape[1])]
+    score_edges = _edges(s, bins)
+    alert_rate = None
+    if thresholds is not None:
+        level = thresholds.ordered()[0][1]
+        flagged = s >= level if thresholds.direction == "above" else s <= level
+        alert_rate = float(np.mean(flagged))
+    return Baseline(
+        model_name=spec.name,
+        features=list(features),
+        edges=edges,
+        counts=[_histogram(x[:, j], e) for j, e in enumerate(edges)],
+        score_edges=score_edges,
+        score_counts=_histogram(s, score_edges),
+        rows=len(s),
+        alert_rate=alert_rate,
+        sensors={sensor.name: (sensor.min, sensor.max) for sensor in spec.sensors},
+        feature_sensors={f: spec.feature_sensors(f) for f in features},
+        source=source,
+    )
+
+
+_baselines: dict[str, Baseline | None] = {}
+
+
+def baseline_of(bundle: ModelBundle) -> Baseline | None:
+    """The bundle's baseline (parsed once per bundle content), or ``None`` for an older bundle."""
+    key = bundle.content_hash
+    if key not in _baselines:
+        data = bundle.extras.get(BASELINE_FILE)
+        baseline = Baseline.model_validate(data) if data is not None else None
+        if baseline is not None and baseline.features != list(bundle.signature.features):
+            raise ValueError(f"{BASELINE_FILE} features do not match the signature's")
+        if len(_baselines) > 16:
+            _baselines.clear()
+        _baselines[key] = baseline
+    return _baselines[key]
+
+
+# ----------------------------------------------------------------------------- window summaries
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """Counts of what one model version scored in one time window; see the module docstring.
+
+    ``start``/``end`` bound the windows merged (epoch seconds). ``features`` and ``score`` hold bin
+    counts on the baseline's bins; ``feature_missing`` counts scored rows whose feature was not finite.
+    ``readings`` counts every row that reached the feature stage, ``scored`` the rows scored.
+    """
+
+    model_version: str
+    baseline_id: str
+    start: int
+    end: int
+    readings: int
+    scored: int
+    alerts: int
+    features: dict[str, tuple[int, ...]]
+    feature_missing: dict[str, int]
+    score: tuple[int, ...]
+    sensor_missing: dict[str, int]
+    sensor_out_of_range: dict[str, int]
+    devices: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, baseline: Baseline, model_version: str) -> WindowSummary:
+        """The identity of :meth:`merge` (no window: ``start`` after ``end``)."""
+        return cls(
+            model_version=model_version,
+            baseline_id=baseline.baseline_id,
+            start=2**62,
+            end=-(2**62),
+            readings=0,
+            scored=0,
+            alerts=0,
+            features={f: (0,) * baseline.bins(j) for j, f in enumerate(baseline.features)},
+            feature_missing={f: 0 for f in baseline.features},
+            score=(0,) * (len(baseline.score_edges) + 1),
+            sensor_missing={s: 0 for s in baseline.sensors},
+            sensor_out_of_range={s: 0 for s in baseline.sensors},
+        )
+
+    def merge(self, other: WindowSummary) -> WindowSummary:
+        """Both summaries as one (associative, commutative; raises on different versions or bins)."""
+        if (self.model_version, self.baseline_id) != (other.model_version, other.baseline_id):
+            raise ValueError(
+                f"cannot merge summaries of {self.model_version} ({self.baseline_id}) and "
+                f"{other.model_version} ({other.baseline_id})"
+            )
+        devices = dict(self.devices)
+        for device, seen in other.devices.items():
+            devices[device] = max(seen, devices.get(device, seen))
+        return WindowSummary(
+            model_version=self.model_version,
+            baseline_id=self.baseline_id,
+            start=min(self.start, other.start),
+            end=max(self.end, other.end),
+            readings=self.readings + other.readings,
+            scored=self.scored + other.scored,
+            alerts=self.alerts + other.alerts,
+            features=_add_bins(self.features, other.features),
+            feature_missing=_add_counts(self.feature_missing, other.feature_missing),
+            score=tuple(a + b for a, b in zip(self.score, other.score, strict=True)),
+            sensor_missing=_add_counts(self.sensor_missing, other.sensor_missing),
+            sensor_out_of_range=_add_counts(self.sensor_out_of_range, other.sensor_out_of_range),
+            devices=dict(sorted(devices.items())),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "model_version": self.model_version,
+            "baseline_id": self.baseline_id,
+            "start": self.start,
+            "end": self.end,
+            "readings": self.readings,
+            "scored": self.scored,
+            "alerts": self.alerts,
+            "features": {k: list(v) for k, v in self.features.items()},
+            "feature_missing": self.feature_missing,
+            "score": list(self.score),
+            "sensor_missing": self.sensor_missing,
+            "sensor_out_of_range": self.sensor_out_of_range,
+            "devices": self.devices,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowSummary:
+        return cls(
+            model_version=str(data["model_version"]),
+            baseline_id=str(data["baseline_id"]),
+            start=int(data["start"]),
+            end=int(data["end"]),
+            readings=int(data["readings"]),
+            scored=int(data["scored"]),
+            alerts=int(data["alerts"]),
+            features={str(k): tuple(int(c) for c in v) for k, v in data["features"].items()},
+            feature_missing={str(k): int(v) for k, v in data["feature_missing"].items()},
+            score=tuple(int(c) for c in data["score"]),
+            sensor_missing={str(k): int(v) for k, v in data["sensor_missing"].items()},
+            sensor_out_of_range={str(k): int(v) for k, v in data["sensor_out_of_range"].items()},
+            devices={str(k): float(v) for k, v in data.get("devices", {}).items()},
+        )
+
+
+def _add_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
+
+
+def _add_bins(
+    a: Mapping[str, tuple[int, ...]], b: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = tuple(x + y for x, y in zip(out[k], v, strict=True)) if k in out else v
+    return out
+
+
+def merge_summaries(summaries: Sequence[WindowSummary], empty: WindowSummary) -> WindowSummary:
+    """All ``summaries`` as one (``empty`` when there are none)."""
+    return reduce(WindowSummary.merge, summaries, empty)
+
+
+def summarize_table(
+    baseline: Baseline,
+    *,
+    model_version: str,
+    devices: npt.NDArray[Any],
+    timestamps: FloatArray,
+    sensors: Mapping[str, FloatArray],
+    rows: npt.NDArray[np.intp],
+    matrix: npt.NDArray[Any],
+    score: FloatArray,
+    alerts: npt.NDArray[np.bool_],
+    window_seconds: int = SUMMARY_WINDOW_SECONDS,
+) -> list[WindowSummary]:
+    """One summary per time window touched by a scored table (vectorised: a few bincounts).
+
+    This is the function every scoring path (``score_event``, ``score_batch``, the edge) calls,
+    through :func:`zaindari.pipeline.score_table`.
+
+    Parameters
+    ----------
+    devices, timestamps, sensors
+        Every row that reached the feature stage (epoch seconds; raw sensor columns, ``nan`` when
+        missing).
+    rows
+        Positions of the scored rows in those arrays.
+    matrix, score, alerts
+        The scored rows' features (signature order), score, and whether any alert rule was active.
+    """
+    n = len(timestamps)
+    if n == 0:
+        return []
+    window = np.floor_divide(timestamps, window_seconds).astype(np.int64)
+    starts, inv = np.unique(window, return_inverse=True)
+    k = len(starts)
+    readings = np.bincount(inv, minlength=k)
+
+    sensor_missing: dict[str, npt.NDArray[np.int64]] = {}
+    sensor_out: dict[str, npt.NDArray[np.int64]] = {}
+    for name, (low, high) in baseline.sensors.items():
+        values = sensors.get(name)
+        if values is None:
+            sensor_missing[name] = readings.copy()
+            sensor_out[name] = np.zeros(k, dtype=np.int64)
+            continue
+        missing = np.isnan(values)
+        out = np.zeros(n, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if low is not None:
+                out |= values < low
+            if high is not None:
+                out |= values > high
+        sensor_missing[name] = np.bincount(inv[missing], minlength=k)
+        sensor_out[name] = np.bincount(inv[out], minlength=k)
+
+    winv = inv[rows]
+    scored = np.bincount(winv, minlength=k)
+    alert_rows = np.bincount(winv[np.asarray(alerts, dtype=bool)], minlength=k)
+
+    # every feature's bins side by side: one bincount over (window, feature, bin)
+    widths = [baseline.bins(j) for j in range(len(baseline.features))] + [len(baseline.score_edges) + 1]
+    offsets = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    total = int(sum(widths))
+    values = np.column_stack([np.asarray(matrix, dtype=np.float64), np.asarray(score, dtype=np.float64)])
+    finite = np.isfinite(values)
+    index = np.empty(values.shape, dtype=np.int64)
+    for j, edges in enumerate([*baseline.edges, baseline.score_edges]):
+        index[:, j] = np.searchsorted(np.asarray(edges, dtype=np.float64), values[:, j], side="right")
+    flat = winv[:, None] * total + offsets[None, :] + index
+    bins = np.bincount(flat[finite], minlength=k * total).reshape(k, total)
+    nonfinite = np.bincount(
+        (winv[:, None] * len(widths) + np.arange(len(widths)))[~finite], minlength=k * len(widths)
+    )
+    nonfinite = nonfinite.reshape(k, len(widths))
+
+    # each device's last reading per window
+    codes, device_index = np.unique(np.asarray(devices, dtype=object), return_inverse=True)
+    key = inv * len(codes) + device_index
+    order = np.lexsort((timestamps, key))
+    last = order[np.r_[key[order][1:] != key[order][:-1], True]]
+
+    out_summaries: list[WindowSummary] = []
+    for w in range(k):
+        start = int(starts[w]) * window_seconds
+        row = bins[w]
+        seen = {str(codes[device_index[i]]): float(timestamps[i]) for i in last if inv[i] == w}
+        out_summaries.append(
+            WindowSummary(
+                model_version=model_version,
+                baseline_id=baseline.baseline_id,
+                start=start,
+                end=start + window_seconds,
+                readings=int(readings[w]),
+                scored=int(scored[w]),
+                alerts=int(alert_rows[w]),
+                features={
+                    f: tuple(int(c) for c in row[offsets[j] : offsets[j] + widths[j]])
+                    for j, f in enumerate(baseline.features)
+                },
+                feature_missing={f: int(nonfinite[w, j]) for j, f in enumerate(baseline.features)},
+                score=tuple(int(c) for c in row[offsets[-1] :]),
+                sensor_missing={s: int(v[w]) for s, v in sensor_missing.items()},
+                sensor_out_of_range={s: int(v[w]) for s, v in sensor_out.items()},
+                devices=dict(sorted(seen.items())),
+            )
+        )
+    return out_summaries
+
+
+#: Where summaries live in the lake (and in an edge box's local lake folder).
+SUMMARIES_PREFIX = "summaries"
+_SUMMARY_KEY = re.compile(
+    r"date=(\d{4}-\d{2}-\d{2})/model=[^/]+/version=[^/]+/(\d{2})(\d{2})-(\d{2})(\d{2})-[^/]+\.json$"
+)
+
+
+def summary_objects(
+    summaries: Sequence[WindowSummary], *, source: str, name: str
+) -> dict[str, list[WindowSummary]]:
+    """The lake objects of one batch's (or file run's) summaries: one per model version and day.
+
+    Key: ``summaries/date=YYYY-MM-DD/model=<name>/version=<version>/<HHMM>-<HHMM>-<source>-<name>.json``
+    (first and last window start, UTC), so a monitoring window lists only the objects it needs.
+    Each object holds its summaries as a JSON list (:meth:`WindowSummary.to_dict`).
+    """
+    groups: dict[tuple[str, str], list[WindowSummary]] = {}
+    for summary in summaries:
+        day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+        groups.setdefault((summary.model_version, day), []).append(summary)
+    out: dict[str, list[WindowSummary]] = {}
+    for (model_version, day), group in groups.items():
+        first = datetime.fromtimestamp(min(s.start for s in group), tz=UTC)
+        last = datetime.fromtimestamp(max(s.start for s in group), tz=UTC)
+        model, _, version = model_version.partition(":")
+        key = (
+            f"{SUMMARIES_PREFIX}/date={day}/model={model}/version={version or 'unversioned'}/"
+            f"{first:%H%M}-{last:%H%M}-{source}-{name}.json"
+        )
+        out[key] = group
+    return out
+
+
+def summary_key_span(key: str) -> tuple[float, float] | None:
+    """First and last window start (epoch seconds) of a summaries object, from its key alone."""
+    match = _SUMMARY_KEY.search(key)
+    if not match:
+        return None
+    midnight = datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+    return (
+        midnight + int(match[2]) * 3600 + int(match[3]) * 60,
+        midnight + int(match[4]) * 3600 + int(match[5]) * 60,
+    )
+
+
+def summary_days(start: datetime, end: datetime) -> list[str]:
+    """The ``date=`` partitions a window ``[start, end)`` touches."""
+    day, last = start.astimezone(UTC).date(), (end - timedelta(seconds=1)).astimezone(UTC).date()
+    out = []
+    while day <= last:
+        out.append(day.isoformat())
+        day += timedelta(days=1)
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def psi(expected: Sequence[int], actual: Sequence[int], smoothing: float = PSI_SMOOTHING) -> float:
+    """Population stability index of ``actual`` against ``expected`` counts on the same bins.
+
+    ``sum((a - e) * ln(a / e))`` over bin shares, each count plus ``smoothing`` so an empty bin
+    gives a finite term. Rule of thumb: below 0.1 stable, 0.1-0.25 moderate, above 0.25 large.
+    """
+    e = np.asarray(expected, dtype=np.float64) + smoothing
+    a = np.asarray(actual, dtype=np.float64) + smoothing
+    e /= e.sum()
+    a /= a.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _kolmogorov_sf(x: float) -> float:
+    """P(K > x) for the Kolmogorov distribution (the two-sample KS test's asymptotic law)."""
+    if x < 0.2:  # the series converges slowly there; the true value is 1 to 6 digits
+        return 1.0
+    total = sum((-1) ** (j - 1) * math.exp(-2.0 * j * j * x * x) for j in range(1, 101))
+    return float(min(max(2.0 * total, 0.0), 1.0))
+
+
+def ks_from_histograms(expected: Sequence[int], actual: Sequence[int]) -> tuple[float, float]:
+    """Two-sample KS statistic ``D`` and asymptotic p-value from histograms on the same bins.
+
+    See the module docstring for the approximation (``D`` at the bin edges is a lower bound).
+    """
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    n, m = e.sum(), a.sum()
+    if n == 0 or m == 0:
+        return 0.0, 1.0
+    d = float(np.max(np.abs(np.cumsum(e) / n - np.cumsum(a) / m)))
+    n_eff = n * m / (n + m)
+    return d, _kolmogorov_sf((math.sqrt(n_eff) + 0.12 + 0.11 / math.sqrt(n_eff)) * d)
+
+
+class DriftThresholds(BaseModel):
+    """When a window counts as drifted, and when its data quality needs a person."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    psi: float = Field(default=0.5, gt=0, description="A feature drifts at or above this PSI ...")
+    ks: float = Field(default=0.2, gt=0, le=1, description="... and this binned KS statistic D.")
+    score_psi: float = Field(default=0.5, gt=0, description="The score drifts at or above this PSI.")
+    min_readings: int = Field(default=1000, ge=1, description="Fewer scored rows: no verdict.")
+    missing_rate: float = Field(default=0.05, ge=0, le=1, description="Data-quality alert above this.")
+    out_of_range_rate: float = Field(default=0.01, ge=0, le=1, description="Data-quality alert above this.")
+    alert_rate_change: float = Field(
+        default=0.05, ge=0, le=1, description="Data-quality alert when the alert rate moves more than this."
+    )
+
+
+class FeatureDrift(BaseModel):
+    """One feature's (or the score's) drift statistics in a window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feature: str
+    sensors: list[str]
+    psi: float
+    ks: float
+    ks_p: float
+    n: int
+    drifted: bool
+
+
+class DriftReport(BaseModel):
+    """Every statistic of one window against the baseline; ``verdict`` says what it means."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    model_version: str
+    window_start: str
+    window_end: str
+    readings: int
+    scored: int
+    baseline_rows: int
+    baseline: str
+    verdict: Literal["drift", "no_drift", "insufficient_data"]
+    features: list[FeatureDrift]
+    score: FeatureDrift | None
+    drifted_features: list[str]
+    drifted_sensors: list[str]
+    missing_rate: dict[str, float]
+    out_of_range_rate: dict[str, float]
+    silent_devices: list[str]
+    alert_rate: float | None
+    previous_alert_rate: float | None
+    baseline_alert_rate: float | None
+    quality_issues: list[str]
+
+    def evidence(self) -> dict[str, Any]:
+        """The drift event's ``evidence``: which features, how much, on how many readings."""
+        return {
+            "window": {"start": self.window_start, "end": self.window_end, "readings": self.scored},
+            "baseline": self.baseline,
+            "baseline_rows": self.baseline_rows,
+            "features": [
+                {
+                    "feature": f.feature,
+                    "sensors": f.sensors,
+                    "psi": round(f.psi, 4),
+                    "ks": round(f.ks, 4),
+                    "ks_p": f.ks_p,
+                    "n": f.n,
+                }
+                for f in self.features
+                if f.drifted
+            ],
+            "sensors": self.drifted_sensors,
+            "score": self.score.model_dump() if self.score else None,
+            "alert_rate": {
+                "window": self.alert_rate,
+                "previous": self.previous_alert_rate,
+                "baseline": self.baseline_alert_rate,
+            },
+            "quality_issues": self.quality_issues,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def assess_drift(
+    baseline: Baseline,
+    current: WindowSummary,
+    previous: WindowSummary | None = None,
+    thresholds: DriftThresholds | None = None,
+) -> DriftReport:
+    """Drift of ``current`` against the baseline, and its data quality against ``previous``.
+
+    A feature drifts when both its PSI and its binned KS ``D`` reach the thresholds (both: PSI alone
+    over-reacts to a shift inside one narrow bin, ``D`` alone to a large sample's tiny shifts). The
+    verdict is ``drift`` when a feature or the score drifts, ``insufficient_data`` below
+    ``min_readings`` scored rows. Data-quality signals never make a drift verdict (retraining on a
+    broken sensor would learn the fault); they are listed in ``quality_issues`` for people.
+    """
+    t = thresholds or DriftThresholds()
+    features: list[FeatureDrift] = []
+    for j, name in enumerate(baseline.features):
+        counts = current.features.get(name, (0,) * baseline.bins(j))
+        value = psi(baseline.counts[j], counts)
+        d, p = ks_from_histograms(baseline.counts[j], counts)
+        features.append(
+            FeatureDrift(
+                feature=name,
+                sensors=baseline.feature_sensors.get(name, []),
+                psi=value,
+                ks=d,
+                ks_p=p,
+                n=int(sum(counts)),
+                drifted=value >= t.psi and d >= t.ks,
+            )
+        )
+    score_psi = psi(baseline.score_counts, current.score)
+    score_d, score_p = ks_from_histograms(baseline.score_counts, current.score)
+    score = FeatureDrift(
+        feature="score",
+        sensors=[],
+        psi=score_psi,
+        ks=score_d,
+        ks_p=score_p,
+        n=int(sum(current.score)),
+        drifted=score_psi >= t.score_psi and score_d >= t.ks,
+    )
+    readings = max(current.readings, 1)
+    missing = {s: c / readings for s, c in current.sensor_missing.items()}
+    out_of_range = {s: c / readings for s, c in current.sensor_out_of_range.items()}
+    silent = sorted(set(previous.devices) - set(current.devices)) if previous else []
+    alert_rate = current.alerts / current.scored if current.scored else None
+    previous_rate = previous.alerts / previous.scored if previous and previous.scored else None
+    issues = [f"{s}: {r:.1%} of readings miss it" for s, r in missing.items() if r > t.missing_rate]
+    issues += [
+        f"{s}: {r:.1%} of readings out of range" for s, r in out_of_range.items() if r > t.out_of_range_rate
+    ]
+    if silent:
+        issues.append(f"{len(silent)} device(s) silent since the previous window: {', '.join(silent[:20])}")
+    if (
+        alert_rate is not None
+        and previous_rate is not None
+        and abs(alert_rate - previous_rate) > t.alert_rate_change
+    ):
+        issues.append(f"alert rate moved from {previous_rate:.1%} to {alert_rate:.1%}")
+    drifted = [f for f in features if f.drifted]
+    if current.scored < t.min_readings:
+        verdict: Literal["drift", "no_drift", "insufficient_data"] = "insufficient_data"
+    elif drifted or score.drifted:
+        verdict = "drift"
+    else:
+        verdict = "no_drift"
+    return DriftReport(
+        model=baseline.model_name,
+        model_version=current.model_version,
+        window_start=_iso(current.start) if current.readings else "",
+        window_end=_iso(current.end) if current.readings else "",
+        readings=current.readings,
+        scored=current.scored,
+        baseline_rows=baseline.rows,
+        baseline=baseline.source or f"baseline {baseline.baseline_id}",
+        verdict=verdict,
+        features=features,
+        score=score,
+        drifted_features=[f.feature for f in drifted],
+        drifted_sensors=sorted({s for f in drifted for s in f.sensors}),
+        missing_rate=missing,
+        out_of_range_rate=out_of_range,
+        silent_devices=silent,
+        alert_rate=alert_rate,
+        previous_alert_rate=previous_rate,
+        baseline_alert_rate=baseline.alert_rate,
+        quality_issues=issues,
+    )
+
+
+# ----------------------------------------------------------------------------- the monitor
+
+
+class SummaryStore(Protocol):
+    """Where window summaries live (the lake's ``summaries/`` on AWS)."""
+
+    def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
+        """Store summaries under a deterministic ``name`` (a replay overwrites); returns locations."""
+        ...
+
+    def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+        """Every summary of ``model`` (any version) whose window starts in ``[start, end)``."""
+        ...
+
+
+class DriftTriggerLog(Protocol):
+    """Per model, when drift last asked for a retraining (DynamoDB on AWS)."""
+
+    def claim(self, model: str, at: datetime, min_interval: timedelta, evidence: Mapping[str, Any]) -> bool:
+        """Record a trigger at ``at`` unless one was recorded less than ``min_interval`` before;
+        True when recorded. Atomic: two monitors racing record one trigger."""
+        ...
+
+    def release(self, model: str, at: datetime) -> None:
+        """Forget the trigger recorded at ``at`` (its event could not be sent; the next run retries)."""
+        ...
+
+
+class DriftNotifier(Protocol):
+    """Machines (the drift event that starts retraining) and people (an alert)."""
+
+    def drift_detected(self, detail: Mapping[str, Any]) -> None:
+        """Emit ``Zaindari Drift Detected`` with ``detail`` (raises PortError on failure)."""
+        ...
+
+    def tell_people(self, subject: str, message: Mapping[str, Any]) -> None:
+        """Alert people (raises PortError on failure)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """What one monitor run found and did.
+
+    ``status``: ``triggered`` (drift event emitted), ``suppressed`` (drift, but a trigger was
+    recorded less than the minimum interval ago), ``no_drift``, ``insufficient_data``, or
+    ``no_baseline`` (the production bundle has no ``baseline.json``).
+    """
+
+    status: Literal["triggered", "suppressed", "no_drift", "insufficient_data", "no_baseline"]
+    report: DriftReport | None
+    ignored_summaries: int = 0
+    detail: dict[str, Any] | None = None
+
+
+class DriftMonitor:
+    """The ``monitor_drift`` use case: merge a window's summaries, assess, trigger quietly.
+
+    Parameters
+    ----------
+    summaries, triggers, notifier
+        The ports.
+    thresholds
+        See :class:`DriftThresholds`.
+    window
+        The monitoring window ending at the check's time (whole hours).
+    min_interval
+        At most one drift trigger per model within this time.
+    """
+
+    def __init__(
+        self,
+        *,
+        summaries: SummaryStore,
+        triggers: DriftTriggerLog,
+        notifier: DriftNotifier,
+        thresholds: DriftThresholds | None = None,
+        window: timedelta = timedelta(hours=24),
+        min_interval: timedelta = timedelta(days=7),
+    ) -> None:
+        if window.total_seconds() % SUMMARY_WINDOW_SECONDS or window.total_seconds() <= 0:
+            raise ValueError("the drift window must be a whole number of hours")
+        self.summaries = summaries
+        self.triggers = triggers
+        self.notifier = notifier
+        self.thresholds = thresholds or DriftThresholds()
+        self.window = window
+        self.min_interval = min_interval
+
+    def window_bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """The last complete window before ``now`` (hour-aligned)."""
+        stamp = int(now.timestamp()) // SUMMARY_WINDOW_SECONDS * SUMMARY_WINDOW_SECONDS
+        end = datetime.fromtimestamp(stamp, tz=UTC)
+        return end - self.window, end
+
+    def check(self, baseline: Baseline | None, model_version: str, now: datetime) -> DriftCheck:
+        """Assess the window ending at ``now`` for ``model_version`` (the production version)."""
+        if baseline is None:
+            return DriftCheck("no_baseline", None)
+        start, end = self.window_bounds(now)
+        found = self.summaries.read(baseline.model_name, start - self.window, end)
+        mine = [
+            s for s in found if s.model_version == model_version and s.baseline_id == baseline.baseline_id
+        ]
+        empty = WindowSummary.empty(baseline, model_version)
+        split = int(start.timestamp())
+        current = merge_summaries([s for s in mine if s.start >= split], empty)
+        previous = merge_summaries([s for s in mine if s.start < split], empty)
+        report = assess_drift(baseline, current, previous if previous.readings else None, self.thresholds)
+        report = report.model_copy(update={"window_start": _iso(split), "window_end": _iso(end.timestamp())})
+        ignored = len(found) - len(mine)
+        # on a small sample the rates are noise; devices gone silent matter however few readings came
+        if report.quality_issues and (report.verdict != "insufficient_data" or report.silent_devices):
+            self.notifier.tell_people(
+                f"Zaindari data quality: {baseline.model_name}",
+                {
+                    "model_version": model_version,
+                    "window": [report.window_start, report.window_end],
+                    "issues": report.quality_issues,
+                },
+            )
+        if report.verdict != "drift":
+            return DriftCheck(report.verdict, report, ignored)
+        evidence = report.evidence()
+        detail = {"model": baseline.model_name, "model_version": model_version, "evidence": evidence}
+        if not self.triggers.claim(baseline.model_name, now, self.min_interval, evidence):
+            return DriftCheck("suppressed", report, ignored, detail)
+        try:
+            self.notifier.drift_detected(detail)
+        except Exception:
+            self.triggers.release(baseline.model_name, now)
+            raise
+        self.notifier.tell_people(f"Zaindari drift: {baseline.model_name} retraining requested", detail)
+        return DriftCheck("triggered", report, ignored, detail)

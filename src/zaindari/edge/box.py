@@ -1,0 +1,396 @@
+"""The edge box: scoring, local alerts, store-and-forward and model sync, wired once per process.
+
+:class:`EdgeBox` is what an edge runtime (an OpenFaaS ``handler.py``, ``zaindari edge serve``)
+holds for the life of its process. It runs the cloud's scoring use case
+(:class:`zaindari.event_scoring.EventScoring`) on the box's own ports: device state, lake writes,
+dead letters and alerts all go into the SQLite buffer (``zaindari.edge.buffer``), alerts also to
+the plant's channels at once (``zaindari.edge.local_alerts``), and the model comes from the local
+store that model sync maintains (``zaindari.edge.model_sync``). A background thread
+(:meth:`EdgeBox.start`) ships the buffer when the link is up, retries local alerts that a channel
+did not take, and applies a model update that waited for the link.
+
+``python -m zaindari.edge.box`` runs a box from ``ZAINDARI_*`` settings for a device feed replayed
+from a file, one shipment, an update, or a status report (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from zaindari.alerting import Alert
+from zaindari.edge.buffer import (
+    BufferedAlerts,
+    BufferedLake,
+    BufferedRejects,
+    BufferStats,
+    EdgeBuffer,
+    Shipper,
+    ShipReport,
+    SqliteStateStore,
+    Uplink,
+)
+from zaindari.edge.local_alerts import AlertChannel, LocalAlerts, MqttChannel, WebhookChannel
+from zaindari.edge.model_sync import (
+    BundleFetcher,
+    LocalBundleFetcher,
+    LocalModelStore,
+    ModelSync,
+    ModelUpdate,
+    SyncOutcome,
+    read_golden,
+    write_golden,
+)
+from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.settings import Settings
+
+__all__ = ["EdgeBox", "LocalFirstAlerts", "main", "read_secret"]
+
+log = logging.getLogger(__name__)
+
+
+def read_secret(secrets_dir: str | Path, name: str) -> str | None:
+    """The content of secret file ``name`` (stripped), or None when it does not exist."""
+    path = Path(secrets_dir) / name
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+class LocalFirstAlerts:
+    """:class:`~zaindari.ports.AlertSink` of the box: buffer every alert (cloud and plant queues,
+    one transaction), then deliver the plant's queues at once. A channel that is down keeps its
+    queue; the alert still counts as delivered, because it is durable and will go out."""
+
+    def __init__(self, buffer: EdgeBuffer, local: LocalAlerts | None) -> None:
+        self.buffered = BufferedAlerts(buffer, local_channels=local.names if local else ())
+        self.local = local
+
+    def publish(self, alerts: Sequence[Alert]) -> set[str]:
+        failed = self.buffered.publish(alerts)
+        if self.local is not None:
+            report = self.local.deliver()
+            for channel, error in report.errors.items():
+                log.warning("local alert channel %s is down; alerts stay queued: %s", channel, error)
+        return failed
+
+
+class EdgeBox:
+    """One edge box: see the module docstring.
+
+    Parameters
+    ----------
+    buffer
+        The store-and-forward buffer (also the device-state store).
+    sync
+        Model sync over the local model store.
+    box_id
+        Names the box in shipped objects and acks.
+    local
+        The plant's alert channels (None: none configured).
+    uplink
+        The link to the cloud (None: the box never ships, e.g. a test of the offline side).
+    settings
+        Contract limits, deduplication memory, threads, backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer: EdgeBuffer,
+        sync: ModelSync,
+        box_id: str,
+        local: LocalAlerts | None = None,
+        uplink: Uplink | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        self.buffer = buffer
+        self.sync = sync
+        self.box_id = box_id
+        self.local = local
+        self._observer = sync.on_event
+        self.sync.on_event = self._ack
+        self.scoring = EventScoring(
+            model=sync.current,
+            states=SqliteStateStore(buffer),
+            lake=BufferedLake(buffer),
+            alerts=LocalFirstAlerts(buffer, local),
+            rejects=BufferedRejects(buffer),
+            limits=settings.limits,
+            dedup_memory=settings.dedup_memory,
+            threads=settings.onnx_threads,
+        )
+        self.shipper = (
+            Shipper(
+                buffer,
+                uplink,
+                box_id=box_id,
+                status=self.status,
+                backoff_seconds=settings.edge_ship_backoff_seconds,
+                backoff_max_seconds=settings.edge_ship_backoff_max_seconds,
+            )
+            if uplink is not None
+            else None
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        uplink: Uplink | None = None,
+        fetcher: BundleFetcher | None = None,
+    ) -> EdgeBox:
+        """A box from its settings; ``uplink`` and ``fetcher`` come from the runtime's wiring
+        (``zaindari.infra.edge_uplink`` on a box with AWS credentials)."""
+        secrets = settings.edge_secrets_dir
+        channels: list[AlertChannel] = []
+        if settings.edge_webhook_url:
+            channels.append(
+                WebhookChannel(settings.edge_webhook_url, token=read_secret(secrets, "webhook-token"))
+            )
+        if settings.edge_mqtt_host:
+            channels.append(
+                MqttChannel(
+                    settings.edge_mqtt_host,
+                    settings.edge_mqtt_port,
+                    topic=settings.edge_mqtt_topic,
+                    client_id=f"zaindari-{settings.edge_box_id}",
+                    username=read_secret(secrets, "mqtt-username"),
+                    password=read_secret(secrets, "mqtt-password"),
+                )
+            )
+        buffer = EdgeBuffer(
+            settings.edge_buffer_path,
+            max_bytes=settings.edge_buffer_max_bytes,
+            synchronous=settings.edge_buffer_synchronous,
+        )
+        sync = ModelSync(
+            LocalModelStore(settings.edge_model_dir),
+            fetcher or LocalBundleFetcher(),
+            max_golden_alert_rate=settings.edge_max_golden_alert_rate,
+            rollback_after_errors=settings.edge_rollback_after_errors,
+            threads=settings.onnx_threads,
+        )
+        return cls(
+            buffer=buffer,
+            sync=sync,
+            box_id=settings.edge_box_id,
+            local=LocalAlerts(buffer, channels) if channels else None,
+            uplink=uplink,
+            settings=settings,
+        )
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score_records(self, records: Sequence[InboundRecord]) -> ScoringReport:
+        """Score a batch (the ``score_event`` use case) and watch the model on live traffic.
+
+        A batch whose scoring raises, or that yields a non-finite score, counts as a model error;
+        when that rolls the model back, the batch is scored again with the restored model.
+        """
+        try:
+            report = self.scoring.score_records(records)
+        except Exception as exc:
+            outcome = self.sync.record_batch(False, f"{type(exc).__name__}: {exc}")
+            if outcome is not None and outcome.status == "rolled_back":
+                log.error("model %s rolled back: %s", outcome.version, outcome.reason)
+                return self.scoring.score_records(records)
+            raise
+        bad = sum(1 for row in report.scored if not math.isfinite(float(row["score"])))
+        outcome = self.sync.record_batch(bad == 0, f"{bad} non-finite scores")
+        if outcome is not None:
+            log.error("model %s rolled back: %s", outcome.version, outcome.reason)
+        if report.scored or report.alerts:
+            self._wake.set()
+        return report
+
+    # -- model sync ---------------------------------------------------------------------------
+
+    def apply_update(self, update: ModelUpdate | Mapping[str, Any]) -> SyncOutcome:
+        """Take a model-update event (applied now if the bundle can be fetched, else pending)."""
+        parsed = update if isinstance(update, ModelUpdate) else ModelUpdate.model_validate(update)
+        return self.sync.request(parsed)
+
+    def status(self) -> dict[str, Any]:
+        """What the box runs (model, version, content hash) and what its buffer holds."""
+        stats = self.buffer.stats()
+        return {
+            **self.sync.status(),
+            "buffered": stats.rows,
+            "buffer_bytes": stats.bytes,
+            "local_alerts_pending": stats.local_alerts_pending,
+        }
+
+    def _ack(self, detail: dict[str, Any]) -> None:
+        self._observer(detail)
+        self.buffer.append("ack", {**detail, "box_id": self.box_id, "at": _now()})
+        self._wake.set()
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def forward_once(self) -> ShipReport | None:
+        """One round of the background work: local alert queues, then the buffer to the cloud,
+        then a model update that waited for the link."""
+        if self.local is not None and self.buffer.stats().local_alerts_pending:
+            self.local.deliver()
+        if self.shipper is None:
+            return None
+        report = self.shipper.ship_once()
+        if report.online:
+            outcome = self.sync.retry_pending()
+            if outcome is not None:
+                log.info(
+                    "model update %s:%s %s: %s",
+                    outcome.model,
+                    outcome.version,
+                    outcome.status,
+                    outcome.reason,
+                )
+                report = self.shipper.ship_once()  # its ack
+        return report
+
+    def start(self, *, idle_seconds: float = 1.0) -> None:
+        """Run :meth:`forward_once` in a background thread: at once after new work, every
+        ``idle_seconds`` otherwise, and after the shipper's backoff while the link is down."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    report = self.forward_once()
+                except Exception:  # the loop must outlive any one failure; the next round retries
+                    log.exception("edge forwarding round failed")
+                    report = None
+                delay = idle_seconds
+                if report is not None and report.error and self.shipper is not None:
+                    delay = self.shipper.next_delay()
+                self._wake.wait(delay)
+                self._wake.clear()
+
+        self._thread = threading.Thread(target=loop, name="zaindari-edge-forward", daemon=True)
+        self._thread.start()
+
+    def stats(self) -> BufferStats:
+        return self.buffer.stats()
+
+    def close(self) -> None:
+        """Stop the background thread, close the channels and this thread's database handle."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.local is not None:
+            self.local.close()
+        self.buffer.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- command line (python -m zaindari.edge.box) ---------------------------------------------------
+
+
+def _box(settings: Settings, online: bool) -> EdgeBox:
+    uplink: Uplink | None = None
+    fetcher: BundleFetcher | None = None
+    if online:
+        from zaindari.infra.edge_uplink import AwsUplink, S3BundleFetcher
+        from zaindari.infra.wiring import client_factory
+
+        factory = client_factory()
+        uplink = AwsUplink(
+            factory,
+            bucket=settings.lake_bucket,
+            event_bus=settings.event_bus_name,
+            topic_arn=settings.alert_topic_arn,
+            fmt=settings.scores_format,
+        )
+        fetcher = S3BundleFetcher(factory)
+    return EdgeBox.from_settings(settings, uplink=uplink, fetcher=fetcher)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zaindari.edge.box {replay,ship,update,status}``; settings from ``ZAINDARI_*``."""
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m zaindari.edge.box", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    replay = sub.add_parser("replay", help="score a device feed (JSON Lines of readings) in batches, offline")
+    replay.add_argument("readings", type=Path)
+    replay.add_argument("--batch", type=int, default=10, help="readings per request (default 10)")
+    replay.add_argument("--source", default="edge-replay")
+    ship = sub.add_parser(
+        "ship", help="ship the buffer to AWS (AWS_ENDPOINT_URL and credentials from the env)"
+    )
+    ship.add_argument("--max-batches", type=int, default=None)
+    update = sub.add_parser("update", help="apply a model-update event (a JSON file)")
+    update.add_argument("event", type=Path)
+    update.add_argument(
+        "--offline", action="store_true", help="do not fetch from S3 (local bundle paths only)"
+    )
+    seed = sub.add_parser("seed", help="install a first model bundle from a local folder")
+    seed.add_argument("bundle", type=Path)
+    seed.add_argument("--version", default=None)
+    seed.add_argument(
+        "--golden", type=Path, default=None, help="golden inputs: JSON Lines of normal readings"
+    )
+    sub.add_parser("status", help="print what the box runs and what its buffer holds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+    settings = Settings.from_env(os.environ)
+    box = _box(settings, online=args.command == "ship" or (args.command == "update" and not args.offline))
+    try:
+        if args.command == "replay":
+            _replay(box, args.readings, args.batch, args.source)
+        elif args.command == "ship":
+            report = box.shipper.ship_once(max_batches=args.max_batches) if box.shipper else None
+            out = (
+                {"online": report.online, "shipped": report.shipped, "error": report.error} if report else {}
+            )
+            print(json.dumps({**out, "remaining": box.buffer.stats().rows}))
+            return 0 if report is not None and report.error is None else 1
+        elif args.command == "update":
+            outcome = box.apply_update(json.loads(args.event.read_text()))
+            print(json.dumps(vars(outcome)))
+            return 0 if outcome.status in ("applied", "unchanged", "pending") else 1
+        elif args.command == "seed":
+            if args.golden is not None:
+                write_golden(box.sync.store.golden_path, read_golden(args.golden))
+            print(json.dumps(vars(box.sync.seed(args.bundle, version=args.version))))
+        else:
+            print(json.dumps(box.status()))
+    finally:
+        box.close()
+    return 0
+
+
+def _replay(box: EdgeBox, path: Path, batch: int, source: str) -> None:
+    """Score a feed in batches, printing one JSON line per batch (its first reading and counts)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for begin in range(0, len(lines), batch):
+        payload = [json.loads(line) for line in lines[begin : begin + batch]]
+        report = box.score_records([InboundRecord(f"{source}-{begin:08d}", payload, source)])
+        print(json.dumps({"offset": begin, **report.counts()}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

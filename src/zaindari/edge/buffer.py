@@ -1,0 +1,854 @@
+"""Store and forward: the edge box's durable buffer (SQLite) and the shipper that empties it.
+
+Everything the box produces while scoring goes into one SQLite database before anything else
+happens to it: raw telemetry with its scores, dead letters, alerts, summaries and version acks,
+each a row of one append-only log (``outbox``) numbered by a sequence that is never reused. The
+device state the scoring use case keeps (windows, alert hysteresis, keys of readings seen) lives in
+the same file. The classes at the bottom adapt the buffer to the core's ports
+(:class:`~zaindari.ports.LakeWriter`, :class:`~zaindari.ports.RejectSink`,
+:class:`~zaindari.ports.AlertSink`, :class:`~zaindari.ports.StateStore`), so
+:class:`zaindari.event_scoring.EventScoring` writes into it unchanged.
+
+Durability. WAL mode with ``synchronous=FULL``: every commit is fsynced before the call returns.
+``NORMAL`` would survive a killed process (the WAL is in the OS's page cache) but may lose the last
+commits on a power cut, and at the edge a power cut is the usual way a box stops; a device whose
+request was answered has forgotten its readings, so an answered batch must be on disk. The price is
+one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). Device state
+alone is committed without waiting for the disk: the next durable commit persists it (the WAL is
+written in order), and if a power cut takes the last state write, the readings the devices send
+again are recognised by the keys the log keeps with their scores and alerts (nothing is buffered
+twice); windows and alert hysteresis then miss that one request's update. This halves the fsyncs of
+a request without alerts (one instead of two).
+
+Shipping. :class:`Shipper` sends the log to the cloud strictly in sequence order through an
+:class:`Uplink` (S3 and EventBridge: ``zaindari.infra.edge_uplink``). Consecutive rows of one kind
+and date are merged into one object. Before sending, the shipper records its *plan* (first and last
+sequence numbers) in the database; after a crash the same plan is sent again, so the object gets the
+same name (``edge-<box>-<epoch>-<first seq>``) and overwrites itself: each score row lands exactly
+once. EventBridge has no idempotent put: a crash after ``PutEvents`` succeeded and before the row
+was deleted sends that one event again, with the same ``alert_id`` and ``kind`` that consumers
+de-duplicate on (as in the cloud path).
+
+Bounded size. ``max_bytes`` bounds the log (compressed payload bytes). When an append would pass
+it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device and hour, counts and
+score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
+offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
+dropped or compacted: when nothing compactable is left they are kept beyond the bound, and new
+scores are stored compacted at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from zaindari.alerting import Alert
+from zaindari.contract import Reading
+from zaindari.jsonable import json_default
+from zaindari.pipeline import DeviceState
+from zaindari.ports import (
+    AlertSink,
+    LakeWriter,
+    PortError,
+    RejectedRecord,
+    RejectSink,
+    SaveResult,
+    StateStore,
+)
+
+__all__ = [
+    "ACK_DETAIL_TYPE",
+    "BufferStats",
+    "BufferedAlerts",
+    "BufferedLake",
+    "BufferedRejects",
+    "EdgeBuffer",
+    "Entry",
+    "ShipReport",
+    "Shipper",
+    "SqliteStateStore",
+    "Uplink",
+    "compact_scores",
+]
+
+Kind = Literal["scores", "reject", "alert", "summary", "ack"]
+ACK_DETAIL_TYPE = "Zaindari Edge Ack"
+
+# Lake prefixes of what the box ships (the cloud's layout; object names start with ``edge-``).
+RAW_PREFIX = "raw/telemetry"
+SCORES_PREFIX = "scores/events"
+QUARANTINE_PREFIX = "quarantine/events"
+SUMMARIES_PREFIX = "summaries/edge"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after rows are deleted
+    kind TEXT NOT NULL,
+    day TEXT NOT NULL,                      -- lake date partition ('' for events)
+    items INTEGER NOT NULL,                 -- readings, rows or alerts held
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL                      -- zlib-compressed JSON
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, seq);
+CREATE TABLE IF NOT EXISTS written (        -- keys already in the log, for idempotent appends
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS local_alerts (   -- alerts the plant's own channels have not taken yet
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS device_state (
+    device_id TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _encode(data: Any) -> bytes:
+    return zlib.compress(orjson.dumps(data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY), 1)
+
+
+def _decode(body: bytes) -> Any:
+    return orjson.loads(zlib.decompress(body))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the log as the shipper sees it."""
+
+    seq: int
+    kind: str
+    day: str
+    items: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """What the buffer holds now, and what it has done since it was created."""
+
+    rows: dict[str, int]
+    items: dict[str, int]
+    kind_bytes: dict[str, int]
+    bytes: int
+    max_bytes: int
+    local_alerts_pending: int
+    compacted_readings: int
+    shipped_rows: int
+
+    @property
+    def over_limit(self) -> bool:
+        return self.bytes > self.max_bytes
+
+
+class EdgeBuffer:
+    """The durable log, the device states and the local-alert queue, in one SQLite file.
+
+    Parameters
+    ----------
+    path
+        The database file (its folder is created). One box, one file.
+    max_bytes
+        Bound on the log's compressed payload bytes (see the module docstring for the policy).
+    synchronous
+        SQLite ``synchronous`` pragma: ``FULL`` (default, survives a power cut) or ``NORMAL``
+        (survives a killed process only; for benchmarks and throwaway boxes).
+    key_memory
+        How many appended keys (reading keys of buffered scores, alert keys) are remembered to
+        make a repeated append a no-op (a batch re-scored after a crash between the lake write and
+        the state write).
+    compact_chunk
+        Rows of raw scores compacted at a time.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        key_memory: int = 200_000,
+        compact_chunk: int = 256,
+    ) -> None:
+        if max_bytes < 1024:
+            raise ValueError("max_bytes must be at least 1024")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self.key_memory = key_memory
+        self.compact_chunk = compact_chunk
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db()  # creates the schema
+        # names shipped objects with the sequence: a re-created database must not reuse them
+        self.epoch = self._meta_default("epoch", uuid.uuid4().hex[:8])
+
+    # -- connections and transactions -----------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections are not shared between threads)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.executescript(_SCHEMA)
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so two writers queue instead of deadlocking).
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
+        transaction): the next durable commit fsyncs the WAL, and this one with it, in order.
+        """
+        db = self._db()
+        relaxed = not durable and self.synchronous == "FULL"
+        try:
+            if relaxed:
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise PortError(f"edge buffer {self.path}: {exc}") from exc
+            raise
+        finally:
+            if relaxed:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def _meta_default(self, name: str, value: str) -> str:
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (name, value))
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0])
+
+    @staticmethod
+    def _counter(db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, name: str, delta: int) -> None:
+        db.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+            (name, str(delta), delta),
+        )
+
+    # -- appending ------------------------------------------------------------------------
+
+    def append(
+        self,
+        kind: Kind,
+        body: Any,
+        *,
+        day: str = "",
+        items: int = 1,
+        keys: Sequence[str] = (),
+        local_channels: Sequence[str] = (),
+    ) -> int | None:
+        """Append one row; returns its sequence number, or None when every key was seen before.
+
+        ``keys`` make the append idempotent: if all of them were appended before, nothing is
+        written. With ``local_channels``, ``body`` (an alert) is also queued for each of those
+        channels, in the same transaction.
+        """
+        data = _encode(body)
+        with self._write() as db:
+            if keys and self._all_written(db, keys):
+                return None
+            self._make_room(db, len(data))
+            seq = self._insert(db, kind, day, items, data)
+            self._remember(db, keys)
+            db.executemany(
+                "INSERT INTO local_alerts (channel, body) VALUES (?, ?)",
+                [(channel, data) for channel in local_channels],
+            )
+        return seq
+
+    def append_scores(
+        self, raw: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """Append raw telemetry with its scores, one row per date; rows whose ``record_key`` is
+        already in the log are left out (a batch scored again after a crash)."""
+        with self._write() as db:
+            keys = [str(s.get("record_key", "")) for s in scores]
+            known = self._known(db, [k for k in keys if k])
+            by_day: dict[str, list[int]] = defaultdict(list)
+            for i, score in enumerate(scores):
+                if keys[i] and keys[i] in known:
+                    continue
+                by_day[str(score["timestamp"])[:10]].append(i)
+            seqs: list[int] = []
+            for day, rows in sorted(by_day.items()):
+                body = {"raw": [raw[i] for i in rows], "scores": [scores[i] for i in rows]}
+                data = _encode(body)
+                if self._make_room(db, len(data)):
+                    seqs.append(self._insert(db, "scores", day, len(rows), data))
+                else:  # nothing left to compact: keep these readings as a summary at once
+                    for summary_day, summaries in _summaries_by_day([scores[i] for i in rows]).items():
+                        seqs.append(
+                            self._insert(db, "summary", summary_day, len(summaries), _encode(summaries))
+                        )
+                    self._bump(db, "compacted_readings", len(rows))
+                self._remember(db, [keys[i] for i in rows if keys[i]])
+        return seqs
+
+    def _insert(self, db: sqlite3.Connection, kind: str, day: str, items: int, data: bytes) -> int:
+        cursor = db.execute(
+            "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, day, items, len(data), time.time(), data),
+        )
+        self._bump(db, "bytes", len(data))
+        return int(cursor.lastrowid or 0)
+
+    def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for begin in range(0, len(keys), 500):
+            chunk = list(keys[begin : begin + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in db.execute(f"SELECT key FROM written WHERE key IN ({marks})", chunk))
+        return found
+
+    def _all_written(self, db: sqlite3.Connection, keys: Sequence[str]) -> bool:
+        return len(self._known(db, keys)) == len(set(keys))
+
+    def _remember(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        db.executemany("INSERT OR IGNORE INTO written (key) VALUES (?)", [(k,) for k in keys])
+        top = db.execute("SELECT max(id) FROM written").fetchone()[0] or 0
+        if top > self.key_memory:
+            db.execute("DELETE FROM written WHERE id <= ?", (top - self.key_memory,))
+
+    # -- the size bound -------------------------------------------------------------------
+
+    def _make_room(self, db: sqlite3.Connection, incoming: int) -> bool:
+        """Compact the oldest raw scores until ``incoming`` bytes fit; False if they cannot."""
+        total = self._counter(db, "bytes")
+        if total + incoming <= self.max_bytes:
+            return True
+        # compact down to 90 % of the bound, so that compaction does not run on every append
+        target = max(int(self.max_bytes * 0.9) - incoming, 0)
+        plan = self._plan(db)
+        while total > target:
+            freed = self._compact_oldest(db, plan)
+            if freed == 0:
+                break
+            total -= freed
+        return total + incoming <= self.max_bytes
+
+    def _compact_oldest(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+        """Replace the oldest rows of raw scores by summaries; returns the bytes freed."""
+        low, high = plan if plan else (0, -1)
+        rows = db.execute(
+            "SELECT seq, bytes, body FROM outbox WHERE kind = 'scores' AND NOT (seq BETWEEN ? AND ?) "
+            "ORDER BY seq LIMIT ?",
+            (low, high, self.compact_chunk),
+        ).fetchall()
+        if not rows:
+            return 0
+        scores = [s for _, _, body in rows for s in _decode(body)["scores"]]
+        by_day = _summaries_by_day(scores)
+        seqs = [int(r[0]) for r in rows]
+        freed = sum(int(r[1]) for r in rows)
+        db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        # the summaries take the oldest sequence numbers of the rows they replace (one per day,
+        # and a row holds one day, so there are enough), keeping their place in the log
+        added = 0
+        for seq, (day, summaries) in zip(seqs, sorted(by_day.items()), strict=False):
+            data = _encode(summaries)
+            db.execute(
+                "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
+                "VALUES (?, 'summary', ?, ?, ?, ?, ?)",
+                (seq, day, len(summaries), len(data), time.time(), data),
+            )
+            added += len(data)
+        self._bump(db, "bytes", added - freed)
+        self._bump(db, "compacted_readings", len(scores))
+        return freed - added
+
+    # -- reading the log (the shipper) ----------------------------------------------------
+
+    @staticmethod
+    def _plan(db: sqlite3.Connection) -> tuple[int, int] | None:
+        row = db.execute("SELECT value FROM meta WHERE name = 'plan'").fetchone()
+        if row is None or not row[0]:
+            return None
+        low, high = (int(x) for x in str(row[0]).split(":"))
+        return low, high
+
+    def next_batch(self, max_items: int) -> list[Entry]:
+        """The rows to ship next, oldest first: the planned batch if one is in flight, else the
+        longest run of rows of one kind and day at the head of the log (one alert or ack alone),
+        up to ``max_items`` items; the plan is recorded before it is returned."""
+        with self._write() as db:
+            plan = self._plan(db)
+            if plan is not None:
+                rows = db.execute(
+                    "SELECT seq, kind, day, items, body FROM outbox WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    plan,
+                ).fetchall()
+                if rows:
+                    return [Entry(int(r[0]), r[1], r[2], int(r[3]), _decode(r[4])) for r in rows]
+            head = db.execute("SELECT seq, kind, day, items FROM outbox ORDER BY seq LIMIT 512").fetchall()
+            chosen: list[tuple[int, str, str, int]] = []
+            items = 0
+            for seq, kind, day, count in head:
+                if chosen and (
+                    kind != chosen[0][1]
+                    or day != chosen[0][2]
+                    or kind in ("alert", "ack")
+                    or items + count > max_items
+                ):
+                    break
+                chosen.append((int(seq), kind, day, int(count)))
+                items += int(count)
+            bodies = dict(
+                db.execute(
+                    "SELECT seq, body FROM outbox WHERE seq BETWEEN ? AND ?",
+                    (chosen[0][0], chosen[-1][0]),
+                ).fetchall()
+                if chosen
+                else []
+            )
+            batch = [Entry(seq, kind, day, count, _decode(bodies[seq])) for seq, kind, day, count in chosen]
+            if batch:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('plan', ?)",
+                    (f"{batch[0].seq}:{batch[-1].seq}",),
+                )
+            return batch
+
+    def mark_shipped(self, batch: Sequence[Entry]) -> None:
+        """Delete a shipped batch and its plan, in one transaction."""
+        if not batch:
+            return
+        with self._write() as db:
+            freed = 0
+            for entry in batch:
+                row = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING bytes", (entry.seq,)).fetchone()
+                freed += int(row[0]) if row else 0
+            db.execute("DELETE FROM meta WHERE name = 'plan'")
+            self._bump(db, "bytes", -freed)
+            self._bump(db, "shipped_rows", len(batch))
+
+    # -- the local-alert queue ------------------------------------------------------------
+
+    def pending_local_alerts(self, channel: str, limit: int = 100) -> list[tuple[int, Any]]:
+        """Alerts ``channel`` has not taken yet, oldest first."""
+        rows = self._db().execute(
+            "SELECT seq, body FROM local_alerts WHERE channel = ? ORDER BY seq LIMIT ?", (channel, limit)
+        )
+        return [(int(seq), _decode(body)) for seq, body in rows.fetchall()]
+
+    def local_alerts_done(self, delivered: Sequence[int], failed: Mapping[int, str]) -> None:
+        """Drop delivered local alerts; count an attempt and keep the error on the others."""
+        with self._write() as db:
+            db.executemany("DELETE FROM local_alerts WHERE seq = ?", [(s,) for s in delivered])
+            db.executemany(
+                "UPDATE local_alerts SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                [(error[:500], seq) for seq, error in failed.items()],
+            )
+
+    # -- device state ---------------------------------------------------------------------
+
+    def load_states(self, device_ids: Sequence[str]) -> dict[str, DeviceState]:
+        db = self._db()
+        out: dict[str, DeviceState] = {}
+        ids = sorted(set(device_ids))
+        try:
+            for begin in range(0, len(ids), 500):
+                chunk = ids[begin : begin + 500]
+                marks = ",".join("?" * len(chunk))
+                for device, state in db.execute(
+                    f"SELECT device_id, state FROM device_state WHERE device_id IN ({marks})", chunk
+                ):
+                    out[device] = DeviceState.from_dict(_decode(state))
+        except sqlite3.Error as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        return out
+
+    def save_states(self, states: Mapping[str, DeviceState]) -> None:
+        """Write device states without waiting for the disk (see the module docstring)."""
+        now = time.time()
+        with self._write(durable=False) as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO device_state (device_id, state, updated_at) VALUES (?, ?, ?)",
+                [(device, _encode(state.to_dict()), now) for device, state in states.items()],
+            )
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def stats(self) -> BufferStats:
+        db = self._db()
+        rows: dict[str, int] = {}
+        items: dict[str, int] = {}
+        kind_bytes: dict[str, int] = {}
+        for kind, count, total, size in db.execute(
+            "SELECT kind, count(*), sum(items), sum(bytes) FROM outbox GROUP BY kind"
+        ):
+            rows[kind] = int(count)
+            items[kind] = int(total)
+            kind_bytes[kind] = int(size)
+        pending_local = int(db.execute("SELECT count(*) FROM local_alerts").fetchone()[0])
+        return BufferStats(
+            rows=rows,
+            items=items,
+            kind_bytes=kind_bytes,
+            bytes=self._counter(db, "bytes"),
+            max_bytes=self.max_bytes,
+            local_alerts_pending=pending_local,
+            compacted_readings=self._counter(db, "compacted_readings"),
+            shipped_rows=self._counter(db, "shipped_rows"),
+        )
+
+
+def _hour(timestamp: str) -> str:
+    return f"{timestamp[:13]}:00:00Z"
+
+
+def compact_scores(scores: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per device and hour: how many readings, score statistics, alerting rows, worst severity.
+
+    What a compacted stretch of raw scores leaves behind (``summaries/edge/`` in the lake).
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in scores:
+        groups[(str(row["device_id"]), _hour(str(row["timestamp"])))].append(row)
+    from zaindari.spec import SEVERITY_RANK
+
+    out: list[dict[str, Any]] = []
+    for (device, hour), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        values = [float(r["score"]) for r in rows if r.get("score") is not None]
+        finite = [v for v in values if math.isfinite(v)]
+        severities = [str(r["severity"]) for r in rows if r.get("severity")]
+        first = rows[0]
+        out.append(
+            {
+                "kind": "compacted_scores",
+                "device_id": device,
+                "asset": first.get("asset"),
+                "line": first.get("line"),
+                "site": first.get("site"),
+                "hour": hour,
+                "first_timestamp": min(str(r["timestamp"]) for r in rows),
+                "last_timestamp": max(str(r["timestamp"]) for r in rows),
+                "readings": len(rows),
+                "score_min": min(finite) if finite else None,
+                "score_max": max(finite) if finite else None,
+                "score_mean": sum(finite) / len(finite) if finite else None,
+                "alerting_readings": sum(1 for r in rows if r.get("alert")),
+                "worst_severity": max(severities, key=lambda s: SEVERITY_RANK.get(s, -1))
+                if severities
+                else None,
+                "model_versions": sorted({str(r.get("model_version")) for r in rows}),
+            }
+        )
+    return out
+
+
+def _summaries_by_day(scores: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for summary in compact_scores(scores):
+        by_day[summary["hour"][:10]].append(summary)
+    return dict(by_day)
+
+
+# -- the core's ports on the buffer --------------------------------------------------------------
+
+
+class SqliteStateStore:
+    """:class:`~zaindari.ports.StateStore` in the buffer's database (one row per device)."""
+
+    def __init__(self, buffer: EdgeBuffer) -> None:
+        self.buffer = buffer
+
+    def load(self, device_ids: Sequence[str]) -> dict[str, DeviceState]:
+        return self.buffer.load_states(device_ids)
+
+    def save(self, states: Mapping[str, DeviceState]) -> SaveResult:
+        self.buffer.save_states(states)
+        return SaveResult()
+
+
+class BufferedLake:
+    """:class:`~zaindari.ports.LakeWriter` that appends to the buffer (shipped to ``raw/`` and
+    ``scores/`` later). Returns ``buffer:<seq>`` for each row written."""
+
+    def __init__(self, buffer: EdgeBuffer) -> None:
+        self.buffer = buffer
+
+    def write(self, readings: Sequence[Reading], scores: Sequence[Mapping[str, Any]]) -> list[str]:
+        seqs = self.buffer.append_scores([r.to_record() for r in readings], scores)
+        return [f"buffer:{s}" for s in seqs]
+
+
+class BufferedRejects:
+    """:class:`~zaindari.ports.RejectSink` that appends dead letters to the buffer (shipped to
+    ``quarantine/events/``), one row per date they were received."""
+
+    def __init__(self, buffer: EdgeBuffer) -> None:
+        self.buffer = buffer
+
+    def reject(self, rejected: Sequence[RejectedRecord]) -> list[str]:
+        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        today = datetime.now(UTC).date().isoformat()
+        for r in rejected:
+            by_day[r.received_at[:10] or today].append(r.to_dict())
+        out = []
+        for day, rows in sorted(by_day.items()):
+            seq = self.buffer.append("reject", rows, day=day, items=len(rows))
+            out.append(f"buffer:{seq}")
+        return out
+
+
+class BufferedAlerts:
+    """:class:`~zaindari.ports.AlertSink` that appends alerts to the buffer (shipped to
+    EventBridge as ``Zaindari Alert``) and queues them for the plant's ``local_channels``
+    (``zaindari.edge.local_alerts``). An alert already buffered (same ``alert_id`` and ``kind``)
+    is not added again. Every alert accepted is durable, so nothing is reported as failed."""
+
+    def __init__(self, buffer: EdgeBuffer, *, local_channels: Sequence[str] = ()) -> None:
+        self.buffer = buffer
+        self.local_channels = tuple(local_channels)
+
+    def publish(self, alerts: Sequence[Alert]) -> set[str]:
+        for alert in alerts:
+            body = alert.model_dump(mode="json")
+            self.buffer.append(
+                "alert",
+                body,
+                keys=[f"alert:{alert.dedup_key}"],
+                local_channels=self.local_channels,
+            )
+        return set()
+
+
+def _conforms() -> None:
+    """Static check (mypy) that the buffer's adapters satisfy the core's ports."""
+    buffer = EdgeBuffer(":memory:")
+    _s: StateStore = SqliteStateStore(buffer)
+    _l: LakeWriter = BufferedLake(buffer)
+    _r: RejectSink = BufferedRejects(buffer)
+    _a: AlertSink = BufferedAlerts(buffer)
+
+
+# -- shipping ------------------------------------------------------------------------------------
+
+
+class Uplink(Protocol):
+    """Where the shipper sends the log (S3 and EventBridge: ``zaindari.infra.edge_uplink``).
+
+    Every method raises :class:`~zaindari.ports.PortError` when the link or the service fails.
+    """
+
+    def put_rows(self, prefix: str, day: str, name: str, rows: Sequence[Mapping[str, Any]]) -> str:
+        """Write rows as one lake object ``<prefix>/date=<day>/<name>.<ext>``; returns its key."""
+        ...
+
+    def publish_alerts(self, alerts: Sequence[Alert]) -> set[str]:
+        """Publish alerts as the cloud does; returns the ``dedup_key`` of those not delivered."""
+        ...
+
+    def put_event(self, detail_type: str, detail: Mapping[str, Any]) -> None:
+        """Put one event on the bus."""
+        ...
+
+
+@dataclass
+class ShipReport:
+    """What one :meth:`Shipper.ship_once` did."""
+
+    online: bool = False
+    reconnected: bool = False
+    busy: bool = False  # another shipper holds the buffer; nothing was sent
+    shipped: dict[str, int] = field(default_factory=dict)
+    objects: list[str] = field(default_factory=list)
+    error: str | None = None
+    remaining: int = 0
+
+
+class Shipper:
+    """Empties the buffer into the cloud in sequence order, with retries and exponential backoff.
+
+    Parameters
+    ----------
+    buffer, uplink
+        The log and where it goes.
+    box_id
+        Names the box in object names and acks.
+    status
+        The box's current status (model and version it runs) for the ``Zaindari Edge Ack`` sent
+        first on every (re)connection; that ack is also the link probe.
+    backoff_seconds, backoff_max_seconds
+        First wait after a failure, doubled on each further failure up to the maximum, with
+        +-20 % jitter (a fleet of boxes reconnecting does not hit the cloud in step).
+    max_items
+        Most readings (or rows) in one shipped object.
+    """
+
+    def __init__(
+        self,
+        buffer: EdgeBuffer,
+        uplink: Uplink,
+        *,
+        box_id: str,
+        status: Callable[[], Mapping[str, Any]],
+        backoff_seconds: float = 1.0,
+        backoff_max_seconds: float = 300.0,
+        max_items: int = 5000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.uplink = uplink
+        self.box_id = box_id
+        self.status = status
+        self.backoff_seconds = backoff_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.max_items = max_items
+        self.online = False
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def object_name(self, seq: int) -> str:
+        return f"edge-{self.box_id}-{self.buffer.epoch}-{seq:012d}"
+
+    def next_delay(self) -> float:
+        """Seconds to wait after ``failures`` consecutive failures."""
+        if self.failures == 0:
+            return 0.0
+        base = min(self.backoff_seconds * 2 ** (self.failures - 1), self.backoff_max_seconds)
+        return float(base * self._rng.uniform(0.8, 1.2))
+
+    def ship_once(self, *, max_batches: int | None = None) -> ShipReport:
+        """Probe the link if it was down (an ack), then ship batches until the log is empty, a
+        send fails, or ``max_batches`` were sent.
+
+        One shipper at a time per buffer, across processes (an exclusive lock on
+        ``<buffer>.ship.lock``, released if its holder dies): two would send the same planned batch
+        twice, which S3 absorbs but EventBridge does not. When another holds it, nothing is sent.
+        """
+        with _exclusive(self.buffer.path.with_name(self.buffer.path.name + ".ship.lock")) as mine:
+            if not mine:
+                stats = self.buffer.stats()
+                return ShipReport(online=self.online, busy=True, remaining=sum(stats.rows.values()))
+            return self._ship(max_batches)
+
+    def _ship(self, max_batches: int | None) -> ShipReport:
+        report = ShipReport()
+        try:
+            if not self.online:
+                ack = {**self.status(), "box_id": self.box_id, "event": "connected", "at": _now()}
+                self.uplink.put_event(ACK_DETAIL_TYPE, ack)
+                self.online = report.reconnected = True
+            sent = 0
+            while max_batches is None or sent < max_batches:
+                batch = self.buffer.next_batch(self.max_items)
+                if not batch:
+                    break
+                report.objects.extend(self._send(batch))
+                self.buffer.mark_shipped(batch)
+                kind = batch[0].kind
+                report.shipped[kind] = report.shipped.get(kind, 0) + sum(e.items for e in batch)
+                sent += 1
+            self.failures = 0
+        except PortError as exc:
+            self.online = False
+            self.failures += 1
+            report.error = str(exc)
+        report.online = self.online
+        stats = self.buffer.stats()
+        report.remaining = sum(stats.rows.values())
+        return report
+
+    def _send(self, batch: Sequence[Entry]) -> list[str]:
+        first = batch[0]
+        name = self.object_name(first.seq)
+        if first.kind == "scores":
+            raw = [row for e in batch for row in e.body["raw"]]
+            scores = [row for e in batch for row in e.body["scores"]]
+            # scores first: a reader that finds raw telemetry can count on its scores being there
+            return [
+                self.uplink.put_rows(SCORES_PREFIX, first.day, name, scores),
+                self.uplink.put_rows(RAW_PREFIX, first.day, name, raw),
+            ]
+        if first.kind == "reject":
+            rows = [row for e in batch for row in e.body]
+            return [self.uplink.put_rows(QUARANTINE_PREFIX, first.day, name, rows)]
+        if first.kind == "summary":
+            rows = [row for e in batch for row in e.body]
+            return [self.uplink.put_rows(SUMMARIES_PREFIX, first.day, name, rows)]
+        if first.kind == "alert":
+            alerts = [Alert.model_validate(e.body) for e in batch]
+            failed = self.uplink.publish_alerts(alerts)
+            if failed:
+                raise PortError(f"alerts not delivered: {sorted(failed)}")
+            return []
+        if first.kind == "ack":
+            for entry in batch:
+                self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})
+            return []
+        raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """A non-blocking exclusive ``flock`` on ``path``: yields whether this process holds it."""
+    import fcntl
+
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

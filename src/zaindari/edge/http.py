@@ -1,0 +1,140 @@
+"""The OpenFaaS ``python3-http`` contract, shared by every edge ``handler.py`` and by the edge server.
+
+A handler is ``handle(event, context)``: ``event`` has ``body`` (bytes), ``headers``, ``method``,
+``query`` and ``path``; ``context`` has ``hostname``. It returns a dict with ``statusCode``,
+``body`` (a dict is sent as JSON, anything else as text) and ``headers`` (see
+openfaas/python-flask-template, ``template/python3-http-debian/index.py``).
+
+Authentication: OpenFaaS does not authenticate function invocations, so each handler checks an
+``Authorization: Bearer <token>`` header against the token(s) in a secret file
+(``<edge_secrets_dir>/<edge_token_secret>``, one token per line: a second line lets a new token
+roll out before the old one is removed). A missing or empty secret fails the cold start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from zaindari.jsonable import json_default
+from zaindari.settings import Settings, SettingsError
+
+__all__ = [
+    "Context",
+    "Event",
+    "Headers",
+    "HttpEvent",
+    "Response",
+    "guard",
+    "json_response",
+    "read_tokens",
+]
+
+Response = dict[str, Any]
+
+
+class HttpEvent(Protocol):
+    """What the ``python3-http`` template hands a handler (Flask's request, or the edge server's)."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    method: str
+    query: Mapping[str, str]
+    path: str
+
+
+class Headers(Mapping[str, str]):
+    """HTTP headers, looked up case-insensitively (as Flask's ``request.headers`` are)."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = {k.lower(): v for k, v in items}
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A request as the ``python3-http`` template describes it (built by the edge server and tests)."""
+
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=Headers)
+    method: str = "GET"
+    query: Mapping[str, str] = field(default_factory=dict)
+    path: str = "/"
+
+
+@dataclass(frozen=True)
+class Context:
+    """The template's context: the host (container) answering."""
+
+    hostname: str = "localhost"
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """A response whose body is JSON text."""
+    return {
+        "statusCode": status,
+        "body": json.dumps(body, default=json_default),
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+    }
+
+
+def read_tokens(settings: Settings) -> frozenset[str]:
+    """The bearer tokens the edge accepts, from the secret file (read once per container).
+
+    Raises
+    ------
+    SettingsError
+        When the secret file is missing or holds no token: the function refuses to start rather
+        than serve without authentication.
+    """
+    path = Path(settings.edge_secrets_dir) / settings.edge_token_secret
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SettingsError(
+            f"edge token secret {path} cannot be read ({exc.strerror}); create it "
+            "(faas-cli secret create ...) or set ZAINDARI_EDGE_SECRETS_DIR / ZAINDARI_EDGE_TOKEN_SECRET"
+        ) from exc
+    tokens = frozenset(t.strip() for t in lines if t.strip())
+    if not tokens:
+        raise SettingsError(f"edge token secret {path} is empty")
+    return tokens
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Authorization") or headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def guard(event: HttpEvent, tokens: frozenset[str], max_bytes: int) -> Response | None:
+    """The checks every edge request passes first: 401 without a valid token, 413 above ``max_bytes``.
+
+    Returns the refusal, or ``None`` when the request may proceed.
+    """
+    token = _bearer(event.headers)
+    # compare with every token in constant time: the answer must not tell how much of one matched
+    if token is None or not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
+        return json_response(
+            401,
+            {"message": "missing or invalid bearer token"},
+            {"WWW-Authenticate": 'Bearer realm="zaindari-edge"'},
+        )
+    size = len(event.body or b"")
+    if size > max_bytes:
+        return json_response(413, {"message": f"body is {size} bytes, above the limit of {max_bytes}"})
+    return None

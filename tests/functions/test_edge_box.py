@@ -1,0 +1,481 @@
+"""The edge box end to end, on real parts: a box process scoring offline is killed -9 and restarted,
+then ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
+updates come from S3, a corrupt one is refused.
+
+The box runs as ``python -m zaindari.edge.box`` in a subprocess (so SIGKILL hits a real process
+mid-write); AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge_support import bundle_variant, golden_readings, mosquitto, update_for
+from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
+from tests.support import fit_example_bundle, plant_readings
+from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.edge.box import EdgeBox
+from zaindari.edge.buffer import ACK_DETAIL_TYPE
+from zaindari.edge.model_sync import write_golden
+from zaindari.event_scoring import InboundRecord
+from zaindari.infra.edge_uplink import AwsUplink, S3BundleFetcher
+from zaindari.settings import Settings
+
+pytestmark = pytest.mark.aws
+
+BUCKET = "zaindari-lake"
+HOUR = slice(1080, 1320)  # 04:30 to 05:30 of the small plant: two faults develop, alerts fire
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> ModelBundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def readings() -> list[dict[str, Any]]:
+    return plant_readings()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with mosquitto(tmp_path_factory.mktemp("mosquitto")) as port:
+        yield port
+
+
+class MqttInbox:
+    """A real MQTT subscriber on the broker: every message published on ``zaindari/alerts/#``."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"inbox-{os.getpid()}-{time.time_ns()}"
+        )
+        self.client.on_connect = lambda c, *_: c.subscribe("zaindari/alerts/#", qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, json.loads(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(5), "MQTT subscription not acknowledged"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Webhook:
+    """A loopback HTTP endpoint that records the JSON POSTed to it; can be stopped and restarted."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append({"auth": self.headers.get("Authorization"), "alert": json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/alerts"
+
+
+def box_env(root: Path, aws: EmbeddedAws, **extra: str) -> dict[str, str]:
+    return {
+        "ZAINDARI_EDGE_BOX_ID": "press-hall-1",
+        "ZAINDARI_EDGE_BUFFER_PATH": str(root / "buffer.db"),
+        "ZAINDARI_EDGE_MODEL_DIR": str(root / "models"),
+        "ZAINDARI_EDGE_SECRETS_DIR": str(root / "secrets"),
+        "ZAINDARI_LAKE_BUCKET": BUCKET,
+        **aws.env,
+        **extra,
+    }
+
+
+def provision_box(root: Path, bundle_dir: Path, readings: list[dict[str, Any]]) -> None:
+    """What an installer does: golden inputs and the first model, version 1."""
+    box = EdgeBox.from_settings(Settings.from_env(box_env(root, _NO_AWS)))
+    write_golden(box.sync.store.golden_path, golden_readings(readings))
+    assert box.sync.seed(bundle_dir, version="1").status == "applied"
+    box.close()
+
+
+class _NoAws:
+    env: dict[str, str] = {}
+
+
+_NO_AWS: Any = _NoAws()
+
+
+def create_bucket(aws: EmbeddedAws) -> None:
+    region = aws.env["AWS_REGION"]
+    aws.factory.client("s3").create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": region}
+    )
+
+
+def lake_rows(aws: EmbeddedAws, prefix: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    s3 = aws.factory.client("s3")
+    keys = sorted(
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        for o in page.get("Contents", [])
+    )
+    out = []
+    for key in keys:
+        body = gzip.decompress(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        out.append((key, [json.loads(line) for line in body.splitlines() if line.strip()]))
+    return out
+
+
+def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_once_in_order(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]], broker: int
+) -> None:
+    # Given an installed box and an hour of the plant's telemetry (plus one broken reading) as
+    # its devices send it, four readings per request
+    provision_box(tmp_path, bundle_dir, readings)
+    hour = readings[HOUR]
+    feed = [*hour[:100], {"device_id": "plant-1-press-101", "timestamp": "not a time"}, *hour[100:]]
+    feed_path = tmp_path / "feed.jsonl"
+    feed_path.write_text("".join(json.dumps(r) + "\n" for r in feed))
+    env = {
+        **os.environ,
+        **box_env(
+            tmp_path,
+            aws,
+            ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
+            ZAINDARI_EDGE_MQTT_PORT=str(broker),
+        ),
+    }
+    inbox = MqttInbox(broker)
+    command = [sys.executable, "-m", "zaindari.edge.box", "replay", str(feed_path), "--batch", "4"]
+
+    # When the box process is killed -9 part way through the hour (no link to the cloud at all)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for batches, _line in enumerate(process.stdout, start=1):
+        if batches == 25:  # 25 requests answered, the 26th under way
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    # and restarted, its devices sending everything again (they had no acknowledgement they trust)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    counts = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert sum(c["readings_duplicate"] for c in counts) >= 25 * 4 - 4  # what the first run scored
+
+    # Then, offline, every alert already went to the plant's broker at once
+    reference = EdgeBox.from_settings(
+        Settings.from_env(
+            box_env(tmp_path / "reference", _NO_AWS, ZAINDARI_EDGE_MODEL_DIR=str(tmp_path / "models"))
+        )
+    )
+    expected = reference.score_records([InboundRecord("all", hour, "reference")])  # no crash
+    reference.close()
+    assert len(expected.alerts) >= 5
+    mqtt = inbox.wait_for(len(expected.alerts))
+    inbox.close()
+    assert {(m["alert_id"], m["kind"]) for _, m in mqtt} == {(a.alert_id, a.kind) for a in expected.alerts}
+
+    # When the link comes up
+    sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
+    queues = subscribe_alert_inboxes(aws, sns, "Zaindari Alert", "edge-alerts")
+    acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
+    create_bucket(aws)
+    box = EdgeBox.from_settings(
+        Settings.from_env(box_env(tmp_path, aws)),
+        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default", topic_arn=sns),
+    )
+    assert box.shipper is not None
+    report = box.shipper.ship_once()
+    box.close()
+    assert report.error is None and report.reconnected and report.remaining == 0
+
+    # Then every score arrived exactly once, each device's in time order, with its raw telemetry
+    scores = lake_rows(aws, "scores/events/")
+    rows = [row for _, batch in scores for row in batch]
+    assert all(key.split("/")[-1].startswith("edge-press-hall-1-") for key, _ in scores)
+    assert len(rows) == len(hour) == len({r["record_key"] for r in rows})
+    want = {r["record_key"]: r["score"] for r in expected.scored}
+    # the same scores as without the crash (float32: batch size moves the last digit)
+    assert {r["record_key"]: r["score"] for r in rows} == pytest.approx(want, rel=1e-5)
+    for device in {r["device_id"] for r in rows}:
+        times = [r["timestamp"] for r in rows if r["device_id"] == device]
+        assert times == sorted(times)
+    assert sum(len(b) for _, b in lake_rows(aws, "raw/telemetry/")) == len(hour)
+    quarantined = [row for _, b in lake_rows(aws, "quarantine/events/") for row in b]
+    assert len(quarantined) == 1 and "timestamp" in quarantined[0]["reason"]
+    # every alert exactly once, in the order it was raised, with the cloud's payload (= the MQTT one)
+    arrived = [e["detail"] for e in drain(aws, queues["eventbridge"])]
+    assert [(a["alert_id"], a["kind"]) for a in arrived] == [(a.alert_id, a.kind) for a in expected.alerts]
+    assert sorted(arrived, key=lambda a: a["alert_id"] + a["kind"]) == sorted(
+        (m for _, m in mqtt), key=lambda a: a["alert_id"] + a["kind"]
+    )
+    assert len(drain(aws, queues["sns"])) == len(expected.alerts)
+    # and the cloud knows which model the box runs
+    connected = [e["detail"] for e in drain(aws, acks["eventbridge"]) if e["detail"]["event"] == "connected"]
+    assert connected and connected[0]["version"] == "1" and connected[0]["box_id"] == "press-hall-1"
+
+
+def test_alerts_go_to_mqtt_and_the_webhook_at_once_and_a_channel_that_was_down_catches_up(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]], broker: int
+) -> None:
+    # Given an offline box with both plant channels, the webhook token in its secret files
+    provision_box(tmp_path, bundle_dir, readings)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "webhook-token").write_text("s3cret\n")
+    webhook = Webhook()
+    inbox = MqttInbox(broker)
+    settings = Settings.from_env(
+        box_env(
+            tmp_path,
+            aws,
+            ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
+            ZAINDARI_EDGE_MQTT_PORT=str(broker),
+            ZAINDARI_EDGE_MQTT_TOPIC="zaindari/alerts/{site}/{device_id}/{severity}",
+            ZAINDARI_EDGE_WEBHOOK_URL=webhook.url,
+        )
+    )
+    box = EdgeBox.from_settings(settings)
+    # When the first half hour is scored
+    first = box.score_records([InboundRecord("a", readings[1080:1200], "t")])
+    # Then its alerts are already on both channels when the call returns, with the cloud's payload
+    assert first.alerts
+    assert [w["alert"] for w in webhook.received] == [a.model_dump(mode="json") for a in first.alerts]
+    assert {w["auth"] for w in webhook.received} == {"Bearer s3cret"}
+    got = inbox.wait_for(len(first.alerts))
+    assert [m for _, m in got] == [a.model_dump(mode="json") for a in first.alerts]
+    alert = first.alerts[0]
+    assert got[0][0] == f"zaindari/alerts/{alert.site}/{alert.device_id}/{alert.severity}"
+
+    # When the webhook goes down for the next half hour
+    webhook.stop()
+    second = box.score_records([InboundRecord("b", readings[1200:1320], "t")])
+    assert second.alerts and not second.retry_ids  # scoring is not held back by a plant channel
+    # Then MQTT still gets them at once, and the webhook's are kept for it
+    assert len(inbox.wait_for(len(first.alerts) + len(second.alerts))) == len(first.alerts) + len(
+        second.alerts
+    )
+    assert box.stats().local_alerts_pending == len(second.alerts)
+    # and once it is back, the background rounds deliver them (after the channel's retry wait,
+    # 1 s here), in order, and nothing twice
+    webhook.start()
+    deadline = time.monotonic() + 10
+    while box.stats().local_alerts_pending and time.monotonic() < deadline:
+        box.forward_once()
+        time.sleep(0.1)
+    assert [w["alert"] for w in webhook.received] == [
+        a.model_dump(mode="json") for a in first.alerts + second.alerts
+    ]
+    assert box.stats().local_alerts_pending == 0
+    time.sleep(0.2)
+    assert len(inbox.messages) == len(first.alerts) + len(second.alerts)
+    box.close()
+    inbox.close()
+    webhook.stop()
+
+
+def upload_bundle(aws: EmbeddedAws, folder: Path, prefix: str, *, corrupt: str | None = None) -> str:
+    s3 = aws.factory.client("s3")
+    for file in sorted(folder.iterdir()):
+        data = file.read_bytes()
+        if file.name == corrupt:
+            data = data[:-10] + b"x" * 10
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}{file.name}", Body=data)
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def test_model_update_from_s3_corrupt_is_refused_good_is_applied_and_acked(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a box serving version 1, and version 2 published twice: once damaged in transit
+    provision_box(tmp_path, bundle_dir, readings)
+    create_bucket(aws)
+    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
+    good_uri = upload_bundle(aws, v2, "models/plant-anomaly/2/")
+    bad_uri = upload_bundle(aws, v2, "models/plant-anomaly/2-damaged/", corrupt="model.onnx")
+    sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
+    acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
+    box = EdgeBox.from_settings(
+        Settings.from_env(box_env(tmp_path, aws)),
+        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
+        fetcher=S3BundleFetcher(aws.factory),
+    )
+    # When the damaged one arrives, then the good one
+    refused = box.apply_update(update_for(v2, bad_uri, "2").model_dump())
+    served_meanwhile = box.score_records([InboundRecord("r", readings[1080:1084], "t")])
+    applied = box.apply_update(update_for(v2, good_uri, "2"))
+    missing = box.apply_update(update_for(v2, f"s3://{BUCKET}/models/plant-anomaly/9/", "9"))
+    # Then the damaged one is refused and version 1 kept serving; the good one serves now
+    assert refused.status == "refused" and "model.onnx" in refused.reason
+    assert served_meanwhile.model_version == "plant-anomaly:1"
+    assert (applied.status, applied.serving) == ("applied", "2")
+    assert missing.status == "refused" and "NoSuchKey" in missing.reason
+    assert (
+        box.score_records([InboundRecord("s", readings[1084:1088], "t")]).model_version == "plant-anomaly:2"
+    )
+    # and the cloud hears each outcome as an Edge Ack once the box ships
+    assert box.forward_once() is not None
+    box.close()
+    events = [e["detail"] for e in drain(aws, acks["eventbridge"])]
+    outcomes = [(e["event"], e.get("version")) for e in events if e["event"] != "connected"]
+    assert outcomes == [
+        ("model_applied", "1"),  # the installer's seed
+        ("model_refused", "2"),
+        ("model_applied", "2"),
+        ("model_refused", "9"),
+    ]
+
+
+def test_update_while_the_link_is_down_waits_and_is_applied_when_it_comes_back(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from zaindari.infra.aws import AwsConfig, ClientFactory
+
+    provision_box(tmp_path, bundle_dir, readings)
+    create_bucket(aws)
+    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
+    uri = upload_bundle(aws, v2, "models/plant-anomaly/2/")
+    # a closed loopback port: the link is down
+    dead = ClientFactory(AwsConfig(endpoint_url="http://127.0.0.1:9", connect_timeout_s=0.5, max_attempts=1))
+    offline = EdgeBox.from_settings(Settings.from_env(box_env(tmp_path, aws)), fetcher=S3BundleFetcher(dead))
+    pending = offline.apply_update(update_for(v2, uri, "2"))
+    offline.close()
+    assert (pending.status, pending.serving) == ("pending", "1")
+    online = EdgeBox.from_settings(
+        Settings.from_env(box_env(tmp_path, aws)),
+        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
+        fetcher=S3BundleFetcher(aws.factory),
+    )
+    online.forward_once()
+    assert online.sync.current().version == "2"
+    online.close()
+
+
+def test_background_forwarder_ships_new_work_by_itself(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]]
+) -> None:
+    provision_box(tmp_path, bundle_dir, readings)
+    create_bucket(aws)
+    box = EdgeBox.from_settings(
+        Settings.from_env(box_env(tmp_path, aws)),
+        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
+    )
+    box.start(idle_seconds=5.0)
+    try:
+        box.score_records([InboundRecord("r", readings[1080:1120], "t")])
+        deadline = time.monotonic() + 15
+        while box.stats().rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert box.stats().rows == {}  # woken by the new rows, not by the 5 s idle timer
+    finally:
+        box.close()
+    assert sum(len(b) for _, b in lake_rows(aws, "scores/events/")) == 40
+
+
+def test_command_line_seeds_replays_updates_reports_and_ships(
+    aws: EmbeddedAws,
+    tmp_path: Path,
+    bundle_dir: Path,
+    readings: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from zaindari.edge.box import main
+
+    for name, value in box_env(tmp_path, aws).items():
+        monkeypatch.setenv(name, value)
+    create_bucket(aws)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(r) + "\n" for r in golden_readings(readings)))
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(json.dumps(r) + "\n" for r in readings[1080:1100]))
+    update = tmp_path / "update.json"
+    update.write_text(update_for(bundle_dir, str(bundle_dir), "2").model_dump_json())
+
+    def run(*argv: str) -> tuple[int, list[dict[str, Any]]]:
+        code = main(list(argv))
+        return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    assert (
+        run("seed", str(bundle_dir), "--version", "1", "--golden", str(golden))[1][0]["status"] == "applied"
+    )
+    code, batches = run("replay", str(feed), "--batch", "10")
+    assert code == 0 and sum(b["readings_scored"] for b in batches) == 20
+    assert run("update", str(update), "--offline")[1][0]["serving"] == "2"
+    status = run("status")[1][0]
+    assert status["version"] == "2" and status["buffered"]["scores"] == 2
+    code, shipped = run("ship")
+    assert code == 0 and shipped[0]["shipped"]["scores"] == 20 and shipped[0]["remaining"] == {}
+
+
+def test_mqtt_channel_refused_while_the_broker_is_down_then_delivers_when_it_is_up(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from tests.edge_support import free_port
+    from zaindari.contract import parse_readings
+    from zaindari.edge.local_alerts import ChannelError, MqttChannel
+    from zaindari.pipeline import score_readings
+
+    alert = score_readings(bundle, parse_readings(readings[1080:1320]).readings).alerts[0]
+    port = free_port()
+    channel = MqttChannel("127.0.0.1", port, timeout_seconds=2.0)
+    began = time.monotonic()
+    with pytest.raises(ChannelError, match="refused"):
+        channel.send(alert)
+    assert time.monotonic() - began < 1.0  # a refused connection costs no timeout
+    with mosquitto(tmp_path, port):
+        inbox = MqttInbox(port)
+        channel.send(alert)
+        got = inbox.wait_for(1)
+        inbox.close()
+    channel.close()
+    assert got == [(f"zaindari/alerts/{alert.device_id}", alert.model_dump(mode="json"))]

@@ -1,0 +1,117 @@
+"""zaindari.sagemaker_tools with the real sagemaker SDK (its own venv, .tools/sagemaker) against moto:
+the Approved package of a model (its production version) deployed to a serverless endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.functions.conftest import EmbeddedAws
+from tests.registry_support import labelled_metrics, registry_bundle
+from zaindari.infra.deploy_ports import build_model_lifecycle
+from zaindari.infra.registry_store import create_registry_table
+from zaindari.settings import Settings
+
+pytestmark = pytest.mark.aws
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = Path(os.environ.get("ZAINDARI_TOOLS", ROOT / ".tools"))
+ROLE = "arn:aws:iam::123456789012:role/zaindari-sagemaker"
+
+
+@pytest.fixture(scope="module")
+def sdk_python() -> Path:
+    """The SDK's venv, made by `make tools-sagemaker` when missing (pinned; from the uv cache)."""
+    python = TOOLS / "sagemaker" / "bin" / "python"
+    if not python.exists():
+        subprocess.run(
+            ["make", "--no-print-directory", f"TOOLS={TOOLS}", "tools-sagemaker"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    return python
+
+
+def test_the_sdk_deploys_the_production_package_to_a_serverless_endpoint(
+    aws: EmbeddedAws, sdk_python: Path, tmp_path: Path
+) -> None:
+    # Given a model whose version 1 is production, mirrored to the SageMaker Model Registry
+    aws.factory.client("s3").create_bucket(
+        Bucket="zaindari-lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    create_registry_table(aws.factory, "zaindari-model-registry")
+    settings = Settings(
+        model_cache_dir=str(tmp_path / "models"),
+        sagemaker_image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/zaindari-serving:1",
+    )
+    lifecycle = build_model_lifecycle(settings, aws.factory)
+    bundle = registry_bundle(tmp_path / "cache", tmp_path / "run-1", metrics=labelled_metrics(0.9))
+    assert lifecycle.register_trained_bundle(str(bundle)).status == "promoted"
+
+    # When a data scientist deploys it with the SDK helper
+    done = subprocess.run(
+        [
+            str(sdk_python),
+            "-m",
+            "zaindari.sagemaker_tools",
+            "deploy",
+            "plant-anomaly",
+            "--role",
+            ROLE,
+            "--endpoint",
+            "plant-anomaly-sandbox",
+            "--memory-mb",
+            "3072",
+        ],
+        cwd=ROOT,
+        env={
+            **aws.env,
+            "PYTHONPATH": str(ROOT / "src"),
+            "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "version 1  s3://zaindari-lake/models/plant-anomaly/1/" in done.stdout
+
+    # Then the endpoint serves the package's container, serverless
+    sm = aws.factory.client("sagemaker")
+    endpoint = sm.describe_endpoint(EndpointName="plant-anomaly-sandbox")
+    variant = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])[
+        "ProductionVariants"
+    ][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 5}
+    container = sm.describe_model(ModelName=variant["ModelName"])
+    packages = sm.list_model_packages(ModelPackageGroupName="plant-anomaly")["ModelPackageSummaryList"]
+    assert [
+        c.get("ModelPackageName")
+        for c in container.get("Containers", [container.get("PrimaryContainer", {})])
+    ] == [packages[0]["ModelPackageArn"]]
+
+
+def test_a_model_without_production_is_reported(aws: EmbeddedAws, sdk_python: Path, tmp_path: Path) -> None:
+    aws.factory.client("sagemaker").create_model_package_group(ModelPackageGroupName="plant-anomaly")
+    done = subprocess.run(
+        [str(sdk_python), "-m", "zaindari.sagemaker_tools", "show", "plant-anomaly"],
+        cwd=ROOT,
+        env={
+            **aws.env,
+            "PYTHONPATH": str(ROOT / "src"),
+            "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 1 and "no Approved package (no production version)" in done.stderr

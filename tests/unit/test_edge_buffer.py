@@ -1,0 +1,308 @@
+"""The edge buffer: the scoring use case writes into it unchanged, a batch re-scored after a crash is
+not buffered twice, the size bound compacts raw scores and never drops alerts, and the shipper sends
+in order, resends a failed batch under the same names, and backs off."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import fit_example_bundle, plant_readings
+from zaindari.alerting import Alert
+from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.edge.buffer import (
+    ACK_DETAIL_TYPE,
+    BufferedAlerts,
+    BufferedLake,
+    BufferedRejects,
+    EdgeBuffer,
+    Shipper,
+    SqliteStateStore,
+    compact_scores,
+)
+from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.ports import PortError
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    return load_bundle(fit_example_bundle(tmp_path_factory.mktemp("bundle")))
+
+
+@pytest.fixture(scope="module")
+def readings() -> list[dict[str, Any]]:
+    return plant_readings()
+
+
+def scoring_on(buffer: EdgeBuffer, bundle: ModelBundle) -> EventScoring:
+    return EventScoring(
+        model=lambda: bundle,
+        states=SqliteStateStore(buffer),
+        lake=BufferedLake(buffer),
+        alerts=BufferedAlerts(buffer),
+        rejects=BufferedRejects(buffer),
+    )
+
+
+def score_in_batches(scoring: EventScoring, readings: list[dict[str, Any]], size: int = 40) -> None:
+    for begin in range(0, len(readings), size):
+        report = scoring.score_records([InboundRecord(f"r{begin}", readings[begin : begin + size], "test")])
+        assert not report.retry_ids, report.retry_reasons
+
+
+class RecordingUplink:
+    """An uplink that keeps what it is sent, and fails on demand (the link is down)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, list[Mapping[str, Any]]] = {}
+        self.puts: list[str] = []
+        self.alerts: list[Alert] = []
+        self.events: list[tuple[str, Mapping[str, Any]]] = []
+        self.fail_after: int | None = None  # succeed this many more calls, then fail
+
+    def _call(self) -> None:
+        if self.fail_after is not None:
+            if self.fail_after <= 0:
+                raise PortError("link down")
+            self.fail_after -= 1
+
+    def put_rows(self, prefix: str, day: str, name: str, rows: Sequence[Mapping[str, Any]]) -> str:
+        self._call()
+        key = f"{prefix}/date={day}/{name}.jsonl.gz"
+        self.objects[key] = list(rows)
+        self.puts.append(key)
+        return key
+
+    def publish_alerts(self, alerts: Sequence[Alert]) -> set[str]:
+        self._call()
+        self.alerts.extend(alerts)
+        return set()
+
+    def put_event(self, detail_type: str, detail: Mapping[str, Any]) -> None:
+        self._call()
+        self.events.append((detail_type, dict(detail)))
+
+
+def test_scoring_use_case_writes_scores_alerts_and_state_into_the_buffer(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a buffer behind the unchanged scoring use case
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    part = readings[800:1200]
+    # When the plant's readings are scored
+    score_in_batches(scoring_on(buffer, bundle), part)
+    # Then every reading is buffered once with its raw telemetry, alerts are buffered, and the
+    # device state (windows, keys seen) is in the same database
+    stats = buffer.stats()
+    assert stats.items["scores"] == len(part)
+    assert stats.items.get("alert", 0) >= 1
+    states = SqliteStateStore(buffer).load(sorted({r["device_id"] for r in part}))
+    assert len(states) == 4
+    assert all(len(s.seen) > 0 for s in states.values())
+    # and a fresh process reading the same file sees the same log
+    reopened = EdgeBuffer(tmp_path / "edge.db")
+    assert reopened.stats().items == stats.items
+    assert reopened.epoch == buffer.epoch
+
+
+def test_batch_scored_again_after_a_crash_before_the_state_write_is_not_buffered_twice(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a batch whose scores reached the buffer but whose device state was never written
+    # (the process died between EventScoring's lake write and its state write)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    batch = [InboundRecord("r1", readings[800:840], "test")]
+    crashed = EventScoring(
+        model=lambda: bundle,
+        states=_ForgetfulStates(buffer),
+        lake=BufferedLake(buffer),
+        alerts=BufferedAlerts(buffer),
+        rejects=BufferedRejects(buffer),
+    )
+    crashed.score_records(batch)
+    assert buffer.stats().items["scores"] == 40
+    # When the device sends the batch again to the restarted box
+    report = scoring_on(buffer, bundle).score_records(batch)
+    # Then it is scored (the state did not know it) but its rows are not buffered a second time
+    assert len(report.scored) == 40
+    assert buffer.stats().items["scores"] == 40
+
+
+class _ForgetfulStates(SqliteStateStore):
+    def save(self, states: Any) -> Any:
+        raise PortError("killed before the state write")
+
+
+def test_full_buffer_compacts_the_oldest_scores_into_summaries_and_keeps_every_alert(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a buffer whose bound holds only part of the plant's scores
+    buffer = EdgeBuffer(tmp_path / "edge.db", max_bytes=40_000, compact_chunk=8)
+    # When the whole run is scored offline
+    part = readings[800:]
+    score_in_batches(scoring_on(buffer, bundle), part)
+    unbounded = EdgeBuffer(tmp_path / "unbounded.db")
+    score_in_batches(scoring_on(unbounded, bundle), part)
+    # Then the bound holds (up to one row), the oldest raw scores became summaries that account
+    # for every compacted reading, and no alert was dropped
+    stats = buffer.stats()
+    assert stats.bytes <= 40_000
+    assert stats.compacted_readings > 0
+    assert stats.items["scores"] + stats.compacted_readings == len(part)
+    assert stats.items["alert"] == unbounded.stats().items["alert"]
+    shipped = RecordingUplink()
+    shipper = Shipper(buffer, shipped, box_id="t", status=dict)
+    assert shipper.ship_once().error is None
+    summaries = [row for key, rows in shipped.objects.items() if key.startswith("summaries/") for row in rows]
+    assert sum(s["readings"] for s in summaries) == stats.compacted_readings
+    assert {s["kind"] for s in summaries} == {"compacted_scores"}
+    # the summaries came first: they replaced the oldest rows and kept their place in the log
+    scores_keys = [k for k in shipped.puts if k.startswith("scores/")]
+    assert shipped.puts.index(scores_keys[0]) > min(
+        i for i, k in enumerate(shipped.puts) if k.startswith("summaries/")
+    )
+
+
+def test_alerts_are_kept_beyond_the_bound_when_nothing_is_left_to_compact(tmp_path: Path) -> None:
+    # Given a tiny buffer already full of alerts
+    buffer = EdgeBuffer(tmp_path / "edge.db", max_bytes=2048)
+    alerts = [_alert(i) for i in range(60)]
+    BufferedAlerts(buffer).publish(alerts)
+    # Then every alert is kept, past the bound
+    stats = buffer.stats()
+    assert stats.items["alert"] == 60
+    assert stats.over_limit
+    # and scores arriving now are stored compacted at once
+    scores = [
+        {"device_id": "d1", "timestamp": f"2024-01-01T00:{m:02d}:00Z", "score": float(m), "alert": False}
+        for m in range(30)
+    ]
+    buffer.append_scores([{"device_id": "d1"}] * 30, scores)
+    assert "scores" not in buffer.stats().items
+    assert buffer.stats().compacted_readings == 30
+
+
+def test_compacted_summary_has_counts_and_score_statistics_per_device_and_hour() -> None:
+    rows = [
+        {"device_id": "a", "timestamp": "2024-01-01T00:10:00Z", "score": 1.0, "alert": False},
+        {
+            "device_id": "a",
+            "timestamp": "2024-01-01T00:50:00Z",
+            "score": 3.0,
+            "alert": True,
+            "severity": "warning",
+        },
+        {
+            "device_id": "a",
+            "timestamp": "2024-01-01T01:05:00Z",
+            "score": 5.0,
+            "alert": True,
+            "severity": "critical",
+        },
+        {"device_id": "b", "timestamp": "2024-01-01T00:20:00Z", "score": 2.0, "alert": False},
+    ]
+    summaries = compact_scores(rows)
+    by_key = {(s["device_id"], s["hour"]): s for s in summaries}
+    first = by_key[("a", "2024-01-01T00:00:00Z")]
+    assert (first["readings"], first["score_min"], first["score_max"], first["score_mean"]) == (
+        2,
+        1.0,
+        3.0,
+        2.0,
+    )
+    assert (first["alerting_readings"], first["worst_severity"]) == (1, "warning")
+    assert by_key[("a", "2024-01-01T01:00:00Z")]["worst_severity"] == "critical"
+    assert by_key[("b", "2024-01-01T00:00:00Z")]["readings"] == 1
+
+
+def test_shipper_sends_in_sequence_order_and_resends_a_failed_batch_under_the_same_names(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a buffer holding scores, dead letters and alerts, and a link that drops mid-batch
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    scoring = scoring_on(buffer, bundle)
+    score_in_batches(scoring, readings[800:1000])
+    scoring.score_records([InboundRecord("bad", [{"device_id": "x"}], "test")])
+    score_in_batches(scoring, readings[1000:1440])
+    uplink = RecordingUplink()
+    shipper = Shipper(buffer, uplink, box_id="b1", status=lambda: {"version": "7"}, max_items=100)
+    uplink.fail_after = 2  # the ack and the scores object go, the raw object does not
+    first = shipper.ship_once()
+    assert first.error == "link down" and not first.online
+    assert uplink.events[0][0] == ACK_DETAIL_TYPE and uplink.events[0][1]["version"] == "7"
+    failed_name = uplink.puts[0]
+    # When the link comes back
+    uplink.fail_after = None
+    second = shipper.ship_once()
+    # Then the interrupted batch is sent again under the same name, before anything else, and
+    # everything else follows in sequence order, once
+    assert second.error is None and second.reconnected and second.remaining == 0
+    assert uplink.puts[1] == failed_name
+    score_puts = [k for k in uplink.puts if k.startswith("scores/")]
+    assert len(score_puts) == len(set(score_puts)) + 1  # only the interrupted one was put twice
+    shipped_scores = [row for key in sorted(set(score_puts)) for row in uplink.objects[key]]
+    assert len(shipped_scores) == 640
+    for device in {r["device_id"] for r in shipped_scores}:
+        times = [r["timestamp"] for r in shipped_scores if r["device_id"] == device]
+        assert times == sorted(set(times)), device  # each device's scores in order, once
+    assert any(k.startswith("quarantine/events/") for k in uplink.puts)
+    alert_times = [a.timestamp for a in uplink.alerts]
+    assert alert_times == sorted(alert_times) and len(alert_times) == len(
+        {a.dedup_key for a in uplink.alerts}
+    )
+    assert buffer.stats().rows == {}
+
+
+def test_backoff_doubles_up_to_its_maximum_with_jitter(tmp_path: Path) -> None:
+    shipper = Shipper(
+        EdgeBuffer(tmp_path / "edge.db"),
+        RecordingUplink(),
+        box_id="b",
+        status=dict,
+        backoff_seconds=1.0,
+        backoff_max_seconds=10.0,
+        rng=random.Random(0),
+    )
+    delays = []
+    for failures in range(6):
+        shipper.failures = failures
+        delays.append(shipper.next_delay())
+    assert delays[0] == 0.0
+    for got, base in zip(delays[1:], [1, 2, 4, 8, 10], strict=True):
+        assert 0.8 * base <= got <= 1.2 * base
+
+
+def _alert(i: int) -> Alert:
+    return Alert(
+        alert_id=f"a{i:04d}",
+        kind="raised",
+        device_id="d1",
+        rule_id="model_score",
+        source="learned",
+        severity="warning",
+        message="score above its learned threshold " * 3,
+        timestamp=f"2024-01-01T00:{i % 60:02d}:00Z",
+        started_at="2024-01-01T00:00:00Z",
+        observed={"score": float(i)},
+        thresholds={"warning": 1.0},
+        model_version="m:1",
+        rule_set_version="r1",
+    )
+
+
+def test_only_one_shipper_at_a_time_sends(tmp_path: Path) -> None:
+    from zaindari.edge.buffer import _exclusive
+
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    BufferedAlerts(buffer).publish([_alert(1)])
+    uplink = RecordingUplink()
+    shipper = Shipper(buffer, uplink, box_id="b", status=dict)
+    with _exclusive(tmp_path / "edge.db.ship.lock") as held:  # another process's shipper, in effect
+        assert held
+        report = shipper.ship_once()
+    assert report.busy and report.remaining == 1 and not uplink.alerts and not uplink.events
+    assert shipper.ship_once().remaining == 0 and len(uplink.alerts) == 1

@@ -1,0 +1,211 @@
+"""Model sync on the box: a good update is verified, smoke-tested and swapped in; a corrupt one, or
+one that fails its smoke test, is refused while the old model keeps serving; a model that errors on
+live traffic is rolled back by itself; an update that cannot be fetched waits for the link."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge_support import (
+    alarming_thresholds,
+    bundle_variant,
+    erroring_model,
+    golden_readings,
+    update_for,
+)
+from tests.support import fit_example_bundle, plant_readings
+from zaindari.bundle import BundleError, ModelBundle, load_bundle
+from zaindari.edge.box import EdgeBox
+from zaindari.edge.buffer import EdgeBuffer
+from zaindari.edge.model_sync import (
+    LocalBundleFetcher,
+    LocalModelStore,
+    ModelSync,
+    ModelUpdate,
+    smoke_test,
+    write_golden,
+)
+from zaindari.event_scoring import InboundRecord
+from zaindari.ports import PortError
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def base(base_dir: Path) -> ModelBundle:
+    return load_bundle(base_dir)
+
+
+@pytest.fixture(scope="module")
+def readings() -> list[dict[str, Any]]:
+    return plant_readings()
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory, base: ModelBundle) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("variants")
+    model, signature = erroring_model(base, feature="temperature", above=100.0)
+    return {
+        "v2": bundle_variant(base, root / "v2", version="2"),
+        "alarming": bundle_variant(
+            base, root / "alarming", version="3", thresholds=alarming_thresholds(base)
+        ),
+        "erroring": bundle_variant(base, root / "erroring", version="4", model=model, signature=signature),
+    }
+
+
+@pytest.fixture
+def sync(tmp_path: Path, base_dir: Path, readings: list[dict[str, Any]]) -> ModelSync:
+    store = LocalModelStore(tmp_path / "models")
+    write_golden(store.golden_path, golden_readings(readings))
+    events: list[dict[str, Any]] = []
+    sync = ModelSync(store, LocalBundleFetcher(), rollback_after_errors=3, on_event=events.append)
+    sync.seed(base_dir, version="1")
+    sync.events = events  # type: ignore[attr-defined]
+    return sync
+
+
+def test_update_is_verified_smoke_tested_and_swapped_in(sync: ModelSync, variants: dict[str, Path]) -> None:
+    outcome = sync.apply(update_for(variants["v2"], str(variants["v2"]), "2"))
+    assert (outcome.status, outcome.serving) == ("applied", "2")
+    assert sync.current().version == "2"
+    pointer = json.loads(sync.store.pointer_path.read_text())
+    assert (pointer["current"]["version"], pointer["previous"]["version"]) == ("2", "1")
+    assert sync.events[-1]["event"] == "model_applied"  # type: ignore[attr-defined]
+    # the same event again changes nothing
+    assert sync.apply(update_for(variants["v2"], str(variants["v2"]), "2")).status == "unchanged"
+
+
+def test_corrupt_update_is_refused_and_the_old_model_keeps_serving(
+    sync: ModelSync, variants: dict[str, Path], tmp_path: Path
+) -> None:
+    # Given an update whose model file was damaged after its hashes were taken
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(variants["v2"], corrupt)
+    data = bytearray((corrupt / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / "model.onnx").write_bytes(bytes(data))
+    # When it is applied
+    outcome = sync.apply(update_for(variants["v2"], str(corrupt), "2"))
+    # Then it is refused with the file named, nothing changed, and the cloud is told
+    assert outcome.status == "refused"
+    assert "model.onnx" in outcome.reason and "sha256" in outcome.reason
+    assert sync.current().version == "1"
+    assert sync.events[-1]["event"] == "model_refused"  # type: ignore[attr-defined]
+    assert not any(p.name.startswith("plant-anomaly-2-") for p in sync.store.bundles.iterdir())
+
+
+def test_update_whose_manifest_disagrees_with_the_event_is_refused(
+    sync: ModelSync, variants: dict[str, Path]
+) -> None:
+    # A bundle re-hashed consistently by whoever changed it: the event's hashes are the anchor
+    update = update_for(variants["v2"], str(variants["alarming"]), "2")
+    outcome = sync.apply(update)
+    assert outcome.status == "refused" and "disagrees with the update's hashes" in outcome.reason
+    assert sync.current().version == "1"
+
+
+def test_update_event_with_unsafe_names_or_bad_hashes_is_invalid() -> None:
+    good = {
+        "model.onnx": "a" * 64,
+        "signature.json": "b" * 64,
+        "spec.yaml": "c" * 64,
+        "thresholds.json": "d" * 64,
+    }
+    with pytest.raises(ValueError, match="unsafe"):
+        ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256={**good, "../x": "e" * 64})
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256={**good, "model.onnx": "xyz"})
+    assert ModelUpdate(model="m", version=7, artifact_uri="s3://b/p/", sha256=good).version == "7"  # type: ignore[arg-type]
+
+
+def test_model_failing_its_smoke_test_never_serves(sync: ModelSync, variants: dict[str, Path]) -> None:
+    outcome = sync.apply(update_for(variants["alarming"], str(variants["alarming"]), "3"))
+    assert outcome.status == "refused"
+    assert "smoke test failed" in outcome.reason and "golden (normal) readings" in outcome.reason
+    assert sync.current().version == "1"
+
+
+def test_smoke_test_fails_on_missing_golden_inputs_and_sensors_the_model_needs(
+    base: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    assert not smoke_test(base, []).passed
+    without_pressure = [
+        {**r, "sensors": {k: v for k, v in r["sensors"].items() if k != "pressure"}}
+        for r in golden_readings(readings, 5)
+    ]
+    result = smoke_test(base, without_pressure)
+    assert not result.passed and "cannot score" in result.reason
+    passed = smoke_test(base, golden_readings(readings))
+    assert passed.passed and passed.scored == 80 and passed.alert_rate <= 0.2
+
+
+def test_model_erroring_on_live_traffic_is_rolled_back_and_not_applied_again(
+    tmp_path: Path, sync: ModelSync, variants: dict[str, Path], readings: list[dict[str, Any]]
+) -> None:
+    # Given a box whose new model passed its smoke test (normal readings score fine)
+    box = EdgeBox(buffer=EdgeBuffer(tmp_path / "edge.db"), sync=sync, box_id="b")
+    erroring = update_for(variants["erroring"], str(variants["erroring"]), "4")
+    assert box.apply_update(erroring).status == "applied"
+    normal = [InboundRecord("n", readings[800:804], "t")]
+    assert len(box.score_records(normal).scored) == 4
+    # When live traffic makes it fail three batches in a row
+    hot = [{**r, "sensors": {**r["sensors"], "temperature": 120.0}} for r in readings[804:816]]
+    for i in range(2):
+        with pytest.raises(Exception, match=r"out of data bounds"):
+            box.score_records([InboundRecord(f"h{i}", hot[4 * i : 4 * i + 4], "t")])
+    report = box.score_records([InboundRecord("h2", hot[8:12], "t")])
+    # Then the box rolled back by itself and scored that batch with the restored model
+    assert sync.current().version == "1"
+    assert len(report.scored) == 4 and report.model_version == sync.current().model_version
+    acks = [a for a in sync.events if a["event"] == "model_rolled_back"]  # type: ignore[attr-defined]
+    assert (
+        acks and acks[-1]["rolled_back_version"] == "4" and "consecutive scoring errors" in acks[-1]["reason"]
+    )
+    assert box.buffer.stats().items["ack"] >= 2  # applied, rolled back: shipped as Edge Acks
+    # and the same update is refused if it comes again
+    again = box.apply_update(erroring)
+    assert again.status == "refused" and "rolled back before" in again.reason
+    box.close()
+
+
+class _LinkDown:
+    def __init__(self) -> None:
+        self.down = True
+
+    def fetch(self, uri: str, into: Path) -> Path:
+        if self.down:
+            raise PortError("connection refused")
+        return LocalBundleFetcher().fetch(uri, into)
+
+
+def test_update_received_offline_waits_for_the_link_and_survives_a_restart(
+    tmp_path: Path, base_dir: Path, variants: dict[str, Path], readings: list[dict[str, Any]]
+) -> None:
+    store = LocalModelStore(tmp_path / "models")
+    write_golden(store.golden_path, golden_readings(readings))
+    link = _LinkDown()
+    ModelSync(store, link).seed(base_dir, version="1")
+    outcome = ModelSync(store, link).request(update_for(variants["v2"], str(variants["v2"]), "2"))
+    assert (outcome.status, outcome.serving) == ("pending", "1")
+    # a restarted process finds the pending update and applies it once the link is back
+    restarted = ModelSync(store, link)
+    assert restarted.retry_pending() is not None and restarted.current().version == "1"
+    link.down = False
+    applied = restarted.retry_pending()
+    assert applied is not None and applied.status == "applied" and restarted.current().version == "2"
+    assert restarted.retry_pending() is None
+
+
+def test_box_without_a_model_says_so(tmp_path: Path) -> None:
+    sync = ModelSync(LocalModelStore(tmp_path / "models"), LocalBundleFetcher())
+    with pytest.raises(BundleError, match="no model installed"):
+        sync.current()
