@@ -161,6 +161,16 @@ def create_bucket(aws: EmbeddedAws) -> None:
     )
 
 
+def lake_json(aws: EmbeddedAws, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    s3 = aws.factory.client("s3")
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return {key: json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) for key in keys}
+
+
 def lake_rows(aws: EmbeddedAws, prefix: str) -> list[tuple[str, list[dict[str, Any]]]]:
     s3 = aws.factory.client("s3")
     keys = sorted(
@@ -253,6 +263,10 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     assert sum(len(b) for _, b in lake_rows(aws, "raw/telemetry/")) == len(hour)
     quarantined = [row for _, b in lake_rows(aws, "quarantine/events/") for row in b]
     assert len(quarantined) == 1 and "timestamp" in quarantined[0]["reason"]
+    # drift window summaries under the cloud's keys, each reading counted once
+    drift = lake_json(aws, "summaries/date=")
+    assert drift and all("-edge-press-hall-1-" in key for key in drift)
+    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour)
     # every alert exactly once, in the order it was raised, with the cloud's payload (= the MQTT one)
     arrived = [e["detail"] for e in drain(aws, queues["eventbridge"])]
     assert [(a["alert_id"], a["kind"]) for a in arrived] == [(a.alert_id, a.kind) for a in expected.alerts]
