@@ -852,6 +852,11 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[Ra
     n_blank = int(blank.sum())
     if len(line_rows) == 0:
         return RawChunk(_empty_batch(0), line_rows, [], n_blank, numeric_strings=False), len(ends)
+    if _deeper_than(data, starts, MAX_JSON_DEPTH):
+        # pyarrow's JSON parser recurses: a deep enough line (about 100,000 brackets) kills the
+        # process with a segmentation fault. Such blocks go line by line through the standard
+        # library, which refuses the deep lines with a reason (RecursionError) and keeps the rest.
+        return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec), len(ends)
     text_fields = _text_fields(spec)
     for numeric_time in (False, True) if objects_only else ():
         try:
@@ -863,6 +868,22 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[Ra
             chunk = RawChunk(_flatten_sensors(batch), line_rows, [], n_blank, numeric_strings=False)
             return chunk, len(ends)
     return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec), len(ends)
+
+
+#: Deepest bracket nesting a block may have before it skips pyarrow (telemetry lines have 2 or 3).
+MAX_JSON_DEPTH = 256
+
+
+def _deeper_than(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], limit: int) -> bool:
+    """Whether a line may nest brackets deeper than ``limit``: one of them holds more openers.
+
+    An upper bound (brackets inside strings count too): a false alarm costs the slower
+    line-by-line path, never a crash. One pass over the block, ~1 ms a megabyte.
+    """
+    if not len(starts):
+        return False
+    opens = ((data == 91) | (data == 123)).view(np.uint8)  # [ and {
+    return bool(np.add.reduceat(opens, starts, dtype=np.int64).max() > limit)
 
 
 def _read_json_block(
