@@ -510,6 +510,8 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
         models = summary["models"]
         parts += [
             "<h2>Model versions: timeline and where each ran</h2>",
+            "<p>Registry decisions carry the wall-clock time of the run; the readings each version "
+            "scored carry the plant's simulated time.</p>",
             _table(
                 ["at", "alias", "action", "from", "to", "reason"],
                 [
