@@ -14,6 +14,8 @@ import contextlib
 import io
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -93,6 +95,7 @@ class DemoRun:
     inboxes: dict[str, str] = field(default_factory=dict)
     candidate_uri: str | None = None
     functions: dict[str, ModuleType] = field(default_factory=dict)
+    aws_process: subprocess.Popen[bytes] | None = None
     function_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -258,16 +261,34 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
 # -- the steps
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
-    """moto in server mode on a free port; the resources template.yaml declares; the alert inboxes."""
-    import logging
+    """moto in server mode on a free port; the resources template.yaml declares; the alert inboxes.
 
-    from zaindari.infra.local_aws import start_local_aws
+    The server runs in its own process (``zaindari aws up``), as the AWS services would: the
+    functions and the server then use both cores instead of sharing one interpreter.
+    """
+    from zaindari.infra.local_aws import LocalAws, endpoint_for, wait_until_ready
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    run.aws = start_local_aws("127.0.0.1", 0, reuse_existing=False)
-    # moto keeps its state per process, shared by every server in it: start from a clean slate
-    run.aws.reset()
+    port = _free_port()
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    with (run.work_dir / "aws.log").open("w", encoding="utf-8") as requests_log:
+        run.aws_process = subprocess.Popen(
+            [sys.executable, "-m", "zaindari.cli", "aws", "up", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=requests_log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_ready(endpoint_for("127.0.0.1", port), timeout_s=60.0)
+    except TimeoutError as exc:
+        raise DemoError(f"the embedded AWS did not start: {exc} (see {run.work_dir / 'aws.log'})") from exc
+    run.aws = LocalAws("127.0.0.1", port, server=None)
     run.factory = run.aws.client_factory()
     _configure_functions(run, {})
     stack = run.require_stack()
@@ -564,6 +585,18 @@ def run_steps(run: DemoRun, steps: Sequence[Step] = STEPS) -> list[StepResult]:
         results.append(StepResult(step.name, step.title, "ok", seconds, detail))
         run.progress(f"{step.name}: done in {seconds:.1f} s")
     return results
+
+
+def stop_embedded_aws(run: DemoRun) -> None:
+    """Stop the server process this run started (SIGTERM: it shuts down cleanly)."""
+    if run.aws_process is not None and run.aws_process.poll() is None:
+        run.aws_process.terminate()
+        try:
+            run.aws_process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            run.aws_process.kill()
+            run.aws_process.wait()
+    run.aws_process = None
 
 
 def stderr_progress(message: str) -> None:
