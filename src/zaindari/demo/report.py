@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult, drain_queue
+from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult
+from zaindari.infra.inboxes import drain_queue
 
 if TYPE_CHECKING:
     from zaindari.simulate import PlantData

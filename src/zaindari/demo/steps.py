@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from zaindari.demo.plant import TRIGGERS, DemoPlan
+from zaindari.infra.inboxes import subscribe_inboxes
 from zaindari.infra.lambda_events import http_event, s3_object_created_event, sqs_event
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ __all__ = [
 MODEL_NAME = "plant-anomaly"
 SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "plant_anomaly.yaml"
 ALERT_DETAIL_TYPE = "Zaindari Alert"
-INBOX_RULE = "zaindari-demo-alert-inbox"
+INBOX_NAME = "zaindari-demo-alerts"
 
 Progress = Callable[[str], None]
 Status = Literal["ok", "failed", "not_run"]
@@ -158,54 +159,6 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _queue_arn(factory: ClientFactory, url: str) -> str:
-    attributes = factory.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    return str(attributes["Attributes"]["QueueArn"])
-
-
-def subscribe_alert_inboxes(factory: ClientFactory, topic_arn: str, event_bus: str) -> dict[str, str]:
-    """Two SQS queues that receive what the functions publish: one subscribed to the alert topic
-    (raw delivery), one the target of an EventBridge rule on ``Zaindari Alert``.
-
-    They stand for the people and the systems downstream; the report reads alerts back from them.
-    """
-    sqs = factory.client("sqs")
-    inboxes = {
-        "sns": sqs.create_queue(QueueName="zaindari-demo-alerts-from-sns")["QueueUrl"],
-        "eventbridge": sqs.create_queue(QueueName="zaindari-demo-alerts-from-eventbridge")["QueueUrl"],
-    }
-    factory.client("sns").subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=_queue_arn(factory, inboxes["sns"]),
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    events = factory.client("events")
-    events.put_rule(
-        Name=INBOX_RULE, EventBusName=event_bus, EventPattern=json.dumps({"detail-type": [ALERT_DETAIL_TYPE]})
-    )
-    events.put_targets(
-        Rule=INBOX_RULE,
-        EventBusName=event_bus,
-        Targets=[{"Id": "inbox", "Arn": _queue_arn(factory, inboxes["eventbridge"])}],
-    )
-    return inboxes
-
-
-def drain_queue(factory: ClientFactory, url: str) -> list[Any]:
-    """Every message waiting in a queue, decoded from JSON, deleted as read."""
-    sqs = factory.client("sqs")
-    out: list[Any] = []
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for message in messages:
-            out.append(json.loads(message["Body"]))
-        sqs.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-        )
-    return out
-
-
 def _load_function(run: DemoRun, name: str) -> ModuleType:
     """``functions/<name>/app.py`` imported as a new Lambda container, in its template environment."""
     from zaindari.infra.lambda_local import import_function
@@ -293,7 +246,10 @@ def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
     _configure_functions(run, {})
     stack = run.require_stack()
     event_bus = run.function_env["score_event"]["ZAINDARI_EVENT_BUS_NAME"]
-    run.inboxes = subscribe_alert_inboxes(run.factory, stack["AlertTopic"].arn, event_bus)
+    # queues standing for the people and systems downstream; the report reads alerts back from them
+    run.inboxes = subscribe_inboxes(
+        run.factory, stack["AlertTopic"].arn, ALERT_DETAIL_TYPE, INBOX_NAME, event_bus
+    )
     return {
         "endpoint": run.aws.endpoint_url,
         "resources": len(stack.resources),
