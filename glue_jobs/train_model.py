@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from zaindari.spark_jobs import JobArgument, parse_job_arguments, spark_session
 
@@ -38,6 +40,19 @@ def _log(message: str) -> None:
     print(f"train_model: {message}", file=sys.stderr, flush=True)
 
 
+def _stage_s3(prefix: str, folder: Path) -> str:
+    """Local copies of the files under the ``s3://`` folder ``prefix`` (same relative paths)."""
+    import os
+
+    from zaindari.infra.s3_files import S3FileStore
+    from zaindari.infra.wiring import client_factory
+
+    store = S3FileStore(client_factory(dict(os.environ)))
+    root = prefix.rstrip("/") + "/"
+    store.download(store.list_files(root), folder, root)
+    return str(folder)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, train, publish; 0 on success, 1 with the reason on stderr otherwise."""
     from zaindari.bundle import BundleError
@@ -53,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, TrainingError, ValueError) as exc:
         print(f"train_model failed: {exc}", file=sys.stderr)
         return 1
+    staging = tempfile.TemporaryDirectory(prefix="zaindari-train-input-")
+    data = str(args["input"])
+    if args.get("master") and data.startswith("s3://"):
+        # a local Spark has no S3 filesystem: stage the input through boto3 (Glue/EMR read s3:// natively)
+        data = _stage_s3(data, Path(staging.name))
     spark = spark_session(
         f"zaindari-train-{spec.name}",
         args.get("master"),
@@ -62,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trained = train_model(
             spark,
             spec,
-            str(args["input"]),
+            data,
             start=args.get("start") or None,
             end=args.get("end") or None,
             seed=seed,
@@ -78,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, TrainingError, BundleError) as exc:
         print(f"train_model failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        staging.cleanup()
     summary = {
         "bundle": location,
         "model": spec.name,

@@ -36,6 +36,11 @@ class DemoPlan:
         Records per SQS batch (the template's ``BatchSize``).
     payload_readings
         Most readings in one IoT or HTTP payload (a device gateway batching its publishes).
+    after_retraining
+        The last part of the run, held back from the live stream until drift monitoring has run
+        and the retrained model is deployed: it shows which version the functions then score with.
+    drift_window
+        The plant time monitor_drift looks back over (ending where the held-back part starts).
     spark_master
         The local Spark the training job runs on.
     """
@@ -47,11 +52,18 @@ class DemoPlan:
     sqs_batch_size: int = 100
     payload_readings: int = 500
     spark_master: str = "local[2]"
+    after_retraining: timedelta = timedelta(hours=6)
+    drift_window: timedelta = timedelta(hours=24)
 
     @property
     def live_start(self) -> datetime:
         """First instant streamed live through ``score_event``."""
         return self.plant.start + self.commissioning
+
+    @property
+    def drift_check_at(self) -> datetime:
+        """When (plant time) monitor_drift runs: the live stream up to here has been scored."""
+        return self.plant.start + self.plant.duration - self.after_retraining
 
 
 def _small_plant(seed: int) -> PlantConfig:
@@ -117,4 +129,6 @@ def demo_plan(*, small: bool = False, seed: int = 0) -> DemoPlan:
         plant=PlantConfig.demo(seed=seed),
         commissioning=timedelta(days=4),
         delivery_window=timedelta(hours=2),
+        after_retraining=timedelta(days=1),
+        drift_window=timedelta(hours=48),
     )

@@ -45,6 +45,7 @@ class Readback:
 
     alerts_eventbridge: list[dict[str, Any]] = field(default_factory=list)
     alerts_sns: list[dict[str, Any]] = field(default_factory=list)
+    notices_sns: list[Any] = field(default_factory=list)
     event_scores: list[dict[str, Any]] = field(default_factory=list)
     file_scores: list[dict[str, Any]] = field(default_factory=list)
     manifests: list[dict[str, Any]] = field(default_factory=list)
@@ -72,7 +73,10 @@ def read_back(run: DemoRun) -> Readback:
     s3 = factory.client("s3")
     if run.inboxes:
         back.alerts_eventbridge = [m["detail"] for m in drain_queue(factory, run.inboxes["eventbridge"])]
-        back.alerts_sns = drain_queue(factory, run.inboxes["sns"])
+        # the topic also carries notices for people (drift, registry): alerts are the ones with an id
+        for message in drain_queue(factory, run.inboxes["sns"]):
+            is_alert = isinstance(message, dict) and "alert_id" in message
+            (back.alerts_sns if is_alert else back.notices_sns).append(message)
     wanted = ("device_id", "timestamp", "score", "severity", "alert", "model_version")
 
     def fetch(key: str) -> tuple[str, bytes]:
@@ -254,6 +258,8 @@ def analyse(run: DemoRun, back: Readback, results: list[StepResult]) -> dict[str
         edge=_not_run_or(results, "edge_box", {}),
         models=_models(back),
     )
+    summary["models"]["deployed"] = _deployments(results)
+    summary["alerts"]["notices_for_people_sns"] = len(back.notices_sns)
     production = back.aliases.get("production")
     summary["models"]["retrained_version_in_production"] = (
         None if _status(results, "drift_retraining") != "ok" else production is not None and production > 1
@@ -270,6 +276,24 @@ def _not_run_or(results: list[StepResult], name: str, extra: dict[str, Any]) -> 
     if step is None:
         return {"status": "absent", **extra}
     return {"status": step.status, "reason": step.reason, **step.detail, **extra}
+
+
+def _deployments(results: list[StepResult]) -> list[dict[str, Any]]:
+    """What deploy_model put where (SageMaker endpoint, edge update), from the steps that ran it."""
+    out: list[dict[str, Any]] = []
+    for step in results:
+        if step.status != "ok":
+            continue
+        if step.name == "deploy":
+            version, targets = step.detail.get("version"), step.detail.get("targets") or {}
+        elif step.name == "drift_retraining" and step.detail.get("promoted"):
+            version, targets = step.detail.get("challenger"), step.detail.get("deployed") or {}
+        else:
+            continue
+        for name, target in targets.items():
+            where = {k: v for k, v in target.items() if k not in ("target", "status")}
+            out.append({"registry_version": version, "target": name, "status": target.get("status"), **where})
+    return out
 
 
 def _models(back: Readback) -> dict[str, Any]:
@@ -507,6 +531,50 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
                 ],
             ),
         ]
+    drift = summary.get("drift") or {}
+    if drift.get("status") == "ok":
+        evidence = drift.get("evidence") or {}
+        features = (evidence.get("evidence") or evidence).get("features") or []
+        parts += [
+            f"<p>monitor_drift at {html.escape(str(drift.get('checked_at')))} (plant time): "
+            f"{html.escape(str(drift['check'].get('status')))}, drifted features "
+            f"{html.escape(', '.join(drift['check'].get('drifted_features') or []))} on "
+            f"{drift['check'].get('scored')} scored readings.</p>",
+            _table(
+                ["feature", "sensors", "PSI", "KS D", "n", "PSI threshold", "KS threshold"],
+                [
+                    [
+                        f["feature"],
+                        ", ".join(f.get("sensors") or []),
+                        f["psi"],
+                        f["ks"],
+                        f["n"],
+                        f.get("threshold"),
+                        f.get("ks_threshold"),
+                    ]
+                    for f in features
+                ],
+            ),
+            "<h2>Retraining and the promotion gate</h2>",
+            f"<p>Retraining run {html.escape(str(drift['retraining_run'].get('run_id')))} on "
+            f"{html.escape(str(drift['retraining_run'].get('start')))} .. "
+            f"{html.escape(str(drift['retraining_run'].get('end')))}: challenger version "
+            f"{drift.get('challenger')}, registration {html.escape(str(drift.get('registration')))}.</p>",
+        ]
+        gate = drift.get("gate") or {}
+        parts.append(
+            _table(
+                ["gate outcome", "champion", "reasons", "numbers"],
+                [
+                    [
+                        gate.get("outcome"),
+                        gate.get("champion"),
+                        "; ".join(gate.get("reasons") or []),
+                        html.escape(json.dumps(gate.get("numbers"), default=str)),
+                    ]
+                ],
+            )
+        )
     if "models" in summary:
         models = summary["models"]
         parts += [
@@ -532,6 +600,27 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
                         s["last"],
                     ]
                     for s in models["served"]
+                ],
+            ),
+            _table(
+                ["registry version", "deployed to", "status", "detail"],
+                [
+                    [
+                        d["registry_version"],
+                        d["target"],
+                        d["status"],
+                        html.escape(
+                            json.dumps(
+                                {
+                                    k: v
+                                    for k, v in d.items()
+                                    if k not in ("registry_version", "target", "status")
+                                },
+                                default=str,
+                            )
+                        ),
+                    ]
+                    for d in models.get("deployed", [])
                 ],
             ),
             f"<p>Production at the end: version {models['production_at_end']}. Edge box: "

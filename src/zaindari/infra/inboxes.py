@@ -8,7 +8,7 @@ from typing import Any
 
 from zaindari.infra.aws import ClientFactory
 
-__all__ = ["drain_queue", "subscribe_inboxes"]
+__all__ = ["drain_queue", "event_inbox", "subscribe_inboxes"]
 
 
 def _queue_arn(factory: ClientFactory, url: str) -> str:
@@ -55,3 +55,17 @@ def drain_queue(factory: ClientFactory, url: str) -> list[Any]:
             Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
         )
     return out
+
+
+def event_inbox(
+    factory: ClientFactory, name: str, detail_types: list[str], event_bus: str = "default"
+) -> str:
+    """A queue ``name``, target of rule ``name`` on ``event_bus`` matching any of ``detail_types``:
+    what a function subscribed to those events by its EventBridge rule would receive; its URL."""
+    url: str = factory.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+    events = factory.client("events")
+    events.put_rule(Name=name, EventBusName=event_bus, EventPattern=json.dumps({"detail-type": detail_types}))
+    events.put_targets(
+        Rule=name, EventBusName=event_bus, Targets=[{"Id": "q", "Arn": _queue_arn(factory, url)}]
+    )
+    return url
