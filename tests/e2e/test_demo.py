@@ -40,6 +40,8 @@ def test_every_built_step_runs_and_every_missing_one_says_why(demo: dict[str, An
         "deploy",
         "historian_drop",
         "stream_live",
+        "drift_retraining",
+        "score_after_retraining",
         "report",
     ):
         assert steps[name]["status"] == "ok"
@@ -66,8 +68,11 @@ def test_alerts_reached_sns_and_eventbridge_and_every_reading_was_scored(demo: d
     assert alerts["eventbridge"] > 0
     assert alerts["same_alerts_on_both"] and alerts["sns"] == alerts["eventbridge"]
     assert sum(alerts["live_by_kind"].values()) == alerts["eventbridge"] - alerts["file_alerts"]
-    live = summary["steps"][[s["name"] for s in summary["steps"]].index("stream_live")]["detail"]
-    assert sum(live["readings_sent"].values()) == readings["event_scores_in_lake"]
+    live = _step(summary, "stream_live")
+    after = _step(summary, "score_after_retraining")
+    streamed = sum(live["readings_sent"].values()) + sum(after["stream"]["readings_sent"].values())
+    assert streamed == readings["event_scores_in_lake"]
+    assert after["readings_streamed"] + after["readings_dropped"] > 0
     assert set(live["readings_sent"]) == {"sqs", "iot", "http"} and min(live["readings_sent"].values()) > 0
     assert readings["event_scores_in_lake"] + readings["file_scores_in_lake"] == plant["readings_simulated"]
     assert readings["quarantined_objects"] == 0
@@ -78,16 +83,52 @@ def test_the_model_timeline_names_each_version_and_where_it_ran(demo: dict[str, 
     served = {(s["registry_version"], s["where"]) for s in models["served"]}
     assert {(1, "score_event (Lambda)"), (1, "score_batch (Lambda)")} <= served
     assert [h["action"] for h in models["history"]][:2] == ["register", "promote"]
-    if demo["summary"]["not_run"].get("drift_retraining"):
-        assert models["retrained_version_in_production"] is None
-        assert models["production_at_end"] == 1
-    else:  # once drift monitoring and retraining land: the challenger is what production runs
+    # deploy_model put the first production version on the SageMaker endpoint and sent the edge update
+    deployed = {(d["registry_version"], d["target"]): d for d in models["deployed"]}
+    assert deployed[(1, "sagemaker_endpoint")]["status"] == "deployed"
+    assert deployed[(1, "edge")]["version"] == 1
+    drift = demo["summary"]["drift"]
+    challenger = drift["challenger"]
+    after = {s["registry_version"] for s in models["served"] if s["last"] > drift["checked_at"]}
+    if drift["promoted"]:  # the retrained version is what production and the functions run
         assert models["retrained_version_in_production"] is True
+        assert models["production_at_end"] == challenger
+        assert {(challenger, "score_event (Lambda)"), (challenger, "score_batch (Lambda)")} <= served
+        assert deployed[(challenger, "sagemaker_endpoint")]["status"] == "deployed"
+    else:  # refused: the reason and its numbers are reported, production and the functions stay
+        assert drift["gate"]["outcome"] != "promoted" and drift["gate"]["reasons"]
+        assert drift["gate"]["numbers"]["challenger"] == challenger
+        assert models["retrained_version_in_production"] is False
+        assert models["production_at_end"] == 1 and after == {1}
     edge = demo["summary"]["edge"]
     if edge["status"] == "ok":
         assert edge["model_version"] == models["production_at_end"]
     else:
         assert edge["reason"]
+
+
+def _step(summary: dict[str, Any], name: str) -> dict[str, Any]:
+    detail: dict[str, Any] = next(s for s in summary["steps"] if s["name"] == name)["detail"]
+    return detail
+
+
+def test_drift_monitoring_started_a_retraining_with_evidence_and_the_gate_decided(
+    demo: dict[str, Any],
+) -> None:
+    drift = demo["summary"]["drift"]
+    assert drift["check"]["status"] == "triggered"
+    features = drift["evidence"]["evidence"]["features"]
+    assert features and {f["feature"] for f in features} == set(drift["check"]["drifted_features"])
+    for feature in features:
+        assert feature["psi"] >= feature["threshold"] and feature["ks"] >= feature["ks_threshold"]
+    # the two Glue jobs start_retraining started ran with its arguments: the set it built is the input trained on
+    build, train = drift["jobs"]["build_training_set"], drift["jobs"]["train_model"]
+    assert build["arguments"]["--start"] == drift["retraining_run"]["data_range"]["start"]
+    assert train["arguments"]["--input"] == build["arguments"]["--output"]
+    assert train["summary"]["rows"]["trained_on"] > 0
+    assert drift["retraining_run"]["closed"] == "closed"
+    assert drift["challenger"] == 2 and drift["registration"] in ("promoted", "kept_in_staging")
+    assert drift["gate"]["outcome"] in ("promoted", "refused") and drift["gate"]["numbers"]
 
 
 def test_the_report_is_written_from_the_same_summary(demo: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class DemoPlan:
         and the retrained model is deployed: it shows which version the functions then score with.
     drift_window
         The plant time monitor_drift looks back over (ending where the held-back part starts).
+    retrain_days
+        Days of raw telemetry a drift-triggered retraining reads (ending on the drift check's day).
     spark_master
         The local Spark the training job runs on.
     """
@@ -54,6 +56,7 @@ class DemoPlan:
     spark_master: str = "local[2]"
     after_retraining: timedelta = timedelta(hours=6)
     drift_window: timedelta = timedelta(hours=24)
+    retrain_days: int = 3
 
     @property
     def live_start(self) -> datetime:
@@ -131,4 +134,5 @@ def demo_plan(*, small: bool = False, seed: int = 0) -> DemoPlan:
         delivery_window=timedelta(hours=2),
         after_retraining=timedelta(days=1),
         drift_window=timedelta(hours=48),
+        retrain_days=4,
     )

@@ -313,8 +313,12 @@ def _models(back: Readback) -> dict[str, Any]:
             stamp = stamp if isinstance(stamp, str) else _iso(stamp)
             entry["first"] = min(filter(None, (entry["first"], stamp)))
             entry["last"] = max(filter(None, (entry["last"], stamp)))
+    numbers = {v["version"] for v in back.versions}
     for entry in served.values():
-        entry["registry_version"] = by_hash.get(entry["model_version"].rsplit(":", 1)[-1])
+        # model_version is <model>:<registry version> (registry://) or <model>:<content hash prefix>
+        suffix = entry["model_version"].rsplit(":", 1)[-1]
+        number = int(suffix) if suffix.isdigit() and int(suffix) in numbers else None
+        entry["registry_version"] = number if number is not None else by_hash.get(suffix)
     return {
         "versions": [
             {
@@ -556,9 +560,8 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
                 ],
             ),
             "<h2>Retraining and the promotion gate</h2>",
-            f"<p>Retraining run {html.escape(str(drift['retraining_run'].get('run_id')))} on "
-            f"{html.escape(str(drift['retraining_run'].get('start')))} .. "
-            f"{html.escape(str(drift['retraining_run'].get('end')))}: challenger version "
+            f"<p>Retraining run {html.escape(str(drift['retraining_run'].get('run_id')))} on the days "
+            f"{html.escape(json.dumps(drift['retraining_run'].get('data_range')))}: challenger version "
             f"{drift.get('challenger')}, registration {html.escape(str(drift.get('registration')))}.</p>",
         ]
         gate = drift.get("gate") or {}
@@ -673,6 +676,13 @@ def print_summary(summary: dict[str, Any], out_dir: Path) -> str:
         lines.append(
             f"  alerts read back: {alerts['eventbridge']} from EventBridge, {alerts['sns']} from SNS"
         )
+        drift = summary.get("drift") or {}
+        if drift.get("status") == "ok":
+            gate = drift.get("gate") or {}
+            lines.append(
+                f"  drift: {', '.join(drift['check'].get('drifted_features') or [])}; challenger version "
+                f"{drift.get('challenger')}: gate {gate.get('outcome')} ({'; '.join(gate.get('reasons') or [])})"
+            )
         lines.append(f"  production model at the end: version {summary['models']['production_at_end']}")
     lines.append(f"  report: {out_dir / 'report.html'}  summary: {out_dir / 'summary.json'}")
     return "\n".join(lines)

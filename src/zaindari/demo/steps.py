@@ -232,13 +232,13 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
 def demo_settings(plan: DemoPlan) -> dict[str, str]:
     """The settings the demo gives every function on top of the template's environment, for its
     plant size: drift is judged on the last ``drift_window`` of plant time with at least a few
-    hundred readings, and a drift-triggered run retrains on every day the plant ran. A promotion
-    reaches running containers at once (alias TTL 0: the demo's clock runs hours in seconds)."""
-    days = max(1, -(-int(plan.plant.duration.total_seconds()) // 86400))
+    hundred readings, and a drift-triggered run retrains on the last ``retrain_days`` days. A
+    promotion reaches running containers at once (alias TTL 0: the demo's clock runs hours in
+    seconds). The drift thresholds themselves (PSI, KS) are the defaults."""
     return {
         "ZAINDARI_DRIFT_WINDOW_HOURS": str(int(plan.drift_window.total_seconds() // 3600)),
         "ZAINDARI_DRIFT_MIN_READINGS": "500",
-        "ZAINDARI_RETRAIN_LOOKBACK_DAYS": str(days + 1),
+        "ZAINDARI_RETRAIN_LOOKBACK_DAYS": str(plan.retrain_days),
         "ZAINDARI_MODEL_ALIAS_TTL_SECONDS": "0",
     }
 
@@ -684,8 +684,7 @@ def drift_retraining(run: DemoRun) -> dict[str, Any]:
         "evidence": drift_events[0].get("detail"),
         "retraining_run": {
             "run_id": started.get("run_id"),
-            "start": started.get("start"),
-            "end": started.get("end"),
+            "data_range": started.get("data_range"),
             "closed": closed.get("status"),
         },
         "jobs": {"build_training_set": build, "train_model": train},
