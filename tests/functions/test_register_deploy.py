@@ -410,3 +410,43 @@ def test_score_event_follows_production_without_a_restart(
     ]
     assert {row["model_version"] for row in scored} == {f"{MODEL}:1", f"{MODEL}:2"}
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
+
+
+def test_an_emr_serverless_training_run_is_registered_from_its_output_argument(
+    aws: EmbeddedAws, cache: Path, tmp_path: Path, functions: tuple[ModuleType, ModuleType]
+) -> None:
+    register, _ = functions
+    emr = aws.factory.client("emr-serverless")
+    app = emr.create_application(name="zaindari", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    uri = candidate(aws, cache, tmp_path, "run-emr", metrics=labelled_metrics(0.9))
+
+    def run(name: str) -> dict[str, Any]:
+        run_id = emr.start_job_run(
+            applicationId=app,
+            executionRoleArn=ROLE,
+            name=name,
+            jobDriver={
+                "sparkSubmit": {
+                    "entryPoint": "s3://x/train_model.py",
+                    "entryPointArguments": ["--spec", "s3://x/spec.yaml", "--output", uri],
+                }
+            },
+        )["jobRunId"]
+        detail = {"applicationId": app, "jobRunId": run_id, "state": "SUCCESS", "arn": "x"}
+        return {
+            "version": "0",
+            "id": f"emr-{run_id}",
+            "detail-type": "EMR Serverless Job Run State Change",
+            "source": "aws.emr-serverless",
+            "account": "123456789012",
+            "time": "2026-11-16T06:14:38Z",
+            "region": REGION,
+            "resources": [],
+            "detail": detail,
+        }
+
+    build = register.lambda_handler(run("zaindari-build-training-set-r1"), LambdaContext("register_model"))
+    train = register.lambda_handler(run(f"{TRAIN_JOB}-r1"), LambdaContext("register_model"))
+
+    assert build["status"] == "ignored" and "is not a zaindari-train-model run" in build["reason"]
+    assert (train["status"], train["version"], train["source"]) == ("promoted", 1, uri)
