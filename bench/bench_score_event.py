@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 from _report import info_line, result_row
 from _setup import (
     FUNCTION_DIR,
@@ -597,6 +598,68 @@ def cold_start_rows(
     return rows
 
 
+def drift_summary_cost(bundle_dir: Path, source: FreshReadings) -> dict[str, Any]:
+    """What the drift window summaries (zaindari.drift.summarize_table, inside score_table) cost on
+    a batch of 1,000 readings, against the whole batched core (parse + score_readings, summaries
+    included) on the same batch; medians of 30 runs each."""
+    from zaindari.drift import baseline_of, summarize_table
+    from zaindari.features import SensorTable
+
+    bundle = load_bundle(bundle_dir)
+    baseline = baseline_of(bundle)
+    if baseline is None:
+        raise RuntimeError("the example bundle has no baseline.json")
+    limits = ContractLimits()
+    bodies = [json.dumps(r) for r in source.take(1000)]
+    now = datetime.now(UTC)
+    readings = [x for body in bodies for x in parse_payload(body, limits=limits, now=now).readings]
+    table = SensorTable.from_readings(readings, bundle.spec.sensor_names)
+    matrix = np.random.default_rng(0).normal(size=(len(readings), len(baseline.features))).astype(np.float32)
+    rows = np.arange(len(readings))
+    score = np.abs(matrix[:, 0]).astype(np.float64)
+    alerts = score > 2.0
+
+    def summaries() -> float:
+        started = time.perf_counter()
+        summarize_table(
+            baseline,
+            model_version=bundle.model_version,
+            devices=table.device_id,
+            timestamps=table.timestamp,
+            sensors=table.sensors,
+            rows=rows,
+            matrix=matrix,
+            score=score,
+            alerts=alerts,
+        )
+        return time.perf_counter() - started
+
+    def core() -> float:
+        started = time.perf_counter()
+        parsed = [x for body in bodies for x in parse_payload(body, limits=limits, now=now).readings]
+        score_readings(bundle, parsed, {}, threads=1)
+        return time.perf_counter() - started
+
+    for _ in range(3):
+        summaries(), core()
+    summary_s = median([summaries() for _ in range(30)])
+    core_s = median([core() for _ in range(30)])
+    share = summary_s / core_s
+    info(
+        f"drift summaries of 1,000 readings: {summary_s * 1000:.2f} ms; batched core (parse + "
+        f"score_readings, summaries included) {core_s * 1000:.2f} ms: {share:.1%}"
+    )
+    return row(
+        "drift summaries / batched core, 1,000 readings",
+        share * 100,
+        "%",
+        baseline=core_s * 1000,
+        ratio=share,
+        target="<= 5",
+        passed=share <= 0.05,
+    )
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -628,6 +691,8 @@ def main() -> list[dict[str, Any]]:
                     ratio=core_batched / per_record,
                 )
             )
+
+            rows.append(drift_summary_cost(bundle_dir, source))
 
             # a. warm handler, SQS batches
             function = load_warm_function(devnull)

@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (fuzzing, schemathesis): "ci", the default, keeps the suite fast and repeatable
+# (few examples, derandomized); HYPOTHESIS_PROFILE=deep runs many more, for a soak by hand.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=25, derandomize=True, deadline=None, suppress_health_check=_QUIET
+)
+settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"

@@ -118,10 +118,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def mosquitto(workdir: Path) -> Iterator[int]:
-    """A real mosquitto broker (Debian's package) on a free loopback port, for one test module."""
+def mosquitto(workdir: Path, port: int | None = None) -> Iterator[int]:
+    """A real mosquitto broker (Debian's package) on a loopback port (a free one by default)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
+    port = port or free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -4,36 +4,16 @@ Every strategy starts from real readings of the simulated plant and breaks them 
 gateways and attackers do: wrong types, NaN and infinity, huge numbers, deep nesting, huge strings,
 odd unicode in ids, duplicate JSON keys, wrong or missing time zones, batches mixing good and bad.
 
-The settings profiles live here too: ``ci`` (the default: few examples, derandomized, so the suite
-stays fast and repeatable) and ``deep`` (``HYPOTHESIS_PROFILE=deep``: many more, for a soak by hand).
+The hypothesis settings profiles (``ci``, the default, and ``deep``) are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-settings.register_profile(
-    "ci",
-    max_examples=25,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.register_profile(
-    "deep",
-    max_examples=500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # -- pieces
 

@@ -144,7 +144,38 @@ def http_app() -> "APIGatewayHttpResolver":
 
     app = APIGatewayHttpResolver(enable_validation=True)
 
-    @app.post("/readings", summary="Score one reading or a batch", tags=["telemetry"])
+    error: dict[str, Any] = {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object"}},
+                },
+                "required": ["message"],
+            }
+        }
+    }
+
+    @app.post(
+        "/readings",
+        summary="Score one reading or a batch",
+        tags=["telemetry"],
+        responses={
+            200: {
+                "description": "Scored: scores, alerts, the readings rejected with their reasons, duplicates"
+            },
+            400: {
+                "description": "Invalid telemetry: nothing was scored; the errors name each field",
+                "content": error,
+            },
+            413: {"description": "Payload above ZAINDARI_MAX_PAYLOAD_BYTES", "content": error},
+            503: {
+                "description": "A downstream service failed: nothing is lost, retry after Retry-After",
+                "content": error,
+            },
+        },
+    )
     def post_readings(payload: Annotated[TelemetryPayload, Body()]) -> Any:
         # the body is parsed again with the receiver's clock and limits (future skew, sizes)
         request_id = app.current_event.request_context.request_id or "http"

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
-from zaindari.edge.wiring import SerialEventScoring, build_edge_event_scoring, edge_settings
+from zaindari.edge.wiring import BatchingEventScoring, build_edge_event_scoring, edge_settings
 
 settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
 tokens = read_tokens(settings)
@@ -15,7 +15,7 @@ logger = logging.getLogger("zaindari.edge.score_event")
 
 
 @functools.cache
-def scoring() -> SerialEventScoring:
+def scoring() -> BatchingEventScoring:
     """The use case, built once per container (model session, ports)."""
     return build_edge_event_scoring(settings)
 
@@ -30,7 +30,8 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
         return json_response(
             405, {"message": "POST readings, or GET the model version"}, {"Allow": "GET, POST"}
         )
-    request_id = event.headers.get("X-Call-Id") or uuid.uuid4().hex  # the OpenFaaS gateway sets X-Call-Id
+    # unique per request: concurrent requests are scored together and answered by record id
+    request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{uuid.uuid4().hex[:12]}"
     answer = scoring().answer_http(event.body, request_id)
     if answer.status >= 500:
         logger.warning(

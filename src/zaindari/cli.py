@@ -500,7 +500,7 @@ def _build_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "run, with why. Exit 0 when every built step ran, 1 when one failed."
         ),
     )
-    demo.add_argument("--small", action="store_true", help="a 3-day plant of 4 machines (about a minute)")
+    demo.add_argument("--small", action="store_true", help="a 3-day plant of 4 machines (1 to 2 minutes)")
     demo.add_argument("--seed", type=int, default=0, help="the simulator's seed (default: %(default)s)")
     demo.add_argument(
         "--out",

@@ -8,7 +8,7 @@ to the dead-letter store), ``duplicate`` (every reading was already processed), 
 downstream system failed; the adapter hands it back to its source).
 
 Order of effects, chosen so that a failure never loses a reading and a redelivery does not double
-an output (``docs/SCORING.md`` states the narrow cases where it can, and how readers cope): dead letters, then the lake (raw telemetry and scores), then device state (history, alert
+an output (``docs/SCORING.md`` states the narrow cases where it can, and how readers cope): dead letters, then the lake (raw telemetry and scores, then the drift window summaries), then device state (history, alert
 state, keys of the readings seen, and the new alerts as an *outbox*), then alert delivery, then the
 outbox is cleared. A redelivered reading is recognised by its key in the device's state and
 dropped; alerts still in an outbox are delivered by the next batch that touches the device.
@@ -40,6 +40,7 @@ __all__ = [
     "InboundRecord",
     "RecordStatus",
     "ScoringReport",
+    "http_answer",
     "reading_key_hash",
 ]
 
@@ -65,6 +66,8 @@ class ScoringReport:
     rejected: list[RejectedRecord] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
+    scored_owners: list[str] = field(default_factory=list)  # record id of each row of ``scored``
+    duplicate_owners: list[str] = field(default_factory=list)  # record id of each duplicate reading
     model_version: str | None = None
     lake_objects: list[str] = field(default_factory=list)
     work_seconds: float = 0.0
@@ -87,6 +90,38 @@ class ScoringReport:
             "readings_duplicate": self.duplicates,
             "alerts": len(self.alerts),
         }
+
+    def for_record(self, record_id: str) -> ScoringReport:
+        """The part of this report that concerns one record (one HTTP request of a batch).
+
+        An alert belongs to the record holding the reading that raised it (same device and
+        timestamp); an alert redelivered from a device's outbox, to the first record of its device.
+        """
+        owner_of = {
+            (r["device_id"], r["timestamp"]): o for r, o in zip(self.scored, self.scored_owners, strict=True)
+        }
+        first_of_device: dict[str, str] = {}
+        for row, owner in zip(self.scored, self.scored_owners, strict=True):
+            first_of_device.setdefault(row["device_id"], owner)
+        alerts = [
+            a
+            for a in self.alerts
+            if owner_of.get((a.device_id, a.timestamp), first_of_device.get(a.device_id)) == record_id
+        ]
+        return ScoringReport(
+            status={record_id: self.status[record_id]} if record_id in self.status else {},
+            retry_reasons={k: v for k, v in self.retry_reasons.items() if k == record_id},
+            scored=[r for r, o in zip(self.scored, self.scored_owners, strict=True) if o == record_id],
+            rejected=[r for r in self.rejected if r.record_id == record_id],
+            alerts=alerts,
+            duplicates=self.duplicate_owners.count(record_id),
+            model_version=self.model_version,
+            lake_objects=self.lake_objects,
+            work_seconds=self.work_seconds,
+            io_seconds=self.io_seconds,
+            scored_owners=[record_id] * sum(o == record_id for o in self.scored_owners),
+            duplicate_owners=[o for o in self.duplicate_owners if o == record_id],
+        )
 
 
 #: The fields of each score an HTTP caller gets back (the lake row holds more).
@@ -250,6 +285,7 @@ class EventScoring:
             state = states.get(reading.device_id)
             if key in batch_keys or key in seen_sets.get(reading.device_id, ()):
                 report.duplicates += 1
+                report.duplicate_owners.append(rid)
                 continue
             if state is not None and state.too_late(reading.timestamp.timestamp()):
                 report.rejected.append(
@@ -380,15 +416,13 @@ class EventScoring:
                     clock.io_call(self.states.save, delivered_devices)
 
         report.scored = scored_rows
+        report.scored_owners = [fresh_owner[p] for p in scored_positions]
         return clock.finish(self._finish_statuses(report, records, scored_ids))
 
-    def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
-        """Score the readings of an HTTP request body, all or nothing on the contract.
-
-        A body with any invalid reading is refused whole (400, each error named: the caller fixes
-        and resends it); one above the size limit gets 413; a downstream failure 503 with
-        ``Retry-After`` (nothing was lost: the request can be sent again, duplicates are dropped).
-        """
+    def parse_http(self, body: bytes | str) -> list[Reading] | HttpAnswer:
+        """The readings of an HTTP request body, or the answer refusing it whole: 413 above the
+        size limit, 400 naming each error when any reading is invalid (the caller fixes and
+        resends it; nothing was scored)."""
         try:
             parsed = parse_payload(body, limits=self.limits, now=self.clock())
         except PayloadTooLarge as exc:
@@ -401,22 +435,19 @@ class EventScoring:
                     "errors": [r.to_dict() for r in parsed.rejections],
                 },
             )
-        report = self.score_records([InboundRecord(request_id, parsed.readings, source)])
-        if report.retry_ids:
-            return HttpAnswer(
-                503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}, report
-            )
-        return HttpAnswer(
-            200,
-            {
-                "model_version": report.model_version,
-                "scores": [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored],
-                "alerts": [a.model_dump(mode="json") for a in report.alerts],
-                "rejected": [r.to_dict() for r in report.rejected],
-                "duplicates": report.duplicates,
-            },
-            report=report,
-        )
+        return parsed.readings
+
+    def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
+        """Score the readings of an HTTP request body, all or nothing on the contract.
+
+        See :meth:`parse_http` for refusals and :func:`http_answer` for the answer; a downstream
+        failure gets 503 with ``Retry-After`` (nothing was lost: the request can be sent again,
+        duplicates are dropped).
+        """
+        readings = self.parse_http(body)
+        if isinstance(readings, HttpAnswer):
+            return readings
+        return http_answer(self.score_records([InboundRecord(request_id, readings, source)]))
 
     # ------------------------------------------------------------------------------------------
 
@@ -462,3 +493,23 @@ def _preview(payload: Any, limit: int = 4096) -> str:
     else:
         text = str(payload)[:limit]
     return text
+
+
+def http_answer(report: ScoringReport) -> HttpAnswer:
+    """The HTTP answer for a report of one request: 200 with scores, alerts, dead letters and the
+    duplicate count, or 503 with ``Retry-After`` when a downstream system failed."""
+    if report.retry_ids:
+        return HttpAnswer(
+            503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}, report
+        )
+    return HttpAnswer(
+        200,
+        {
+            "model_version": report.model_version,
+            "scores": [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored],
+            "alerts": [a.model_dump(mode="json") for a in report.alerts],
+            "rejected": [r.to_dict() for r in report.rejected],
+            "duplicates": report.duplicates,
+        },
+        report=report,
+    )

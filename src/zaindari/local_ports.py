@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,10 @@ from zaindari.file_scoring import FileManifest, FileRun, FileSource
 from zaindari.jsonable import finite, json_default
 from zaindari.ports import FileSink, PortError, RejectedRecord
 
-__all__ = ["LocalFileSink"]
+if TYPE_CHECKING:
+    from zaindari.drift import WindowSummary
+
+__all__ = ["LocalFileSink", "LocalSummaryStore"]
 
 _EPOCH_DAY = date(1970, 1, 1)
 _US_PER_DAY = 86_400_000_000
@@ -193,3 +196,50 @@ class LocalFileSink:
 def _conforms() -> None:
     """Static check (mypy) that the local sink satisfies its port."""
     _f: FileSink = LocalFileSink(".")
+
+
+class LocalSummaryStore:
+    """Drift window summaries in a local folder laid out as the lake's ``summaries/``.
+
+    The edge box keeps what it scored here (``EventScoring(summaries=..., source="edge")`` or
+    :func:`zaindari.drift.summarize_table`); uploading the folder to the lake unchanged is all the
+    cloud needs: keys are the S3 store's keys, and summaries merge with the cloud's (see
+    ``zaindari.drift``). Each object is written to a hidden name and renamed into place.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
+        from zaindari.drift import summary_objects
+
+        written = []
+        try:
+            for key, group in summary_objects(summaries, source=source, name=name).items():
+                target = self.root / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged = target.with_name(f".{target.name}.inprogress")
+                staged.write_text(json.dumps([s.to_dict() for s in group], separators=(",", ":")))
+                os.replace(staged, target)
+                written.append(str(target))
+        except OSError as exc:
+            raise PortError(f"summaries folder {self.root}: {exc}") from exc
+        return written
+
+    def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+        from zaindari.drift import SUMMARIES_PREFIX, WindowSummary, summary_days, summary_key_span
+
+        lo, hi = start.timestamp(), end.timestamp()
+        out: list[WindowSummary] = []
+        for day in summary_days(start, end):
+            folder = self.root / SUMMARIES_PREFIX / f"date={day}" / f"model={model}"
+            for path in sorted(folder.glob("version=*/*.json")):
+                span = summary_key_span(path.relative_to(self.root).as_posix())
+                if span is None or span[1] < lo or span[0] >= hi:
+                    continue
+                out += [
+                    s
+                    for s in map(WindowSummary.from_dict, json.loads(path.read_text()))
+                    if lo <= s.start < hi
+                ]
+        return out

@@ -202,6 +202,12 @@ class Settings(BaseModel):
         le=1,
         description="Alert people when more of a sensor's readings are out of range.",
     )
+    drift_alert_rate_change: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Alert people when the share of alerting readings moves more than this between windows.",
+    )
     # -- deployment (register_model, deploy_model) and registry:// model references
     model_alias_ttl_seconds: float = Field(
         default=60.0,
@@ -259,7 +265,7 @@ class Settings(BaseModel):
     )
     edge_buffer_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
-        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~10x cheaper.",
+        description="FULL: each answered request is on disk (survives a power cut); NORMAL: survives a crash only, ~5x cheaper.",
     )
     edge_ship_backoff_seconds: float = Field(
         default=1.0, gt=0, le=60, description="First wait after a failed shipment; doubles each time."

@@ -1182,6 +1182,7 @@ class TrainedModel:
     lineage: dict[str, Any]
     train_assets: list[str]
     held_out_assets: list[str]
+    baseline: dict[str, Any] | None = None  # baseline.json (zaindari.drift)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -1306,6 +1307,7 @@ def _train(
         "train_rows": train.count(),
         "held_out_rows": len(fitted.validation[SCORE]),
     }
+    baseline = _drift_baseline(spec, fitted, counts["held_out_rows"], settings.seed, data)
     for frame in (train, held_out, rows, prepared.cached):
         frame.unpersist()
     fitted.metrics["rows"] = {
@@ -1337,7 +1339,40 @@ def _train(
         "ended_at": _utc_now(),
         "duration_s": round(time.perf_counter() - clock, 3),
     }
-    return TrainedModel(spec, fitted, parity, lineage, train_assets, held_assets)
+    return TrainedModel(spec, fitted, parity, lineage, train_assets, held_assets, baseline)
+
+
+#: At most this many held-out rows are collected to the driver for the drift baseline.
+BASELINE_MAX_ROWS = 200_000
+
+
+def _drift_baseline(
+    spec: ModelSpec, fitted: FittedModel, held_out_rows: int, seed: int, data: InputData
+) -> dict[str, Any]:
+    """The drift baseline (``zaindari.drift``) from the held-out assets' features and scores.
+
+    Held-out rows are what the model was validated on, scored like production data; above
+    ``BASELINE_MAX_ROWS`` a seeded sample of them is used (histograms on deciles need far fewer).
+    """
+    from pyspark.ml.functions import vector_to_array
+
+    from zaindari.drift import compute_baseline
+
+    frame = fitted.scored_validation
+    if held_out_rows > BASELINE_MAX_ROWS:
+        frame = frame.sample(fraction=BASELINE_MAX_ROWS / held_out_rows, seed=seed)
+    collected: Any = frame.select(vector_to_array(F.col(FEATURES)).alias("_x"), F.col(SCORE)).toPandas()
+    matrix = np.asarray(collected["_x"].tolist(), dtype=np.float64).reshape(len(collected), -1)
+    score = np.asarray(collected[SCORE].to_numpy(dtype=np.float64, na_value=np.nan))
+    baseline = compute_baseline(
+        spec,
+        fitted.signature.features,
+        matrix,
+        score,
+        fitted.thresholds,
+        source=f"held-out rows of {data.path} ({data.start or '...'}..{data.end or '...'})",
+    )
+    return baseline.model_dump(mode="json")
 
 
 def publish_bundle(
@@ -1360,6 +1395,7 @@ def publish_bundle(
                 "metrics.json": trained.metrics,
                 "lineage.json": trained.lineage,
                 "parity.json": trained.parity,
+                **({"baseline.json": trained.baseline} if trained.baseline else {}),
             },
             version=version,
         )

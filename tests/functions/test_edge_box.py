@@ -305,9 +305,13 @@ def test_alerts_go_to_mqtt_and_the_webhook_at_once_and_a_channel_that_was_down_c
         second.alerts
     )
     assert box.stats().local_alerts_pending == len(second.alerts)
-    # and once it is back, the next round delivers them, in order, and nothing twice
+    # and once it is back, the background rounds deliver them (after the channel's retry wait,
+    # 1 s here), in order, and nothing twice
     webhook.start()
-    box.forward_once()
+    deadline = time.monotonic() + 10
+    while box.stats().local_alerts_pending and time.monotonic() < deadline:
+        box.forward_once()
+        time.sleep(0.1)
     assert [w["alert"] for w in webhook.received] == [
         a.model_dump(mode="json") for a in first.alerts + second.alerts
     ]
@@ -394,3 +398,84 @@ def test_update_while_the_link_is_down_waits_and_is_applied_when_it_comes_back(
     online.forward_once()
     assert online.sync.current().version == "2"
     online.close()
+
+
+def test_background_forwarder_ships_new_work_by_itself(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]]
+) -> None:
+    provision_box(tmp_path, bundle_dir, readings)
+    create_bucket(aws)
+    box = EdgeBox.from_settings(
+        Settings.from_env(box_env(tmp_path, aws)),
+        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
+    )
+    box.start(idle_seconds=5.0)
+    try:
+        box.score_records([InboundRecord("r", readings[1080:1120], "t")])
+        deadline = time.monotonic() + 15
+        while box.stats().rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert box.stats().rows == {}  # woken by the new rows, not by the 5 s idle timer
+    finally:
+        box.close()
+    assert sum(len(b) for _, b in lake_rows(aws, "scores/events/")) == 40
+
+
+def test_command_line_seeds_replays_updates_reports_and_ships(
+    aws: EmbeddedAws,
+    tmp_path: Path,
+    bundle_dir: Path,
+    readings: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from zaindari.edge.box import main
+
+    for name, value in box_env(tmp_path, aws).items():
+        monkeypatch.setenv(name, value)
+    create_bucket(aws)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(r) + "\n" for r in golden_readings(readings)))
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(json.dumps(r) + "\n" for r in readings[1080:1100]))
+    update = tmp_path / "update.json"
+    update.write_text(update_for(bundle_dir, str(bundle_dir), "2").model_dump_json())
+
+    def run(*argv: str) -> tuple[int, list[dict[str, Any]]]:
+        code = main(list(argv))
+        return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    assert (
+        run("seed", str(bundle_dir), "--version", "1", "--golden", str(golden))[1][0]["status"] == "applied"
+    )
+    code, batches = run("replay", str(feed), "--batch", "10")
+    assert code == 0 and sum(b["readings_scored"] for b in batches) == 20
+    assert run("update", str(update), "--offline")[1][0]["serving"] == "2"
+    status = run("status")[1][0]
+    assert status["version"] == "2" and status["buffered"]["scores"] == 2
+    code, shipped = run("ship")
+    assert code == 0 and shipped[0]["shipped"]["scores"] == 20 and shipped[0]["remaining"] == {}
+
+
+def test_mqtt_channel_refused_while_the_broker_is_down_then_delivers_when_it_is_up(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from tests.edge_support import free_port
+    from zaindari.contract import parse_readings
+    from zaindari.edge.local_alerts import ChannelError, MqttChannel
+    from zaindari.pipeline import score_readings
+
+    alert = score_readings(bundle, parse_readings(readings[1080:1320]).readings).alerts[0]
+    port = free_port()
+    channel = MqttChannel("127.0.0.1", port, timeout_seconds=2.0)
+    began = time.monotonic()
+    with pytest.raises(ChannelError, match="refused"):
+        channel.send(alert)
+    assert time.monotonic() - began < 1.0  # a refused connection costs no timeout
+    with mosquitto(tmp_path, port):
+        inbox = MqttInbox(port)
+        channel.send(alert)
+        got = inbox.wait_for(1)
+        inbox.close()
+    channel.close()
+    assert got == [(f"zaindari/alerts/{alert.device_id}", alert.model_dump(mode="json"))]

@@ -92,7 +92,7 @@ def test_drift_in_scored_telemetry_reaches_start_retraining_once(
     listed = aws.factory.client("s3").list_objects_v2(Bucket=lake, Prefix="summaries/")["Contents"]
     keys = [o["Key"] for o in listed]
     assert len(keys) == 3 and all(
-        k.startswith("summaries/date=2024-03-31/model=plant-anomaly/version=fleet-1/0000-events-")
+        k.startswith("summaries/date=2024-03-31/model=plant-anomaly/version=fleet-1/0000-0000-events-")
         for k in keys
     )
 
@@ -133,3 +133,43 @@ def test_drift_in_scored_telemetry_reaches_start_retraining_once(
     again = monitor.lambda_handler(schedule_at("2024-03-31T01:35:00Z"), LambdaContext("monitor_drift"))
     assert again["status"] == "suppressed"
     assert drain(aws, inboxes["eventbridge"]) == []
+
+
+def test_lake_summaries_one_object_per_batch_and_day_read_back_by_window(aws: EmbeddedAws) -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from zaindari.drift import Baseline, WindowSummary
+    from zaindari.infra.drift_ports import S3SummaryStore
+
+    s3 = aws.factory.client("s3")
+    s3.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    baseline = Baseline(
+        model_name="m",
+        features=["x"],
+        edges=[[0.0]],
+        counts=[[1, 1]],
+        score_edges=[1.0],
+        score_counts=[1, 1],
+        rows=2,
+        sensors={"x": (None, None)},
+        feature_sensors={"x": ["x"]},
+    )
+    empty = WindowSummary.empty(baseline, "m:3")
+    midnight = int(datetime(2024, 5, 2, tzinfo=UTC).timestamp())
+    # a backlog batch spanning 22:00 to 01:00: four windows over two days
+    batch = [
+        dataclasses.replace(empty, start=midnight + h * 3600, end=midnight + (h + 1) * 3600, readings=10 + h)
+        for h in (-2, -1, 0, 1)
+    ]
+    store = S3SummaryStore(aws.factory, "lake")
+    keys = store.write(batch, source="edge", name="b1")
+    assert keys == [
+        "summaries/date=2024-05-01/model=m/version=3/2200-2300-edge-b1.json",
+        "summaries/date=2024-05-02/model=m/version=3/0000-0100-edge-b1.json",
+    ]
+    window = store.read(
+        "m", datetime.fromtimestamp(midnight - 3600, tz=UTC), datetime.fromtimestamp(midnight + 3600, tz=UTC)
+    )
+    assert sorted(s.readings for s in window) == [9, 10]  # 23:00 and 00:00 only
+    assert store.read("other", datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=UTC)) == []

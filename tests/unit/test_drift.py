@@ -31,6 +31,7 @@ from zaindari.drift import (
     Baseline,
     DriftMonitor,
     DriftThresholds,
+    SummaryStore,
     WindowSummary,
     assess_drift,
     baseline_of,
@@ -286,50 +287,67 @@ def test_two_shifted_sensors_trigger_exactly_one_retraining_naming_them(fleet_bu
 # ----------------------------------------------------------------------------- scoring paths
 
 
-def test_score_event_and_score_batch_keep_the_same_summaries_of_what_they_scored(
+def test_edge_and_cloud_summaries_merge_to_the_summary_of_one_file_of_all_the_data(
     fleet_bundle: ModelBundle, tmp_path: Path
 ) -> None:
-    """One hour of readings scored as events (three batches) and as one CSV file: equal summaries."""
+    """Half the fleet scored at an edge box (local folder), half in the cloud (three event batches);
+    merged, they equal score_batch's summary of one CSV file holding every reading."""
     import io
 
     import pandas as pd
 
     from zaindari.event_scoring import EventScoring, InboundRecord
     from zaindari.file_scoring import FileScoring, FileSource
-    from zaindari.local_ports import LocalFileSink
+    from zaindari.local_ports import LocalFileSink, LocalSummaryStore
     from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
 
     hour = START + timedelta(days=40)
     readings = fleet_readings(2000, hour)
-    events_store, files_store = MemorySummaryStore(), MemorySummaryStore()
-    scoring = EventScoring(
-        model=lambda: fleet_bundle,
-        states=MemoryStateStore(),
-        lake=MemoryLake(),
-        alerts=MemoryAlertSink(),
-        rejects=MemoryRejectSink(),
-        summaries=events_store,
+    edge_devices = set(DEVICES[:12])
+    edge_store, cloud_store, files_store = (
+        LocalSummaryStore(tmp_path / "edge"),
+        MemorySummaryStore(),
+        MemorySummaryStore(),
     )
-    for i in range(0, len(readings), 480):
-        report = scoring.score_records([InboundRecord(f"r{i}", {"readings": readings[i : i + 480]}, "test")])
-        assert any(o.startswith("plant-anomaly:fleet-1/") for o in report.lake_objects)
-    assert len(events_store.objects) == 3  # one object per batch (and window)
+
+    def scoring(store: SummaryStore, source: str) -> EventScoring:
+        return EventScoring(
+            model=lambda: fleet_bundle,
+            states=MemoryStateStore(),
+            lake=MemoryLake(),
+            alerts=MemoryAlertSink(),
+            rejects=MemoryRejectSink(),
+            summaries=store,
+            source=source,
+        )
+
+    edge, cloud = scoring(edge_store, "edge"), scoring(cloud_store, "events")
+    at_edge = [r for r in readings if r["device_id"] in edge_devices]
+    in_cloud = [r for r in readings if r["device_id"] not in edge_devices]
+    report = edge.score_records([InboundRecord("e1", {"readings": at_edge}, "edge")])
+    (edge_file,) = report.lake_objects[-1:]
+    assert "/summaries/date=2024-04-10/model=plant-anomaly/version=fleet-1/0000-0000-edge-" in edge_file
+    for i in range(0, len(in_cloud), 240):
+        cloud.score_records([InboundRecord(f"c{i}", {"readings": in_cloud[i : i + 240]}, "sqs")])
 
     frame = pd.DataFrame(
         [{**{k: v for k, v in r.items() if k != "sensors"}, **r["sensors"]} for r in readings]
     )
-    FileScoring(model=lambda: fleet_bundle, sink=LocalFileSink(tmp_path), summaries=files_store).score_file(
-        io.BytesIO(frame.to_csv(index=False).encode()), FileSource(key="drops/hour.csv", etag="e1")
-    )
-    (file_key,) = files_store.objects
+    FileScoring(
+        model=lambda: fleet_bundle, sink=LocalFileSink(tmp_path / "lake"), summaries=files_store
+    ).score_file(io.BytesIO(frame.to_csv(index=False).encode()), FileSource(key="drops/hour.csv", etag="e1"))
 
     baseline = baseline_of(fleet_bundle)
     assert baseline is not None
     empty = WindowSummary.empty(baseline, fleet_bundle.model_version)
-    from_events = merge_summaries([s for v in events_store.objects.values() for s in v], empty)
-    from_file = merge_summaries(files_store.objects[file_key], empty)
-    assert from_events.to_dict() == from_file.to_dict()
-    assert from_events.scored == len(readings) and set(from_events.devices) == set(DEVICES)
+    window = (hour, hour + timedelta(hours=1))
+    from_edge = edge_store.read("plant-anomaly", *window)
+    from_cloud = cloud_store.read("plant-anomaly", *window)
+    assert len(from_edge) == 1 and len(from_cloud) == 3
+    merged = merge_summaries(from_edge + from_cloud, empty)
+    whole = merge_summaries(files_store.read("plant-anomaly", *window), empty)
+    assert merged.to_dict() == whole.to_dict()
+    assert whole.scored == len(readings) and set(whole.devices) == set(DEVICES)
 
 
 def test_a_summary_store_failure_sends_the_batch_back_for_retry(fleet_bundle: ModelBundle) -> None:
@@ -353,3 +371,18 @@ def test_a_summary_store_failure_sends_the_batch_back_for_retry(fleet_bundle: Mo
     store.fail = False  # the redelivery scores and summarises it (nothing was remembered)
     again = scoring.score_records([InboundRecord("r1", {"readings": readings}, "test")])
     assert again.status == {"r1": "scored"} and len(store.objects) == 1
+
+
+def test_a_fleet_gone_silent_alerts_people_but_triggers_no_retraining(fleet_bundle: ModelBundle) -> None:
+    monitor, store, notifier = _monitor()
+    baseline = baseline_of(fleet_bundle)
+    ((end, summaries),) = _stream(fleet_bundle, 1, drift_from=None)
+    store.write(summaries, source="events", name="before")
+    # the next hour nothing arrives
+    check = monitor.check(baseline, fleet_bundle.model_version, end + timedelta(hours=1))
+    assert check.status == "insufficient_data"
+    assert notifier.events == []
+    ((subject, message),) = notifier.people
+    assert subject == "Zaindari data quality: plant-anomaly"
+    assert check.report is not None and check.report.silent_devices == sorted(DEVICES)
+    assert any("24 device(s) silent" in issue for issue in message["issues"])

@@ -292,3 +292,17 @@ def _alert(i: int) -> Alert:
         model_version="m:1",
         rule_set_version="r1",
     )
+
+
+def test_only_one_shipper_at_a_time_sends(tmp_path: Path) -> None:
+    from zaindari.edge.buffer import _exclusive
+
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    BufferedAlerts(buffer).publish([_alert(1)])
+    uplink = RecordingUplink()
+    shipper = Shipper(buffer, uplink, box_id="b", status=dict)
+    with _exclusive(tmp_path / "edge.db.ship.lock") as held:  # another process's shipper, in effect
+        assert held
+        report = shipper.ship_once()
+    assert report.busy and report.remaining == 1 and not uplink.alerts and not uplink.events
+    assert shipper.ship_once().remaining == 0 and len(uplink.alerts) == 1

@@ -186,7 +186,16 @@ def test_anomaly_job_writes_a_verified_bundle_with_parity_and_lineage(anomaly_bu
     assert set(bundle.thresholds.levels) == {"warning", "critical"}
     assert bundle.thresholds.direction == "above"
     manifest = json.loads((anomaly_bundle / "MANIFEST.json").read_text())
-    assert {"model.onnx", "parity.json", "lineage.json", "metrics.json"} <= set(manifest["files"])
+    assert {"model.onnx", "parity.json", "lineage.json", "metrics.json", "baseline.json"} <= set(
+        manifest["files"]
+    )
+    # the drift baseline: the held-out rows' features and scores on decile bins
+    from zaindari.drift import baseline_of
+
+    baseline = baseline_of(bundle)
+    assert baseline is not None and baseline.features == bundle.signature.features
+    assert baseline.rows == metrics["rows"]["held_out_rows"]
+    assert all(sum(c) == baseline.rows and len(c) <= 10 for c in baseline.counts)
 
 
 def test_anomaly_bundle_flags_the_last_hour_before_failures_on_a_new_plant(anomaly_bundle: Path) -> None:

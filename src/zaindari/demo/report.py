@@ -14,6 +14,7 @@ import html
 import io
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult, drain_queue
 if TYPE_CHECKING:
     from zaindari.simulate import PlantData
 
-__all__ = ["Readback", "analyse", "print_summary", "read_back", "write_report"]
+__all__ = ["Readback", "analyse", "draw_plots", "print_summary", "read_back", "write_html"]
 
 _ALERTING = ("raised", "escalated")
 
@@ -60,6 +61,7 @@ def _keys(run: DemoRun, prefix: str) -> list[str]:
 
 def read_back(run: DemoRun) -> Readback:
     """Alerts from the inboxes, scores and manifests from the lake, the registry's versions and history."""
+    import orjson
     import pyarrow.parquet as pq
 
     back = Readback()
@@ -71,16 +73,21 @@ def read_back(run: DemoRun) -> Readback:
         back.alerts_eventbridge = [m["detail"] for m in drain_queue(factory, run.inboxes["eventbridge"])]
         back.alerts_sns = drain_queue(factory, run.inboxes["sns"])
     wanted = ("device_id", "timestamp", "score", "severity", "alert", "model_version")
-    for key in _keys(run, "scores/"):
-        body = s3.get_object(Bucket=run.lake, Key=key)["Body"].read()
-        if key.endswith(".jsonl.gz"):
-            for line in gzip.decompress(body).splitlines():
-                row = json.loads(line)
-                back.event_scores.append({k: row.get(k) for k in wanted})
-        elif key.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(body))
-            columns = [c for c in wanted if c in table.column_names]
-            back.file_scores.extend(table.select(columns).to_pylist())
+
+    def fetch(key: str) -> tuple[str, bytes]:
+        return key, s3.get_object(Bucket=run.lake, Key=key)["Body"].read()
+
+    # one object per batch and date: thousands on the full plant, fetched side by side
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for key, body in pool.map(fetch, _keys(run, "scores/")):
+            if key.endswith(".jsonl.gz"):
+                for line in gzip.decompress(body).splitlines():
+                    row = orjson.loads(line)
+                    back.event_scores.append({k: row.get(k) for k in wanted})
+            elif key.endswith(".parquet"):
+                table = pq.read_table(io.BytesIO(body))
+                columns = [c for c in wanted if c in table.column_names]
+                back.file_scores.extend(table.select(columns).to_pylist())
     for key in _keys(run, "manifests/"):
         if key.endswith(".json"):
             back.manifests.append(json.loads(s3.get_object(Bucket=run.lake, Key=key)["Body"].read()))
@@ -410,6 +417,13 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _false_by_machine(alerts: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for a in alerts:
+        grouped.setdefault((a["device_id"], a["rule_id"], a["why"]), []).append(a["timestamp"])
+    return grouped
+
+
 def _html(summary: dict[str, Any], plots: list[str]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Zaindari demo report</title>",
@@ -470,10 +484,10 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
             f"{false['raised_after_failure']}. Rate: {false['per_healthy_machine_day']} per healthy machine-day "
             f"({false['healthy_machine_hours_streamed']} healthy machine-hours streamed).</p>",
             _table(
-                ["machine", "time", "rule", "severity", "why false"],
+                ["machine", "rule", "why false", "alerts", "first", "last"],
                 [
-                    [a["device_id"], a["timestamp"], a["rule_id"], a["severity"], a["why"]]
-                    for a in false["list"]
+                    [device, rule, why, len(times), min(times), max(times)]
+                    for (device, rule, why), times in sorted(_false_by_machine(false["list"]).items())
                 ],
             ),
         ]
@@ -524,19 +538,19 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(run: DemoRun, back: Readback, summary: dict[str, Any]) -> list[Path]:
-    """``scores.png``, ``lead_times.png`` (when the plant was simulated) and ``report.html``."""
-    out = run.out_dir
-    written: list[Path] = []
-    plots: list[str] = []
-    if run.data is not None and "faults" in summary:
-        _plot_scores(run, back, summary, out / "scores.png")
-        _plot_lead_times(summary, out / "lead_times.png")
-        plots = ["scores.png", "lead_times.png"]
-        written += [out / p for p in plots]
-    (out / "report.html").write_text(_html(summary, plots), encoding="utf-8")
-    written.append(out / "report.html")
-    return written
+def draw_plots(run: DemoRun, back: Readback, summary: dict[str, Any]) -> list[str]:
+    """``scores.png`` and ``lead_times.png`` under the run's folder (when the plant was simulated)."""
+    if run.data is None or "faults" not in summary:
+        return []
+    _plot_scores(run, back, summary, run.out_dir / "scores.png")
+    _plot_lead_times(summary, run.out_dir / "lead_times.png")
+    return ["scores.png", "lead_times.png"]
+
+
+def write_html(summary: dict[str, Any], plots: list[str], path: Path) -> Path:
+    """``report.html``: the summary as tables, with the plots."""
+    path.write_text(_html(summary, plots), encoding="utf-8")
+    return path
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from zaindari.demo.plant import DemoPlan
-from zaindari.demo.report import Readback, analyse, print_summary, read_back, write_report
+from zaindari.demo.report import Readback, analyse, draw_plots, print_summary, read_back, write_html
 from zaindari.demo.steps import DemoRun, Progress, StepResult, run_steps, stderr_progress
 
 __all__ = ["find_root", "run_demo"]
@@ -46,20 +47,22 @@ def run_demo(
             progress("report: reading the outputs back ...")
             report_started = time.monotonic()
             report = StepResult("report", "Read the outputs back; summary, plots, HTML", "ok")
+            plots: list[str] = []
             try:
                 back = read_back(run)
+                summary = analyse(run, back, results)
+                plots = draw_plots(run, back, summary)
             except Exception as exc:  # the summary still says which steps ran
-                back = Readback()
+                traceback.print_exc(file=log)
+                summary = analyse(run, Readback(), results)
                 report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
-            summary = analyse(run, back, results)
+                summary["failed_steps"].append(report.name)
             report.seconds = time.monotonic() - report_started
             summary["steps"].append(report.to_dict())
-            summary["wall_seconds"] = round(time.monotonic() - started, 1)
             summary["started_at"] = started_at.isoformat()
             summary["out_dir"] = str(out_dir)
-            if report.status == "ok":
-                write_report(run, back, summary)
             summary["wall_seconds"] = round(time.monotonic() - started, 1)
+            write_html(summary, plots, out_dir / "report.html")
             (out_dir / "summary.json").write_text(
                 json.dumps(summary, indent=2, default=str), encoding="utf-8"
             )

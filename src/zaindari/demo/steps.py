@@ -233,8 +233,9 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
     as a stack deployment with those parameter overrides would; loaded containers are dropped."""
     from zaindari.infra.provision import provision
 
-    assert run.aws is not None
     factory = run.require_factory()
+    if run.aws is None:
+        raise DemoError("the embedded AWS is not running")
     run.stack = provision(
         factory, run.root / "template.yaml", parameters={"LogLevel": "WARNING", **parameters}
     )
@@ -265,6 +266,8 @@ def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     run.aws = start_local_aws("127.0.0.1", 0, reuse_existing=False)
+    # moto keeps its state per process, shared by every server in it: start from a clean slate
+    run.aws.reset()
     run.factory = run.aws.client_factory()
     _configure_functions(run, {})
     stack = run.require_stack()
@@ -498,6 +501,10 @@ def stream_live(run: DemoRun) -> dict[str, Any]:
     }
 
 
+# The loop in order. A step that lands replaces its ``not_built`` entry with a function; the report
+# reads its figures from its detail: drift_retraining returns the drift evidence and the challenger's
+# version and gate decision (the registry then shows it in production, or refused); edge_box returns
+# ``model_version``, the registry version the box runs at the end (the e2e test checks both).
 STEPS: tuple[Step, ...] = (
     Step(
         "embedded_aws", "Embedded AWS (moto server) with the resources of template.yaml", start_embedded_aws

@@ -46,6 +46,8 @@ from zaindari.edge.model_sync import (
     ModelSync,
     ModelUpdate,
     SyncOutcome,
+    read_golden,
+    write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
 from zaindari.settings import Settings
@@ -347,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = sub.add_parser("seed", help="install a first model bundle from a local folder")
     seed.add_argument("bundle", type=Path)
     seed.add_argument("--version", default=None)
+    seed.add_argument(
+        "--golden", type=Path, default=None, help="golden inputs: JSON Lines of normal readings"
+    )
     sub.add_parser("status", help="print what the box runs and what its buffer holds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -368,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(vars(outcome)))
             return 0 if outcome.status in ("applied", "unchanged", "pending") else 1
         elif args.command == "seed":
+            if args.golden is not None:
+                write_golden(box.sync.store.golden_path, read_golden(args.golden))
             print(json.dumps(vars(box.sync.seed(args.bundle, version=args.version))))
         else:
             print(json.dumps(box.status()))

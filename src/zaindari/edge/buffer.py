@@ -432,21 +432,28 @@ class EdgeBuffer:
                 ).fetchall()
                 if rows:
                     return [Entry(int(r[0]), r[1], r[2], int(r[3]), _decode(r[4])) for r in rows]
-            head = db.execute(
-                "SELECT seq, kind, day, items, body FROM outbox ORDER BY seq LIMIT 512"
-            ).fetchall()
-            batch: list[Entry] = []
+            head = db.execute("SELECT seq, kind, day, items FROM outbox ORDER BY seq LIMIT 512").fetchall()
+            chosen: list[tuple[int, str, str, int]] = []
             items = 0
-            for seq, kind, day, count, body in head:
-                if batch and (
-                    kind != batch[0].kind
-                    or day != batch[0].day
+            for seq, kind, day, count in head:
+                if chosen and (
+                    kind != chosen[0][1]
+                    or day != chosen[0][2]
                     or kind in ("alert", "ack")
                     or items + count > max_items
                 ):
                     break
-                batch.append(Entry(int(seq), kind, day, int(count), _decode(body)))
+                chosen.append((int(seq), kind, day, int(count)))
                 items += int(count)
+            bodies = dict(
+                db.execute(
+                    "SELECT seq, body FROM outbox WHERE seq BETWEEN ? AND ?",
+                    (chosen[0][0], chosen[-1][0]),
+                ).fetchall()
+                if chosen
+                else []
+            )
+            batch = [Entry(seq, kind, day, count, _decode(bodies[seq])) for seq, kind, day, count in chosen]
             if batch:
                 db.execute(
                     "INSERT OR REPLACE INTO meta (name, value) VALUES ('plan', ?)",
@@ -696,6 +703,7 @@ class ShipReport:
 
     online: bool = False
     reconnected: bool = False
+    busy: bool = False  # another shipper holds the buffer; nothing was sent
     shipped: dict[str, int] = field(default_factory=dict)
     objects: list[str] = field(default_factory=list)
     error: str | None = None
@@ -756,7 +764,19 @@ class Shipper:
 
     def ship_once(self, *, max_batches: int | None = None) -> ShipReport:
         """Probe the link if it was down (an ack), then ship batches until the log is empty, a
-        send fails, or ``max_batches`` were sent."""
+        send fails, or ``max_batches`` were sent.
+
+        One shipper at a time per buffer, across processes (an exclusive lock on
+        ``<buffer>.ship.lock``, released if its holder dies): two would send the same planned batch
+        twice, which S3 absorbs but EventBridge does not. When another holds it, nothing is sent.
+        """
+        with _exclusive(self.buffer.path.with_name(self.buffer.path.name + ".ship.lock")) as mine:
+            if not mine:
+                stats = self.buffer.stats()
+                return ShipReport(online=self.online, busy=True, remaining=sum(stats.rows.values()))
+            return self._ship(max_batches)
+
+    def _ship(self, max_batches: int | None) -> ShipReport:
         report = ShipReport()
         try:
             if not self.online:
@@ -811,6 +831,23 @@ class Shipper:
                 self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})
             return []
         raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """A non-blocking exclusive ``flock`` on ``path``: yields whether this process holds it."""
+    import fcntl
+
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _now() -> str:

@@ -16,9 +16,10 @@ with the same ``alert_id`` and ``kind``, which consumers de-duplicate on.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -210,14 +211,32 @@ class DeliveryReport:
 
 
 class LocalAlerts:
-    """Delivers the buffer's local-alert queues to their channels, each queue in order."""
+    """Delivers the buffer's local-alert queues to their channels, each queue in order.
 
-    def __init__(self, buffer: EdgeBuffer, channels: Sequence[AlertChannel]) -> None:
+    A channel that failed is left alone for a while (``retry_seconds``, doubled on each further
+    failure up to ``retry_max_seconds``): a broker that is down, or a webhook that times out, must
+    not add its timeout to every scoring request. The box's background loop keeps trying.
+    """
+
+    def __init__(
+        self,
+        buffer: EdgeBuffer,
+        channels: Sequence[AlertChannel],
+        *,
+        retry_seconds: float = 1.0,
+        retry_max_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         names = [c.name for c in channels]
         if len(set(names)) != len(names):
             raise ValueError(f"two alert channels share a name: {names}")
         self.buffer = buffer
         self.channels: Mapping[str, AlertChannel] = {c.name: c for c in channels}
+        self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.clock = clock
+        self._failures: dict[str, int] = {}
+        self._resume_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
@@ -225,10 +244,14 @@ class LocalAlerts:
         return list(self.channels)
 
     def deliver(self, limit: int = 100) -> DeliveryReport:
-        """Send what each channel has queued, oldest first; a channel stops at its first failure."""
+        """Send what each channel has queued, oldest first; a channel stops at its first failure
+        and is skipped until its retry time."""
         report = DeliveryReport()
         with self._lock:  # one delivery at a time keeps each queue in order
             for name, channel in self.channels.items():
+                if self.clock() < self._resume_at.get(name, 0.0):
+                    report.errors[name] = "waiting before the next attempt"
+                    continue
                 delivered: list[int] = []
                 failed: dict[int, str] = {}
                 for seq, body in self.buffer.pending_local_alerts(name, limit):
@@ -241,6 +264,13 @@ class LocalAlerts:
                     delivered.append(seq)
                 if delivered or failed:
                     self.buffer.local_alerts_done(delivered, failed)
+                if failed:
+                    self._failures[name] = self._failures.get(name, 0) + 1
+                    wait = min(self.retry_seconds * 2 ** (self._failures[name] - 1), self.retry_max_seconds)
+                    self._resume_at[name] = self.clock() + wait
+                else:
+                    self._failures.pop(name, None)
+                    self._resume_at.pop(name, None)
                 report.delivered[name] = len(delivered)
         return report
 

@@ -425,7 +425,12 @@ class ModelSync:
         with self._lock:
             bundle = load_bundle(bundle_dir, version=version)
             staged = LocalBundleFetcher().fetch(str(bundle_dir), self._downloads())
-            return self._swap_in(staged, bundle.name, version or bundle.version or bundle.content_hash[:12])
+            return self._swap_in(
+                staged,
+                bundle.name,
+                version or bundle.version or bundle.content_hash[:12],
+                reason="verified and installed",
+            )
 
     def request(self, update: ModelUpdate) -> SyncOutcome:
         """Take an update: keep it as pending (it survives a restart), then try to apply it."""
@@ -471,7 +476,10 @@ class ModelSync:
             if not smoke.passed:
                 shutil.rmtree(staged, ignore_errors=True)
                 return self._refuse(update, f"smoke test failed: {smoke.reason}")
-            return self._swap_in(staged, update.model, update.version, smoke=smoke)
+            try:
+                return self._swap_in(staged, update.model, update.version, smoke=smoke)
+            except BundleError as exc:
+                return self._refuse(update, str(exc))
 
     def _downloads(self) -> Path:
         self.store.downloads.mkdir(parents=True, exist_ok=True)
@@ -497,14 +505,25 @@ class ModelSync:
         return load_bundle(staged, version=update.version)
 
     def _swap_in(
-        self, staged: Path, model: str, version: str, *, smoke: SmokeResult | None = None
+        self,
+        staged: Path,
+        model: str,
+        version: str,
+        *,
+        smoke: SmokeResult | None = None,
+        reason: str = "verified, smoke-tested and swapped in",
     ) -> SyncOutcome:
         installed = self.store.install(staged, model, version)
         pointer = self.store.pointer()
         new = _Pointer(current=installed, previous=pointer.current, rolled_back=pointer.rolled_back)
         self.store.write_pointer(new)
+        try:
+            self.current()  # loads through the pointer, as live traffic will
+        except BundleError as exc:  # the installed copy is unreadable: put the old pointer back
+            self.store.write_pointer(pointer)
+            self._bundle = None
+            raise BundleError(f"installed bundle {installed.folder} does not load: {exc}") from exc
         self.store.prune([new.current, new.previous])
-        self.current()  # loads through the pointer, as live traffic will
         detail: dict[str, Any] = {
             "event": "model_applied",
             "model": model,
@@ -515,7 +534,7 @@ class ModelSync:
         if smoke is not None:
             detail["smoke_test"] = {"readings": smoke.readings, "alert_rate": smoke.alert_rate}
         self.on_event(detail)
-        return SyncOutcome("applied", model, version, "verified, smoke-tested and swapped in", version)
+        return SyncOutcome("applied", model, version, reason, version)
 
     def _refuse(self, update: ModelUpdate, reason: str) -> SyncOutcome:
         serving = self.store.pointer().current

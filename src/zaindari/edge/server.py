@@ -8,8 +8,8 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
 liveness probe, like the watchdog's ``/_/health``).
 
-One process, several threads: device state lives in the process (see
-:class:`zaindari.edge.wiring.SerialEventScoring`), ONNX and I/O release the GIL.
+One process, several threads: device state lives in the process, and concurrent requests are scored
+together (see :class:`zaindari.edge.wiring.BatchingEventScoring`).
 """
 
 from __future__ import annotations

@@ -1,41 +1,32 @@
 """Drift monitoring's ports on AWS: window summaries in the lake (S3), the last drift trigger per model
 (DynamoDB, conditional writes), the drift event (EventBridge) and the alert for people (SNS).
 
-Summary keys: ``summaries/date=YYYY-MM-DD/model=<name>/version=<version>/<HHMM>-<source>-<name>.json``
-(the window's UTC start in the partition and the name, so a window is listed without reading objects).
+Summary keys: see :func:`zaindari.drift.summary_objects` (one object per batch and day; a batch of live
+telemetry touches one window: one small PutObject).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from zaindari.drift import DRIFT_DETAIL_TYPE, WindowSummary
+from zaindari.drift import (
+    DRIFT_DETAIL_TYPE,
+    SUMMARIES_PREFIX,
+    WindowSummary,
+    summary_days,
+    summary_key_span,
+    summary_objects,
+)
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import EVENT_SOURCE, aws_errors
 from zaindari.jsonable import json_default
 from zaindari.ports import PortError
 
-__all__ = ["DynamoDriftTriggerLog", "S3SummaryStore", "SnsEventBridgeDriftNotifier", "summary_key"]
-
-PREFIX = "summaries"
-_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})/model=[^/]+/version=([^/]+)/(\d{2})(\d{2})-[^/]+\.json$")
-
-
-def _version_parts(model_version: str) -> tuple[str, str]:
-    name, _, version = model_version.partition(":")
-    return name, version or "unversioned"
-
-
-def summary_key(summary: WindowSummary, source: str, name: str) -> str:
-    """Where one window summary is stored in the lake."""
-    start = datetime.fromtimestamp(summary.start, tz=UTC)
-    model, version = _version_parts(summary.model_version)
-    return f"{PREFIX}/date={start:%Y-%m-%d}/model={model}/version={version}/{start:%H%M}-{source}-{name}.json"
+__all__ = ["DynamoDriftTriggerLog", "S3SummaryStore", "SnsEventBridgeDriftNotifier"]
 
 
 class S3SummaryStore:
@@ -49,9 +40,8 @@ class S3SummaryStore:
         client = self.factory.client("s3")
         written = []
         try:
-            for summary in summaries:
-                key = summary_key(summary, source, name)
-                body = json.dumps(summary.to_dict(), separators=(",", ":"), default=json_default)
+            for key, group in summary_objects(summaries, source=source, name=name).items():
+                body = json.dumps([s.to_dict() for s in group], separators=(",", ":"), default=json_default)
                 client.put_object(
                     Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
                 )
@@ -64,24 +54,19 @@ class S3SummaryStore:
         client = self.factory.client("s3")
         lo, hi = start.timestamp(), end.timestamp()
         out: list[WindowSummary] = []
-        day = start.astimezone(UTC).date()
-        last = (end - timedelta(seconds=1)).astimezone(UTC).date()
         try:
             paginator = client.get_paginator("list_objects_v2")
-            while day <= last:
-                prefix = f"{PREFIX}/date={day.isoformat()}/model={model}/"
+            for day in summary_days(start, end):
+                prefix = f"{SUMMARIES_PREFIX}/date={day}/model={model}/"
                 for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                     for item in page.get("Contents", []):
-                        match = _KEY.search(item["Key"])
-                        if not match:
+                        span = summary_key_span(item["Key"])
+                        if span is None or span[1] < lo or span[0] >= hi:
                             continue
-                        window = datetime.fromisoformat(match[1]).replace(
-                            hour=int(match[3]), minute=int(match[4]), tzinfo=UTC
-                        )
-                        if lo <= window.timestamp() < hi:
-                            body = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-                            out.append(WindowSummary.from_dict(json.loads(body)))
-                day += timedelta(days=1)
+                        body = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                        out += [
+                            s for s in map(WindowSummary.from_dict, json.loads(body)) if lo <= s.start < hi
+                        ]
         except aws_errors() as exc:
             raise PortError(f"S3 {self.bucket}: {exc}") from exc
         return out

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from zaindari.bundle import MANIFEST_FILE, BundleError, ModelBundle, load_bundle
@@ -32,7 +33,8 @@ REGISTRY_SCHEME = "registry://"
 def download_bundle(factory: ClientFactory, uri: str, cache_dir: str | Path) -> Path:
     """Copy the bundle at ``s3://bucket/prefix/`` to ``cache_dir``; returns the local folder.
 
-    Only the files the manifest lists are fetched. Hashes are checked later by ``load_bundle``.
+    Only the files the manifest lists are fetched, each checked against its sha256 as it arrives: a
+    corrupt or truncated download is refused and not cached (``load_bundle`` checks again).
     """
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
@@ -54,18 +56,36 @@ def download_bundle(factory: ClientFactory, uri: str, cache_dir: str | Path) -> 
         return target
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        if "/" in name or name.startswith("."):
-            raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {name!r}")
-        try:
-            body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"]
-            with (partial / name).open("wb") as out:
-                shutil.copyfileobj(body, out, 1 << 20)
-        except aws_errors() as exc:
-            raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
+    try:
+        for name, expected in files.items():
+            if "/" in name or name.startswith("."):
+                raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {name!r}")
+            try:
+                body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"]
+                actual = _copy_hashing(body, partial / name)
+            except aws_errors() as exc:
+                raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
+            if actual != expected:
+                raise BundleError(
+                    f"{uri}{name}: sha256 {actual[:16]}... does not match the manifest's "
+                    f"{str(expected)[:16]}... (corrupt or incomplete); not cached, the next load downloads again"
+                )
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave a corrupt copy to be found later
+        raise
     (partial / MANIFEST_FILE).write_bytes(manifest_bytes)
-    partial.rename(target)  # atomic: a folder with a manifest is always complete
+    partial.rename(target)  # atomic: a folder with a manifest is always complete and verified
     return target
+
+
+def _copy_hashing(body: Any, path: Path) -> str:
+    """Stream ``body`` to ``path``; the sha256 of what was written."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        while chunk := body.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
 
 
 def parse_registry_reference(path: str) -> tuple[str, str]:

@@ -89,6 +89,7 @@ def build_drift_monitor(settings: Settings, factory: ClientFactory) -> DriftMoni
             min_readings=settings.drift_min_readings,
             missing_rate=settings.drift_missing_rate,
             out_of_range_rate=settings.drift_out_of_range_rate,
+            alert_rate_change=settings.drift_alert_rate_change,
         ),
         window=timedelta(hours=settings.drift_window_hours),
         min_interval=timedelta(hours=settings.drift_min_interval_hours),
