@@ -161,6 +161,16 @@ def create_bucket(aws: EmbeddedAws) -> None:
     )
 
 
+def lake_json(aws: EmbeddedAws, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    s3 = aws.factory.client("s3")
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return {key: json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) for key in keys}
+
+
 def lake_rows(aws: EmbeddedAws, prefix: str) -> list[tuple[str, list[dict[str, Any]]]]:
     s3 = aws.factory.client("s3")
     keys = sorted(
@@ -253,6 +263,10 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     assert sum(len(b) for _, b in lake_rows(aws, "raw/telemetry/")) == len(hour)
     quarantined = [row for _, b in lake_rows(aws, "quarantine/events/") for row in b]
     assert len(quarantined) == 1 and "timestamp" in quarantined[0]["reason"]
+    # drift window summaries under the cloud's keys, each reading counted once
+    drift = lake_json(aws, "summaries/date=")
+    assert drift and all("-edge-press-hall-1-" in key for key in drift)
+    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour)
     # every alert exactly once, in the order it was raised, with the cloud's payload (= the MQTT one)
     arrived = [e["detail"] for e in drain(aws, queues["eventbridge"])]
     assert [(a["alert_id"], a["kind"]) for a in arrived] == [(a.alert_id, a.kind) for a in expected.alerts]
@@ -479,3 +493,51 @@ def test_mqtt_channel_refused_while_the_broker_is_down_then_delivers_when_it_is_
         inbox.close()
     channel.close()
     assert got == [(f"zaindari/alerts/{alert.device_id}", alert.model_dump(mode="json"))]
+
+
+def presigned(aws: EmbeddedAws, prefix: str, names: list[str]) -> dict[str, str]:
+    s3 = aws.factory.client("s3")
+    return {
+        name: s3.generate_presigned_url(
+            "get_object", Params={"Bucket": BUCKET, "Key": f"{prefix}{name}"}, ExpiresIn=600
+        )
+        for name in names
+    }
+
+
+def test_update_with_presigned_urls_needs_no_credentials_and_a_tampered_manifest_is_refused(
+    aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    import hashlib
+
+    from zaindari.edge.model_sync import ModelUpdate
+
+    # Given a box with no AWS access at all, and deploy_model's event for version 2 with
+    # presigned GETs (real HTTP to the embedded S3)
+    provision_box(tmp_path, bundle_dir, readings)
+    create_bucket(aws)
+    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
+    upload_bundle(aws, v2, "models/plant-anomaly/2/")
+    names = sorted(p.name for p in v2.iterdir())
+    event = {
+        **update_for(v2, f"s3://{BUCKET}/models/plant-anomaly/2/", "2").model_dump(),
+        "version": 2,  # the registry's integer version
+        "urls": presigned(aws, "models/plant-anomaly/2/", names),
+        "manifest_sha256": hashlib.sha256((v2 / "MANIFEST.json").read_bytes()).hexdigest(),
+        "urls_expire_at": "2099-01-01T00:00:00Z",
+        "alias": "production",
+    }
+    box = EdgeBox.from_settings(Settings.from_env(box_env(tmp_path, _NO_AWS)))
+    # When an event whose manifest digest is not the manifest's arrives, then the right one
+    tampered = box.apply_update({**event, "manifest_sha256": "0" * 64})
+    applied = box.apply_update(event)
+    # Then the first is refused and the second is applied from the URLs alone
+    assert tampered.status == "refused" and "MANIFEST.json" in tampered.reason
+    assert (applied.status, applied.serving) == ("applied", "2")
+    # and an event whose URLs are refused (moto does not check signatures: a missing object) is
+    # refused, not left pending
+    missing = {**event, "version": 3, "urls": presigned(aws, "models/plant-anomaly/3/", names)}
+    assert ModelUpdate.model_validate(missing).urls
+    refused = box.apply_update(missing)
+    box.close()
+    assert refused.status == "refused" and "presigned URL was refused" in refused.reason

@@ -82,28 +82,14 @@ def env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> di
 
 @pytest.fixture
 def inboxes(aws: EmbeddedAws, env: dict[str, str]) -> dict[str, str]:
-    """One SQS queue per registry event type (EventBridge rule targets), one on the SNS topic."""
-    sqs, events = aws.factory.client("sqs"), aws.factory.client("events")
+    """One SQS queue per registry event type (EventBridge rule targets), and one on the alert topic."""
+    from zaindari.infra.inboxes import subscribe_inboxes
+
     queues: dict[str, str] = {}
-
-    def queue(name: str) -> tuple[str, str]:
-        url = sqs.create_queue(QueueName=name)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        return url, arn
-
     for i, detail_type in enumerate(EVENT_TYPES):
-        url, arn = queue(f"registry-events-{i}")
-        events.put_rule(Name=f"registry-{i}", EventPattern=json.dumps({"detail-type": [detail_type]}))
-        events.put_targets(Rule=f"registry-{i}", Targets=[{"Id": "q", "Arn": arn}])
-        queues[detail_type] = url
-    url, arn = queue("registry-sns")
-    aws.factory.client("sns").subscribe(
-        TopicArn=env["ZAINDARI_ALERT_TOPIC_ARN"],
-        Protocol="sqs",
-        Endpoint=arn,
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    queues["sns"] = url
+        made = subscribe_inboxes(aws.factory, env["ZAINDARI_ALERT_TOPIC_ARN"], detail_type, f"registry-{i}")
+        queues[detail_type] = made["eventbridge"]
+        queues["sns"] = made["sns"]  # every sns queue gets every alert: keep one
     return queues
 
 

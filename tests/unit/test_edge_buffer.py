@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from zaindari.edge.buffer import (
     BufferedAlerts,
     BufferedLake,
     BufferedRejects,
+    BufferedSummaries,
     EdgeBuffer,
     Shipper,
     SqliteStateStore,
@@ -45,6 +47,8 @@ def scoring_on(buffer: EdgeBuffer, bundle: ModelBundle) -> EventScoring:
         lake=BufferedLake(buffer),
         alerts=BufferedAlerts(buffer),
         rejects=BufferedRejects(buffer),
+        summaries=BufferedSummaries(buffer),
+        source="edge-t",
     )
 
 
@@ -86,6 +90,13 @@ class RecordingUplink:
         self._call()
         self.events.append((detail_type, dict(detail)))
 
+    def put_summaries(self, summaries: Sequence[Mapping[str, Any]], *, source: str, name: str) -> list[str]:
+        self._call()
+        key = f"summaries/{source}-{name}.json"
+        self.objects[key] = list(summaries)
+        self.puts.append(key)
+        return [key]
+
 
 def test_scoring_use_case_writes_scores_alerts_and_state_into_the_buffer(
     tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
@@ -103,6 +114,11 @@ def test_scoring_use_case_writes_scores_alerts_and_state_into_the_buffer(
     states = SqliteStateStore(buffer).load(sorted({r["device_id"] for r in part}))
     assert len(states) == 4
     assert all(len(s.seen) > 0 for s in states.values())
+    # drift window summaries too, readable while they wait for the link
+    pending = BufferedSummaries(buffer).read(
+        bundle.name, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    )
+    assert sum(w.readings for w in pending) == len(part)
     # and a fresh process reading the same file sees the same log
     reopened = EdgeBuffer(tmp_path / "edge.db")
     assert reopened.stats().items == stats.items
@@ -157,14 +173,38 @@ def test_full_buffer_compacts_the_oldest_scores_into_summaries_and_keeps_every_a
     shipped = RecordingUplink()
     shipper = Shipper(buffer, shipped, box_id="t", status=dict)
     assert shipper.ship_once().error is None
-    summaries = [row for key, rows in shipped.objects.items() if key.startswith("summaries/") for row in rows]
+    summaries = [
+        row for key, rows in shipped.objects.items() if key.startswith("summaries/edge/") for row in rows
+    ]
     assert sum(s["readings"] for s in summaries) == stats.compacted_readings
     assert {s["kind"] for s in summaries} == {"compacted_scores"}
     # the summaries came first: they replaced the oldest rows and kept their place in the log
     scores_keys = [k for k in shipped.puts if k.startswith("scores/")]
     assert shipped.puts.index(scores_keys[0]) > min(
-        i for i, k in enumerate(shipped.puts) if k.startswith("summaries/")
+        i for i, k in enumerate(shipped.puts) if k.startswith("summaries/edge/")
     )
+    # drift window summaries were merged, not dropped: every reading is still counted once
+    drift = [
+        row for key, rows in shipped.objects.items() if key.startswith("summaries/edge-t-") for row in rows
+    ]
+    assert sum(w["readings"] for w in drift) == len(part)
+
+
+def test_full_buffer_then_merges_drift_summaries_per_window_and_keeps_every_count(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a bound so small that compacting every raw score is not enough
+    buffer = EdgeBuffer(tmp_path / "edge.db", max_bytes=12_000)
+    part = readings[800:1040]
+    score_in_batches(scoring_on(buffer, bundle), part, size=10)
+    # Then the drift rows (one per request) were merged per window, and still count every reading
+    stats = buffer.stats()
+    assert stats.rows["drift"] < len(part) // 10
+    merged = BufferedSummaries(buffer).read(
+        bundle.name, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    )
+    assert sum(w.readings for w in merged) == len(part)
+    assert len(merged) < len(part) // 10  # fewer summaries than requests: windows were merged
 
 
 def test_alerts_are_kept_beyond_the_bound_when_nothing_is_left_to_compact(tmp_path: Path) -> None:

@@ -125,6 +125,12 @@ def test_update_event_with_unsafe_names_or_bad_hashes_is_invalid() -> None:
     with pytest.raises(ValueError, match="64 lowercase hex"):
         ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256={**good, "model.onnx": "xyz"})
     assert ModelUpdate(model="m", version=7, artifact_uri="s3://b/p/", sha256=good).version == "7"  # type: ignore[arg-type]
+    urls = {name: f"https://b.s3/p/{name}" for name in [*good, "MANIFEST.json"]}
+    assert ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256=good, urls=urls).urls == urls
+    with pytest.raises(ValueError, match="urls must name exactly"):
+        ModelUpdate(
+            model="m", version="2", artifact_uri="s3://b/p/", sha256=good, urls={"model.onnx": "https://x"}
+        )
 
 
 def test_model_failing_its_smoke_test_never_serves(sync: ModelSync, variants: dict[str, Path]) -> None:

@@ -31,6 +31,7 @@ from zaindari.edge.buffer import (
     BufferedAlerts,
     BufferedLake,
     BufferedRejects,
+    BufferedSummaries,
     BufferStats,
     EdgeBuffer,
     Shipper,
@@ -129,6 +130,8 @@ class EdgeBox:
             limits=settings.limits,
             dedup_memory=settings.dedup_memory,
             threads=settings.onnx_threads,
+            summaries=BufferedSummaries(buffer),
+            source=f"edge-{box_id}",
         )
         self.shipper = (
             Shipper(

@@ -1,7 +1,8 @@
 """Store and forward: the edge box's durable buffer (SQLite) and the shipper that empties it.
 
 Everything the box produces while scoring goes into one SQLite database before anything else
-happens to it: raw telemetry with its scores, dead letters, alerts, summaries and version acks,
+happens to it: raw telemetry with its scores, dead letters, alerts, drift window summaries and
+version acks,
 each a row of one append-only log (``outbox``) numbered by a sequence that is never reused. The
 device state the scoring use case keeps (windows, alert hysteresis, keys of readings seen) lives in
 the same file. The classes at the bottom adapt the buffer to the core's ports
@@ -33,13 +34,15 @@ Bounded size. ``max_bytes`` bounds the log (compressed payload bytes). When an a
 it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device and hour, counts and
 score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
-dropped or compacted: when nothing compactable is left they are kept beyond the bound, and new
-scores are stored compacted at once.
+dropped or compacted; drift window summaries are merged (one per model version and window: their
+counts add up, so nothing the drift monitor reads is lost). When nothing is left to compact, they
+are kept beyond the bound, and new scores are stored compacted at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import random
 import sqlite3
@@ -58,6 +61,7 @@ import orjson
 
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
+from zaindari.drift import SummaryStore, WindowSummary
 from zaindari.jsonable import json_default
 from zaindari.pipeline import DeviceState
 from zaindari.ports import (
@@ -76,6 +80,7 @@ __all__ = [
     "BufferedAlerts",
     "BufferedLake",
     "BufferedRejects",
+    "BufferedSummaries",
     "EdgeBuffer",
     "Entry",
     "ShipReport",
@@ -85,7 +90,7 @@ __all__ = [
     "compact_scores",
 ]
 
-Kind = Literal["scores", "reject", "alert", "summary", "ack"]
+Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack"]
 ACK_DETAIL_TYPE = "Zaindari Edge Ack"
 
 # Lake prefixes of what the box ships (the cloud's layout; object names start with ``edge-``).
@@ -287,15 +292,17 @@ class EdgeBuffer:
         items: int = 1,
         keys: Sequence[str] = (),
         local_channels: Sequence[str] = (),
+        durable: bool = True,
     ) -> int | None:
         """Append one row; returns its sequence number, or None when every key was seen before.
 
         ``keys`` make the append idempotent: if all of them were appended before, nothing is
         written. With ``local_channels``, ``body`` (an alert) is also queued for each of those
-        channels, in the same transaction.
+        channels, in the same transaction. ``durable=False`` does not wait for the disk (see
+        :meth:`_write`).
         """
         data = _encode(body)
-        with self._write() as db:
+        with self._write(durable=durable) as db:
             if keys and self._all_written(db, keys):
                 return None
             self._make_room(db, len(data))
@@ -377,7 +384,50 @@ class EdgeBuffer:
             if freed == 0:
                 break
             total -= freed
+        merged = -1
+        while total > target and merged != 0:  # then drift summaries: merged per window, nothing lost
+            merged = self._merge_drift(db, plan)
+            total -= merged
         return total + incoming <= self.max_bytes
+
+    def _merge_drift(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+        """Merge the oldest drift rows' window summaries (one per model version, baseline and
+        window: the counts add up exactly); returns the bytes freed (0: nothing left to merge)."""
+        low, high = plan if plan else (0, -1)
+        rows = db.execute(
+            "SELECT seq, bytes, body FROM outbox WHERE kind = 'drift' AND NOT (seq BETWEEN ? AND ?) "
+            "ORDER BY seq LIMIT ?",
+            (low, high, self.compact_chunk),
+        ).fetchall()
+        bodies = [_decode(r[2]) for r in rows]
+        groups: dict[tuple[str, str, str, int], WindowSummary] = {}
+        for body in bodies:
+            for summary in map(WindowSummary.from_dict, body["summaries"]):
+                key = (body["source"], summary.model_version, summary.baseline_id, summary.start)
+                groups[key] = groups[key].merge(summary) if key in groups else summary
+        if len(rows) < 2 or len(groups) >= sum(len(b["summaries"]) for b in bodies):
+            return 0  # nothing would get smaller
+        seqs = [int(r[0]) for r in rows]
+        freed = sum(int(r[1]) for r in rows)
+        db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in seqs])
+        by_source_day: dict[tuple[str, str], list[WindowSummary]] = defaultdict(list)
+        for (source, *_), summary in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][3])):
+            day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+            by_source_day[(source, day)].append(summary)
+        names = "\n".join(sorted(b["name"] for b in bodies))
+        added = 0
+        for seq, ((source, day), summaries) in zip(seqs, sorted(by_source_day.items()), strict=False):
+            name = "merged-" + hashlib.blake2b(f"{names}\n{day}".encode(), digest_size=12).hexdigest()
+            body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
+            data = _encode(body)
+            db.execute(
+                "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
+                "VALUES (?, 'drift', ?, ?, ?, ?, ?)",
+                (seq, day, len(summaries), len(data), time.time(), data),
+            )
+            added += len(data)
+        self._bump(db, "bytes", added - freed)
+        return max(freed - added, 0)
 
     def _compact_oldest(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
         """Replace the oldest rows of raw scores by summaries; returns the bytes freed."""
@@ -473,6 +523,11 @@ class EdgeBuffer:
             db.execute("DELETE FROM meta WHERE name = 'plan'")
             self._bump(db, "bytes", -freed)
             self._bump(db, "shipped_rows", len(batch))
+
+    def bodies(self, kind: str) -> list[Any]:
+        """The bodies of the rows of ``kind`` still in the log, oldest first."""
+        rows = self._db().execute("SELECT body FROM outbox WHERE kind = ? ORDER BY seq", (kind,))
+        return [_decode(body) for (body,) in rows.fetchall()]
 
     # -- the local-alert queue ------------------------------------------------------------
 
@@ -666,9 +721,41 @@ class BufferedAlerts:
         return set()
 
 
+class BufferedSummaries:
+    """:class:`~zaindari.drift.SummaryStore` that appends drift window summaries to the buffer;
+    shipped under the keys the cloud's store writes (``summaries/date=.../model=.../...``, named
+    by content, so a resend overwrites). :meth:`read` sees the summaries not shipped yet."""
+
+    def __init__(self, buffer: EdgeBuffer) -> None:
+        self.buffer = buffer
+
+    def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
+        if not summaries:
+            return []
+        body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
+        day = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC).date().isoformat()
+        # not waiting for the disk: the scores this summarises are already durable, and a power
+        # cut that takes this row takes the device state written after it, so the readings sent
+        # again are summarised again (the lake rows are not doubled: the log knows their keys)
+        seq = self.buffer.append(
+            "drift", body, day=day, items=len(summaries), keys=[f"drift:{source}:{name}"], durable=False
+        )
+        return [] if seq is None else [f"buffer:{seq}"]
+
+    def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+        lo, hi = start.timestamp(), end.timestamp()
+        return [
+            summary
+            for body in self.buffer.bodies("drift")
+            for summary in map(WindowSummary.from_dict, body["summaries"])
+            if summary.model_version.partition(":")[0] == model and lo <= summary.start < hi
+        ]
+
+
 def _conforms() -> None:
     """Static check (mypy) that the buffer's adapters satisfy the core's ports."""
     buffer = EdgeBuffer(":memory:")
+    _d: SummaryStore = BufferedSummaries(buffer)
     _s: StateStore = SqliteStateStore(buffer)
     _l: LakeWriter = BufferedLake(buffer)
     _r: RejectSink = BufferedRejects(buffer)
@@ -694,6 +781,11 @@ class Uplink(Protocol):
 
     def put_event(self, detail_type: str, detail: Mapping[str, Any]) -> None:
         """Put one event on the bus."""
+        ...
+
+    def put_summaries(self, summaries: Sequence[Mapping[str, Any]], *, source: str, name: str) -> list[str]:
+        """Write drift window summaries (``WindowSummary.to_dict``) as the cloud's summary store
+        does; returns the keys."""
         ...
 
 
@@ -826,6 +918,12 @@ class Shipper:
             if failed:
                 raise PortError(f"alerts not delivered: {sorted(failed)}")
             return []
+        if first.kind == "drift":
+            keys: list[str] = []
+            for entry in batch:
+                body = entry.body
+                keys += self.uplink.put_summaries(body["summaries"], source=body["source"], name=body["name"])
+            return keys
         if first.kind == "ack":
             for entry in batch:
                 self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})

@@ -11,8 +11,9 @@ The box keeps its models in a local store (:class:`LocalModelStore`)::
 An update (:class:`ModelUpdate`: model, version, artifact URI, sha256 of each file) is applied by
 :meth:`ModelSync.apply`, in this order; any failure refuses it and the old model keeps serving:
 
-1. **download** the bundle (S3: ``zaindari.infra.edge_uplink.S3BundleFetcher``). A link that is
-   down leaves the update *pending* (kept in ``pending.json``, retried when the box is online);
+1. **download** the bundle: with the update's presigned URLs when it has them (no credentials on
+   the box), else from ``artifact_uri`` (S3: ``zaindari.infra.edge_uplink.S3BundleFetcher``). A
+   link that is down leaves the update *pending* (kept in ``pending.json``, retried when the box is online);
 2. **verify**: the bundle's ``MANIFEST.json`` must list exactly the files and hashes the update
    names, then :func:`zaindari.bundle.load_bundle` checks every file's sha256, the model signature
    against the spec, and the ONNX graph against the signature;
@@ -48,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from zaindari.bundle import MANIFEST_FILE, REQUIRED_FILES, BundleError, Manifest, ModelBundle, load_bundle
 from zaindari.contract import parse_readings
@@ -64,6 +65,7 @@ __all__ = [
     "ModelUpdate",
     "SmokeResult",
     "SyncOutcome",
+    "fetch_presigned",
     "read_golden",
     "smoke_test",
     "write_golden",
@@ -77,7 +79,10 @@ class ModelUpdate(BaseModel):
     """A model-update event as the box receives it (from the cloud's ``deploy_model``).
 
     ``sha256`` maps each file of the bundle (every file ``MANIFEST.json`` lists) to its hex digest.
-    Extra fields of the cloud's event are ignored.
+    ``urls`` (optional) holds a presigned GET for each of those files and for ``MANIFEST.json``
+    (whose digest is ``manifest_sha256``): a box without S3 credentials downloads with them; with
+    none, ``artifact_uri`` is fetched. Other fields of the cloud's event
+    (``zaindari.registry_events.ModelUpdate``) are ignored.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -86,6 +91,23 @@ class ModelUpdate(BaseModel):
     version: str = Field(min_length=1, max_length=64)
     artifact_uri: str = Field(min_length=1)
     sha256: dict[str, str] = Field(min_length=1)
+    urls: dict[str, str] = Field(default_factory=dict)
+    manifest_sha256: str | None = Field(default=None, pattern=_HEX64)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_cover_the_bundle(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if not value:
+            return value
+        wanted = {*info.data.get("sha256", {}), MANIFEST_FILE}
+        if set(value) != wanted:
+            raise ValueError(
+                f"urls must name exactly the bundle's files and {MANIFEST_FILE}: {sorted(wanted)}"
+            )
+        bad = [name for name, url in value.items() if not url.startswith(("https://", "http://"))]
+        if bad:
+            raise ValueError(f"urls of {bad} are not http(s) URLs")
+        return value
 
     @field_validator("version", mode="before")
     @classmethod
@@ -169,6 +191,43 @@ class LocalBundleFetcher:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
         return target
+
+
+def fetch_presigned(update: ModelUpdate, into: Path, *, timeout_seconds: float = 30.0) -> Path:
+    """Download the bundle with the update's presigned URLs into a fresh folder under ``into``.
+
+    ``MANIFEST.json`` is checked against ``manifest_sha256`` as it arrives (the files are checked
+    by :meth:`ModelSync.apply`). Raises PortError when the link fails (retry later) and BundleError
+    when the URLs are refused (expired or wrong: the update cannot succeed).
+    """
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    target = into / f"urls-{update.model}-{update.version}-{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in [*sorted(update.sha256), MANIFEST_FILE]:
+        try:
+            with (
+                urllib.request.urlopen(update.urls[name], timeout=timeout_seconds) as response,
+                (target / name).open("wb") as out,
+            ):
+                shutil.copyfileobj(response, out, 1 << 20)
+        except urllib.error.HTTPError as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            if exc.code in (403, 404, 410):
+                raise BundleError(f"{name}: the presigned URL was refused (HTTP {exc.code})") from exc
+            raise PortError(f"{name}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise PortError(f"{name}: {exc}") from exc
+    if update.manifest_sha256:
+        actual = hashlib.sha256((target / MANIFEST_FILE).read_bytes()).hexdigest()
+        if actual != update.manifest_sha256:
+            shutil.rmtree(target, ignore_errors=True)
+            raise BundleError(f"{MANIFEST_FILE}: sha256 {actual[:16]}... is not the update's")
+    return target
 
 
 # -- golden inputs and the smoke test ------------------------------------------------------------
@@ -460,7 +519,10 @@ class ModelSync:
             if why:
                 return self._refuse(update, f"this version was rolled back before: {why}")
             try:
-                staged = self.fetcher.fetch(update.artifact_uri, self._downloads())
+                if update.urls:
+                    staged = fetch_presigned(update, self._downloads())
+                else:
+                    staged = self.fetcher.fetch(update.artifact_uri, self._downloads())
             except PortError as exc:
                 return self._outcome("pending", update, f"download failed, will retry: {exc}")
             except BundleError as exc:

@@ -2,6 +2,7 @@
 
 :class:`AwsUplink` implements :class:`zaindari.edge.buffer.Uplink` with the cloud's own adapters
 (:class:`~zaindari.infra.aws_ports.S3LakeWriter` for lake objects,
+:class:`~zaindari.infra.drift_ports.S3SummaryStore` for drift summaries,
 :class:`~zaindari.infra.aws_ports.SnsEventBridgeAlertSink` for alerts), so an edge alert reaches
 SNS and EventBridge exactly as a cloud alert does. :class:`S3BundleFetcher` downloads a model
 update's bundle with :func:`~zaindari.infra.model_store.download_bundle` and tells a link that is
@@ -19,6 +20,7 @@ from zaindari.alerting import Alert
 from zaindari.bundle import BundleError
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import EVENT_SOURCE, S3LakeWriter, SnsEventBridgeAlertSink, aws_errors
+from zaindari.infra.drift_ports import S3SummaryStore
 from zaindari.infra.model_store import download_bundle
 from zaindari.jsonable import json_default
 from zaindari.ports import PortError
@@ -42,12 +44,18 @@ class AwsUplink:
         self.event_bus = event_bus
         self.lake = S3LakeWriter(factory, bucket, fmt)
         self.alerts = SnsEventBridgeAlertSink(factory, topic_arn, event_bus)
+        self.summaries = S3SummaryStore(factory, bucket)
 
     def put_rows(self, prefix: str, day: str, name: str, rows: Sequence[Mapping[str, Any]]) -> str:
         return self.lake.put_rows(prefix, day, name, rows)
 
     def publish_alerts(self, alerts: Sequence[Alert]) -> set[str]:
         return self.alerts.publish(alerts)
+
+    def put_summaries(self, summaries: Sequence[Mapping[str, Any]], *, source: str, name: str) -> list[str]:
+        from zaindari.drift import WindowSummary
+
+        return self.summaries.write([WindowSummary.from_dict(s) for s in summaries], source=source, name=name)
 
     def put_event(self, detail_type: str, detail: Mapping[str, Any]) -> None:
         entry = {
