@@ -28,6 +28,7 @@ PSI magnitudes, never the p-value alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -109,9 +110,10 @@ class Baseline(BaseModel):
     feature_sensors: dict[str, list[str]]
     source: str = ""
 
-    @property
+    @functools.cached_property
     def baseline_id(self) -> str:
-        """A short hash of the bins: summaries are only merged with summaries on the same bins."""
+        """A short hash of the bins: summaries are only merged with summaries on the same bins
+        (computed once per baseline: the model is frozen)."""
         text = json.dumps([self.features, self.edges, self.score_edges], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -309,7 +309,11 @@ class EventScoring:
             fresh_position.append(pos)
 
         # 4. score everything fresh in one call
-        outcome = score_readings(bundle, fresh, states, threads=self.threads) if fresh else None
+        outcome = (
+            score_readings(bundle, fresh, states, threads=self.threads, summarize=self.summaries is not None)
+            if fresh
+            else None
+        )
         if outcome is not None:
             for rej in outcome.rejections:
                 rid = fresh_owner[rej.index]
