@@ -92,6 +92,8 @@ def _epoch_ms_to_utc(value: float) -> datetime:
 
 
 def _finite_number(raw: Any) -> float:
+    if type(raw) is float and math.isfinite(raw):  # the common case, six times per reading
+        return raw
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"value {str(raw)[:32]!r} is not a number")
     try:
