@@ -13,7 +13,21 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["finite", "json_default", "json_line"]
+__all__ = ["decode_json", "finite", "json_default", "json_line"]
+
+
+def decode_json(text: str | bytes) -> Any:
+    """``json.loads``, about 3x faster through orjson when orjson accepts the text.
+
+    What orjson refuses (``NaN`` literals, integers beyond 64 bits, lone surrogates, nesting past
+    its limit) goes to the standard library, so callers see exactly what ``json.loads`` makes.
+    """
+    import orjson
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def json_default(value: Any) -> Any:
