@@ -56,9 +56,14 @@ class DeviceState:
 
     def remember(self, key: str, timestamp: float, memory: int) -> None:
         """Add a processed reading's key, forgetting the oldest beyond ``memory``."""
-        self.seen.append((key, timestamp))
+        self.remember_all([(key, timestamp)], memory)
+
+    def remember_all(self, keys: Sequence[tuple[str, float]], memory: int) -> None:
+        """:meth:`remember` each ``(key, timestamp)`` in order, trimming once at the end (the
+        same keys are kept and forgotten as one by one)."""
+        self.seen.extend(keys)
         if self._keys is not None:
-            self._keys.add(key)
+            self._keys.update(k for k, _ in keys)
         if len(self.seen) > memory:
             dropped = self.seen[: len(self.seen) - memory]
             del self.seen[: len(dropped)]

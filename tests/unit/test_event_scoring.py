@@ -606,3 +606,16 @@ def test_device_state_key_set_follows_remember_and_copies() -> None:
     assert state.seen_keys() == {"k6", "k7", "k8", "k9"}  # the predecessor is untouched
     restored = DeviceState.from_dict(nxt.to_dict())
     assert restored == nxt and restored.seen_keys() == nxt.seen_keys()
+
+
+def test_remember_all_keeps_and_forgets_what_remember_one_by_one_does() -> None:
+    items = [(f"k{i}", float(i % 7) + i / 100) for i in range(40)]
+    one_by_one, at_once = DeviceState(), DeviceState()
+    one_by_one.seen_keys(), at_once.seen_keys()  # with the cached key sets live
+    for key, ts in items:
+        one_by_one.remember(key, ts, memory=16)
+    at_once.remember_all(items[:5], memory=16)
+    at_once.remember_all(items[5:], memory=16)
+    assert at_once == one_by_one
+    assert at_once.seen_keys() == one_by_one.seen_keys() == {k for k, _ in items[-16:]}
+    assert at_once.evicted_until == max(ts for _, ts in items[:-16])
