@@ -302,7 +302,7 @@ def parse_reading(
     if isinstance(obj, Reading):
         return obj
     context = {"limits": limits or DEFAULT_LIMITS, "now": now}
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # a dict, the common case, first
         return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)
     try:
         return Reading.model_validate(obj, context=context)
