@@ -28,6 +28,7 @@ PSI magnitudes, never the p-value alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -109,9 +110,10 @@ class Baseline(BaseModel):
     feature_sensors: dict[str, list[str]]
     source: str = ""
 
-    @property
+    @functools.cached_property
     def baseline_id(self) -> str:
-        """A short hash of the bins: summaries are only merged with summaries on the same bins."""
+        """A short hash of the bins: summaries are only merged with summaries on the same bins
+        (computed once per baseline: the model is frozen)."""
         text = json.dumps([self.features, self.edges, self.score_edges], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -413,9 +415,11 @@ def summarize_table(
     last = order[np.r_[key[order][1:] != key[order][:-1], True]]
 
     out_summaries: list[WindowSummary] = []
+    bounds = [(int(o), int(o) + int(wd)) for o, wd in zip(offsets, widths, strict=True)]
     for w in range(k):
         start = int(starts[w]) * window_seconds
-        row = bins[w]
+        row = bins[w].tolist()  # Python ints, sliced per feature (not one int() per bin)
+        missing_w = nonfinite[w].tolist()
         seen = {str(codes[device_index[i]]): float(timestamps[i]) for i in last if inv[i] == w}
         out_summaries.append(
             WindowSummary(
@@ -427,11 +431,10 @@ def summarize_table(
                 scored=int(scored[w]),
                 alerts=int(alert_rows[w]),
                 features={
-                    f: tuple(int(c) for c in row[offsets[j] : offsets[j] + widths[j]])
-                    for j, f in enumerate(baseline.features)
+                    f: tuple(row[lo:hi]) for f, (lo, hi) in zip(baseline.features, bounds, strict=False)
                 },
-                feature_missing={f: int(nonfinite[w, j]) for j, f in enumerate(baseline.features)},
-                score=tuple(int(c) for c in row[offsets[-1] :]),
+                feature_missing={f: missing_w[j] for j, f in enumerate(baseline.features)},
+                score=tuple(row[bounds[-1][0] :]),
                 sensor_missing={s: int(v[w]) for s, v in sensor_missing.items()},
                 sensor_out_of_range={s: int(v[w]) for s, v in sensor_out.items()},
                 devices=dict(sorted(seen.items())),

@@ -20,7 +20,7 @@ from typing import Any
 
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
-from zaindari.jsonable import finite, json_default
+from zaindari.jsonable import finite, json_line
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink
 
 __all__ = ["LocalLake"]
@@ -51,13 +51,17 @@ class LocalLake:
             for day, rows in rows_by_day.items():
                 key = f"{prefix}/date={day}/{name}.jsonl"
                 path = self.root / key
-                text = "".join(
-                    json.dumps(finite(dict(r)), default=json_default, allow_nan=False) + "\n" for r in rows
-                )
+                # non-finite floats as text first, then orjson (json_line falls back to the
+                # standard library for what orjson refuses)
+                data = b"".join(json_line(finite(dict(r))) + b"\n" for r in rows)
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with path.open("a", encoding="utf-8") as out:
-                        out.write(text)
+                    try:
+                        out = path.open("ab")
+                    except FileNotFoundError:  # a new day's folder (checked per call cost ~40 us)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        out = path.open("ab")
+                    with out:
+                        out.write(data)
                         out.flush()
                         if self.fsync:
                             os.fsync(out.fileno())
