@@ -1,5 +1,6 @@
 """score-event on OpenFaaS (python3-http) and `zaindari edge serve`: POST readings -> EventScoring
-(the same use case as app.py's HTTP route) -> the same JSON body; GET -> the model version."""
+(the same use case as app.py's HTTP route) on the edge box (its SQLite buffer, local alerts, the
+model model-sync installed) -> the same JSON body; GET -> the model version."""
 
 import functools
 import logging
@@ -16,7 +17,7 @@ logger = logging.getLogger("zaindari.edge.score_event")
 
 @functools.cache
 def scoring() -> BatchingEventScoring:
-    """The use case, built once per container (model session, ports)."""
+    """The use case on the process's edge box, built once per container."""
     return build_edge_event_scoring(settings)
 
 

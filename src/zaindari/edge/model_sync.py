@@ -491,6 +491,13 @@ class ModelSync:
                 reason="verified and installed",
             )
 
+    def pending(self) -> ModelUpdate | None:
+        """The update waiting for the link (None when there is none)."""
+        try:
+            return ModelUpdate.model_validate_json(self.store.pending_path.read_bytes())
+        except FileNotFoundError:
+            return None
+
     def request(self, update: ModelUpdate) -> SyncOutcome:
         """Take an update: keep it as pending (it survives a restart), then try to apply it."""
         with self._lock:
