@@ -1,19 +1,18 @@
-"""The edge box end to end, on real parts: a box process scoring offline is killed -9 and restarted,
-then ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
+"""The edge box end to end, on real parts: a box served over HTTP (``zaindari edge serve``) scoring
+offline is killed -9 and restarted, then its link comes up and it ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
 updates come from S3, a corrupt one is refused.
 
-The box runs as ``python -m zaindari.edge.box`` in a subprocess (so SIGKILL hits a real process
-mid-write); AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
+The box runs as ``zaindari edge serve`` in its own process group (so SIGKILL hits the gunicorn
+master and worker mid-write), or as ``python -m zaindari.edge.box`` for the command line; AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.edge_support import bundle_variant, golden_readings, mosquitto, update_for
+from tests.edge_support import TcpRelay, bundle_variant, free_port, golden_readings, mosquitto, update_for
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
-from tests.support import fit_example_bundle, plant_readings
+from tests.support import fit_example_bundle, http_call, plant_readings, start_server, zaindari_cli
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.buffer import ACK_DETAIL_TYPE
@@ -185,69 +184,108 @@ def lake_rows(aws: EmbeddedAws, prefix: str) -> list[tuple[str, list[dict[str, A
     return out
 
 
+TOKEN = "press-hall-token"
+
+
+def serve_box(env: dict[str, str], port: int) -> Any:
+    """``zaindari edge serve`` for the box (its own process group: gunicorn master and worker)."""
+    return start_server(
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],
+        env,
+        f"http://127.0.0.1:{port}/healthz",
+        new_session=True,
+    )
+
+
+def post_readings(port: int, readings: list[dict[str, Any]]) -> dict[str, Any]:
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/score-event",
+        method="POST",
+        body=json.dumps({"readings": readings}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    assert status == 200, data
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
 def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_once_in_order(
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]], broker: int
 ) -> None:
-    # Given an installed box and an hour of the plant's telemetry (plus one broken reading) as
-    # its devices send it, four readings per request
+    # Given an installed box served over HTTP (`zaindari edge serve`), configured to ship to the
+    # cloud but with no link to it (nothing answers at its AWS endpoint), and an hour of the
+    # plant's telemetry (plus one broken reading) as its devices send it, four readings a request
     provision_box(tmp_path, bundle_dir, readings)
-    hour = readings[HOUR]
-    feed = [*hour[:100], {"device_id": "plant-1-press-101", "timestamp": "not a time"}, *hour[100:]]
-    feed_path = tmp_path / "feed.jsonl"
-    feed_path.write_text("".join(json.dumps(r) + "\n" for r in feed))
-    env = {
-        **os.environ,
-        **box_env(
-            tmp_path,
-            aws,
-            ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
-            ZAINDARI_EDGE_MQTT_PORT=str(broker),
-        ),
-    }
-    inbox = MqttInbox(broker)
-    command = [sys.executable, "-m", "zaindari.edge.box", "replay", str(feed_path), "--batch", "4"]
-
-    # When the box process is killed -9 part way through the hour (no link to the cloud at all)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    for batches, _line in enumerate(process.stdout, start=1):
-        if batches == 25:  # 25 requests answered, the 26th under way
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    # and restarted, its devices sending everything again (they had no acknowledgement they trust)
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    counts = [json.loads(line) for line in rerun.stdout.splitlines()]
-    assert sum(c["readings_duplicate"] for c in counts) >= 25 * 4 - 4  # what the first run scored
-
-    # Then, offline, every alert already went to the plant's broker at once
-    reference = EdgeBox.from_settings(
-        Settings.from_env(
-            box_env(tmp_path / "reference", _NO_AWS, ZAINDARI_EDGE_MODEL_DIR=str(tmp_path / "models"))
-        )
-    )
-    expected = reference.score_records([InboundRecord("all", hour, "reference")])  # no crash
-    reference.close()
-    assert len(expected.alerts) >= 5
-    mqtt = inbox.wait_for(len(expected.alerts))
-    inbox.close()
-    assert {(m["alert_id"], m["kind"]) for _, m in mqtt} == {(a.alert_id, a.kind) for a in expected.alerts}
-
-    # When the link comes up
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "zaindari-edge-token").write_text(TOKEN + "\n")
+    create_bucket(aws)
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     queues = subscribe_alert_inboxes(aws, sns, "Zaindari Alert", "edge-alerts")
     acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
-    create_bucket(aws)
-    box = EdgeBox.from_settings(
-        Settings.from_env(box_env(tmp_path, aws)),
-        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default", topic_arn=sns),
+    link = TcpRelay(aws.port)  # down until started
+    hour = readings[HOUR]
+    # (valid as telemetry, but without the sensors the model needs: scored by no one, dead-lettered)
+    broken = {**hour[60], "device_id": "plant-1-press-999", "sensors": {"humidity": 1.0}}
+    feed = [*hour[:60], broken, *hour[60:]]
+    requests = [feed[i : i + 4] for i in range(0, len(feed), 4)]
+    env = box_env(
+        tmp_path,
+        aws,
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{link.port}",
+        ZAINDARI_EDGE_UPLINK="aws",
+        ZAINDARI_ALERT_TOPIC_ARN=sns,
+        ZAINDARI_EDGE_SHIP_BACKOFF_SECONDS="0.2",
+        ZAINDARI_EDGE_SHIP_BACKOFF_MAX_SECONDS="1",
+        ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
+        ZAINDARI_EDGE_MQTT_PORT=str(broker),
     )
-    assert box.shipper is not None
-    report = box.shipper.ship_once()
-    box.close()
-    assert report.error is None and report.reconnected and report.remaining == 0
+    inbox = MqttInbox(broker)
+    port = free_port()
+
+    # When the box answers 25 requests, then is killed -9 (master and worker) with the 26th in flight
+    server = serve_box(env, port)
+    answered = [post_readings(port, r) for r in requests[:25]]
+    in_flight = threading.Thread(target=lambda: _post_quietly(port, requests[25]), daemon=True)
+    in_flight.start()
+    time.sleep(0.01)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+    in_flight.join(timeout=30)
+    assert sum(len(a["scores"]) for a in answered) == 25 * 4 - 1
+    assert [r["record"]["device_id"] for a in answered for r in a["rejected"]] == ["plant-1-press-999"]
+    # and restarted, its devices sending again what was not answered, and a few answered requests
+    # whose answers they lost
+    server = serve_box(env, port)
+    try:
+        again = [post_readings(port, r) for r in requests[20:]]
+        assert sum(a["duplicates"] for a in again) >= 5 * 4  # the 5 answered requests sent again
+
+        # Then, offline, every alert already went to the plant's broker at once
+        reference = EdgeBox.from_settings(
+            Settings.from_env(
+                box_env(tmp_path / "reference", _NO_AWS, ZAINDARI_EDGE_MODEL_DIR=str(tmp_path / "models"))
+            )
+        )
+        expected = reference.score_records([InboundRecord("all", hour, "reference")])  # no crash
+        reference.close()
+        assert len(expected.alerts) >= 5
+        mqtt = inbox.wait_for(len(expected.alerts))
+        inbox.close()
+        assert {(m["alert_id"], m["kind"]) for _, m in mqtt} == {
+            (a.alert_id, a.kind) for a in expected.alerts
+        }
+        assert not lake_rows(aws, "scores/"), "nothing can have left the box while offline"
+
+        # When the link comes up, the server's shipper empties the buffer by itself
+        link.start()
+        deadline = time.monotonic() + 60
+        while (report := box_report(port))["buffered"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert report["buffered"] == {} and report["version"] == "1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        link.stop()
 
     # Then every score arrived exactly once, each device's in time order, with its raw telemetry
     scores = lake_rows(aws, "scores/events/")
@@ -262,11 +300,13 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
         assert times == sorted(times)
     assert sum(len(b) for _, b in lake_rows(aws, "raw/telemetry/")) == len(hour)
     quarantined = [row for _, b in lake_rows(aws, "quarantine/events/") for row in b]
-    assert len(quarantined) == 1 and "timestamp" in quarantined[0]["reason"]
+    assert len(quarantined) == 1 and "required by model spec" in quarantined[0]["reason"]
+    assert quarantined[0]["record"]["device_id"] == "plant-1-press-999"
     # drift window summaries under the cloud's keys, each reading counted once
     drift = lake_json(aws, "summaries/date=")
     assert drift and all("-edge-press-hall-1-" in key for key in drift)
-    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour)
+    assert sum(s["scored"] for rows in drift.values() for s in rows) == len(hour)
+    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour) + 1  # + the broken one
     # every alert exactly once, in the order it was raised, with the cloud's payload (= the MQTT one)
     arrived = [e["detail"] for e in drain(aws, queues["eventbridge"])]
     assert [(a["alert_id"], a["kind"]) for a in arrived] == [(a.alert_id, a.kind) for a in expected.alerts]
@@ -277,6 +317,28 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     # and the cloud knows which model the box runs
     connected = [e["detail"] for e in drain(aws, acks["eventbridge"]) if e["detail"]["event"] == "connected"]
     assert connected and connected[0]["version"] == "1" and connected[0]["box_id"] == "press-hall-1"
+
+
+def _post_quietly(port: int, readings: list[dict[str, Any]]) -> None:
+    """A request whose answer may never come (the server is killed under it)."""
+    with contextlib.suppress(OSError):
+        http_call(
+            f"http://127.0.0.1:{port}/function/score-event",
+            method="POST",
+            body=json.dumps({"readings": readings}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+
+
+def box_report(port: int) -> dict[str, Any]:
+    """model-sync's GET: the model running and what the buffer still holds."""
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/model-sync", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert status == 200, data
+    report: dict[str, Any] = json.loads(data)
+    return report
 
 
 def test_alerts_go_to_mqtt_and_the_webhook_at_once_and_a_channel_that_was_down_catches_up(

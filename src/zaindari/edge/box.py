@@ -241,12 +241,12 @@ class EdgeBox:
         }
 
     def model_report(self) -> dict[str, Any]:
-        """What model-sync's GET answers: the model running, the update waiting for the link, the
-        versions rolled back (never applied again) and the outcomes since this process started
+        """What model-sync's GET answers: the model running (and what the buffer holds, see
+        :meth:`status`), the update waiting for the link, the versions rolled back (never applied again) and the outcomes since this process started
         (applied, refused, rolled back), newest last."""
         pending = self.sync.pending()
         return {
-            **self.sync.status(),
+            **self.status(),
             "pending": {"model": pending.model, "version": pending.version} if pending else None,
             "rolled_back": self.sync.store.pointer().rolled_back,
             "outcomes": list(self._outcomes),
