@@ -33,7 +33,13 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
         )
     # unique per request: concurrent requests are scored together and answered by record id
     request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{uuid.uuid4().hex[:12]}"
-    answer = scoring().answer_http(event.body, request_id)
+    try:
+        answer = scoring().answer_http(event.body, request_id)
+    except Exception as exc:  # the model failed (it counts toward its rollback): nothing was stored
+        logger.exception("readings not scored")
+        return json_response(
+            503, {"message": f"scoring failed; retry: {type(exc).__name__}"}, {"Retry-After": "5"}
+        )
     if answer.status >= 500:
         logger.warning(
             "readings not scored: %s", answer.report.retry_reasons if answer.report else answer.body

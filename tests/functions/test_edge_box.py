@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 
-from tests.edge_support import TcpRelay, bundle_variant, free_port, golden_readings, mosquitto, update_for
+from tests.edge_support import (
+    TcpRelay,
+    alarming_thresholds,
+    bundle_variant,
+    erroring_model,
+    free_port,
+    golden_readings,
+    mosquitto,
+    update_for,
+)
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import fit_example_bundle, http_call, plant_readings, start_server, zaindari_cli
 from zaindari.bundle import ModelBundle, load_bundle
@@ -409,45 +418,116 @@ def upload_bundle(aws: EmbeddedAws, folder: Path, prefix: str, *, corrupt: str |
     return f"s3://{BUCKET}/{prefix}"
 
 
-def test_model_update_from_s3_corrupt_is_refused_good_is_applied_and_acked(
+def post_update(port: int, update: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/model-sync",
+        method="POST",
+        body=json.dumps(update).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        timeout=120,
+    )
+    answer: dict[str, Any] = json.loads(data)
+    return status, answer
+
+
+def test_model_updates_over_http_corrupt_and_smoke_failing_are_refused_an_erroring_one_rolls_back(
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
-    # Given a box serving version 1, and version 2 published twice: once damaged in transit
+    # Given a box served over HTTP, online, running version 1; versions published to S3: 2 (also
+    # once damaged in transit), 3 (thresholds that alarm on normal operation), 4 (a graph that
+    # passes the smoke test, then fails on hot readings)
     provision_box(tmp_path, bundle_dir, readings)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "zaindari-edge-token").write_text(TOKEN + "\n")
     create_bucket(aws)
-    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
-    good_uri = upload_bundle(aws, v2, "models/plant-anomaly/2/")
-    bad_uri = upload_bundle(aws, v2, "models/plant-anomaly/2-damaged/", corrupt="model.onnx")
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
-    box = EdgeBox.from_settings(
-        Settings.from_env(box_env(tmp_path, aws)),
-        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
-        fetcher=S3BundleFetcher(aws.factory),
+    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
+    v3 = bundle_variant(bundle, tmp_path / "v3", version="3", thresholds=alarming_thresholds(bundle))
+    model, signature = erroring_model(bundle, feature="temperature", above=100.0)
+    v4 = bundle_variant(bundle, tmp_path / "v4", version="4", model=model, signature=signature)
+    damaged = update_for(v2, upload_bundle(aws, v2, "models/x/2-damaged/", corrupt="model.onnx"), "2")
+    good = update_for(v2, upload_bundle(aws, v2, "models/x/2/"), "2")
+    alarming = update_for(v3, upload_bundle(aws, v3, "models/x/3/"), "3")
+    erroring = update_for(v4, upload_bundle(aws, v4, "models/x/4/"), "4")
+    env = box_env(
+        tmp_path,
+        aws,
+        ZAINDARI_EDGE_UPLINK="aws",
+        ZAINDARI_ALERT_TOPIC_ARN=sns,
+        ZAINDARI_EDGE_ROLLBACK_AFTER_ERRORS="2",
     )
-    # When the damaged one arrives, then the good one
-    refused = box.apply_update(update_for(v2, bad_uri, "2").model_dump())
-    served_meanwhile = box.score_records([InboundRecord("r", readings[1080:1084], "t")])
-    applied = box.apply_update(update_for(v2, good_uri, "2"))
-    missing = box.apply_update(update_for(v2, f"s3://{BUCKET}/models/plant-anomaly/9/", "9"))
-    # Then the damaged one is refused and version 1 kept serving; the good one serves now
-    assert refused.status == "refused" and "model.onnx" in refused.reason
-    assert served_meanwhile.model_version == "plant-anomaly:1"
-    assert (applied.status, applied.serving) == ("applied", "2")
-    assert missing.status == "refused" and "NoSuchKey" in missing.reason
-    assert (
-        box.score_records([InboundRecord("s", readings[1084:1088], "t")]).model_version == "plant-anomaly:2"
+    normal = iter(readings[1000 + 4 * i : 1004 + 4 * i] for i in range(20))
+    hot = iter(
+        [
+            {**r, "sensors": {**r["sensors"], "temperature": 120.0}}
+            for r in readings[1100 + 4 * i : 1104 + 4 * i]
+        ]
+        for i in range(5)
     )
-    # and the cloud hears each outcome as an Edge Ack once the box ships
-    assert box.forward_once() is not None
-    box.close()
+    port = free_port()
+    server = serve_box(env, port)
+    try:
+        # When the damaged update is POSTed: refused (hashes), version 1 keeps serving
+        status, answer = post_update(port, damaged.model_dump())
+        assert (status, answer["status"], answer["serving"]) == (422, "refused", "1")
+        assert "model.onnx" in answer["reason"]
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:1"
+        # one whose artifact is not in S3: refused (not pending: retrying cannot help)
+        status, answer = post_update(port, update_for(v2, f"s3://{BUCKET}/models/x/9/", "9").model_dump())
+        assert status == 422 and "NoSuchKey" in answer["reason"]
+        # the one that alarms on the golden inputs: refused by the smoke test, never serves
+        status, answer = post_update(port, alarming.model_dump())
+        assert status == 422 and answer["reason"].startswith("smoke test failed")
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:1"
+        # the good one, as the cloud's EventBridge event: applied, serves at once
+        event = {"detail-type": "Zaindari Model Update", "detail": good.model_dump()}
+        status, answer = post_update(port, event)
+        assert (status, answer["status"], answer["serving"]) == (200, "applied", "2")
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:2"
+        # the erroring one: applied (normal readings score), then fails live traffic twice in a row
+        assert post_update(port, erroring.model_dump())[0] == 200
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:4"
+        status, _, data = http_call(
+            f"http://127.0.0.1:{port}/function/score-event",
+            method="POST",
+            body=json.dumps({"readings": next(hot)}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert status == 503 and json.loads(data)["message"].startswith("scoring failed")
+        # Then the second failure rolls it back by itself, and that request is scored by version 2
+        rescued = post_readings(port, next(hot))
+        assert rescued["model_version"] == "plant-anomaly:2" and len(rescued["scores"]) == 4
+        report = box_report(port)
+        assert report["version"] == "2" and "plant-anomaly:4" in report["rolled_back"]
+        assert [(o["event"], o.get("version")) for o in report["outcomes"]] == [
+            ("model_refused", "2"),
+            ("model_refused", "9"),
+            ("model_refused", "3"),
+            ("model_applied", "2"),
+            ("model_applied", "4"),
+            ("model_rolled_back", "2"),
+        ]
+        # and the same version is refused if it comes again
+        status, answer = post_update(port, erroring.model_dump())
+        assert status == 422 and "rolled back before" in answer["reason"]
+        # and the cloud hears every outcome, in order, as Edge Acks
+        deadline = time.monotonic() + 30
+        while box_report(port)["buffered"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
     events = [e["detail"] for e in drain(aws, acks["eventbridge"])]
-    outcomes = [(e["event"], e.get("version")) for e in events if e["event"] != "connected"]
-    assert outcomes == [
+    assert [(e["event"], e.get("version")) for e in events if e["event"] != "connected"] == [
         ("model_applied", "1"),  # the installer's seed
         ("model_refused", "2"),
-        ("model_applied", "2"),
         ("model_refused", "9"),
+        ("model_refused", "3"),
+        ("model_applied", "2"),
+        ("model_applied", "4"),
+        ("model_rolled_back", "2"),
+        ("model_refused", "4"),
     ]
 
 
