@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zaindari.bundle import LearnedThresholds, ModelBundle, Signature, load_bundle, write_bundle
-from zaindari.edge.model_sync import ModelUpdate
+from zaindari.registry_events import ModelUpdate
 
 
 def golden_readings(readings: list[dict[str, Any]], per_device: int = 20) -> list[dict[str, Any]]:
@@ -55,7 +55,7 @@ def update_for(bundle_dir: Path, uri: str, version: str) -> ModelUpdate:
     """The update event the cloud would send for ``bundle_dir`` published at ``uri``."""
     manifest = json.loads((bundle_dir / "MANIFEST.json").read_text())
     return ModelUpdate(
-        model=manifest["model_name"], version=version, artifact_uri=uri, sha256=manifest["files"]
+        model=manifest["model_name"], version=int(version), artifact_uri=uri, sha256=manifest["files"]
     )
 
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
-from zaindari.edge.model_sync import ModelUpdate
 from zaindari.edge.wiring import edge_box, edge_settings
+from zaindari.registry_events import ModelUpdate
 
 settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
 tokens = read_tokens(settings)

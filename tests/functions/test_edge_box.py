@@ -40,6 +40,7 @@ from zaindari.edge.buffer import ACK_DETAIL_TYPE
 from zaindari.edge.model_sync import write_golden
 from zaindari.event_scoring import InboundRecord
 from zaindari.infra.edge_uplink import AwsUplink, S3BundleFetcher
+from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
 pytestmark = pytest.mark.aws
@@ -651,8 +652,6 @@ def test_update_with_presigned_urls_needs_no_credentials_and_a_tampered_manifest
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
     import hashlib
-
-    from zaindari.edge.model_sync import ModelUpdate
 
     # Given a box with no AWS access at all, and deploy_model's event for version 2 with
     # presigned GETs (real HTTP to the embedded S3)

@@ -46,12 +46,12 @@ from zaindari.edge.model_sync import (
     LocalBundleFetcher,
     LocalModelStore,
     ModelSync,
-    ModelUpdate,
     SyncOutcome,
     read_golden,
     write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
 __all__ = ["EdgeBox", "LocalFirstAlerts", "main", "read_secret"]
@@ -247,7 +247,7 @@ class EdgeBox:
         pending = self.sync.pending()
         return {
             **self.status(),
-            "pending": {"model": pending.model, "version": pending.version} if pending else None,
+            "pending": {"model": pending.model, "version": str(pending.version)} if pending else None,
             "rolled_back": self.sync.store.pointer().rolled_back,
             "outcomes": list(self._outcomes),
         }
