@@ -214,3 +214,25 @@ def test_edge_serve_refuses_to_start_without_its_token_secret(tmp_path: Path, bu
     )
     assert result.returncode == 2
     assert "zaindari-edge-token" in result.stderr and "cannot be read" in result.stderr
+
+
+def test_edge_serve_refuses_to_start_without_a_model(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    (tmp_path / "zaindari-edge-token").write_text(TOKEN + "\n")
+    result = subprocess.run(
+        [*zaindari_cli(), "edge", "serve", "--port", "1"],
+        env={
+            **os.environ,
+            "ZAINDARI_EDGE_SECRETS_DIR": str(tmp_path),
+            "ZAINDARI_EDGE_MODEL_DIR": str(tmp_path / "models"),  # empty, and no ZAINDARI_MODEL_PATH
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2
+    assert "holds no model" in result.stderr and "ZAINDARI_MODEL_PATH" in result.stderr

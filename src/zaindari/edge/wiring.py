@@ -31,6 +31,7 @@ __all__ = [
     "BatchingEventScoring",
     "build_edge_event_scoring",
     "build_edge_file_scoring",
+    "check_edge_settings",
     "edge_box",
     "edge_settings",
     "start_edge_box",
@@ -85,14 +86,30 @@ def start_edge_box() -> None:
     edge_box()
 
 
-def _provision(box: EdgeBox, settings: Settings) -> None:
-    if box.sync.store.pointer().current is not None:
+def check_edge_settings(settings: Settings) -> None:
+    """Fail before serving when the box would have no model (its store empty, nothing to install).
+
+    Raises
+    ------
+    SettingsError
+        Saying what to set.
+    """
+    from zaindari.edge.model_sync import LocalModelStore
+
+    if LocalModelStore(settings.edge_model_dir).pointer().current is not None:
         return
     if not settings.model_path or settings.model_path.startswith("s3://"):
         raise SettingsError(
             f"the box's model store {settings.edge_model_dir} holds no model: set ZAINDARI_MODEL_PATH "
             "to a local bundle folder to install a first one (or run python -m zaindari.edge.box seed)"
         )
+
+
+def _provision(box: EdgeBox, settings: Settings) -> None:
+    if box.sync.store.pointer().current is not None:
+        return
+    check_edge_settings(settings)
+    assert settings.model_path is not None  # checked above
     outcome = box.sync.seed(Path(settings.model_path))
     log.info("first model installed from %s: %s %s", settings.model_path, outcome.model, outcome.version)
 
