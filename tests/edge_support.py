@@ -185,5 +185,7 @@ class TcpRelay:
 
     def stop(self) -> None:
         if self._listener is not None:
+            with suppress(OSError):  # wakes the thread blocked in accept() (close alone does not)
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None

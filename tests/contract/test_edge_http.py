@@ -77,7 +77,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator
         "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
         "ZAINDARI_EDGE_DATA_DIR": str(root / "data"),
         "ZAINDARI_EDGE_BUFFER_PATH": str(root / "data" / "buffer.db"),
-        "ZAINDARI_EDGE_MODEL_DIR": str(root / "models"),  # empty: the first model comes from MODEL_PATH
+        "ZAINDARI_EDGE_MODEL_DIR": str(root / "data" / "models"),  # empty: first model from MODEL_PATH
         "ZAINDARI_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
         "ZAINDARI_EDGE_MAX_FILE_BYTES": str(4 * PAYLOAD_LIMIT),
     }
