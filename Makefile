@@ -168,7 +168,7 @@ $(CHECKOV_STAMP):
 
 tools: $(CFN_LINT_STAMP) $(SAM_STAMP) $(CHECKOV_STAMP) $(SAGEMAKER_STAMP) ## Create the pinned tool venvs (.tools/cfn-lint, .tools/sam, .tools/checkov, .tools/sagemaker)
 
-lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate (offline)
+lint-template: $(CFN_LINT_STAMP) $(SAM_STAMP) ## Lint template.yaml: cfn-lint, sam validate, checkov (offline)
 	$(TOOLS)/cfn-lint/bin/cfn-lint template.yaml
 	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --template template.yaml --region eu-west-1
 	$(AWS_OFFLINE_ENV) $(TOOLS)/sam/bin/sam validate --lint --template template.yaml --region eu-west-1

@@ -132,7 +132,44 @@ def _json_response(status: int, body: dict[str, Any]) -> Response[str]:
     )
 
 
-@app.post("/retrain", summary="Retrain a model on a range of days", tags=["retraining"])
+_OUTCOME_SCHEMA: dict[str, Any] = RetrainingOutcome.model_json_schema(mode="serialization")
+_ERROR_BODY: dict[str, Any] = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["message"],
+        }
+    }
+}
+
+
+@app.post(
+    "/retrain",
+    summary="Retrain a model on a range of days",
+    tags=["retraining"],
+    responses={
+        202: {
+            "description": "Started, or recorded on the model's run already in progress (the outcome says which)",
+            "content": {"application/json": {"schema": _OUTCOME_SCHEMA}},
+        },
+        400: {
+            "description": "Invalid request: nothing was started; the errors name each field",
+            "content": _ERROR_BODY,
+        },
+        502: {
+            "description": "The job could not be started after its attempts: the run is closed and alerted",
+            "content": {"application/json": {"schema": _OUTCOME_SCHEMA}},
+        },
+        503: {
+            "description": "A downstream service failed: nothing was started; retry",
+            "content": _ERROR_BODY,
+        },
+    },
+)
 def post_retrain(body: RetrainBody) -> Response[str]:
     raw_context = app.current_event.raw_event.get("requestContext") or {}
     caller = ((raw_context.get("authorizer") or {}).get("iam") or {}).get("userArn")

@@ -589,6 +589,7 @@ class DriftReport(BaseModel):
     previous_alert_rate: float | None
     baseline_alert_rate: float | None
     quality_issues: list[str]
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
 
     def evidence(self) -> dict[str, Any]:
         """The drift event's ``evidence``: which features, how much, on how many readings."""
@@ -604,6 +605,8 @@ class DriftReport(BaseModel):
                     "ks": round(f.ks, 4),
                     "ks_p": f.ks_p,
                     "n": f.n,
+                    "threshold": self.thresholds.psi,
+                    "ks_threshold": self.thresholds.ks,
                 }
                 for f in self.features
                 if f.drifted
@@ -711,6 +714,7 @@ def assess_drift(
         previous_alert_rate=previous_rate,
         baseline_alert_rate=baseline.alert_rate,
         quality_issues=issues,
+        thresholds=t,
     )
 
 

@@ -835,17 +835,30 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[Ra
     lengths = ends - starts
     # blank lines: empty, or only whitespace (checked in Python for the few lines starting with it)
     blank = lengths == 0
+    # pyarrow only sees blocks whose every line is an object: a line that is a bare ``null`` makes
+    # pyarrow 20's JSON reader crash the process (a segfault, found by fuzzing), and any other
+    # non-object line is refused by it anyway
+    objects_only = True
     if len(data):
         first_bytes = np.where(lengths > 0, data[np.minimum(starts, len(data) - 1)], 0)
         for i in np.flatnonzero((lengths > 0) & np.isin(first_bytes, (9, 13, 32))):
-            if not bytes(block[starts[i] : ends[i]]).strip():
+            stripped = bytes(block[starts[i] : ends[i]]).strip()
+            if not stripped:
                 blank[i] = True
+            elif not stripped.startswith(b"{"):
+                objects_only = False
+        objects_only = objects_only and bool(np.all(np.isin(first_bytes[lengths > 0], (9, 13, 32, 123))))
     line_rows = first_row + np.flatnonzero(~blank).astype(np.int64)
     n_blank = int(blank.sum())
     if len(line_rows) == 0:
         return RawChunk(_empty_batch(0), line_rows, [], n_blank, numeric_strings=False), len(ends)
+    if _deeper_than(data, starts, MAX_JSON_DEPTH):
+        # pyarrow's JSON parser recurses: a deep enough line (about 100,000 brackets) kills the
+        # process with a segmentation fault. Such blocks go line by line through the standard
+        # library, which refuses the deep lines with a reason (RecursionError) and keeps the rest.
+        return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec), len(ends)
     text_fields = _text_fields(spec)
-    for numeric_time in (False, True):
+    for numeric_time in (False, True) if objects_only else ():
         try:
             table = _read_json_block(block, text_fields, spec.identifiers.time, numeric_time)
         except pa.ArrowInvalid:
@@ -855,6 +868,22 @@ def _jsonl_block(block: memoryview, first_row: int, spec: ModelSpec) -> tuple[Ra
             chunk = RawChunk(_flatten_sensors(batch), line_rows, [], n_blank, numeric_strings=False)
             return chunk, len(ends)
     return _jsonl_python(block, starts[~blank], ends[~blank], line_rows, n_blank, spec), len(ends)
+
+
+#: Deepest bracket nesting a block may have before it skips pyarrow (telemetry lines have 2 or 3).
+MAX_JSON_DEPTH = 256
+
+
+def _deeper_than(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], limit: int) -> bool:
+    """Whether a line may nest brackets deeper than ``limit``: one of them holds more openers.
+
+    An upper bound (brackets inside strings count too): a false alarm costs the slower
+    line-by-line path, never a crash. One pass over the block, ~1 ms a megabyte.
+    """
+    if not len(starts):
+        return False
+    opens = ((data == 91) | (data == 123)).view(np.uint8)  # [ and {
+    return bool(np.add.reduceat(opens, starts, dtype=np.int64).max() > limit)
 
 
 def _read_json_block(

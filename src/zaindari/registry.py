@@ -14,6 +14,7 @@ the :class:`ArtifactStore` port (S3 under ``models/<name>/<version>/``).
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,27 @@ PRODUCTION = "production"
 ARCHIVED = "archived"
 
 Action = Literal["register", "set", "promote", "refused", "awaiting_approval", "rollback"]
+
+# Model and alias names end up in DynamoDB keys, S3 keys and event payloads: a conservative alphabet.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def _checked_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise RegistryError(
+            f"invalid {what} name {value!r}: 1 to 128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _checked_text(value: str | None, what: str) -> None:
+    """Free text kept in the history (reasons, actors) must be storable: valid UTF-8."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RegistryError(f"{what} is not valid UTF-8 text: {exc.reason}") from exc
 
 
 class RegistryError(ValueError):
@@ -399,12 +421,15 @@ class ModelRegistry:
     # -- reads
 
     def version(self, model: str, version: int) -> ModelVersion:
+        _checked_name(model, "model")
         found = self.store.get_version(model, version)
         if found is None:
             raise RegistryError(f"{model} has no version {version}")
         return found
 
     def alias_version(self, model: str, alias: str) -> int | None:
+        _checked_name(model, "model")
+        _checked_name(alias, "alias")
         return self.store.aliases(model).get(alias)
 
     # -- registration
@@ -421,6 +446,9 @@ class ModelRegistry:
             signature, signature not matching the spec, metrics or parity missing or failed), or
             belongs to another model than ``model``.
         """
+        if model is not None:
+            _checked_name(model, "model")
+        _checked_text(actor, "actor")
         try:
             bundle = load_bundle(self.artifacts.fetch(bundle_location))
         except BundleError as exc:
@@ -486,8 +514,10 @@ class ModelRegistry:
         self, model: str, alias: str, version: int | None, *, reason: str, actor: str = ""
     ) -> HistoryEntry:
         """Point ``alias`` at ``version`` (``None`` removes it) by hand; recorded in the history."""
-        if not alias or "#" in alias:
-            raise RegistryError(f"invalid alias name {alias!r}")
+        _checked_name(model, "model")
+        _checked_name(alias, "alias")
+        _checked_text(reason, "reason")
+        _checked_text(actor, "actor")
         if version is not None:
             self.version(model, version)
         return self._move(model, alias, version, action="set", reason=reason, actor=actor)
@@ -569,6 +599,8 @@ class ModelRegistry:
         Every decision is appended to the history with its numbers; a refused candidate keeps
         its aliases (``staging``). The replaced champion becomes ``archived``.
         """
+        for text, what in ((approved_by, "approved_by"), (actor, "actor"), (reason, "reason")):
+            _checked_text(text, what)
         policy = policy or GatePolicy()
         challenger = self.version(model, candidate)
         aliases = self.store.aliases(model)
@@ -676,8 +708,11 @@ class ModelRegistry:
         self, model: str, *, to_version: int | None = None, reason: str, actor: str = ""
     ) -> HistoryEntry:
         """Set ``production`` back to the previous production version (or ``to_version``), recording why."""
+        _checked_name(model, "model")
         if not reason.strip():
             raise RegistryError("a rollback needs a reason")
+        _checked_text(reason, "reason")
+        _checked_text(actor, "actor")
         current = self.store.aliases(model).get(PRODUCTION)
         if current is None:
             raise RegistryError(f"{model} has no production version to roll back")

@@ -91,33 +91,13 @@ def free_tcp_port() -> int:
 def subscribe_alert_inboxes(aws: EmbeddedAws, topic_arn: str, detail_type: str, name: str) -> dict[str, str]:
     """SQS queues that receive what a function publishes: one subscribed to the SNS topic (raw
     delivery), one the target of an EventBridge rule on ``detail_type``."""
-    import json
+    from zaindari.infra.inboxes import subscribe_inboxes
 
-    sqs = aws.factory.client("sqs")
-    sns_q = sqs.create_queue(QueueName=f"{name}-from-sns")["QueueUrl"]
-    eb_q = sqs.create_queue(QueueName=f"{name}-from-eventbridge")["QueueUrl"]
-
-    def arn(url: str) -> str:
-        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
-        return str(attributes["QueueArn"])
-
-    aws.factory.client("sns").subscribe(
-        TopicArn=topic_arn, Protocol="sqs", Endpoint=arn(sns_q), Attributes={"RawMessageDelivery": "true"}
-    )
-    events = aws.factory.client("events")
-    events.put_rule(Name=name, EventPattern=json.dumps({"detail-type": [detail_type]}))
-    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": arn(eb_q)}])
-    return {"sns": sns_q, "eventbridge": eb_q}
+    return subscribe_inboxes(aws.factory, topic_arn, detail_type, name)
 
 
 def drain(aws: EmbeddedAws, url: str) -> list[Any]:
     """Every message waiting in a queue, decoded from JSON, deleted as read."""
-    import json
+    from zaindari.infra.inboxes import drain_queue
 
-    sqs = aws.factory.client("sqs")
-    out: list[Any] = []
-    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for m in msgs:
-            out.append(json.loads(m["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return out
+    return drain_queue(aws.factory, url)

@@ -98,3 +98,43 @@ def test_the_gateway_turns_requests_into_v2_events_and_back(score_event_url: str
     with urllib.request.urlopen(f"{score_event_url}/health", timeout=10) as response:
         assert response.status == 200 and response.headers["content-type"] == "application/json"
         assert json.loads(response.read())["status"] == "ok"
+
+
+# ------------------------------------------------------------------ start_retraining: POST /retrain
+
+
+@pytest.fixture(scope="module")
+def retraining_app() -> Iterator[ModuleType]:
+    from zaindari.retraining import Retraining, RetrainingConfig
+    from zaindari.retraining_memory import MemoryJobRunner, MemoryRetrainingAlerts, MemoryRunLog
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+        mp.setenv("POWERTOOLS_METRICS_NAMESPACE", "ZaindariSchema")
+        app = load_function("start_retraining")
+        retraining = Retraining(
+            MemoryJobRunner(),
+            MemoryRunLog(),
+            MemoryRetrainingAlerts(),
+            RetrainingConfig(lake_uri="s3://zaindari-lake", scheduled_models=("plant-anomaly",)),
+            sleep=lambda _: None,
+        )
+        mp.setattr(app, "retraining", lambda: retraining)
+        yield app
+
+
+def test_start_retraining_http_api_honours_its_openapi_schema(retraining_app: ModuleType) -> None:
+    schema = schemathesis.openapi.from_dict(json.loads(retraining_app.app.get_openapi_json_schema()))
+    operations = _operations(schema)
+    assert {f"{op.method.upper()} {op.path}" for op in operations} == {"POST /retrain"}
+    caller = "arn:aws:iam::123456789012:user/ops"
+    with serve_lambda_http(
+        retraining_app.lambda_handler, function_name="start_retraining", caller_arn=caller
+    ) as url:
+        for operation in operations:
+
+            @given(case=operation.as_strategy())
+            def conforms(case: Any) -> None:
+                case.call_and_validate(base_url=url, excluded_checks=[positive_data_acceptance])
+
+            conforms()

@@ -114,6 +114,10 @@ def test_drift_in_scored_telemetry_reaches_start_retraining_once(
         "end": "2024-03-31T01:00:00Z",
         "readings": 1440,
     }
+    for feature in detail["evidence"]["features"]:  # the shape of events/eventbridge_drift_detected.json
+        assert (
+            feature["psi"] >= feature["threshold"] == 1.0 and feature["ks"] >= feature["ks_threshold"] == 0.25
+        )
     (people,) = drain(aws, inboxes["sns"])
     assert people["model"] == "plant-anomaly"
 

@@ -279,6 +279,26 @@ def test_json_lines_follow_the_event_contract(bundle: ModelBundle, plant: PlantD
     assert 5 in set(scores_of(tmp_path)["row"])
 
 
+def test_a_line_nested_deep_enough_to_crash_pyarrow_is_quarantined(
+    bundle: ModelBundle, plant: PlantData, tmp_path: Path
+) -> None:
+    # Given a JSON Lines file where one line nests 200,000 brackets: pyarrow's recursive JSON
+    # parser dies of a segmentation fault on it (found by tests/unit/test_fuzz_file_scoring.py)
+    records = list(plant.readings(limit=300))
+    text = [json.dumps(r) for r in records]
+    text[17] = '{"device_id": "plant-1-press-101", "x": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    data = ("\n".join(text) + "\n").encode()
+
+    manifest = run(bundle, data, "deep.jsonl", tmp_path)
+
+    # Then the process lives, that line is quarantined with its reason and the others are scored
+    assert_accounted(manifest, tmp_path)
+    bad = quarantined(tmp_path)
+    assert sorted(bad) == [17]
+    assert "not valid JSON" in bad[17]["reason"] and "recursion" in bad[17]["reason"]
+    assert len(scores_of(tmp_path)) == 299
+
+
 def test_timestamps_are_checked_like_the_contract(bundle: ModelBundle) -> None:
     stamps = [
         "2024-01-01T00:00:00Z",

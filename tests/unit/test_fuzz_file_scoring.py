@@ -202,3 +202,14 @@ def test_bytes_that_are_no_file_fail_clearly_or_are_quarantined_never_raise(
 ) -> None:
     manifest, lake = score(bundle, raw, key)
     assert_accounted(manifest, lake, None)
+
+
+def test_json_lines_that_are_not_objects_are_quarantined_one_by_one_never_crash_the_process(
+    bundle: ModelBundle, bases: list[dict[str, Any]]
+) -> None:
+    """A bare ``null`` line made pyarrow's JSON reader segfault (found by the deep fuzz profile)."""
+    good = [json.dumps(b) for b in bases[:3]]
+    lines = [good[0], "null", good[1], "  null ", "42", '"text"', "[1]", good[2]]
+    manifest, lake = score(bundle, ("\n".join(lines) + "\n").encode(), "nulls.jsonl")
+    assert_accounted(manifest, lake, len(lines))
+    assert (manifest.rows_scored, manifest.rows_quarantined) == (3, 5)

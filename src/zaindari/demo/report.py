@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult, drain_queue
+from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult
+from zaindari.infra.inboxes import drain_queue
 
 if TYPE_CHECKING:
     from zaindari.simulate import PlantData
@@ -510,6 +511,8 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
         models = summary["models"]
         parts += [
             "<h2>Model versions: timeline and where each ran</h2>",
+            "<p>Registry decisions carry the wall-clock time of the run; the readings each version "
+            "scored carry the plant's simulated time.</p>",
             _table(
                 ["at", "alias", "action", "from", "to", "reason"],
                 [

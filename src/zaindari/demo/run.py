@@ -12,7 +12,7 @@ from typing import Any
 
 from zaindari.demo.plant import DemoPlan
 from zaindari.demo.report import Readback, analyse, draw_plots, print_summary, read_back, write_html
-from zaindari.demo.steps import DemoRun, Progress, StepResult, run_steps, stderr_progress
+from zaindari.demo.steps import DemoRun, Progress, StepResult, run_steps, stderr_progress, stop_embedded_aws
 
 __all__ = ["find_root", "run_demo"]
 
@@ -67,8 +67,7 @@ def run_demo(
                 json.dumps(summary, indent=2, default=str), encoding="utf-8"
             )
         finally:
-            if run.aws is not None:
-                run.aws.stop()
+            stop_embedded_aws(run)
     progress(f"done in {summary['wall_seconds']:.0f} s")
     print(print_summary(summary, out_dir))
     return summary

@@ -14,6 +14,8 @@ import contextlib
 import io
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -24,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from zaindari.demo.plant import TRIGGERS, DemoPlan
+from zaindari.infra.inboxes import subscribe_inboxes
 from zaindari.infra.lambda_events import http_event, s3_object_created_event, sqs_event
 
 if TYPE_CHECKING:
@@ -45,7 +48,7 @@ __all__ = [
 MODEL_NAME = "plant-anomaly"
 SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "plant_anomaly.yaml"
 ALERT_DETAIL_TYPE = "Zaindari Alert"
-INBOX_RULE = "zaindari-demo-alert-inbox"
+INBOX_NAME = "zaindari-demo-alerts"
 
 Progress = Callable[[str], None]
 Status = Literal["ok", "failed", "not_run"]
@@ -93,6 +96,7 @@ class DemoRun:
     inboxes: dict[str, str] = field(default_factory=dict)
     candidate_uri: str | None = None
     functions: dict[str, ModuleType] = field(default_factory=dict)
+    aws_process: subprocess.Popen[bytes] | None = None
     function_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -155,54 +159,6 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _queue_arn(factory: ClientFactory, url: str) -> str:
-    attributes = factory.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    return str(attributes["Attributes"]["QueueArn"])
-
-
-def subscribe_alert_inboxes(factory: ClientFactory, topic_arn: str, event_bus: str) -> dict[str, str]:
-    """Two SQS queues that receive what the functions publish: one subscribed to the alert topic
-    (raw delivery), one the target of an EventBridge rule on ``Zaindari Alert``.
-
-    They stand for the people and the systems downstream; the report reads alerts back from them.
-    """
-    sqs = factory.client("sqs")
-    inboxes = {
-        "sns": sqs.create_queue(QueueName="zaindari-demo-alerts-from-sns")["QueueUrl"],
-        "eventbridge": sqs.create_queue(QueueName="zaindari-demo-alerts-from-eventbridge")["QueueUrl"],
-    }
-    factory.client("sns").subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=_queue_arn(factory, inboxes["sns"]),
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    events = factory.client("events")
-    events.put_rule(
-        Name=INBOX_RULE, EventBusName=event_bus, EventPattern=json.dumps({"detail-type": [ALERT_DETAIL_TYPE]})
-    )
-    events.put_targets(
-        Rule=INBOX_RULE,
-        EventBusName=event_bus,
-        Targets=[{"Id": "inbox", "Arn": _queue_arn(factory, inboxes["eventbridge"])}],
-    )
-    return inboxes
-
-
-def drain_queue(factory: ClientFactory, url: str) -> list[Any]:
-    """Every message waiting in a queue, decoded from JSON, deleted as read."""
-    sqs = factory.client("sqs")
-    out: list[Any] = []
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for message in messages:
-            out.append(json.loads(message["Body"]))
-        sqs.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-        )
-    return out
-
-
 def _load_function(run: DemoRun, name: str) -> ModuleType:
     """``functions/<name>/app.py`` imported as a new Lambda container, in its template environment."""
     from zaindari.infra.lambda_local import import_function
@@ -258,21 +214,42 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
 # -- the steps
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
-    """moto in server mode on a free port; the resources template.yaml declares; the alert inboxes."""
-    import logging
+    """moto in server mode on a free port; the resources template.yaml declares; the alert inboxes.
 
-    from zaindari.infra.local_aws import start_local_aws
+    The server runs in its own process (``zaindari aws up``), as the AWS services would: the
+    functions and the server then use both cores instead of sharing one interpreter.
+    """
+    from zaindari.infra.local_aws import LocalAws, endpoint_for, wait_until_ready
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    run.aws = start_local_aws("127.0.0.1", 0, reuse_existing=False)
-    # moto keeps its state per process, shared by every server in it: start from a clean slate
-    run.aws.reset()
+    port = _free_port()
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    with (run.work_dir / "aws.log").open("w", encoding="utf-8") as requests_log:
+        run.aws_process = subprocess.Popen(
+            [sys.executable, "-m", "zaindari.cli", "aws", "up", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=requests_log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_ready(endpoint_for("127.0.0.1", port), timeout_s=60.0)
+    except TimeoutError as exc:
+        raise DemoError(f"the embedded AWS did not start: {exc} (see {run.work_dir / 'aws.log'})") from exc
+    run.aws = LocalAws("127.0.0.1", port, server=None)
     run.factory = run.aws.client_factory()
     _configure_functions(run, {})
     stack = run.require_stack()
     event_bus = run.function_env["score_event"]["ZAINDARI_EVENT_BUS_NAME"]
-    run.inboxes = subscribe_alert_inboxes(run.factory, stack["AlertTopic"].arn, event_bus)
+    # queues standing for the people and systems downstream; the report reads alerts back from them
+    run.inboxes = subscribe_inboxes(
+        run.factory, stack["AlertTopic"].arn, ALERT_DETAIL_TYPE, INBOX_NAME, event_bus
+    )
     return {
         "endpoint": run.aws.endpoint_url,
         "resources": len(stack.resources),
@@ -564,6 +541,18 @@ def run_steps(run: DemoRun, steps: Sequence[Step] = STEPS) -> list[StepResult]:
         results.append(StepResult(step.name, step.title, "ok", seconds, detail))
         run.progress(f"{step.name}: done in {seconds:.1f} s")
     return results
+
+
+def stop_embedded_aws(run: DemoRun) -> None:
+    """Stop the server process this run started (SIGTERM: it shuts down cleanly)."""
+    if run.aws_process is not None and run.aws_process.poll() is None:
+        run.aws_process.terminate()
+        try:
+            run.aws_process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            run.aws_process.kill()
+            run.aws_process.wait()
+    run.aws_process = None
 
 
 def stderr_progress(message: str) -> None:

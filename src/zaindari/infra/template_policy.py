@@ -4,7 +4,8 @@ What checkov cannot say for this project (it knows no "data resource"), stated a
 
 * no IAM ``Allow`` statement grants a wildcard action (``*``, ``s3:*``, ``dynamodb:Put*``) or a
   ``*`` resource, except for actions AWS offers no resource-level permission for (X-Ray, the
-  CloudWatch metrics API), named in :data:`RESOURCE_WILDCARD_ONLY`;
+  CloudWatch metrics API, SageMaker's list calls, the ECR login), named in
+  :data:`RESOURCE_WILDCARD_ONLY`;
 * every bucket is encrypted, blocks public access (all four settings) and has a bucket policy
   denying requests without TLS;
 * every HTTP endpoint requires authentication: an HTTP API's default authorizer is ``AWS_IAM`` or a
@@ -34,6 +35,8 @@ RESOURCE_WILDCARD_ONLY = frozenset(
         "xray:GetSamplingRules",
         "xray:GetSamplingTargets",
         "cloudwatch:PutMetricData",
+        "sagemaker:ListModelPackages",
+        "ecr:GetAuthorizationToken",
     }
 )
 _PUBLIC_ACCESS_BLOCK = ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
