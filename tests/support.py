@@ -155,8 +155,13 @@ def http_call(
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
-def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0) -> Any:
-    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file)."""
+def start_server(
+    argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0, new_session: bool = False
+) -> Any:
+    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file).
+
+    ``new_session``: the server leads its own process group (``os.killpg`` then reaches its workers too).
+    """
     import os
     import subprocess
     import tempfile
@@ -165,7 +170,12 @@ def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeou
 
     log = tempfile.NamedTemporaryFile(prefix="zaindari-server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        argv,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,7 +24,6 @@ from tests.functions.conftest import EmbeddedAws, drain
 from tests.registry_support import labelled_metrics, recent_readings, registry_bundle
 from tests.support import LambdaContext, load_function, plant_readings, sqs_event
 from zaindari.bundle import MODEL_FILE
-from zaindari.edge.model_sync import ModelUpdate as EdgeModelUpdate
 from zaindari.infra.deploy_ports import build_model_lifecycle
 from zaindari.infra.provision import seed_model_bundle
 from zaindari.infra.registry_store import create_registry_table
@@ -232,10 +231,8 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     for name, digest in (*update.sha256.items(), ("MANIFEST.json", update.manifest_sha256)):
         with urllib.request.urlopen(update.urls[name]) as response:
             assert hashlib.sha256(response.read()).hexdigest() == digest, name
-    # the edge's model-sync reads the same event
-    edge_view = EdgeModelUpdate.model_validate_json(payload)
-    assert (edge_view.model, edge_view.version, edge_view.sha256) == (MODEL, "1", update.sha256)
-    assert edge_view.artifact_uri == update.artifact_uri
+    # (the edge's model-sync parses this same class, with its checks on names, hashes and urls)
+    assert update.model == MODEL and update.artifact_uri.startswith("s3://")
 
     # A second run as good as the first (same thresholds: same shadow alert rate) is promoted too
     uri2 = candidate(aws, cache, tmp_path, "run-2", metrics=labelled_metrics(0.91))
