@@ -23,7 +23,9 @@ Outputs follow the lake layout of the function (``scores/date=YYYY-MM-DD/<source
 with :data:`~zaindari.file_scoring.SCORES_SCHEMA`, ``quarantine/date=YYYY-MM-DD/<source_id>-sNNNNN.jsonl``,
 ``manifests/<source_id>.json``): Spark writes them under a staging folder, the driver moves them into
 place through the Hadoop file system (local folders, ``s3://`` on Glue) and writes the merged
-manifest last. A file that cannot be read or lacks required columns gets a failed manifest and is
+manifest last. Drift window summaries (``zaindari.drift``, for a bundle with a baseline) come out
+of each partition's ``FileScoring`` as one small row, are merged per window on the driver and
+written under ``summaries/`` with the keys ``score_batch`` uses, before the scores are published. A file that cannot be read or lacks required columns gets a failed manifest and is
 copied whole to ``quarantine/files/``. Nothing here runs at import time; pyspark is imported by
 the functions that need it.
 """
