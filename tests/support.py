@@ -115,8 +115,8 @@ def fleet_readings(seed: int, start: datetime, *, drifted: bool = False) -> list
     return list(simulate_plant(config).readings())
 
 
-def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
-    """A PCA bundle (with baseline.json) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
+def fit_fleet_bundle(out_dir: Path, seeds: int = 20, extras: dict[str, Any] | None = None) -> Path:
+    """A PCA bundle (with baseline.json and ``extras``) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
     import numpy as np
 
     from zaindari.contract import parse_readings
@@ -129,7 +129,9 @@ def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
         parsed = parse_readings(fleet_readings(seed, FLEET_START))
         table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
         matrices.append(compute_features(spec, table).matrix(spec.model_features))
-    return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")
+    return fit_pca_bundle(
+        spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1", extras=extras
+    )
 
 
 # -- servers started as their own process (the edge server, the SageMaker server), over real HTTP

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from zaindari.drift import DriftMonitor, baseline_of
 from zaindari.infra.model_store import ModelSource
-from zaindari.infra.wiring import build_drift_monitor, client_factory
+from zaindari.infra.wiring import build_drift_monitor, client_factory, model_source
 from zaindari.settings import Settings, SettingsError
 
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
@@ -28,13 +28,15 @@ metrics = Metrics(
 
 @functools.cache
 def monitor() -> tuple[DriftMonitor, ModelSource]:
-    """The use case and the production bundle's source, built once per container."""
+    """The use case and the production bundle's source (a folder, an s3:// prefix, or
+    ``registry://<model>/production``: the alias re-read every ZAINDARI_MODEL_ALIAS_TTL_SECONDS, so a
+    promotion or rollback is followed without a new container), built once per container."""
     if not settings.model_path:
-        raise SettingsError("ZAINDARI_MODEL_PATH must name the production model bundle")
+        raise SettingsError(
+            "ZAINDARI_MODEL_PATH must name the production model bundle (a folder, s3:// prefix or registry:// alias)"
+        )
     factory = client_factory()
-    return build_drift_monitor(settings, factory), ModelSource(
-        settings.model_path, settings.model_cache_dir, factory
-    )
+    return build_drift_monitor(settings, factory), model_source(settings, factory)
 
 
 def _check_time(event: EventBridgeEvent) -> datetime:

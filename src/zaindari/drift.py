@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import reduce
@@ -332,6 +332,25 @@ def _add_bins(
 def merge_summaries(summaries: Sequence[WindowSummary], empty: WindowSummary) -> WindowSummary:
     """All ``summaries`` as one (``empty`` when there are none)."""
     return reduce(WindowSummary.merge, summaries, empty)
+
+
+def merge_windows(summaries: Iterable[WindowSummary]) -> list[WindowSummary]:
+    """Summaries of the same model version and window merged into one, ordered by version and start.
+
+    What a run that scored its rows in pieces (chunks, Spark partitions) writes: one summary per
+    window, equal to the summary of all its rows at once (:meth:`WindowSummary.merge` is associative).
+    """
+    merged: dict[tuple[str, int], WindowSummary] = {}
+    for summary in summaries:
+        key = (summary.model_version, summary.start)
+        known = merged.get(key)
+        merged[key] = summary if known is None else known.merge(summary)
+    return [merged[k] for k in sorted(merged)]
+
+
+def summaries_json(summaries: Sequence[WindowSummary]) -> bytes:
+    """The body of one summaries object in the lake: its summaries as a compact JSON list."""
+    return json.dumps([s.to_dict() for s in summaries], separators=(",", ":")).encode()
 
 
 def summarize_table(

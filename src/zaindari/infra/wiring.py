@@ -36,8 +36,8 @@ def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
     return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)), botocore_only=True)
 
 
-def _model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
-    """The model of a scoring function: a folder, an s3:// prefix or a registry:// alias (re-read
+def model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
+    """The model of a scoring function (or of monitor_drift): a folder, an s3:// prefix or a registry:// alias (re-read
     every ``model_alias_ttl_seconds``)."""
     return ModelSource(
         str(settings.model_path),
@@ -53,7 +53,7 @@ def build_event_scoring(settings: Settings, factory: ClientFactory) -> EventScor
     if not settings.model_path:
         raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
     return EventScoring(
-        model=_model_source(settings, factory),
+        model=model_source(settings, factory),
         states=DynamoStateStore(factory, settings.state_table, settings.state_ttl_days),
         lake=S3LakeWriter(factory, settings.lake_bucket, settings.scores_format),
         alerts=SnsEventBridgeAlertSink(factory, settings.alert_topic_arn, settings.event_bus_name),
@@ -113,7 +113,7 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
     sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
     return DropScoring(
         scoring=FileScoring(
-            model=_model_source(settings, factory),
+            model=model_source(settings, factory),
             sink=sink,
             options=FileScoringOptions(threads=settings.onnx_threads),
             summaries=_summary_store(settings, factory),
