@@ -97,6 +97,10 @@ def apply_env(env: dict[str, str]) -> None:
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The environment of a child process running the function (cold start)."""
     out = {k: v for k, v in os.environ.items() if k not in _AWS_ENV_TO_CLEAR}
+    # A Lambda package holds bytecode (`make build` compiles it): the child may write .pyc files,
+    # so the benchmark's unmeasured first run leaves them for the measured ones, whatever the
+    # calling shell says (PYTHONDONTWRITEBYTECODE=1 would make every cold start compile its code).
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
     out.update(env)
     return out
 

@@ -9,7 +9,9 @@ the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-a
 request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
 
 * edge ``POST /function/score-event``: a raw reading (bearer token checked, contract, device
-  state and windows, one ONNX call, alert policy, scores/raw/alerts appended to the local lake);
+  state and windows, one ONNX call, alert policy; device state, scores, raw telemetry, alerts and
+  drift summaries written to the box's SQLite buffer, ``synchronous=FULL``: on disk before the
+  answer; no uplink, so nothing ships during the run);
 * mlflow ``POST /invocations``: ``{"inputs": {"features": [[14 floats]]}}``, the reading's feature
   vector already computed (mlflow does inference only).
 
@@ -105,6 +107,8 @@ def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dic
         "ZAINDARI_MODEL_PATH": str(bundle_dir),
         "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
         "ZAINDARI_EDGE_DATA_DIR": str(tmp / "edge-data"),
+        "ZAINDARI_EDGE_BUFFER_PATH": str(tmp / "edge-data" / "buffer.db"),
+        "ZAINDARI_EDGE_MODEL_DIR": str(tmp / "edge-data" / "models"),  # first model from MODEL_PATH
     }
     process = start_server(
         [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", str(max(LEVELS))],

@@ -546,7 +546,7 @@ def cold_start_rows(
             cache = tmp / f"model-cache-{i}"  # empty: a new container downloads the bundle
             s3_env = {**env, "ZAINDARI_MODEL_PATH": s3_model, "ZAINDARI_MODEL_CACHE_DIR": str(cache)}
             from_s3.append(cold_start(aws, source, s3_env, tmp))
-            # `make build` installs the layer without byte-code: each cold start compiles every module
+            # a package shipped without bytecode: each cold start compiles every module it imports
             prefix = tmp / f"pycache-{i}"
             prefix.mkdir()
             no_pyc_env = {**env, "PYTHONPYCACHEPREFIX": str(prefix), "PYTHONDONTWRITEBYTECODE": "1"}

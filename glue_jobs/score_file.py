@@ -3,7 +3,8 @@
 Trigger: ``score_batch`` starts a Glue job run for drops above ``ZAINDARI_SPARK_BYTES`` (or by hand).
 Use case: ``zaindari.file_scoring_spark.score_file_on_spark`` (``FileScoring`` per partition,
 ``mapInPandas``). Output: ``scores/date=YYYY-MM-DD/<source_id>-sNNNNN.parquet``,
-``quarantine/date=YYYY-MM-DD/<source_id>-sNNNNN.jsonl`` and ``manifests/<source_id>.json`` in the lake
+``quarantine/date=YYYY-MM-DD/<source_id>-sNNNNN.jsonl``, the drift window summaries under ``summaries/``
+(as score_batch writes them) and ``manifests/<source_id>.json`` in the lake
 (a failed manifest and ``quarantine/files/`` for a file that cannot be scored); a JSON summary on
 stdout. Exit 0 when a manifest was written (scored or failed), 1 when the job itself failed (nothing
 is recorded: score_batch releases the drop on the job's state change, the next delivery retries).

@@ -115,8 +115,8 @@ def fleet_readings(seed: int, start: datetime, *, drifted: bool = False) -> list
     return list(simulate_plant(config).readings())
 
 
-def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
-    """A PCA bundle (with baseline.json) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
+def fit_fleet_bundle(out_dir: Path, seeds: int = 20, extras: dict[str, Any] | None = None) -> Path:
+    """A PCA bundle (with baseline.json and ``extras``) fitted on ``seeds`` one-hour fleets starting at FLEET_START."""
     import numpy as np
 
     from zaindari.contract import parse_readings
@@ -129,7 +129,9 @@ def fit_fleet_bundle(out_dir: Path, seeds: int = 20) -> Path:
         parsed = parse_readings(fleet_readings(seed, FLEET_START))
         table = SensorTable.from_readings(parsed.readings, spec.sensor_names)
         matrices.append(compute_features(spec, table).matrix(spec.model_features))
-    return fit_pca_bundle(spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1")
+    return fit_pca_bundle(
+        spec, np.concatenate(matrices), out_dir / "fleet-bundle", version="fleet-1", extras=extras
+    )
 
 
 # -- servers started as their own process (the edge server, the SageMaker server), over real HTTP
@@ -155,8 +157,13 @@ def http_call(
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
-def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0) -> Any:
-    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file)."""
+def start_server(
+    argv: list[str], env: dict[str, str], ready_url: str, *, timeout: float = 60.0, new_session: bool = False
+) -> Any:
+    """Start a server process and wait until ``ready_url`` answers (its log goes to a temp file).
+
+    ``new_session``: the server leads its own process group (``os.killpg`` then reaches its workers too).
+    """
     import os
     import subprocess
     import tempfile
@@ -165,7 +172,12 @@ def start_server(argv: list[str], env: dict[str, str], ready_url: str, *, timeou
 
     log = tempfile.NamedTemporaryFile(prefix="zaindari-server-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        argv,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,25 +1,29 @@
-"""model-sync on OpenFaaS (python3-http) and `zaindari edge serve`: GET -> the model version the box
-scores with; POST a model-update event -> 501 until zaindari.edge.model_sync (download, verify,
-smoke test, swap, roll back) is wired in."""
+"""model-sync on OpenFaaS (python3-http) and `zaindari edge serve`, on the box's ModelSync
+(zaindari.edge.model_sync): POST a model-update event (the cloud's `Zaindari Model Update`
+detail, or its EventBridge envelope) -> download when online, verify, smoke test, swap, or keep
+it pending; GET -> the version running, the pending update, refused and rolled-back versions."""
 
 import functools
+import json
 from typing import Any
 
-from zaindari.bundle import ModelBundle
+from pydantic import ValidationError
+
+from zaindari.edge.box import EdgeBox
 from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
-from zaindari.edge.wiring import edge_settings
-from zaindari.infra.model_store import ModelSource
+from zaindari.edge.wiring import edge_box, edge_settings
+from zaindari.registry_events import ModelUpdate
 
 settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
 tokens = read_tokens(settings)
 MAX_EVENT_BYTES = 64 * 1024  # a model-update event names a bundle; it never carries one
+#: HTTP status of each outcome: applied or already serving, waiting for the link, refused
+STATUS = {"applied": 200, "unchanged": 200, "pending": 202, "refused": 422, "rolled_back": 200}
 
 
 @functools.cache
-def current_model() -> ModelBundle:
-    if not settings.model_path:
-        raise RuntimeError("ZAINDARI_MODEL_PATH is not set")
-    return ModelSource(settings.model_path, settings.model_cache_dir)()
+def box() -> EdgeBox:
+    return edge_box(settings)
 
 
 def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
@@ -27,15 +31,24 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
     if refused:
         return refused
     if event.method == "GET":
-        bundle = current_model()
+        return json_response(200, box().model_report())
+    if event.method != "POST":
         return json_response(
-            200,
-            {
-                "model": bundle.name,
-                "model_version": bundle.model_version,
-                "content_hash": bundle.content_hash,
-            },
+            405, {"message": "POST a model-update event, or GET the model running"}, {"Allow": "GET, POST"}
         )
-    return json_response(
-        501, {"message": "model updates are not handled yet: zaindari.edge.model_sync is not built"}
-    )
+    try:
+        payload = json.loads(event.body or b"null")
+    except ValueError as exc:
+        return json_response(400, {"message": f"the body is not JSON: {exc}"})
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), dict) and "detail-type" in payload:
+        payload = payload["detail"]  # an EventBridge event: its detail is the update
+    try:
+        update = ModelUpdate.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        return json_response(400, {"message": "not a model-update event", "errors": errors})
+    outcome = box().apply_update(update)
+    return json_response(STATUS[outcome.status], {**vars(outcome), "running": box().sync.status()})

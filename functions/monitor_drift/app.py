@@ -28,9 +28,13 @@ metrics = Metrics(
 
 @functools.cache
 def monitor() -> tuple[DriftMonitor, ModelSource]:
-    """The use case and the production bundle's source, built once per container."""
+    """The use case and the production bundle's source (a folder, an s3:// prefix, or
+    ``registry://<model>/production``: the alias re-read every ZAINDARI_MODEL_ALIAS_TTL_SECONDS, so a
+    promotion or rollback is followed without a new container), built once per container."""
     if not settings.model_path:
-        raise SettingsError("ZAINDARI_MODEL_PATH must name the production model bundle")
+        raise SettingsError(
+            "ZAINDARI_MODEL_PATH must name the production model bundle (a folder, s3:// prefix or registry:// alias)"
+        )
     factory = client_factory()
     return build_drift_monitor(settings, factory), model_source(settings, factory)
 

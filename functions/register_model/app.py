@@ -1,4 +1,4 @@
-"""register_model on Lambda: Glue "Job State Change" (train_model succeeded) or "Zaindari Model Trained"
+"""register_model on Lambda: Glue or EMR Serverless job state change (train_model succeeded) or "Zaindari Model Trained"
 -> ModelLifecycle.register_trained_bundle (verify, register under staging, mirror, gate) -> a summary.
 
 A refused bundle is not an error of the function: it is alerted (SNS, EventBridge) and reported.
@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from zaindari.deployment import ModelLifecycle
-from zaindari.infra.deploy_ports import build_model_lifecycle, glue_job_output
+from zaindari.infra.deploy_ports import build_model_lifecycle, emr_serverless_job_output, glue_job_output
 from zaindari.infra.wiring import client_factory
 from zaindari.registry_events import MODEL_TRAINED, ModelTrained
 from zaindari.settings import Settings
@@ -54,6 +54,16 @@ def _trained(event: EventBridgeEvent) -> ModelTrained | str:
             return f"training run ended {state}: start_retraining reports it"
         run_id = str(detail.get("jobRunId") or "")
         return ModelTrained(bundle_uri=glue_job_output(client_factory(), job, run_id), run_id=run_id)
+    if event.source == "aws.emr-serverless":
+        state, run_id = detail.get("state"), str(detail.get("jobRunId") or "")
+        if state != "SUCCESS":
+            return f"EMR Serverless run ended {state}: start_retraining reports it"
+        output = emr_serverless_job_output(
+            client_factory(), str(detail.get("applicationId") or ""), run_id, settings.train_model_job
+        )
+        if output is None:
+            return f"EMR Serverless run {run_id} is not a {settings.train_model_job} run"
+        return ModelTrained(bundle_uri=output, run_id=run_id)
     if event.detail_type == MODEL_TRAINED:
         return ModelTrained.model_validate(detail)
     return f"no registration trigger for {event.source} / {event.detail_type}"

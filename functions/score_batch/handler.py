@@ -1,6 +1,7 @@
 """score-file on OpenFaaS (python3-http) and `zaindari edge serve`: POST a historian file (CSV, gzip
 CSV, Parquet, JSON Lines; `?name=<file name>` tells the format) -> FileScoring (the use case
-score_batch's app.py runs for S3 drops) -> its manifest; the local lake gets scores and quarantine."""
+score_batch's app.py runs for S3 drops) with the edge box's model -> its manifest; scores,
+quarantine and manifests go under ZAINDARI_EDGE_DATA_DIR."""
 
 import functools
 import hashlib
@@ -49,7 +50,7 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
     try:
         manifest = scoring.score_file(io.BytesIO(event.body), source)
     except PortError as exc:
-        logger.warning("file not scored: the local lake failed: %s", exc)
-        return json_response(503, {"message": f"the local lake failed; retry: {exc}"}, {"Retry-After": "5"})
+        logger.warning("file not scored: the local folder failed: %s", exc)
+        return json_response(503, {"message": f"the local folder failed; retry: {exc}"}, {"Retry-After": "5"})
     status = 200 if manifest.status == "scored" else 422  # failed: quarantined whole, the reason inside
     return json_response(status, {"status": manifest.status, "manifest": manifest.model_dump(mode="json")})

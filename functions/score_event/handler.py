@@ -1,5 +1,6 @@
 """score-event on OpenFaaS (python3-http) and `zaindari edge serve`: POST readings -> EventScoring
-(the same use case as app.py's HTTP route) -> the same JSON body; GET -> the model version."""
+(the same use case as app.py's HTTP route) on the edge box (its SQLite buffer, local alerts, the
+model model-sync installed) -> the same JSON body; GET -> the model version."""
 
 import functools
 import logging
@@ -16,7 +17,7 @@ logger = logging.getLogger("zaindari.edge.score_event")
 
 @functools.cache
 def scoring() -> BatchingEventScoring:
-    """The use case, built once per container (model session, ports)."""
+    """The use case on the process's edge box, built once per container."""
     return build_edge_event_scoring(settings)
 
 
@@ -32,7 +33,13 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
         )
     # unique per request: concurrent requests are scored together and answered by record id
     request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{uuid.uuid4().hex[:12]}"
-    answer = scoring().answer_http(event.body, request_id)
+    try:
+        answer = scoring().answer_http(event.body, request_id)
+    except Exception as exc:  # the model failed (it counts toward its rollback): nothing was stored
+        logger.exception("readings not scored")
+        return json_response(
+            503, {"message": f"scoring failed; retry: {type(exc).__name__}"}, {"Retry-After": "5"}
+        )
     if answer.status >= 500:
         logger.warning(
             "readings not scored: %s", answer.report.retry_reasons if answer.report else answer.body

@@ -391,12 +391,13 @@ def _build_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _edge_serve(args: argparse.Namespace) -> int:
     from zaindari.edge.server import EdgeApp, load_handlers
-    from zaindari.edge.wiring import edge_settings
+    from zaindari.edge.wiring import check_edge_settings, edge_settings, start_edge_box
     from zaindari.infra.http_server import serve_wsgi
     from zaindari.settings import SettingsError
 
     try:
         settings = edge_settings()
+        check_edge_settings(settings)
         handlers = load_handlers(args.functions)
     except (SettingsError, FileNotFoundError) as exc:
         print(f"zaindari edge serve: {exc}", file=sys.stderr)
@@ -406,7 +407,15 @@ def _edge_serve(args: argparse.Namespace) -> int:
         f"edge functions {', '.join(sorted(handlers))} on http://{args.host}:{args.port}/function/<name>",
         flush=True,
     )
-    serve_wsgi(app, host=args.host, port=args.port, workers=1, threads=args.threads, name="zaindari-edge")
+    serve_wsgi(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        threads=args.threads,
+        name="zaindari-edge",
+        on_worker_start=start_edge_box,  # the box (buffer, shipper thread) lives in the worker
+    )
     return 0
 
 

@@ -10,14 +10,12 @@ raises :class:`PayloadTooLarge`, because nothing inside it may be read.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +27,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
+from zaindari.jsonable import decode_json
 
 __all__ = [
     "ContractLimits",
@@ -92,6 +92,8 @@ def _epoch_ms_to_utc(value: float) -> datetime:
 
 
 def _finite_number(raw: Any) -> float:
+    if type(raw) is float and math.isfinite(raw):  # the common case, six times per reading
+        return raw
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"value {str(raw)[:32]!r} is not a number")
     try:
@@ -300,7 +302,7 @@ def parse_reading(
     if isinstance(obj, Reading):
         return obj
     context = {"limits": limits or DEFAULT_LIMITS, "now": now}
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # a dict, the common case, first
         return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)
     try:
         return Reading.model_validate(obj, context=context)
@@ -345,19 +347,6 @@ def _records_of(document: Any) -> list[Any] | None:
     return None
 
 
-def _decode_json(text: str) -> Any:
-    """``json.loads``, about 3x faster through orjson when orjson accepts the text.
-
-    What orjson refuses (``NaN`` literals, integers beyond 64 bits, lone surrogates, nesting past
-    its limit) goes to the standard library, so the contract sees exactly what ``json.loads`` makes
-    and keeps naming the bad field (a ``NaN`` sensor value is a field error, not bad JSON).
-    """
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
 def parse_payload(
     payload: bytes | str | Any,
     *,
@@ -384,7 +373,9 @@ def parse_payload(
                 raise PayloadTooLarge(len(raw), limits.max_payload_bytes)
             text = raw.decode("utf-8", "replace")
         try:
-            document = _decode_json(text)
+            # orjson first, the standard library for what it refuses: a ``NaN`` sensor value
+            # stays a field error, not bad JSON
+            document = decode_json(text)
         except (ValueError, RecursionError) as exc:
             return ParsedPayload(rejections=[Rejection(0, f"payload is not valid JSON: {exc}", record=text)])
     records = _records_of(document)

@@ -28,11 +28,12 @@ PSI magnitudes, never the p-value alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import reduce
@@ -109,9 +110,10 @@ class Baseline(BaseModel):
     feature_sensors: dict[str, list[str]]
     source: str = ""
 
-    @property
+    @functools.cached_property
     def baseline_id(self) -> str:
-        """A short hash of the bins: summaries are only merged with summaries on the same bins."""
+        """A short hash of the bins: summaries are only merged with summaries on the same bins
+        (computed once per baseline: the model is frozen)."""
         text = json.dumps([self.features, self.edges, self.score_edges], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -332,6 +334,25 @@ def merge_summaries(summaries: Sequence[WindowSummary], empty: WindowSummary) ->
     return reduce(WindowSummary.merge, summaries, empty)
 
 
+def merge_windows(summaries: Iterable[WindowSummary]) -> list[WindowSummary]:
+    """Summaries of the same model version and window merged into one, ordered by version and start.
+
+    What a run that scored its rows in pieces (chunks, Spark partitions) writes: one summary per
+    window, equal to the summary of all its rows at once (:meth:`WindowSummary.merge` is associative).
+    """
+    merged: dict[tuple[str, int], WindowSummary] = {}
+    for summary in summaries:
+        key = (summary.model_version, summary.start)
+        known = merged.get(key)
+        merged[key] = summary if known is None else known.merge(summary)
+    return [merged[k] for k in sorted(merged)]
+
+
+def summaries_json(summaries: Sequence[WindowSummary]) -> bytes:
+    """The body of one summaries object in the lake: its summaries as a compact JSON list."""
+    return json.dumps([s.to_dict() for s in summaries], separators=(",", ":")).encode()
+
+
 def summarize_table(
     baseline: Baseline,
     *,
@@ -413,9 +434,11 @@ def summarize_table(
     last = order[np.r_[key[order][1:] != key[order][:-1], True]]
 
     out_summaries: list[WindowSummary] = []
+    bounds = [(int(o), int(o) + int(wd)) for o, wd in zip(offsets, widths, strict=True)]
     for w in range(k):
         start = int(starts[w]) * window_seconds
-        row = bins[w]
+        row = bins[w].tolist()  # Python ints, sliced per feature (not one int() per bin)
+        missing_w = nonfinite[w].tolist()
         seen = {str(codes[device_index[i]]): float(timestamps[i]) for i in last if inv[i] == w}
         out_summaries.append(
             WindowSummary(
@@ -427,11 +450,10 @@ def summarize_table(
                 scored=int(scored[w]),
                 alerts=int(alert_rows[w]),
                 features={
-                    f: tuple(int(c) for c in row[offsets[j] : offsets[j] + widths[j]])
-                    for j, f in enumerate(baseline.features)
+                    f: tuple(row[lo:hi]) for f, (lo, hi) in zip(baseline.features, bounds, strict=False)
                 },
-                feature_missing={f: int(nonfinite[w, j]) for j, f in enumerate(baseline.features)},
-                score=tuple(int(c) for c in row[offsets[-1] :]),
+                feature_missing={f: missing_w[j] for j, f in enumerate(baseline.features)},
+                score=tuple(row[bounds[-1][0] :]),
                 sensor_missing={s: int(v[w]) for s, v in sensor_missing.items()},
                 sensor_out_of_range={s: int(v[w]) for s, v in sensor_out.items()},
                 devices=dict(sorted(seen.items())),

@@ -309,7 +309,11 @@ class EventScoring:
             fresh_position.append(pos)
 
         # 4. score everything fresh in one call
-        outcome = score_readings(bundle, fresh, states, threads=self.threads) if fresh else None
+        outcome = (
+            score_readings(bundle, fresh, states, threads=self.threads, summarize=self.summaries is not None)
+            if fresh
+            else None
+        )
         if outcome is not None:
             for rej in outcome.rejections:
                 rid = fresh_owner[rej.index]
@@ -366,10 +370,15 @@ class EventScoring:
         # 7. device state with the keys of the readings scored and the new alerts in the outbox
         # (a dead-lettered reading is not remembered: fixed and replayed, it must score)
         new_states: dict[str, DeviceState] = dict(outcome.states) if outcome else {}
+        remembered: dict[str, list[tuple[str, float]]] = {}
         for p in scored_positions:
             reading = fresh[p]
-            state = new_states.setdefault(reading.device_id, states.get(reading.device_id) or DeviceState())
-            state.remember(fresh_keys[p], reading.timestamp.timestamp(), self.dedup_memory)
+            remembered.setdefault(reading.device_id, []).append(
+                (fresh_keys[p], reading.timestamp.timestamp())
+            )
+        for device, keys in remembered.items():
+            state = new_states.setdefault(device, states.get(device) or DeviceState())
+            state.remember_all(keys, self.dedup_memory)
         for alert in outcome.alerts if outcome else []:
             new_states[alert.device_id].outbox.append(alert.model_dump(mode="json"))
         # devices with undelivered alerts from an earlier batch are flushed too

@@ -166,6 +166,15 @@ def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple
         col = table.sensors.get(sensor.name)
         if col is None:
             col = np.full(n, np.nan)
+        # one pass for the common case (every value present and in range); the row by row
+        # reasons only for a sensor that has a bad value
+        bad = ~np.isfinite(col)
+        if sensor.min is not None:
+            bad |= col < sensor.min
+        if sensor.max is not None:
+            bad |= col > sensor.max
+        if not bad.any():
+            continue
         missing = np.isnan(col)
         infinite = np.isinf(col)
         bad_low = np.zeros(n, dtype=bool) if sensor.min is None else (col < sensor.min)
@@ -189,7 +198,7 @@ def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple
                     "message": f"value {col[i]:g} outside valid range {bounds}",
                 }
             )
-        ok &= ~(missing | infinite | bad_low | bad_high)
+        ok &= ~bad
     rejections = [
         Rejection(
             base_row + i,
@@ -239,7 +248,7 @@ def compute_features(
     for derived in spec.derived:
         values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
-        for i in np.flatnonzero(bad):
+        for i in np.flatnonzero(bad) if bad.any() else ():
             rejections.append(
                 Rejection(
                     base_row + int(i),

@@ -23,7 +23,9 @@ Outputs follow the lake layout of the function (``scores/date=YYYY-MM-DD/<source
 with :data:`~zaindari.file_scoring.SCORES_SCHEMA`, ``quarantine/date=YYYY-MM-DD/<source_id>-sNNNNN.jsonl``,
 ``manifests/<source_id>.json``): Spark writes them under a staging folder, the driver moves them into
 place through the Hadoop file system (local folders, ``s3://`` on Glue) and writes the merged
-manifest last. A file that cannot be read or lacks required columns gets a failed manifest and is
+manifest last. Drift window summaries (``zaindari.drift``, for a bundle with a baseline) come out
+of each partition's ``FileScoring`` as one small row, are merged per window on the driver and
+written under ``summaries/`` with the keys ``score_batch`` uses, before the scores are published. A file that cannot be read or lacks required columns gets a failed manifest and is
 copied whole to ``quarantine/files/``. Nothing here runs at import time; pyspark is imported by
 the functions that need it.
 """
@@ -46,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.drift import WindowSummary, merge_windows, summaries_json, summary_objects
 from zaindari.file_reading import FileError, FileFormat, check_columns, detect_format
 from zaindari.file_scoring import (
     SCORES_SCHEMA,
@@ -64,7 +67,8 @@ __all__ = ["OUTPUT_DDL", "score_file_on_spark"]
 
 _KIND, _PAYLOAD, _DATE, _PIECE_ROW, _DEVICE_KEY, _TEXT = "kind", "payload", "date", "_row", "_device", "_text"
 
-#: What ``mapInPandas`` yields per partition: score rows, quarantined rows and one manifest.
+#: What ``mapInPandas`` yields per partition: score rows, quarantined rows, one manifest and (for a
+#: bundle with a drift baseline) one row of window summaries.
 OUTPUT_DDL = (
     "kind string, source_key string, source_version string, row long, device_id string, asset string, "
     "line string, site string, timestamp timestamp, mode string, score double, severity string, "
@@ -119,6 +123,20 @@ class _CollectingSink:
         return ""
 
 
+class _CollectingSummaries:
+    """A :class:`zaindari.drift.SummaryStore` that keeps one partition's window summaries for Spark."""
+
+    def __init__(self) -> None:
+        self.summaries: list[WindowSummary] = []
+
+    def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
+        self.summaries.extend(summaries)
+        return []
+
+    def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+        return list(self.summaries)
+
+
 _BUNDLES: dict[str, ModelBundle] = {}
 
 
@@ -148,6 +166,7 @@ class _Job:
     aware_timestamps: tuple[str, ...]
     options: FileScoringOptions
     started_at: datetime
+    summaries: bool = True
 
 
 def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> Iterator[Any]:
@@ -165,8 +184,12 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
             return
         file_rows = np.concatenate(rows)
         sink = _CollectingSink()
+        windows = _CollectingSummaries() if job.summaries else None
         scoring = FileScoring(
-            model=lambda: _executor_bundle(bundle_files.value), sink=sink, options=job.options
+            model=lambda: _executor_bundle(bundle_files.value),
+            sink=sink,
+            options=job.options,
+            summaries=windows,
         )
         with piece.open("rb") as stream:
             kind = FileFormat(kind=job.fmt.kind)  # the piece is never compressed
@@ -195,6 +218,8 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
         for a in manifest.alerts
     ]
     manifest = manifest.model_copy(update={"alerts": alerts})
+    if windows is not None and windows.summaries:  # computed from the same feature matrix and scores
+        yield _payload_frame(pd, "summaries", [json.dumps([w.to_dict() for w in windows.summaries])])
     yield _payload_frame(
         pd, "manifest", [json.dumps({"partition": partition, "manifest": manifest.model_dump(mode="json")})]
     )
@@ -354,8 +379,14 @@ def score_file_on_spark(
     partitions: int | None = None,
     staging: str | None = None,
     options: FileScoringOptions | None = None,
+    summaries: bool = True,
 ) -> FileManifest:
     """Score one drop on Spark and write its scores, quarantined rows and manifest to the lake.
+
+    With ``summaries`` (and a bundle that carries a drift baseline) it also writes the file's drift
+    window summaries under ``summaries/``, the objects ``score_batch`` writes for the same file:
+    each partition summarises the rows it scored, the driver merges them per window and writes
+    them before the scores are published.
 
     Parameters
     ----------
@@ -376,6 +407,8 @@ def score_file_on_spark(
         Where Spark writes before the files move into the lake (default ``<lake>/_staging/score_file``).
     options
         File scoring options (chunk sizes, summaries).
+    summaries
+        Write drift window summaries (``ZAINDARI_DRIFT_SUMMARIES`` on the function side).
 
     Returns
     -------
@@ -443,7 +476,7 @@ def score_file_on_spark(
                     F.col(_TEXT),
                     F.get_json_object(F.col(_TEXT), path).alias(_DEVICE_KEY),
                 )
-        job = _Job(source, fmt, header, aware, options, started)
+        job = _Job(source, fmt, header, aware, options, started, summaries)
         files = spark.sparkContext.broadcast(_bundle_files(bundle_dir))
 
         def score(batches: Iterator[Any]) -> Iterator[Any]:
@@ -457,14 +490,16 @@ def score_file_on_spark(
             .persist()
         )
         try:
-            payloads = [r[0] for r in scored.where(F.col(_KIND) == "manifest").select(_PAYLOAD).collect()]
+            collected = (
+                scored.where(F.col(_KIND).isin("manifest", "summaries")).select(_KIND, _PAYLOAD).collect()
+            )
         except Exception as exc:
             error = _read_error(exc)
             if error is None:
                 raise
             scored.unpersist()
             return failed(error, names)
-        parts = _renumbered([json.loads(p) for p in payloads])
+        parts = _renumbered([json.loads(r[1]) for r in collected if r[0] == "manifest"])
         merged = _merged(parts, source, bundle, fmt_name, started, names)
         if merged.status == "failed":
             scored.unpersist()
@@ -480,6 +515,11 @@ def score_file_on_spark(
                 names,
                 merged,
             )
+        windows = merge_windows(
+            WindowSummary.from_dict(d) for r in collected if r[0] == "summaries" for d in json.loads(r[1])
+        )
+        for key, group in summary_objects(windows, source="files", name=source.source_id).items():
+            out.write_bytes(key, summaries_json(group))  # before the scores, as the function does
         outputs = _publish(out, scored, source, started, staged)
         scored.unpersist()
     except FileError as exc:

@@ -13,7 +13,21 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["finite", "json_default", "json_line"]
+import orjson
+
+__all__ = ["decode_json", "finite", "json_default", "json_line"]
+
+
+def decode_json(text: str | bytes) -> Any:
+    """``json.loads``, about 3x faster through orjson when orjson accepts the text.
+
+    What orjson refuses (``NaN`` literals, integers beyond 64 bits, lone surrogates, nesting past
+    its limit) goes to the standard library, so callers see exactly what ``json.loads`` makes.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def json_default(value: Any) -> Any:
@@ -43,8 +57,6 @@ def json_line(row: Mapping[str, Any]) -> bytes:
     nesting deeper than 255 levels) goes through the standard library, non-finite floats as text;
     a ``record`` nested deeper than Python can recurse is kept as a bounded preview instead.
     """
-    import orjson
-
     try:
         return orjson.dumps(row, default=json_default)
     except TypeError:

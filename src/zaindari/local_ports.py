@@ -211,7 +211,7 @@ class LocalSummaryStore:
         self.root = Path(root)
 
     def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
-        from zaindari.drift import summary_objects
+        from zaindari.drift import summaries_json, summary_objects
 
         written = []
         try:
@@ -219,7 +219,7 @@ class LocalSummaryStore:
                 target = self.root / key
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staged = target.with_name(f".{target.name}.inprogress")
-                staged.write_text(json.dumps([s.to_dict() for s in group], separators=(",", ":")))
+                staged.write_bytes(summaries_json(group))
                 os.replace(staged, target)
                 written.append(str(target))
         except OSError as exc:

@@ -40,9 +40,15 @@ class DeviceState:
     seen: list[tuple[str, float]] = field(default_factory=list)
     evicted_until: float | None = None
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    #: ``seen``'s keys as a set, built on first use and kept up to date by :meth:`remember`
+    #: (rebuilding it on every call cost the edge ~0.2 ms per request at 512 keys).
+    _keys: set[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def seen_keys(self) -> set[str]:
-        return {key for key, _ in self.seen}
+        """The keys of the readings remembered (a live view: do not mutate)."""
+        if self._keys is None or len(self._keys) != len(self.seen):
+            self._keys = {key for key, _ in self.seen}
+        return self._keys
 
     def too_late(self, timestamp: float) -> bool:
         """True when a reading this old may have been seen and forgotten."""
@@ -50,12 +56,28 @@ class DeviceState:
 
     def remember(self, key: str, timestamp: float, memory: int) -> None:
         """Add a processed reading's key, forgetting the oldest beyond ``memory``."""
-        self.seen.append((key, timestamp))
+        self.remember_all([(key, timestamp)], memory)
+
+    def remember_all(self, keys: Sequence[tuple[str, float]], memory: int) -> None:
+        """:meth:`remember` each ``(key, timestamp)`` in order, trimming once at the end (the
+        same keys are kept and forgotten as one by one)."""
+        self.seen.extend(keys)
+        if self._keys is not None:
+            self._keys.update(k for k, _ in keys)
         if len(self.seen) > memory:
             dropped = self.seen[: len(self.seen) - memory]
             del self.seen[: len(dropped)]
+            if self._keys is not None:
+                self._keys.difference_update(k for k, _ in dropped)
             latest = max(ts for _, ts in dropped)
             self.evicted_until = latest if self.evicted_until is None else max(self.evicted_until, latest)
+
+    def successor(self, history: DeviceHistory, alerts: AlertState) -> DeviceState:
+        """This state with a new history and alert state; its own lists (and key set) copied."""
+        state = DeviceState(history, alerts, list(self.seen), self.evicted_until, list(self.outbox))
+        if self._keys is not None and len(self._keys) == len(self.seen):
+            state._keys = set(self._keys)
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +150,7 @@ def score_table(
     identity: Sequence[Mapping[str, str | None]] | None = None,
     threads: int = 1,
     base_row: int = 0,
+    summarize: bool = True,
 ) -> TableScores:
     """Score every row of ``table`` with ``bundle``: features, one ONNX call, alert policy.
 
@@ -145,6 +168,8 @@ def score_table(
         onnxruntime intra-op threads.
     base_row
         Offset added to rejection indices (for file chunks).
+    summarize
+        Whether to compute the drift window summaries (a caller that keeps none skips them).
     """
     states = states or {}
     spec = bundle.spec
@@ -177,15 +202,16 @@ def score_table(
     for device, history in features.histories.items():
         alerts = evaluation.states.get(device) if evaluation else None
         previous = states.get(device)
-        new_states[device] = DeviceState(
-            history=history,
-            alerts=alerts if alerts is not None else (previous.alerts if previous else AlertState()),
-            seen=list(previous.seen) if previous else [],
-            evicted_until=previous.evicted_until if previous else None,
-            outbox=list(previous.outbox) if previous else [],
-        )
+        if previous is None:
+            new_states[device] = DeviceState(
+                history=history, alerts=alerts if alerts is not None else AlertState()
+            )
+        else:
+            new_states[device] = previous.successor(
+                history, alerts if alerts is not None else previous.alerts
+            )
     row_rules = evaluation.row_rules if evaluation else []
-    baseline = baseline_of(bundle)
+    baseline = baseline_of(bundle) if summarize else None
     summaries = (
         summarize_table(
             baseline,
@@ -219,15 +245,17 @@ def score_readings(
     states: Mapping[str, DeviceState] | None = None,
     *,
     threads: int = 1,
+    summarize: bool = True,
 ) -> ScoringOutcome:
     """Score validated readings (one ONNX call for all of them) and evaluate the alert policy.
 
     Readings missing a sensor the spec needs, or holding an implausible value, come back as
     rejections (stage ``features``) with the reading itself, ready for a dead-letter store.
+    ``summarize``: see :func:`score_table`.
     """
     table = SensorTable.from_readings(readings, bundle.spec.sensor_names)
     identity = [{"asset": r.asset, "line": r.line, "site": r.site} for r in readings]
-    result = score_table(bundle, table, states, identity=identity, threads=threads)
+    result = score_table(bundle, table, states, identity=identity, threads=threads, summarize=summarize)
     rejections = [
         Rejection(r.index, r.reason, r.errors, readings[r.index].to_record(), r.stage)
         for r in result.rejections

@@ -297,6 +297,11 @@ class Settings(BaseModel):
     edge_webhook_url: str | None = Field(
         default=None, description="Webhook that receives each alert; unset: none."
     )
+    edge_uplink: Literal["none", "aws"] = Field(
+        default="none",
+        description="aws: the edge server ships its buffer to lake_bucket and event_bus_name (endpoint and "
+        "credentials from AWS_*) and fetches model updates from S3; none: the box stays offline.",
+    )
     # -- edge (OpenFaaS functions and `zaindari edge serve`)
     edge_secrets_dir: str = Field(
         default="/var/openfaas/secrets",
@@ -309,7 +314,7 @@ class Settings(BaseModel):
     )
     edge_data_dir: str = Field(
         default="/var/lib/zaindari",
-        description="Edge box folder: local lake (scores/, raw/, quarantine/, manifests/) and alerts.",
+        description="Edge box folder of score-file's outputs (scores/, quarantine/, manifests/).",
     )
     edge_max_file_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest file the edge's score-file accepts."

@@ -4,7 +4,7 @@
 the Lambda path is ``functions/score_event/app.py`` on the embedded AWS (moto in server mode).
 Both get the ``events/`` HTTP bodies and a stream of simulated plant readings that raises and
 resolves alerts; scores, rejections and alerts must match, and so must the alerts delivered
-(SNS on AWS, the local lake's ``alerts/`` at the edge).
+(SNS on AWS, the edge box's SQLite buffer, from which its shipper sends them to EventBridge).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.support import (
     stop_server,
     zaindari_cli,
 )
-from zaindari.edge.local_lake import LocalLake
+from zaindari.edge.buffer import EdgeBuffer
 
 EVENTS = ROOT / "events"
 
@@ -42,6 +42,14 @@ PAYLOAD_LIMIT = 65_536
 class EdgeServer:
     url: str
     data_dir: Path
+
+    def buffered(self, kind: str) -> list[Any]:
+        """The bodies of the box buffer's rows of ``kind`` (scores, reject, alert...), oldest first."""
+        buffer = EdgeBuffer(self.data_dir / "buffer.db")
+        try:
+            return buffer.bodies(kind)
+        finally:
+            buffer.close()
 
     def call(self, function: str, body: bytes | None = None, *, token: str | None = TOKEN, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -68,6 +76,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator
         "ZAINDARI_MODEL_PATH": str(bundle_dir),
         "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
         "ZAINDARI_EDGE_DATA_DIR": str(root / "data"),
+        "ZAINDARI_EDGE_BUFFER_PATH": str(root / "data" / "buffer.db"),
+        "ZAINDARI_EDGE_MODEL_DIR": str(root / "data" / "models"),  # empty: first model from MODEL_PATH
         "ZAINDARI_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
         "ZAINDARI_EDGE_MAX_FILE_BYTES": str(4 * PAYLOAD_LIMIT),
     }
@@ -127,10 +137,9 @@ def test_edge_server_answers_as_the_lambda_http_route(
     assert {a["kind"] for a in raised} >= {"raised", "resolved"}, "the stream must exercise alerts"
     assert sum(len(b.get("scores", [])) for _, b in edge_answers) == 1 + 4 + 200
 
-    # And the alerts delivered are the same: SNS on AWS, the local lake at the edge
+    # And the alerts delivered are the same: SNS on AWS, the box's buffer at the edge
     on_aws = drain(aws, alert_inboxes["sns"])
-    at_edge = LocalLake(edge.data_dir).read("alerts")
-    assert at_edge == on_aws == raised
+    assert edge.buffered("alert") == on_aws == raised
 
 
 def test_requests_without_a_valid_token_are_refused_and_score_nothing(edge: EdgeServer) -> None:
@@ -141,10 +150,7 @@ def test_requests_without_a_valid_token_are_refused_and_score_nothing(edge: Edge
         assert edge.call(function, body, token="wrong")[0] == 401
     assert edge.call("score-event", body, headers={"Authorization": f"Basic {TOKEN}"}, token=None)[0] == 401
     assert edge.call("model-sync", token="previous-token")[0] == 200  # both tokens of the secret work
-    scored = LocalLake(edge.data_dir).read("scores/events") + LocalLake(edge.data_dir).read(
-        "quarantine/events"
-    )
-    assert not [r for r in scored if "unauthorised-device" in json.dumps(r)]
+    assert "unauthorised-device" not in json.dumps(edge.buffered("scores") + edge.buffered("reject"))
 
 
 def test_oversize_bodies_get_413(edge: EdgeServer) -> None:
@@ -180,10 +186,13 @@ def test_score_file_scores_a_local_file_once(edge: EdgeServer) -> None:
     assert edge.call("score-file", csv)[0] == 400  # no ?name=
 
 
-def test_model_sync_reports_the_model_in_use(edge: EdgeServer, bundle_dir: Path) -> None:  # noqa: F811
+def test_model_sync_reports_the_model_in_use_and_refuses_what_is_not_an_update(edge: EdgeServer) -> None:
     status, _, data = edge.call("model-sync")
-    assert status == 200 and json.loads(data)["model"] == "plant-anomaly"
-    assert edge.call("model-sync", b"{}")[0] == 501  # updates: zaindari.edge.model_sync, not built here
+    report = json.loads(data)
+    assert status == 200 and report["model"] == "plant-anomaly" and report["pending"] is None
+    status, _, data = edge.call("model-sync", b"{}")
+    assert status == 400 and {e["field"] for e in json.loads(data)["errors"]} >= {"model", "sha256"}
+    assert edge.call("model-sync", b"not json")[0] == 400
 
 
 def test_edge_serve_refuses_to_start_without_its_token_secret(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
@@ -205,3 +214,25 @@ def test_edge_serve_refuses_to_start_without_its_token_secret(tmp_path: Path, bu
     )
     assert result.returncode == 2
     assert "zaindari-edge-token" in result.stderr and "cannot be read" in result.stderr
+
+
+def test_edge_serve_refuses_to_start_without_a_model(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    (tmp_path / "zaindari-edge-token").write_text(TOKEN + "\n")
+    result = subprocess.run(
+        [*zaindari_cli(), "edge", "serve", "--port", "1"],
+        env={
+            **os.environ,
+            "ZAINDARI_EDGE_SECRETS_DIR": str(tmp_path),
+            "ZAINDARI_EDGE_MODEL_DIR": str(tmp_path / "models"),  # empty, and no ZAINDARI_MODEL_PATH
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 2
+    assert "holds no model" in result.stderr and "ZAINDARI_MODEL_PATH" in result.stderr

@@ -1,19 +1,18 @@
-"""The edge box end to end, on real parts: a box process scoring offline is killed -9 and restarted,
-then ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
+"""The edge box end to end, on real parts: a box served over HTTP (``zaindari edge serve``) scoring
+offline is killed -9 and restarted, then its link comes up and it ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
 updates come from S3, a corrupt one is refused.
 
-The box runs as ``python -m zaindari.edge.box`` in a subprocess (so SIGKILL hits a real process
-mid-write); AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
+The box runs as ``zaindari edge serve`` in its own process group (so SIGKILL hits the gunicorn
+master and worker mid-write), or as ``python -m zaindari.edge.box`` for the command line; AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +22,25 @@ from typing import Any
 
 import pytest
 
-from tests.edge_support import bundle_variant, golden_readings, mosquitto, update_for
+from tests.edge_support import (
+    TcpRelay,
+    alarming_thresholds,
+    bundle_variant,
+    erroring_model,
+    free_port,
+    golden_readings,
+    mosquitto,
+    update_for,
+)
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
-from tests.support import fit_example_bundle, plant_readings
+from tests.support import fit_example_bundle, http_call, plant_readings, start_server, zaindari_cli
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.buffer import ACK_DETAIL_TYPE
 from zaindari.edge.model_sync import write_golden
 from zaindari.event_scoring import InboundRecord
 from zaindari.infra.edge_uplink import AwsUplink, S3BundleFetcher
+from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
 pytestmark = pytest.mark.aws
@@ -185,69 +194,108 @@ def lake_rows(aws: EmbeddedAws, prefix: str) -> list[tuple[str, list[dict[str, A
     return out
 
 
+TOKEN = "press-hall-token"
+
+
+def serve_box(env: dict[str, str], port: int) -> Any:
+    """``zaindari edge serve`` for the box (its own process group: gunicorn master and worker)."""
+    return start_server(
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],
+        env,
+        f"http://127.0.0.1:{port}/healthz",
+        new_session=True,
+    )
+
+
+def post_readings(port: int, readings: list[dict[str, Any]]) -> dict[str, Any]:
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/score-event",
+        method="POST",
+        body=json.dumps({"readings": readings}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    assert status == 200, data
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
 def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_once_in_order(
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]], broker: int
 ) -> None:
-    # Given an installed box and an hour of the plant's telemetry (plus one broken reading) as
-    # its devices send it, four readings per request
+    # Given an installed box served over HTTP (`zaindari edge serve`), configured to ship to the
+    # cloud but with no link to it (nothing answers at its AWS endpoint), and an hour of the
+    # plant's telemetry (plus one broken reading) as its devices send it, four readings a request
     provision_box(tmp_path, bundle_dir, readings)
-    hour = readings[HOUR]
-    feed = [*hour[:100], {"device_id": "plant-1-press-101", "timestamp": "not a time"}, *hour[100:]]
-    feed_path = tmp_path / "feed.jsonl"
-    feed_path.write_text("".join(json.dumps(r) + "\n" for r in feed))
-    env = {
-        **os.environ,
-        **box_env(
-            tmp_path,
-            aws,
-            ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
-            ZAINDARI_EDGE_MQTT_PORT=str(broker),
-        ),
-    }
-    inbox = MqttInbox(broker)
-    command = [sys.executable, "-m", "zaindari.edge.box", "replay", str(feed_path), "--batch", "4"]
-
-    # When the box process is killed -9 part way through the hour (no link to the cloud at all)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    for batches, _line in enumerate(process.stdout, start=1):
-        if batches == 25:  # 25 requests answered, the 26th under way
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    # and restarted, its devices sending everything again (they had no acknowledgement they trust)
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    counts = [json.loads(line) for line in rerun.stdout.splitlines()]
-    assert sum(c["readings_duplicate"] for c in counts) >= 25 * 4 - 4  # what the first run scored
-
-    # Then, offline, every alert already went to the plant's broker at once
-    reference = EdgeBox.from_settings(
-        Settings.from_env(
-            box_env(tmp_path / "reference", _NO_AWS, ZAINDARI_EDGE_MODEL_DIR=str(tmp_path / "models"))
-        )
-    )
-    expected = reference.score_records([InboundRecord("all", hour, "reference")])  # no crash
-    reference.close()
-    assert len(expected.alerts) >= 5
-    mqtt = inbox.wait_for(len(expected.alerts))
-    inbox.close()
-    assert {(m["alert_id"], m["kind"]) for _, m in mqtt} == {(a.alert_id, a.kind) for a in expected.alerts}
-
-    # When the link comes up
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "zaindari-edge-token").write_text(TOKEN + "\n")
+    create_bucket(aws)
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     queues = subscribe_alert_inboxes(aws, sns, "Zaindari Alert", "edge-alerts")
     acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
-    create_bucket(aws)
-    box = EdgeBox.from_settings(
-        Settings.from_env(box_env(tmp_path, aws)),
-        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default", topic_arn=sns),
+    link = TcpRelay(aws.port)  # down until started
+    hour = readings[HOUR]
+    # (valid as telemetry, but without the sensors the model needs: scored by no one, dead-lettered)
+    broken = {**hour[60], "device_id": "plant-1-press-999", "sensors": {"humidity": 1.0}}
+    feed = [*hour[:60], broken, *hour[60:]]
+    requests = [feed[i : i + 4] for i in range(0, len(feed), 4)]
+    env = box_env(
+        tmp_path,
+        aws,
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{link.port}",
+        ZAINDARI_EDGE_UPLINK="aws",
+        ZAINDARI_ALERT_TOPIC_ARN=sns,
+        ZAINDARI_EDGE_SHIP_BACKOFF_SECONDS="0.2",
+        ZAINDARI_EDGE_SHIP_BACKOFF_MAX_SECONDS="1",
+        ZAINDARI_EDGE_MQTT_HOST="127.0.0.1",
+        ZAINDARI_EDGE_MQTT_PORT=str(broker),
     )
-    assert box.shipper is not None
-    report = box.shipper.ship_once()
-    box.close()
-    assert report.error is None and report.reconnected and report.remaining == 0
+    inbox = MqttInbox(broker)
+    port = free_port()
+
+    # When the box answers 25 requests, then is killed -9 (master and worker) with the 26th in flight
+    server = serve_box(env, port)
+    answered = [post_readings(port, r) for r in requests[:25]]
+    in_flight = threading.Thread(target=lambda: _post_quietly(port, requests[25]), daemon=True)
+    in_flight.start()
+    time.sleep(0.01)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+    in_flight.join(timeout=30)
+    assert sum(len(a["scores"]) for a in answered) == 25 * 4 - 1
+    assert [r["record"]["device_id"] for a in answered for r in a["rejected"]] == ["plant-1-press-999"]
+    # and restarted, its devices sending again what was not answered, and a few answered requests
+    # whose answers they lost
+    server = serve_box(env, port)
+    try:
+        again = [post_readings(port, r) for r in requests[20:]]
+        assert sum(a["duplicates"] for a in again) >= 5 * 4  # the 5 answered requests sent again
+
+        # Then, offline, every alert already went to the plant's broker at once
+        reference = EdgeBox.from_settings(
+            Settings.from_env(
+                box_env(tmp_path / "reference", _NO_AWS, ZAINDARI_EDGE_MODEL_DIR=str(tmp_path / "models"))
+            )
+        )
+        expected = reference.score_records([InboundRecord("all", hour, "reference")])  # no crash
+        reference.close()
+        assert len(expected.alerts) >= 5
+        mqtt = inbox.wait_for(len(expected.alerts))
+        inbox.close()
+        assert {(m["alert_id"], m["kind"]) for _, m in mqtt} == {
+            (a.alert_id, a.kind) for a in expected.alerts
+        }
+        assert not lake_rows(aws, "scores/"), "nothing can have left the box while offline"
+
+        # When the link comes up, the server's shipper empties the buffer by itself
+        link.start()
+        deadline = time.monotonic() + 60
+        while (report := box_report(port))["buffered"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert report["buffered"] == {} and report["version"] == "1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        link.stop()
 
     # Then every score arrived exactly once, each device's in time order, with its raw telemetry
     scores = lake_rows(aws, "scores/events/")
@@ -262,11 +310,13 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
         assert times == sorted(times)
     assert sum(len(b) for _, b in lake_rows(aws, "raw/telemetry/")) == len(hour)
     quarantined = [row for _, b in lake_rows(aws, "quarantine/events/") for row in b]
-    assert len(quarantined) == 1 and "timestamp" in quarantined[0]["reason"]
+    assert len(quarantined) == 1 and "required by model spec" in quarantined[0]["reason"]
+    assert quarantined[0]["record"]["device_id"] == "plant-1-press-999"
     # drift window summaries under the cloud's keys, each reading counted once
     drift = lake_json(aws, "summaries/date=")
     assert drift and all("-edge-press-hall-1-" in key for key in drift)
-    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour)
+    assert sum(s["scored"] for rows in drift.values() for s in rows) == len(hour)
+    assert sum(s["readings"] for rows in drift.values() for s in rows) == len(hour) + 1  # + the broken one
     # every alert exactly once, in the order it was raised, with the cloud's payload (= the MQTT one)
     arrived = [e["detail"] for e in drain(aws, queues["eventbridge"])]
     assert [(a["alert_id"], a["kind"]) for a in arrived] == [(a.alert_id, a.kind) for a in expected.alerts]
@@ -277,6 +327,28 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     # and the cloud knows which model the box runs
     connected = [e["detail"] for e in drain(aws, acks["eventbridge"]) if e["detail"]["event"] == "connected"]
     assert connected and connected[0]["version"] == "1" and connected[0]["box_id"] == "press-hall-1"
+
+
+def _post_quietly(port: int, readings: list[dict[str, Any]]) -> None:
+    """A request whose answer may never come (the server is killed under it)."""
+    with contextlib.suppress(OSError):
+        http_call(
+            f"http://127.0.0.1:{port}/function/score-event",
+            method="POST",
+            body=json.dumps({"readings": readings}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+
+
+def box_report(port: int) -> dict[str, Any]:
+    """model-sync's GET: the model running and what the buffer still holds."""
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/model-sync", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert status == 200, data
+    report: dict[str, Any] = json.loads(data)
+    return report
 
 
 def test_alerts_go_to_mqtt_and_the_webhook_at_once_and_a_channel_that_was_down_catches_up(
@@ -347,45 +419,116 @@ def upload_bundle(aws: EmbeddedAws, folder: Path, prefix: str, *, corrupt: str |
     return f"s3://{BUCKET}/{prefix}"
 
 
-def test_model_update_from_s3_corrupt_is_refused_good_is_applied_and_acked(
+def post_update(port: int, update: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    status, _, data = http_call(
+        f"http://127.0.0.1:{port}/function/model-sync",
+        method="POST",
+        body=json.dumps(update).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        timeout=120,
+    )
+    answer: dict[str, Any] = json.loads(data)
+    return status, answer
+
+
+def test_model_updates_over_http_corrupt_and_smoke_failing_are_refused_an_erroring_one_rolls_back(
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
-    # Given a box serving version 1, and version 2 published twice: once damaged in transit
+    # Given a box served over HTTP, online, running version 1; versions published to S3: 2 (also
+    # once damaged in transit), 3 (thresholds that alarm on normal operation), 4 (a graph that
+    # passes the smoke test, then fails on hot readings)
     provision_box(tmp_path, bundle_dir, readings)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "zaindari-edge-token").write_text(TOKEN + "\n")
     create_bucket(aws)
-    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
-    good_uri = upload_bundle(aws, v2, "models/plant-anomaly/2/")
-    bad_uri = upload_bundle(aws, v2, "models/plant-anomaly/2-damaged/", corrupt="model.onnx")
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
-    box = EdgeBox.from_settings(
-        Settings.from_env(box_env(tmp_path, aws)),
-        uplink=AwsUplink(aws.factory, bucket=BUCKET, event_bus="default"),
-        fetcher=S3BundleFetcher(aws.factory),
+    v2 = bundle_variant(bundle, tmp_path / "v2", version="2")
+    v3 = bundle_variant(bundle, tmp_path / "v3", version="3", thresholds=alarming_thresholds(bundle))
+    model, signature = erroring_model(bundle, feature="temperature", above=100.0)
+    v4 = bundle_variant(bundle, tmp_path / "v4", version="4", model=model, signature=signature)
+    damaged = update_for(v2, upload_bundle(aws, v2, "models/x/2-damaged/", corrupt="model.onnx"), "2")
+    good = update_for(v2, upload_bundle(aws, v2, "models/x/2/"), "2")
+    alarming = update_for(v3, upload_bundle(aws, v3, "models/x/3/"), "3")
+    erroring = update_for(v4, upload_bundle(aws, v4, "models/x/4/"), "4")
+    env = box_env(
+        tmp_path,
+        aws,
+        ZAINDARI_EDGE_UPLINK="aws",
+        ZAINDARI_ALERT_TOPIC_ARN=sns,
+        ZAINDARI_EDGE_ROLLBACK_AFTER_ERRORS="2",
     )
-    # When the damaged one arrives, then the good one
-    refused = box.apply_update(update_for(v2, bad_uri, "2").model_dump())
-    served_meanwhile = box.score_records([InboundRecord("r", readings[1080:1084], "t")])
-    applied = box.apply_update(update_for(v2, good_uri, "2"))
-    missing = box.apply_update(update_for(v2, f"s3://{BUCKET}/models/plant-anomaly/9/", "9"))
-    # Then the damaged one is refused and version 1 kept serving; the good one serves now
-    assert refused.status == "refused" and "model.onnx" in refused.reason
-    assert served_meanwhile.model_version == "plant-anomaly:1"
-    assert (applied.status, applied.serving) == ("applied", "2")
-    assert missing.status == "refused" and "NoSuchKey" in missing.reason
-    assert (
-        box.score_records([InboundRecord("s", readings[1084:1088], "t")]).model_version == "plant-anomaly:2"
+    normal = iter(readings[1000 + 4 * i : 1004 + 4 * i] for i in range(20))
+    hot = iter(
+        [
+            {**r, "sensors": {**r["sensors"], "temperature": 120.0}}
+            for r in readings[1100 + 4 * i : 1104 + 4 * i]
+        ]
+        for i in range(5)
     )
-    # and the cloud hears each outcome as an Edge Ack once the box ships
-    assert box.forward_once() is not None
-    box.close()
+    port = free_port()
+    server = serve_box(env, port)
+    try:
+        # When the damaged update is POSTed: refused (hashes), version 1 keeps serving
+        status, answer = post_update(port, damaged.model_dump())
+        assert (status, answer["status"], answer["serving"]) == (422, "refused", "1")
+        assert "model.onnx" in answer["reason"]
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:1"
+        # one whose artifact is not in S3: refused (not pending: retrying cannot help)
+        status, answer = post_update(port, update_for(v2, f"s3://{BUCKET}/models/x/9/", "9").model_dump())
+        assert status == 422 and "NoSuchKey" in answer["reason"]
+        # the one that alarms on the golden inputs: refused by the smoke test, never serves
+        status, answer = post_update(port, alarming.model_dump())
+        assert status == 422 and answer["reason"].startswith("smoke test failed")
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:1"
+        # the good one, as the cloud's EventBridge event: applied, serves at once
+        event = {"detail-type": "Zaindari Model Update", "detail": good.model_dump()}
+        status, answer = post_update(port, event)
+        assert (status, answer["status"], answer["serving"]) == (200, "applied", "2")
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:2"
+        # the erroring one: applied (normal readings score), then fails live traffic twice in a row
+        assert post_update(port, erroring.model_dump())[0] == 200
+        assert post_readings(port, next(normal))["model_version"] == "plant-anomaly:4"
+        status, _, data = http_call(
+            f"http://127.0.0.1:{port}/function/score-event",
+            method="POST",
+            body=json.dumps({"readings": next(hot)}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert status == 503 and json.loads(data)["message"].startswith("scoring failed")
+        # Then the second failure rolls it back by itself, and that request is scored by version 2
+        rescued = post_readings(port, next(hot))
+        assert rescued["model_version"] == "plant-anomaly:2" and len(rescued["scores"]) == 4
+        report = box_report(port)
+        assert report["version"] == "2" and "plant-anomaly:4" in report["rolled_back"]
+        assert [(o["event"], o.get("version")) for o in report["outcomes"]] == [
+            ("model_refused", "2"),
+            ("model_refused", "9"),
+            ("model_refused", "3"),
+            ("model_applied", "2"),
+            ("model_applied", "4"),
+            ("model_rolled_back", "2"),
+        ]
+        # and the same version is refused if it comes again
+        status, answer = post_update(port, erroring.model_dump())
+        assert status == 422 and "rolled back before" in answer["reason"]
+        # and the cloud hears every outcome, in order, as Edge Acks
+        deadline = time.monotonic() + 30
+        while box_report(port)["buffered"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
     events = [e["detail"] for e in drain(aws, acks["eventbridge"])]
-    outcomes = [(e["event"], e.get("version")) for e in events if e["event"] != "connected"]
-    assert outcomes == [
+    assert [(e["event"], e.get("version")) for e in events if e["event"] != "connected"] == [
         ("model_applied", "1"),  # the installer's seed
         ("model_refused", "2"),
-        ("model_applied", "2"),
         ("model_refused", "9"),
+        ("model_refused", "3"),
+        ("model_applied", "2"),
+        ("model_applied", "4"),
+        ("model_rolled_back", "2"),
+        ("model_refused", "4"),
     ]
 
 
@@ -509,8 +652,6 @@ def test_update_with_presigned_urls_needs_no_credentials_and_a_tampered_manifest
     aws: EmbeddedAws, tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
     import hashlib
-
-    from zaindari.edge.model_sync import ModelUpdate
 
     # Given a box with no AWS access at all, and deploy_model's event for version 2 with
     # presigned GETs (real HTTP to the embedded S3)

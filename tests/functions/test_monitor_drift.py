@@ -21,6 +21,7 @@ import pytest
 
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.functions.test_start_retraining import glue_job_runs_progress, items, job_runs
+from tests.registry_support import PASSED_PARITY
 from tests.support import (
     FLEET_START,
     LambdaContext,
@@ -47,7 +48,8 @@ DRIFT_ENV = {
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_fleet_bundle(tmp_path_factory.mktemp("fleet"))
+    # parity.json: the registry accepts it (test_monitor_drift_follows_the_registry_production_alias)
+    return fit_fleet_bundle(tmp_path_factory.mktemp("fleet"), extras={"parity.json": PASSED_PARITY})
 
 
 @pytest.fixture
@@ -137,6 +139,57 @@ def test_drift_in_scored_telemetry_reaches_start_retraining_once(
     again = monitor.lambda_handler(schedule_at("2024-03-31T01:35:00Z"), LambdaContext("monitor_drift"))
     assert again["status"] == "suppressed"
     assert drain(aws, inboxes["eventbridge"]) == []
+
+
+def test_monitor_drift_follows_the_registry_production_alias(
+    aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """With ScoringModelReference set, monitor_drift checks the version ``production`` points at, and
+    follows a promotion without a new container (alias TTL 0)."""
+    from zaindari.infra.provision import seed_model_bundle
+    from zaindari.infra.registry_store import build_model_registry
+    from zaindari.settings import Settings
+
+    reference = "registry://plant-anomaly/production"
+    stack = provision(aws.factory, ROOT / "template.yaml", parameters={"ScoringModelReference": reference})
+    for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_NAMESPACE"):
+        monkeypatch.setenv(name, "true" if name.endswith("DISABLED") else "ZaindariTest")
+    env = stack.function_environment("monitor_drift")
+    assert env["ZAINDARI_MODEL_PATH"] == reference
+    settings = Settings.from_env({**env, "ZAINDARI_MODEL_CACHE_DIR": str(tmp_path / "registry-cache")})
+    registry = build_model_registry(settings, aws.factory)
+    uri = f"s3://{stack.name('LakeBucket')}/models/plant-anomaly/candidates/run-1/"
+    seed_model_bundle(aws.factory, uri, bundle_dir)
+    first = registry.register_version(uri)
+    registry.set_alias("plant-anomaly", "production", first.version, reason="test: first production")
+
+    # Given an hour of drifted telemetry scored by score_event following the same alias
+    cache = {"ZAINDARI_MODEL_CACHE_DIR": str(tmp_path / "models"), "ZAINDARI_MODEL_ALIAS_TTL_SECONDS": "0"}
+    use_function_env(monkeypatch, stack, "score_event", **cache)
+    score_event = load_function("score_event")
+    readings = fleet_readings(1000, FLEET_START + timedelta(days=30), drifted=True)
+    for i in range(0, len(readings), 480):
+        response = score_event.lambda_handler(
+            eventbridge_event({"readings": readings[i : i + 480]}), LambdaContext()
+        )
+        assert response["readings_scored"] == 480
+    version = score_event.scoring().model().model_version
+
+    # When monitor_drift, given only the registry reference, runs after that hour
+    use_function_env(monkeypatch, stack, "monitor_drift", **cache, **DRIFT_ENV)
+    monitor = load_function("monitor_drift")
+    check = monitor.lambda_handler(schedule_at("2024-03-31T01:05:00Z"), LambdaContext("monitor_drift"))
+
+    # Then it assessed the production version's summaries, and found the drift
+    assert check["model_version"] == version and check["status"] == "triggered", check
+    assert check["scored"] == 1440 and check["drifted_sensors"] == ["pressure", "temperature"]
+
+    # When another version is promoted, the same container checks that version (none of its summaries yet)
+    second = registry.register_version(uri)
+    registry.set_alias("plant-anomaly", "production", second.version, reason="test: promotion")
+    later = monitor.lambda_handler(schedule_at("2024-03-31T01:10:00Z"), LambdaContext("monitor_drift"))
+    assert later["model_version"] != version and later["status"] == "insufficient_data", later
+    assert later["ignored_summaries"] == 3  # the first version's, not mixed into the second's check
 
 
 def test_lake_summaries_one_object_per_batch_and_day_read_back_by_window(aws: EmbeddedAws) -> None:

@@ -24,7 +24,6 @@ from tests.functions.conftest import EmbeddedAws, drain
 from tests.registry_support import labelled_metrics, recent_readings, registry_bundle
 from tests.support import LambdaContext, load_function, plant_readings, sqs_event
 from zaindari.bundle import MODEL_FILE
-from zaindari.edge.model_sync import ModelUpdate as EdgeModelUpdate
 from zaindari.infra.deploy_ports import build_model_lifecycle
 from zaindari.infra.provision import seed_model_bundle
 from zaindari.infra.registry_store import create_registry_table
@@ -82,28 +81,14 @@ def env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> di
 
 @pytest.fixture
 def inboxes(aws: EmbeddedAws, env: dict[str, str]) -> dict[str, str]:
-    """One SQS queue per registry event type (EventBridge rule targets), one on the SNS topic."""
-    sqs, events = aws.factory.client("sqs"), aws.factory.client("events")
+    """One SQS queue per registry event type (EventBridge rule targets), and one on the alert topic."""
+    from zaindari.infra.inboxes import subscribe_inboxes
+
     queues: dict[str, str] = {}
-
-    def queue(name: str) -> tuple[str, str]:
-        url = sqs.create_queue(QueueName=name)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        return url, arn
-
     for i, detail_type in enumerate(EVENT_TYPES):
-        url, arn = queue(f"registry-events-{i}")
-        events.put_rule(Name=f"registry-{i}", EventPattern=json.dumps({"detail-type": [detail_type]}))
-        events.put_targets(Rule=f"registry-{i}", Targets=[{"Id": "q", "Arn": arn}])
-        queues[detail_type] = url
-    url, arn = queue("registry-sns")
-    aws.factory.client("sns").subscribe(
-        TopicArn=env["ZAINDARI_ALERT_TOPIC_ARN"],
-        Protocol="sqs",
-        Endpoint=arn,
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    queues["sns"] = url
+        made = subscribe_inboxes(aws.factory, env["ZAINDARI_ALERT_TOPIC_ARN"], detail_type, f"registry-{i}")
+        queues[detail_type] = made["eventbridge"]
+        queues["sns"] = made["sns"]  # every sns queue gets every alert: keep one
     return queues
 
 
@@ -246,10 +231,8 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     for name, digest in (*update.sha256.items(), ("MANIFEST.json", update.manifest_sha256)):
         with urllib.request.urlopen(update.urls[name]) as response:
             assert hashlib.sha256(response.read()).hexdigest() == digest, name
-    # the edge's model-sync reads the same event
-    edge_view = EdgeModelUpdate.model_validate_json(payload)
-    assert (edge_view.model, edge_view.version, edge_view.sha256) == (MODEL, "1", update.sha256)
-    assert edge_view.artifact_uri == update.artifact_uri
+    # (the edge's model-sync parses this same class, with its checks on names, hashes and urls)
+    assert update.model == MODEL and update.artifact_uri.startswith("s3://")
 
     # A second run as good as the first (same thresholds: same shadow alert rate) is promoted too
     uri2 = candidate(aws, cache, tmp_path, "run-2", metrics=labelled_metrics(0.91))
@@ -410,3 +393,43 @@ def test_score_event_follows_production_without_a_restart(
     ]
     assert {row["model_version"] for row in scored} == {f"{MODEL}:1", f"{MODEL}:2"}
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
+
+
+def test_an_emr_serverless_training_run_is_registered_from_its_output_argument(
+    aws: EmbeddedAws, cache: Path, tmp_path: Path, functions: tuple[ModuleType, ModuleType]
+) -> None:
+    register, _ = functions
+    emr = aws.factory.client("emr-serverless")
+    app = emr.create_application(name="zaindari", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    uri = candidate(aws, cache, tmp_path, "run-emr", metrics=labelled_metrics(0.9))
+
+    def run(name: str) -> dict[str, Any]:
+        run_id = emr.start_job_run(
+            applicationId=app,
+            executionRoleArn=ROLE,
+            name=name,
+            jobDriver={
+                "sparkSubmit": {
+                    "entryPoint": "s3://x/train_model.py",
+                    "entryPointArguments": ["--spec", "s3://x/spec.yaml", "--output", uri],
+                }
+            },
+        )["jobRunId"]
+        detail = {"applicationId": app, "jobRunId": run_id, "state": "SUCCESS", "arn": "x"}
+        return {
+            "version": "0",
+            "id": f"emr-{run_id}",
+            "detail-type": "EMR Serverless Job Run State Change",
+            "source": "aws.emr-serverless",
+            "account": "123456789012",
+            "time": "2026-11-16T06:14:38Z",
+            "region": REGION,
+            "resources": [],
+            "detail": detail,
+        }
+
+    build = register.lambda_handler(run("zaindari-build-training-set-r1"), LambdaContext("register_model"))
+    train = register.lambda_handler(run(f"{TRAIN_JOB}-r1"), LambdaContext("register_model"))
+
+    assert build["status"] == "ignored" and "is not a zaindari-train-model run" in build["reason"]
+    assert (train["status"], train["version"], train["source"]) == ("promoted", 1, uri)

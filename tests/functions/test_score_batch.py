@@ -33,6 +33,7 @@ import pytest
 
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import LambdaContext, fit_example_bundle, load_function, sqs_event
+from zaindari.drift import WindowSummary
 from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
 from zaindari.infra.file_ports import S3FileSink
@@ -679,6 +680,22 @@ def test_spark_scores_a_drop_exactly_as_the_function_does(
     ]
     assert bad_ours == bad_theirs
     assert len(bad_ours) == (3 if name.endswith(".csv") else 0)
+
+    # drift window summaries: the same objects, keys and counts as the function's (4 devices, 6 hours)
+    theirs_windows = {
+        key: [WindowSummary.from_dict(d) for d in json.loads(lake_bytes(aws, stack, key))]
+        for key in lake_keys(aws, stack, "summaries/")
+    }
+    lake = tmp_path / "lake"
+    ours_windows = {
+        path.relative_to(lake).as_posix(): [WindowSummary.from_dict(d) for d in json.loads(path.read_text())]
+        for path in sorted(lake.glob("summaries/**/*.json"))
+    }
+    assert ours_windows == theirs_windows
+    windows = [w for group in ours_windows.values() for w in group]
+    assert len(windows) >= 6 and sum(w.scored for w in windows) == manifest.rows_scored
+    assert sum(w.alerts for w in windows) == manifest.alert_rows
+    assert len({d for w in windows for d in w.devices}) == manifest.devices == 4
 
 
 @pytest.mark.spark

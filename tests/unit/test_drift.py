@@ -38,6 +38,7 @@ from zaindari.drift import (
     compute_baseline,
     ks_from_histograms,
     merge_summaries,
+    merge_windows,
     psi,
     summarize_table,
 )
@@ -205,6 +206,8 @@ def test_summaries_merge_in_any_grouping_to_one_summary_over_all_data(
     assert right.to_dict() == whole.to_dict()
     assert tree.to_dict() == whole.to_dict()
     assert WindowSummary.from_dict(whole.to_dict()) == whole
+    # merged per window (what the Spark route writes from its partitions): the whole's windows
+    assert [w.to_dict() for w in merge_windows(parts)] == [w.to_dict() for w in whole_parts]
 
 
 def _summaries_for(permutation: np.ndarray, positions: np.ndarray, seed: int) -> list[WindowSummary]:

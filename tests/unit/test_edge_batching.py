@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import fit_example_bundle, plant_readings
 from zaindari.bundle import ModelBundle, load_bundle
-from zaindari.edge.wiring import BatchingEventScoring, InProcessStateStore
+from zaindari.edge.wiring import BatchingEventScoring
 from zaindari.event_scoring import EventScoring, HttpAnswer
 from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
 
@@ -93,12 +93,3 @@ def test_concurrent_requests_scored_together_answer_as_one_by_one(bundle: ModelB
     assert any(a.body.get("alerts") for a in answers[0]), "the hot device raises alerts"
     # and the 7 valid requests were scored in fewer calls (each call reads states once)
     assert states.calls < reference_states.calls
-
-
-def test_in_process_state_store_keeps_the_states_it_is_given() -> None:
-    from zaindari.pipeline import DeviceState
-
-    store = InProcessStateStore()
-    state = DeviceState()
-    assert store.save({"d1": state}).failed == set()
-    assert store.load(["d1", "d2"]) == {"d1": state}

@@ -26,12 +26,12 @@ from zaindari.edge.model_sync import (
     LocalBundleFetcher,
     LocalModelStore,
     ModelSync,
-    ModelUpdate,
     smoke_test,
     write_golden,
 )
 from zaindari.event_scoring import InboundRecord
 from zaindari.ports import PortError
+from zaindari.registry_events import ModelUpdate
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,9 @@ def test_update_event_with_unsafe_names_or_bad_hashes_is_invalid() -> None:
         ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256={**good, "../x": "e" * 64})
     with pytest.raises(ValueError, match="64 lowercase hex"):
         ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256={**good, "model.onnx": "xyz"})
-    assert ModelUpdate(model="m", version=7, artifact_uri="s3://b/p/", sha256=good).version == "7"  # type: ignore[arg-type]
+    assert ModelUpdate(model="m", version="7", artifact_uri="s3://b/p/", sha256=good).version == 7  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        ModelUpdate(model="m", version=0, artifact_uri="s3://b/p/", sha256=good)
     urls = {name: f"https://b.s3/p/{name}" for name in [*good, "MANIFEST.json"]}
     assert ModelUpdate(model="m", version="2", artifact_uri="s3://b/p/", sha256=good, urls=urls).urls == urls
     with pytest.raises(ValueError, match="urls must name exactly"):

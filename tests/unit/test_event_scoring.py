@@ -589,3 +589,33 @@ def test_io_seconds_count_the_time_spent_waiting_on_ports(
     assert report.work_seconds > 0
     assert report.work_seconds < wall - 0.05 + 0.005
     assert abs((report.work_seconds + report.io_seconds) - wall) <= 0.2 * wall + 0.005
+
+
+def test_device_state_key_set_follows_remember_and_copies() -> None:
+    """The cached key set always equals the keys of ``seen`` (after evictions and in successors)."""
+    state = DeviceState()
+    assert state.seen_keys() == set()
+    for i in range(10):
+        state.remember(f"k{i}", float(i), memory=4)
+        assert state.seen_keys() == {k for k, _ in state.seen}
+    assert state.seen_keys() == {"k6", "k7", "k8", "k9"}
+    assert state.evicted_until == 5.0
+    nxt = state.successor(state.history, state.alerts)
+    nxt.remember("k10", 10.0, memory=4)
+    assert nxt.seen_keys() == {"k7", "k8", "k9", "k10"}
+    assert state.seen_keys() == {"k6", "k7", "k8", "k9"}  # the predecessor is untouched
+    restored = DeviceState.from_dict(nxt.to_dict())
+    assert restored == nxt and restored.seen_keys() == nxt.seen_keys()
+
+
+def test_remember_all_keeps_and_forgets_what_remember_one_by_one_does() -> None:
+    items = [(f"k{i}", float(i % 7) + i / 100) for i in range(40)]
+    one_by_one, at_once = DeviceState(), DeviceState()
+    one_by_one.seen_keys(), at_once.seen_keys()  # with the cached key sets live
+    for key, ts in items:
+        one_by_one.remember(key, ts, memory=16)
+    at_once.remember_all(items[:5], memory=16)
+    at_once.remember_all(items[5:], memory=16)
+    assert at_once == one_by_one
+    assert at_once.seen_keys() == one_by_one.seen_keys() == {k for k, _ in items[-16:]}
+    assert at_once.evicted_until == max(ts for _, ts in items[:-16])

@@ -3,8 +3,7 @@ scoring, alerting and storing-and-forwarding on a machine next to the presses, o
 
 * :mod:`zaindari.edge.http`: the OpenFaaS ``python3-http`` contract (event, response), the bearer
   token read from the secret files, request size limits;
-* :mod:`zaindari.edge.wiring`: the edge's composition roots (settings, use cases on local ports);
-* :mod:`zaindari.edge.local_lake`: a folder laid out as the lake, the edge's default ports;
+* :mod:`zaindari.edge.wiring`: the edge's composition roots (one box per process, the use cases on it);
 * :mod:`zaindari.edge.server`: the WSGI app that runs the functions' ``handler.py`` without OpenFaaS;
 * :mod:`zaindari.edge.buffer`: the durable SQLite store-and-forward buffer and its shipper;
 * :mod:`zaindari.edge.local_alerts`: alerts to the plant's MQTT broker and a webhook, at once;

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,12 +46,12 @@ from zaindari.edge.model_sync import (
     LocalBundleFetcher,
     LocalModelStore,
     ModelSync,
-    ModelUpdate,
     SyncOutcome,
     read_golden,
     write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
 __all__ = ["EdgeBox", "LocalFirstAlerts", "main", "read_secret"]
@@ -121,6 +122,7 @@ class EdgeBox:
         self.local = local
         self._observer = sync.on_event
         self.sync.on_event = self._ack
+        self._outcomes: deque[dict[str, Any]] = deque(maxlen=20)  # model outcomes since the start
         self.scoring = EventScoring(
             model=sync.current,
             states=SqliteStateStore(buffer),
@@ -238,8 +240,21 @@ class EdgeBox:
             "local_alerts_pending": stats.local_alerts_pending,
         }
 
+    def model_report(self) -> dict[str, Any]:
+        """What model-sync's GET answers: the model running (and what the buffer holds, see
+        :meth:`status`), the update waiting for the link, the versions rolled back (never applied again) and the outcomes since this process started
+        (applied, refused, rolled back), newest last."""
+        pending = self.sync.pending()
+        return {
+            **self.status(),
+            "pending": {"model": pending.model, "version": str(pending.version)} if pending else None,
+            "rolled_back": self.sync.store.pointer().rolled_back,
+            "outcomes": list(self._outcomes),
+        }
+
     def _ack(self, detail: dict[str, Any]) -> None:
         self._observer(detail)
+        self._outcomes.append({**detail, "at": _now()})
         self.buffer.append("ack", {**detail, "box_id": self.box_id, "at": _now()})
         self._wake.set()
 
@@ -315,18 +330,9 @@ def _box(settings: Settings, online: bool) -> EdgeBox:
     uplink: Uplink | None = None
     fetcher: BundleFetcher | None = None
     if online:
-        from zaindari.infra.edge_uplink import AwsUplink, S3BundleFetcher
-        from zaindari.infra.wiring import client_factory
+        from zaindari.infra.edge_uplink import aws_link
 
-        factory = client_factory()
-        uplink = AwsUplink(
-            factory,
-            bucket=settings.lake_bucket,
-            event_bus=settings.event_bus_name,
-            topic_arn=settings.alert_topic_arn,
-            fmt=settings.scores_format,
-        )
-        fetcher = S3BundleFetcher(factory)
+        uplink, fetcher = aws_link(settings)
     return EdgeBox.from_settings(settings, uplink=uplink, fetcher=fetcher)
 
 

@@ -8,7 +8,8 @@ The box keeps its models in a local store (:class:`LocalModelStore`)::
         pending.json                          an update waiting for the link
         golden.jsonl                          the box's golden inputs (see below)
 
-An update (:class:`ModelUpdate`: model, version, artifact URI, sha256 of each file) is applied by
+An update (:class:`zaindari.registry_events.ModelUpdate`, the event ``deploy_model`` sends: model,
+version, artifact URI, sha256 of each file, presigned URLs) is applied by
 :meth:`ModelSync.apply`, in this order; any failure refuses it and the old model keeps serving:
 
 1. **download** the bundle: with the update's presigned URLs when it has them (no credentials on
@@ -49,12 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict
 
-from zaindari.bundle import MANIFEST_FILE, REQUIRED_FILES, BundleError, Manifest, ModelBundle, load_bundle
+from zaindari.bundle import MANIFEST_FILE, BundleError, Manifest, ModelBundle, load_bundle
 from zaindari.contract import parse_readings
 from zaindari.pipeline import score_readings
 from zaindari.ports import PortError
+from zaindari.registry_events import ModelUpdate
 
 __all__ = [
     "BundleFetcher",
@@ -62,7 +64,6 @@ __all__ = [
     "LocalBundleFetcher",
     "LocalModelStore",
     "ModelSync",
-    "ModelUpdate",
     "SmokeResult",
     "SyncOutcome",
     "fetch_presigned",
@@ -72,62 +73,6 @@ __all__ = [
 ]
 
 SyncStatus = Literal["applied", "unchanged", "pending", "refused", "rolled_back"]
-_HEX64 = r"^[0-9a-f]{64}$"
-
-
-class ModelUpdate(BaseModel):
-    """A model-update event as the box receives it (from the cloud's ``deploy_model``).
-
-    ``sha256`` maps each file of the bundle (every file ``MANIFEST.json`` lists) to its hex digest.
-    ``urls`` (optional) holds a presigned GET for each of those files and for ``MANIFEST.json``
-    (whose digest is ``manifest_sha256``): a box without S3 credentials downloads with them; with
-    none, ``artifact_uri`` is fetched. Other fields of the cloud's event
-    (``zaindari.registry_events.ModelUpdate``) are ignored.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    model: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=64)
-    artifact_uri: str = Field(min_length=1)
-    sha256: dict[str, str] = Field(min_length=1)
-    urls: dict[str, str] = Field(default_factory=dict)
-    manifest_sha256: str | None = Field(default=None, pattern=_HEX64)
-
-    @field_validator("urls")
-    @classmethod
-    def _urls_cover_the_bundle(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        if not value:
-            return value
-        wanted = {*info.data.get("sha256", {}), MANIFEST_FILE}
-        if set(value) != wanted:
-            raise ValueError(
-                f"urls must name exactly the bundle's files and {MANIFEST_FILE}: {sorted(wanted)}"
-            )
-        bad = [name for name, url in value.items() if not url.startswith(("https://", "http://"))]
-        if bad:
-            raise ValueError(f"urls of {bad} are not http(s) URLs")
-        return value
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("sha256")
-    @classmethod
-    def _safe_hashes(cls, value: dict[str, str]) -> dict[str, str]:
-        import re
-
-        for name, digest in value.items():
-            if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST_FILE:
-                raise ValueError(f"unsafe or unexpected file name {name!r}")
-            if not re.match(_HEX64, digest):
-                raise ValueError(f"{name}: sha256 must be 64 lowercase hex digits")
-        missing = [f for f in REQUIRED_FILES if f not in value]
-        if missing:
-            raise ValueError(f"the update names no hash for required files {missing}")
-        return value
 
 
 class Installed(BaseModel):
@@ -491,6 +436,13 @@ class ModelSync:
                 reason="verified and installed",
             )
 
+    def pending(self) -> ModelUpdate | None:
+        """The update waiting for the link (None when there is none)."""
+        try:
+            return ModelUpdate.model_validate_json(self.store.pending_path.read_bytes())
+        except FileNotFoundError:
+            return None
+
     def request(self, update: ModelUpdate) -> SyncOutcome:
         """Take an update: keep it as pending (it survives a restart), then try to apply it."""
         with self._lock:
@@ -513,7 +465,7 @@ class ModelSync:
         with self._lock:
             pointer = self.store.pointer()
             current = pointer.current
-            if current and (current.model, current.version) == (update.model, update.version):
+            if current and (current.model, current.version) == (update.model, str(update.version)):
                 return self._outcome("unchanged", update, "this version already serves")
             why = pointer.rolled_back.get(f"{update.model}:{update.version}")
             if why:
@@ -539,7 +491,7 @@ class ModelSync:
                 shutil.rmtree(staged, ignore_errors=True)
                 return self._refuse(update, f"smoke test failed: {smoke.reason}")
             try:
-                return self._swap_in(staged, update.model, update.version, smoke=smoke)
+                return self._swap_in(staged, update.model, str(update.version), smoke=smoke)
             except BundleError as exc:
                 return self._refuse(update, str(exc))
 
@@ -564,7 +516,7 @@ class ModelSync:
                 if manifest.files.get(name) != update.sha256.get(name)
             )
             raise BundleError(f"{MANIFEST_FILE} disagrees with the update's hashes on {differ}")
-        return load_bundle(staged, version=update.version)
+        return load_bundle(staged, version=str(update.version))
 
     def _swap_in(
         self,
@@ -604,7 +556,7 @@ class ModelSync:
             {
                 "event": "model_refused",
                 "model": update.model,
-                "version": update.version,
+                "version": str(update.version),
                 "reason": reason,
                 "serving_version": serving.version if serving else None,
             }
@@ -613,7 +565,9 @@ class ModelSync:
 
     def _outcome(self, status: SyncStatus, update: ModelUpdate, reason: str) -> SyncOutcome:
         serving = self.store.pointer().current
-        return SyncOutcome(status, update.model, update.version, reason, serving.version if serving else None)
+        return SyncOutcome(
+            status, update.model, str(update.version), reason, serving.version if serving else None
+        )
 
     # -- live traffic and rollback ------------------------------------------------------------
 

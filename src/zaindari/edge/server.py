@@ -8,8 +8,9 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
 liveness probe, like the watchdog's ``/_/health``).
 
-One process, several threads: device state lives in the process, and concurrent requests are scored
-together (see :class:`zaindari.edge.wiring.BatchingEventScoring`).
+One process, several threads: the three functions share the process's edge box
+(:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer, background shipper and model sync), and
+concurrent requests are scored together (see :class:`zaindari.edge.wiring.BatchingEventScoring`).
 """
 
 from __future__ import annotations

@@ -1,24 +1,26 @@
-"""The edge's composition roots: settings from the environment, use cases on the box's own ports.
+"""The edge's composition roots: settings from the environment, one :class:`EdgeBox` per process.
 
-Each edge ``handler.py`` calls these once per container. The ports are the core's
-(:mod:`zaindari.ports`): device state in the server process (:class:`InProcessStateStore`), outputs in :class:`~zaindari.edge.local_lake.LocalLake`; the
-store-and-forward buffer and local alert sinks plug in here by passing ``ports``.
+Each edge ``handler.py`` (score-event, score-file, model-sync) calls :func:`edge_box` (or the
+builders below, which use it): the three functions of one server process share one box, so device
+state, scores, dead letters, alerts and drift summaries all go through its SQLite buffer, local
+alerts go out at once, and the model is the one model sync installed. :func:`edge_box` also starts
+the box's background thread (local alert retries, the shipper when ``ZAINDARI_EDGE_UPLINK=aws``,
+pending model updates). ``zaindari edge serve`` calls :func:`start_edge_box` when its worker
+starts, so a box restarted with a full buffer ships it without waiting for a request.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zaindari.edge.box import EdgeBox
 from zaindari.event_scoring import EventScoring, HttpAnswer, InboundRecord, ScoringReport, http_answer
-from zaindari.infra.model_store import ModelSource
-from zaindari.pipeline import DeviceState
-from zaindari.ports import AlertSink, LakeWriter, RejectSink, SaveResult, StateStore
 from zaindari.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -27,12 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchingEventScoring",
-    "EdgePorts",
-    "InProcessStateStore",
     "build_edge_event_scoring",
     "build_edge_file_scoring",
+    "check_edge_settings",
+    "edge_box",
     "edge_settings",
+    "start_edge_box",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def edge_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -40,42 +45,73 @@ def edge_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(env if env is not None else os.environ)
 
 
-@dataclass(frozen=True)
-class EdgePorts:
-    """Where the edge's ``score-event`` puts device state, outputs, dead letters and alerts."""
-
-    states: StateStore
-    lake: LakeWriter
-    rejects: RejectSink
-    alerts: AlertSink
+_box_lock = threading.Lock()
+_boxes: dict[int, EdgeBox] = {}  # by process id: a forked worker builds its own
 
 
-class InProcessStateStore:
-    """Device states as objects in the server's memory (a :class:`~zaindari.ports.StateStore`).
+def edge_box(settings: Settings | None = None) -> EdgeBox:
+    """The box of this process, built on first use (see the module docstring) and started.
 
-    For one process whose scoring calls never overlap (:class:`BatchingEventScoring`): no copy,
-    no serialisation (JSON round trips of every device's window history and seen keys were a
-    third of the edge's time per request). States are lost when the process stops: windows start
-    again and readings replayed after a restart score again.
+    On a box whose model store is empty, a local ``ZAINDARI_MODEL_PATH`` bundle is installed as
+    its first model (provisioning); afterwards only model-sync changes the model.
+
+    Raises
+    ------
+    SettingsError
+        When the box has no model and none to install.
     """
+    with _box_lock:
+        if os.getpid() in _boxes:
+            return _boxes[os.getpid()]
+        settings = settings or edge_settings()
+        uplink = fetcher = None
+        if settings.edge_uplink == "aws":
+            from zaindari.infra.edge_uplink import aws_link
 
-    def __init__(self) -> None:
-        self.states: dict[str, DeviceState] = {}
+            uplink, fetcher = aws_link(settings)
+        box = EdgeBox.from_settings(settings, uplink=uplink, fetcher=fetcher)
+        try:
+            _provision(box, settings)
+        except BaseException:
+            box.close()
+            raise
+        box.start()
+        _boxes.clear()  # a parent's box (before a fork) is not this process's
+        _boxes[os.getpid()] = box
+        return box
 
-    def load(self, device_ids: Sequence[str]) -> dict[str, DeviceState]:
-        return {d: self.states[d] for d in device_ids if d in self.states}
 
-    def save(self, states: Mapping[str, DeviceState]) -> SaveResult:
-        self.states.update(states)
-        return SaveResult()
+def start_edge_box() -> None:
+    """Build and start the process's box now (a server worker's start hook)."""
+    edge_box()
 
 
-def _model(settings: Settings) -> ModelSource:
-    if not settings.model_path:
-        raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle folder on the box")
-    if settings.model_path.startswith("s3://"):
-        raise SettingsError("at the edge ZAINDARI_MODEL_PATH is a local folder (model-sync fetches bundles)")
-    return ModelSource(settings.model_path, settings.model_cache_dir)
+def check_edge_settings(settings: Settings) -> None:
+    """Fail before serving when the box would have no model (its store empty, nothing to install).
+
+    Raises
+    ------
+    SettingsError
+        Saying what to set.
+    """
+    from zaindari.edge.model_sync import LocalModelStore
+
+    if LocalModelStore(settings.edge_model_dir).pointer().current is not None:
+        return
+    if not settings.model_path or settings.model_path.startswith("s3://"):
+        raise SettingsError(
+            f"the box's model store {settings.edge_model_dir} holds no model: set ZAINDARI_MODEL_PATH "
+            "to a local bundle folder to install a first one (or run python -m zaindari.edge.box seed)"
+        )
+
+
+def _provision(box: EdgeBox, settings: Settings) -> None:
+    if box.sync.store.pointer().current is not None:
+        return
+    check_edge_settings(settings)
+    assert settings.model_path is not None  # checked above
+    outcome = box.sync.seed(Path(settings.model_path))
+    log.info("first model installed from %s: %s %s", settings.model_path, outcome.model, outcome.version)
 
 
 class BatchingEventScoring:
@@ -84,20 +120,29 @@ class BatchingEventScoring:
     Device state is read, updated and written back per scoring call, so two calls must not run at
     once (each would start from the same state, and windows and alert state would lose one). One
     call runs at a time; the requests that arrive meanwhile wait and are then scored together in
-    the next call: one contract pass per request, but one state read, one ONNX run, one lake write
-    for the whole group (a group commit). Each request gets its own part of the report. HTTP
-    parsing, authentication and the contract check stay outside the lock.
+    the next call: one contract pass per request, but one state read, one ONNX run, one buffer
+    transaction (one fsync) for the whole group (a group commit). Each request gets its own part
+    of the report. HTTP parsing, authentication and the contract check stay outside the lock.
 
     Parameters
     ----------
     scoring
-        The use case.
+        The use case (parses requests, names the model).
+    score_records
+        Scores a group (default ``scoring.score_records``; the box's, which watches the model).
     max_batch
         Most requests scored in one call.
     """
 
-    def __init__(self, scoring: EventScoring, *, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        scoring: EventScoring,
+        *,
+        score_records: Callable[[Sequence[InboundRecord]], ScoringReport] | None = None,
+        max_batch: int = 256,
+    ) -> None:
         self.scoring = scoring
+        self.score_records = score_records or scoring.score_records
         self.max_batch = max_batch
         self._pending: list[tuple[InboundRecord, Future[ScoringReport]]] = []
         self._pending_lock = threading.Lock()
@@ -125,7 +170,7 @@ class BatchingEventScoring:
                 if not group:
                     continue
                 try:
-                    report = self.scoring.score_records([r for r, _ in group])
+                    report = self.score_records([r for r, _ in group])
                 except BaseException as exc:  # a bug, not bad input: every request of the group sees it
                     for _, waiting in group:
                         waiting.set_exception(exc)
@@ -138,41 +183,21 @@ class BatchingEventScoring:
         return self.scoring.model().model_version
 
 
-def build_edge_event_scoring(settings: Settings, ports: EdgePorts | None = None) -> BatchingEventScoring:
-    """The edge's ``score-event``: the Lambda use case, on the box's ports (default: memory state,
-    the local lake under ``edge_data_dir``)."""
-    if ports is None:
-        from zaindari.edge.local_lake import LocalLake
-
-        lake = LocalLake(Path(settings.edge_data_dir))
-        ports = EdgePorts(states=InProcessStateStore(), lake=lake, rejects=lake, alerts=lake)
-    return BatchingEventScoring(
-        EventScoring(
-            model=_model(settings),
-            states=ports.states,
-            lake=ports.lake,
-            alerts=ports.alerts,
-            rejects=ports.rejects,
-            limits=settings.limits,
-            dedup_memory=settings.dedup_memory,
-            threads=settings.onnx_threads,
-        )
-    )
+def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventScoring:
+    """The edge's ``score-event``: the Lambda use case on the box's ports, requests batched."""
+    box = edge_box(settings)
+    return BatchingEventScoring(box.scoring, score_records=box.score_records)
 
 
 def build_edge_file_scoring(settings: Settings) -> tuple[FileScoring, LocalFileSink]:
-    """The edge's ``score-file``: the file use case writing to the local lake (and its sink, for
-    the manifests that make a resent file a duplicate)."""
+    """The edge's ``score-file``: the file use case with the box's model, writing its outputs and
+    manifests (which make a resent file a duplicate) under ``edge_data_dir``."""
     from zaindari.file_scoring import FileScoring, FileScoringOptions
     from zaindari.local_ports import LocalFileSink
 
+    box = edge_box(settings)
     sink = LocalFileSink(settings.edge_data_dir)
     scoring = FileScoring(
-        model=_model(settings), sink=sink, options=FileScoringOptions(threads=settings.onnx_threads)
+        model=box.sync.current, sink=sink, options=FileScoringOptions(threads=settings.onnx_threads)
     )
     return scoring, sink
-
-
-def _conforms() -> None:
-    """Static check (mypy) that the in-process store satisfies its port."""
-    _s: StateStore = InProcessStateStore()

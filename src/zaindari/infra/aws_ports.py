@@ -20,7 +20,7 @@ from typing import Any
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
 from zaindari.infra.aws import ClientFactory
-from zaindari.jsonable import json_line
+from zaindari.jsonable import decode_json, json_line
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError, RejectedRecord, SaveResult
 
@@ -84,7 +84,7 @@ class DynamoStateStore:
                 for attempt in range(self.max_retries + 1):
                     response = client.batch_get_item(RequestItems=request)
                     for item in response.get("Responses", {}).get(self.table, []):
-                        out[item["device_id"]["S"]] = DeviceState.from_dict(json.loads(item["state"]["S"]))
+                        out[item["device_id"]["S"]] = DeviceState.from_dict(decode_json(item["state"]["S"]))
                     request = response.get("UnprocessedKeys") or {}
                     if not request:
                         break

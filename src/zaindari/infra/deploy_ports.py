@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ __all__ = [
     "SageMakerEndpointDeployer",
     "SageMakerPackageMirror",
     "build_model_lifecycle",
+    "emr_serverless_job_output",
     "glue_job_output",
     "model_data",
     "sagemaker_name",
@@ -437,6 +439,28 @@ def glue_job_output(factory: ClientFactory, job_name: str, run_id: str, argument
     if not output:
         raise PortError(f"Glue job {job_name} run {run_id} has no {argument} argument: no bundle to register")
     return str(output)
+
+
+def emr_serverless_job_output(
+    factory: ClientFactory, application_id: str, job_run_id: str, job_name: str, argument: str = "--output"
+) -> str | None:
+    """Where an EMR Serverless training run wrote its bundle (its ``--output`` entry-point argument);
+    ``None`` when the run is not one of ``job_name`` (start_retraining names runs ``<job>-<run id>``)."""
+    try:
+        run = factory.client("emr-serverless").get_job_run(applicationId=application_id, jobRunId=job_run_id)[
+            "jobRun"
+        ]
+    except aws_errors() as exc:
+        raise PortError(
+            f"EMR Serverless run {job_run_id} of {application_id}: cannot be read: {exc}"
+        ) from exc
+    if not str(run.get("name") or "").startswith(job_name):
+        return None
+    arguments = list(((run.get("jobDriver") or {}).get("sparkSubmit") or {}).get("entryPointArguments") or [])
+    for flag, value in itertools.pairwise(arguments):
+        if flag == argument:
+            return str(value)
+    raise PortError(f"EMR Serverless run {job_run_id} has no {argument} argument: no bundle to register")
 
 
 def _conforms() -> None:

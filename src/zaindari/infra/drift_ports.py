@@ -17,6 +17,7 @@ from zaindari.drift import (
     DRIFT_DETAIL_TYPE,
     SUMMARIES_PREFIX,
     WindowSummary,
+    summaries_json,
     summary_days,
     summary_key_span,
     summary_objects,
@@ -41,9 +42,8 @@ class S3SummaryStore:
         written = []
         try:
             for key, group in summary_objects(summaries, source=source, name=name).items():
-                body = json.dumps([s.to_dict() for s in group], separators=(",", ":"), default=json_default)
                 client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json"
+                    Bucket=self.bucket, Key=key, Body=summaries_json(group), ContentType="application/json"
                 )
                 written.append(key)
         except aws_errors() as exc:

@@ -24,8 +24,9 @@ from zaindari.infra.drift_ports import S3SummaryStore
 from zaindari.infra.model_store import download_bundle
 from zaindari.jsonable import json_default
 from zaindari.ports import PortError
+from zaindari.settings import Settings
 
-__all__ = ["AwsUplink", "S3BundleFetcher"]
+__all__ = ["AwsUplink", "S3BundleFetcher", "aws_link"]
 
 
 class AwsUplink:
@@ -101,3 +102,20 @@ class S3BundleFetcher:
             if cause is not None and isinstance(cause, aws_errors()):
                 raise PortError(f"{uri}: {cause}") from exc
             raise
+
+
+def aws_link(settings: Settings, factory: ClientFactory | None = None) -> tuple[AwsUplink, S3BundleFetcher]:
+    """The box's uplink (lake bucket, event bus, alert topic of ``settings``) and S3 bundle fetcher,
+    with clients from the standard AWS configuration (``AWS_ENDPOINT_URL`` selects moto)."""
+    if factory is None:
+        from zaindari.infra.wiring import client_factory
+
+        factory = client_factory()
+    uplink = AwsUplink(
+        factory,
+        bucket=settings.lake_bucket,
+        event_bus=settings.event_bus_name,
+        topic_arn=settings.alert_topic_arn,
+        fmt=settings.scores_format,
+    )
+    return uplink, S3BundleFetcher(factory)

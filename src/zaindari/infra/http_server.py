@@ -26,6 +26,7 @@ def serve_wsgi(
     max_request_line: int = 8190,
     access_log: bool = False,
     name: str = "zaindari",
+    on_worker_start: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT (blocks; gunicorn owns the signals).
 
@@ -37,6 +38,9 @@ def serve_wsgi(
         Threads per process (``gthread``); 1 selects ``sync`` workers.
     timeout
         A worker silent for this long is restarted.
+    on_worker_start
+        Called in each worker process once it is forked (threads and database handles of the
+        app belong there, not in the preloading master); an exception fails the worker's boot.
     """
     from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
@@ -55,6 +59,8 @@ def serve_wsgi(
         "errorlog": "-",
         "loglevel": "warning",
     }
+    if on_worker_start is not None:
+        options["post_worker_init"] = lambda _worker: on_worker_start()
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -35,6 +35,8 @@ RESOURCE_WILDCARD_ONLY = frozenset(
         "xray:GetSamplingRules",
         "xray:GetSamplingTargets",
         "cloudwatch:PutMetricData",
+        # deploy_model and register_model: listing a group's packages, and the ECR login of the
+        # SageMaker serving role (repository pulls are scoped)
         "sagemaker:ListModelPackages",
         "ecr:GetAuthorizationToken",
     }

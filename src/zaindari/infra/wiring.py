@@ -26,7 +26,6 @@ __all__ = [
     "build_event_scoring",
     "build_retraining",
     "client_factory",
-    "model_source",
 ]
 
 
@@ -38,7 +37,7 @@ def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
 
 
 def model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
-    """The model of a scoring function: a folder, an s3:// prefix or a registry:// alias (re-read
+    """The model of a scoring function (or of monitor_drift): a folder, an s3:// prefix or a registry:// alias (re-read
     every ``model_alias_ttl_seconds``)."""
     return ModelSource(
         str(settings.model_path),
