@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from zaindari.contract import TelemetryPayload, parse_payload
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.infra.http_api import ERROR_CONTENT, json_response
 from zaindari.infra.observability import traced
 from zaindari.infra.wiring import build_event_scoring, client_factory
 from zaindari.settings import Settings
@@ -124,17 +125,6 @@ def _score_single(payload: Any, record_id: str, trigger: str) -> dict[str, Any]:
 # -- HTTP (API Gateway HTTP API and Lambda function URLs, payload format 2.0)
 
 
-def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-    from aws_lambda_powertools.event_handler import Response, content_types
-
-    return Response(
-        status_code=status,
-        content_type=content_types.APPLICATION_JSON,
-        body=json.dumps(body, default=str),
-        headers=headers or {},
-    )
-
-
 @functools.cache
 def http_app() -> "APIGatewayHttpResolver":
     """The HTTP routes, with their OpenAPI schema (built on the first HTTP event)."""
@@ -143,19 +133,6 @@ def http_app() -> "APIGatewayHttpResolver":
     from aws_lambda_powertools.event_handler.openapi.params import Body
 
     app = APIGatewayHttpResolver(enable_validation=True)
-
-    error: dict[str, Any] = {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "message": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object"}},
-                },
-                "required": ["message"],
-            }
-        }
-    }
 
     @app.post(
         "/readings",
@@ -167,12 +144,12 @@ def http_app() -> "APIGatewayHttpResolver":
             },
             400: {
                 "description": "Invalid telemetry: nothing was scored; the errors name each field",
-                "content": error,
+                "content": ERROR_CONTENT,
             },
-            413: {"description": "Payload above ZAINDARI_MAX_PAYLOAD_BYTES", "content": error},
+            413: {"description": "Payload above ZAINDARI_MAX_PAYLOAD_BYTES", "content": ERROR_CONTENT},
             503: {
                 "description": "A downstream service failed: nothing is lost, retry after Retry-After",
-                "content": error,
+                "content": ERROR_CONTENT,
             },
         },
     )
@@ -186,7 +163,7 @@ def http_app() -> "APIGatewayHttpResolver":
             metrics.add_metric(
                 name="ReadingsRejected", unit=MetricUnit.Count, value=len(answer.body["errors"])
             )
-        return _json_response(answer.status, answer.body, answer.headers)
+        return json_response(answer.status, answer.body, answer.headers)
 
     @app.get("/health", summary="Liveness and the model version in use", tags=["ops"])
     def health() -> dict[str, Any]:
@@ -203,9 +180,9 @@ def http_app() -> "APIGatewayHttpResolver":
                 for e in (exc.errors() if isinstance(exc, RequestValidationError) else [])
             ]
             metrics.add_metric(name="ReadingsRejected", unit=MetricUnit.Count, value=max(len(errors), 1))
-            return _json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})
+            return json_response(400, {"message": "invalid telemetry: nothing was scored", "errors": errors})
         logger.exception("unhandled error")
-        return _json_response(500, {"message": "internal error"})
+        return json_response(500, {"message": "internal error"})
 
     return app
 

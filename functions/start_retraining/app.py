@@ -4,19 +4,19 @@ POST /retrain -> Retraining (start, record, advance or close a run) -> a summary
 from __future__ import annotations
 
 import functools
-import json
 import os
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
+from zaindari.infra.http_api import ERROR_CONTENT, json_response
 from zaindari.infra.retraining_ports import normalise_job_state
 from zaindari.infra.wiring import build_retraining, client_factory
 from zaindari.ports import PortError
@@ -126,25 +126,7 @@ def _eventbridge(event: EventBridgeEvent) -> dict[str, Any]:
 # -- HTTP: POST /retrain (API Gateway HTTP API, IAM auth)
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response[str]:
-    return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body, default=str)
-    )
-
-
 _OUTCOME_SCHEMA: dict[str, Any] = RetrainingOutcome.model_json_schema(mode="serialization")
-_ERROR_BODY: dict[str, Any] = {
-    "application/json": {
-        "schema": {
-            "type": "object",
-            "properties": {
-                "message": {"type": "string"},
-                "errors": {"type": "array", "items": {"type": "object"}},
-            },
-            "required": ["message"],
-        }
-    }
-}
 
 
 @app.post(
@@ -158,7 +140,7 @@ _ERROR_BODY: dict[str, Any] = {
         },
         400: {
             "description": "Invalid request: nothing was started; the errors name each field",
-            "content": _ERROR_BODY,
+            "content": ERROR_CONTENT,
         },
         502: {
             "description": "The job could not be started after its attempts: the run is closed and alerted",
@@ -166,7 +148,7 @@ _ERROR_BODY: dict[str, Any] = {
         },
         503: {
             "description": "A downstream service failed: nothing was started; retry",
-            "content": _ERROR_BODY,
+            "content": ERROR_CONTENT,
         },
     },
 )
@@ -186,7 +168,7 @@ def post_retrain(body: RetrainBody) -> Response[str]:
     outcome = retraining().request(request)
     _observe([outcome], "http")
     status = 502 if outcome.status == "start_failed" else 202
-    return _json_response(status, outcome.model_dump(mode="json", exclude_none=True))
+    return json_response(status, outcome.model_dump(mode="json", exclude_none=True))
 
 
 @app.exception_handler(Exception)
@@ -198,16 +180,16 @@ def _validation_or_internal(exc: Exception) -> Response[str]:
             {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
             for e in exc.errors()
         ]
-        return _json_response(
+        return json_response(
             400, {"message": "invalid retraining request: nothing was started", "errors": errors}
         )
     if isinstance(exc, ValueError):  # the request's own rules (start after end ...)
-        return _json_response(400, {"message": f"invalid retraining request: {exc}"})
+        return json_response(400, {"message": f"invalid retraining request: {exc}"})
     if isinstance(exc, PortError):
         logger.exception("a downstream service failed")
-        return _json_response(503, {"message": "a downstream service failed; retry"})
+        return json_response(503, {"message": "a downstream service failed; retry"})
     logger.exception("unhandled error")
-    return _json_response(500, {"message": "internal error"})
+    return json_response(500, {"message": "internal error"})
 
 
 # -- entry point
