@@ -536,12 +536,10 @@ class ModelRegistry:
         candidate: int | None = None,
     ) -> HistoryEntry:
         current = self.store.aliases(model).get(alias) if expected == "read" else expected
-        entry = HistoryEntry(
-            model=model,
-            at=self.clock(),
-            seq=uuid.uuid4().hex[:12],
-            alias=alias,
-            action=action,
+        entry = self._entry(
+            model,
+            alias,
+            action,
             from_version=current,
             to_version=version,
             candidate=candidate,
@@ -563,19 +561,17 @@ class ModelRegistry:
         actor: str,
         numbers: dict[str, Any],
     ) -> HistoryEntry:
-        entry = HistoryEntry(
-            model=model,
-            at=self.clock(),
-            seq=uuid.uuid4().hex[:12],
-            alias=alias,
-            action=action,
-            candidate=candidate,
-            reason=reason,
-            actor=actor,
-            numbers=numbers,
+        entry = self._entry(
+            model, alias, action, candidate=candidate, reason=reason, actor=actor, numbers=numbers
         )
         self.store.append_history(entry)
         return entry
+
+    def _entry(self, model: str, alias: str, action: Action, **fields: Any) -> HistoryEntry:
+        """A history line stamped now, with a sequence id that orders lines of the same instant."""
+        return HistoryEntry(
+            model=model, at=self.clock(), seq=uuid.uuid4().hex[:12], alias=alias, action=action, **fields
+        )
 
     # -- the gate
 
