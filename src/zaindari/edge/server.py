@@ -103,6 +103,10 @@ class EdgeApp:
         path: str = environ.get("PATH_INFO") or "/"
         if path == "/healthz":
             return _json(200, {"status": "ok", "functions": sorted(self.handlers)})
+        if path == "/openapi.json":  # the routes' schema (zaindari.edge.openapi), no token
+            from zaindari.edge.openapi import edge_openapi_json
+
+            return 200, [("Content-Type", "application/json")], edge_openapi_json()
         parts = path.split("/", 3)  # "", "function", name, rest
         if len(parts) < 3 or parts[1] != "function" or parts[2] not in self.handlers:
             return _json(404, {"message": f"no function at {path}", "functions": sorted(self.handlers)})
