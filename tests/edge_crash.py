@@ -66,7 +66,6 @@ PHASES = {
     "EdgeBox.forward_once": "forward",
 }
 SLOT = 32  # bytes per thread slot in the phases file: 0 requests, 1 forwarder, 2 self-kill point
-READINGS_PER_REQUEST = 4
 
 
 # ---------------------------------------------------------------------------------- the child
@@ -137,8 +136,9 @@ def _trace(box_module: Any, buffer_module: Any, phases: mmap.mmap, die_at: tuple
 
 
 def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
-    """One run of the box: send the feed from the first request not answered; exit 0 when the feed
-    is answered (and, online, the buffer empty)."""
+    """One run of the box: send up to ``budget`` requests from the first not answered, then let the
+    forwarder work until the harness kills it; the last run (``drain``) sends the rest of the feed
+    and returns 0 once the buffer is empty (3 if it did not empty in time)."""
     from zaindari.edge import box as box_module
     from zaindari.edge import buffer as buffer_module
     from zaindari.edge.wiring import BatchingEventScoring
@@ -151,10 +151,9 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
     die_at = (run["die_at"], int(run["nth"])) if run.get("die_at") else None
     _trace(box_module, buffer_module, phases, die_at)
 
-    settings = Settings.from_env(os.environ)
-    uplink, fetcher = None, None
     from zaindari.infra.edge_uplink import aws_link
 
+    settings = Settings.from_env(os.environ)
     uplink, fetcher = aws_link(settings)
     box = box_module.EdgeBox.from_settings(settings, uplink=uplink, fetcher=fetcher)
     box.buffer.max_bytes = int(config["max_bytes"])  # small, so a box offline compacts (settings: >= 1 MiB)
@@ -192,7 +191,7 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
             return 0
         time.sleep(0.05)
     box.close()
-    return 0 if not run.get("drain") else 3
+    return 3
 
 
 def _answered(work: Path) -> set[int]:
