@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 
@@ -90,7 +90,7 @@ __all__ = [
     "compact_scores",
 ]
 
-Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack"]
+Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack", "object"]
 ACK_DETAIL_TYPE = "Zaindari Edge Ack"
 
 # Lake prefixes of what the box ships (the cloud's layout; object names start with ``edge-``).
@@ -126,6 +126,10 @@ CREATE TABLE IF NOT EXISTS device_state (
     state BLOB NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready lake objects)
+    seq INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -350,6 +354,41 @@ class EdgeBuffer:
         self._bump(db, "bytes", len(data))
         return int(cursor.lastrowid or 0)
 
+    def _insert_object(
+        self,
+        db: sqlite3.Connection,
+        *,
+        key: str,
+        content_type: str,
+        data: IO[bytes],
+        size: int,
+        items: int,
+        day: str = "",
+    ) -> int:
+        """Insert one ready lake object (kind ``object``: shipped as is under ``key``); its bytes
+        are copied from ``data`` a megabyte at a time into ``outbox_blobs`` and count against the
+        bound."""
+        meta = _encode({"key": key, "content_type": content_type, "size": size})
+        cursor = db.execute(
+            "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES ('object', ?, ?, ?, ?, ?)",
+            (day, items, len(meta) + size, time.time(), meta),
+        )
+        seq = int(cursor.lastrowid or 0)
+        db.execute("INSERT INTO outbox_blobs (seq, data) VALUES (?, zeroblob(?))", (seq, size))
+        if size:
+            with db.blobopen("outbox_blobs", "data", seq) as blob:
+                while piece := data.read(1 << 20):
+                    blob.write(piece)
+        self._bump(db, "bytes", len(meta) + size)
+        return seq
+
+    def object_data(self, seq: int) -> bytes:
+        """The bytes of the ``object`` row ``seq``."""
+        row = self._db().execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise PortError(f"edge buffer {self.path}: object row {seq} has no data")
+        return bytes(row[0])
+
     def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for begin in range(0, len(keys), 500):
@@ -520,6 +559,8 @@ class EdgeBuffer:
             for entry in batch:
                 row = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING bytes", (entry.seq,)).fetchone()
                 freed += int(row[0]) if row else 0
+                if entry.kind == "object":
+                    db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (entry.seq,))
             db.execute("DELETE FROM meta WHERE name = 'plan'")
             self._bump(db, "bytes", -freed)
             self._bump(db, "shipped_rows", len(batch))
@@ -788,6 +829,10 @@ class Uplink(Protocol):
         does; returns the keys."""
         ...
 
+    def put_object(self, key: str, data: bytes, content_type: str) -> str:
+        """Write one lake object as it is (score-file's outputs and manifests); returns its key."""
+        ...
+
 
 @dataclass
 class ShipReport:
@@ -912,8 +957,13 @@ class Shipper:
         if first.kind == "summary":
             rows = [row for e in batch for row in e.body]
             return [self.uplink.put_rows(SUMMARIES_PREFIX, first.day, name, rows)]
+        if first.kind == "object":
+            return [
+                self.uplink.put_object(e.body["key"], self.buffer.object_data(e.seq), e.body["content_type"])
+                for e in batch
+            ]
         if first.kind == "alert":
-            alerts = [Alert.model_validate(e.body) for e in batch]
+            alerts = [_alert(e.body) for e in batch]
             failed = self.uplink.publish_alerts(alerts)
             if failed:
                 raise PortError(f"alerts not delivered: {sorted(failed)}")
@@ -929,6 +979,15 @@ class Shipper:
                 self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})
             return []
         raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
+
+
+def _alert(body: Mapping[str, Any]) -> Alert:
+    """An alert as it was buffered: a file's alert keeps its own fields (``scope: "file"``)."""
+    if body.get("scope") == "file":
+        from zaindari.file_drops import FileAlert
+
+        return FileAlert.model_validate(body)
+    return Alert.model_validate(body)
 
 
 @contextlib.contextmanager
