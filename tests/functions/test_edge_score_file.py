@@ -140,7 +140,9 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
             time.sleep(0.2)
         assert report["buffered"] == {}
         # and a file posted again once shipped is still a duplicate
-        assert post_file(port, "press-hall_0430.csv", files["press-hall_0430.csv"])[1]["status"] == "duplicate"
+        assert (
+            post_file(port, "press-hall_0430.csv", files["press-hall_0430.csv"])[1]["status"] == "duplicate"
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
