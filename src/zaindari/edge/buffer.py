@@ -423,6 +423,11 @@ class EdgeBuffer:
             if freed == 0:
                 break
             total -= freed
+        while total > target:  # then score-file's score objects, oldest first
+            freed = self._compact_oldest_file_scores(db, plan)
+            if freed == 0:
+                break
+            total -= freed
         merged = -1
         while total > target and merged != 0:  # then drift summaries: merged per window, nothing lost
             merged = self._merge_drift(db, plan)
@@ -497,6 +502,37 @@ class EdgeBuffer:
         self._bump(db, "bytes", added - freed)
         self._bump(db, "compacted_readings", len(scores))
         return freed - added
+
+    def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+        """Replace the oldest score object of a file (``zaindari.edge.file_outbox``) by its hourly
+        per-device summaries, in its place in the log; returns the bytes freed."""
+        from io import BytesIO
+
+        from zaindari.edge.file_outbox import compact_scores_file
+
+        low, high = plan if plan else (0, -1)
+        rows = db.execute(
+            "SELECT seq, day, bytes, body FROM outbox WHERE kind = 'object' AND NOT (seq BETWEEN ? AND ?) "
+            "ORDER BY seq",
+            (low, high),
+        ).fetchall()
+        for seq, day, size, body in rows:
+            if not _decode(body)["key"].startswith("scores/"):
+                continue
+            data = db.execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()[0]
+            summaries = compact_scores_file(BytesIO(data))
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (seq,))
+            encoded = _encode(summaries)
+            db.execute(
+                "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
+                "VALUES (?, 'summary', ?, ?, ?, ?, ?)",
+                (seq, day, len(summaries), len(encoded), time.time(), encoded),
+            )
+            self._bump(db, "bytes", len(encoded) - int(size))
+            self._bump(db, "compacted_readings", sum(int(s["readings"]) for s in summaries))
+            return max(int(size) - len(encoded), 0)
+        return 0
 
     # -- reading the log (the shipper) ----------------------------------------------------
 

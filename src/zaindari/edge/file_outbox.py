@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -52,7 +52,7 @@ from zaindari.jsonable import json_default
 from zaindari.local_ports import LocalFileSink
 from zaindari.ports import FileSink, PortError, RejectedRecord
 
-__all__ = ["BufferedFileSink", "manifest_key"]
+__all__ = ["BufferedFileSink", "compact_scores_file", "manifest_key"]
 
 _FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS edge_files (     -- every file (or part) published, by source id
@@ -276,7 +276,7 @@ class BufferedFileSink:
         by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
         readings = 0
         for path in paths:
-            for summary in _compacted(path):
+            for summary in compact_scores_file(path):
                 by_day[summary["hour"][:10]].append(summary)
                 readings += int(summary["readings"])
         for day, summaries in sorted(by_day.items()):
@@ -302,11 +302,12 @@ def _rows(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def _compacted(path: Path, batch_rows: int = 65_536) -> list[dict[str, Any]]:
-    """A staged scores file as :func:`compact_scores` summaries (per device and hour), read a
-    batch at a time; a device-hour spread over batches is merged (counts and extremes add up)."""
+def compact_scores_file(source: str | Path | IO[bytes], batch_rows: int = 65_536) -> list[dict[str, Any]]:
+    """A file's scores (Parquet, ``SCORES_SCHEMA``) as :func:`~zaindari.edge.buffer.compact_scores`
+    summaries, per device and hour, read a batch at a time; a device-hour spread over batches is
+    merged (counts, extremes and alerting rows add up; the mean is weighted by readings)."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(source)
     names = [c for c in _COMPACT_COLUMNS if c in parquet.schema_arrow.names]
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
         table = pa.Table.from_batches([batch])
