@@ -10,6 +10,10 @@ the same file. The classes at the bottom adapt the buffer to the core's ports
 :class:`~zaindari.ports.AlertSink`, :class:`~zaindari.ports.StateStore`), so
 :class:`zaindari.event_scoring.EventScoring` writes into it unchanged.
 
+Files. ``score-file``'s outputs arrive as ready lake objects (kind ``object``: a key and its bytes,
+kept in ``outbox_blobs``), written with their manifest and alerts in one transaction by
+:class:`zaindari.edge.file_outbox.BufferedFileSink`, and shipped as they are under their keys.
+
 Durability. WAL mode with ``synchronous=FULL``: every commit is fsynced before the call returns.
 ``NORMAL`` would survive a killed process (the WAL is in the OS's page cache) but may lose the last
 commits on a power cut, and at the edge a power cut is the usual way a box stops; a device whose
@@ -35,7 +39,8 @@ it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device a
 score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
 dropped or compacted; drift window summaries are merged (one per model version and window: their
-counts add up, so nothing the drift monitor reads is lost). When nothing is left to compact, they
+counts add up, so nothing the drift monitor reads is lost). A file's score objects are compacted
+the same way, after the event scores. When nothing is left to compact, they
 are kept beyond the bound, and new scores are stored compacted at once.
 """
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -127,7 +128,7 @@ class BufferedFileSink:
         root = Path(spool_dir)
         root.mkdir(parents=True, exist_ok=True)
         _remove_orphans(root)
-        self.spool = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+        self.spool = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=root))
         self._staged = LocalFileSink(self.spool)
         self._set_aside: dict[str, tuple[str, dict[str, Any]]] = {}  # source_id -> (key, record)
         self.buffer._db().executescript(_FILES_SCHEMA)
@@ -343,11 +344,21 @@ def _merge_compacted(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:64] or "host"
+
+
 def _remove_orphans(root: Path) -> None:
-    """Remove the spool folders of processes that are gone (killed before they published)."""
+    """Remove the spool folders of this host's processes that are gone (killed before they
+    published). Folders of other hosts (replicas sharing the volume) are theirs to clean."""
+    prefix = _host() + "-"
     for folder in root.iterdir():
-        pid = folder.name.split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if not (folder.is_dir() and folder.name.startswith(prefix)):
+            continue
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        # a folder named with this process's id is a previous life's (a restarted container
+        # often gets the same pid): this process has not made its own yet
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
 
 
