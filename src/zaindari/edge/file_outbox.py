@@ -56,7 +56,7 @@ from zaindari.ports import FileSink, PortError, RejectedRecord
 __all__ = ["BufferedFileSink", "compact_scores_file", "manifest_key"]
 
 _FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS edge_files (     -- every file (or part) published, by source id
+CREATE TABLE IF NOT EXISTS edge_files (     -- every file (or part) published: a repost is a duplicate
     name TEXT PRIMARY KEY,                  -- the manifest's key
     status TEXT NOT NULL,
     manifest BLOB NOT NULL,                 -- zlib-compressed JSON
