@@ -50,7 +50,7 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
         size=len(event.body),
     )
     scoring, sink = files()
-    with one_file:
+    with one_file, sink.keeping(source, event.body):  # a file refused whole is copied to the lake
         previous = sink.read_manifest(source)
         if previous is not None and previous.status == "scored":
             return json_response(200, {"status": "duplicate", "manifest": previous.model_dump(mode="json")})

@@ -186,6 +186,10 @@ def test_score_file_scores_a_local_file_once(edge: EdgeServer) -> None:
     # a file without the required columns is refused whole, with its reason
     status, _, data = edge.call("score-file", b"a,b\n1,2\n", suffix="?name=bad.csv")
     assert status == 422 and json.loads(data)["manifest"]["error"]
+    # set aside with its reason and a copy of the file, waiting for the link
+    sid = json.loads(data)["manifest"]["source_id"]
+    waiting = {body["key"] for body in edge.buffered("object")}
+    assert {f"quarantine/files/{sid}.json", f"quarantine/files/{sid}/bad.csv"} <= waiting
     assert edge.call("score-file", csv)[0] == 400  # no ?name=
 
 

@@ -202,3 +202,28 @@ class _NoAlerts:
 class _NoRejects:
     def reject(self, rejected: Any) -> list[str]:
         return []
+
+
+def test_a_file_refused_whole_ships_its_reason_and_a_copy_to_replay_and_no_scores(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    # Given a file without the columns the model needs, scored while the sink keeps its bytes
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    data = b"a,b\n1,2\n"
+    with sink.keeping(SOURCE, data):
+        manifest = FileScoring(model=lambda: bundle, sink=sink).score_file(io.BytesIO(data), SOURCE)
+    # Then it failed with its reason, and the lake gets the record, the copy and the manifest only
+    assert manifest.status == "failed" and manifest.error
+    assert sink.read_manifest(SOURCE) == manifest  # a repost is scored again (failed is not final)
+    uplink = ship(buffer)
+    sid = manifest.source_id
+    assert sorted(uplink.blobs) == [
+        f"manifests/{sid}.json",
+        f"quarantine/files/{sid}.json",
+        f"quarantine/files/{sid}/hall.csv",
+    ]
+    record = json.loads(uplink.blobs[f"quarantine/files/{sid}.json"])
+    assert record["reason"] == manifest.error and record["copy"] == f"quarantine/files/{sid}/hall.csv"
+    assert uplink.blobs[record["copy"]] == data
+    assert manifest.quarantined_to == f"quarantine/files/{sid}.json"

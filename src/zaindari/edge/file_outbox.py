@@ -20,11 +20,15 @@ kind ``object``), which its one shipper sends to S3 in sequence order, under tho
   leaves nothing in the log (its spool folder is removed when the next process starts); after it,
   everything. A file posted again is found in that list (:meth:`read_manifest`: the content's hash
   is in the source id), and its objects keep their names, so even a file scored twice lands once.
+* **A file refused whole** (corrupt, truncated, without the columns the model needs) is set aside
+  as the cloud sets a drop aside: its reason in ``quarantine/files/<source id>.json`` and, when the
+  caller lets the sink keep its bytes (:meth:`BufferedFileSink.keeping`, as ``score-file`` does),
+  a copy under ``quarantine/files/<source id>/<name>``, so it can be replayed.
 * **The bound.** The objects count against the buffer's ``max_bytes``: room is made by compacting
   the oldest raw scores (the buffer's policy); when none is left, the file's scores are stored as
   hourly per-device summaries at once (``summaries/edge/``, :func:`~zaindari.edge.buffer.compact_scores`),
   and the shipped manifest lists only the objects that were kept. Quarantined rows, manifests and
-  alerts are kept beyond the bound, as dead letters and alerts are.
+  alerts (and a refused file's copy) are kept beyond the bound, as dead letters and alerts are.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import shutil
 import socket
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -131,6 +135,8 @@ class BufferedFileSink:
         self.spool = Path(tempfile.mkdtemp(prefix=f"{_host()}-{os.getpid()}-", dir=root))
         self._staged = LocalFileSink(self.spool)
         self._set_aside: dict[str, tuple[str, dict[str, Any]]] = {}  # source_id -> (key, record)
+        self._copies: dict[str, bytes] = {}  # source_id -> the file's bytes, while it is scored
+        self._copy_keys: dict[str, str] = {}  # source_id -> where its copy goes, once set aside
         self.buffer._db().executescript(_FILES_SCHEMA)
 
     # -- staged per run (the spool) -------------------------------------------------------------
@@ -168,19 +174,32 @@ class BufferedFileSink:
 
     # -- whole files and manifests --------------------------------------------------------------
 
-    def quarantine_file(self, source: FileSource, reason: str) -> str:
-        """The record of a file set aside whole; it enters the buffer with the file's manifest.
+    @contextlib.contextmanager
+    def keeping(self, source: FileSource, data: bytes) -> Iterator[None]:
+        """While ``source`` is scored, its bytes: a file set aside whole is copied to the lake
+        with its record (``quarantine/files/<source id>/<name>``, as the cloud's sink copies a
+        drop), so it can be replayed."""
+        self._copies[source.source_id] = data
+        try:
+            yield
+        finally:
+            self._copies.pop(source.source_id, None)
+            self._copy_keys.pop(source.source_id, None)
 
-        The file itself stays with whoever posted it (they were answered 422 with the reason);
-        the cloud's sink also copies the drop, which it has in S3.
-        """
+    def quarantine_file(self, source: FileSource, reason: str) -> str:
+        """The record of a file set aside whole (and its copy, when the sink is :meth:`keeping`
+        its bytes); they enter the buffer with the file's manifest."""
         key = f"quarantine/files/{source.source_id}.json"
+        copy = None
+        if source.source_id in self._copies:
+            copy = f"quarantine/files/{source.source_id}/{Path(source.key).name or 'file'}"
+            self._copy_keys[source.source_id] = copy
         record = {
             "source": source.model_dump(mode="json"),
             "source_id": source.source_id,
             "reason": reason,
-            "copy": None,
-            "note": "posted to an edge box: the file stays with its sender",
+            "copy": copy,
+            "note": None if copy else "posted to an edge box: the file stays with its sender",
             "quarantined_at": datetime.now(UTC).isoformat(),
         }
         self._set_aside[source.source_id] = (key, record)
@@ -215,6 +234,17 @@ class BufferedFileSink:
                             day=_day(output),
                         )
                 if set_aside is not None:
+                    copy = self._copy_keys.pop(manifest.source_id, None)
+                    if copy is not None:
+                        original = self._copies[manifest.source_id]
+                        self.buffer._insert_object(
+                            db,
+                            key=copy,
+                            content_type="application/octet-stream",
+                            data=BytesIO(original),
+                            size=len(original),
+                            items=1,
+                        )
                     self._insert_json(db, *set_aside)
                 shipped = manifest if outputs == manifest.outputs else _with_outputs(manifest, outputs)
                 body = shipped.model_dump(mode="json")
