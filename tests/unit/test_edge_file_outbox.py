@@ -22,6 +22,7 @@ from tests.unit.test_edge_buffer import RecordingUplink
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.edge.buffer import BufferedLake, BufferedSummaries, EdgeBuffer, Shipper, SqliteStateStore
 from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.local_alerts import LocalAlerts
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.file_scoring import FileManifest, FileScoring, FileSource
 
@@ -70,9 +71,13 @@ def test_a_files_objects_ship_in_order_under_the_cloud_keys_with_its_alerts(
     manifest = score(buffer, bundle, tmp_path / "spool", historian_csv)
     sid = manifest.source_id
     assert (manifest.rows_scored, manifest.rows_quarantined) == (239, 1)
-    # the file's alerts are buffered for the cloud and queued for the plant's channel
+    # the file's alerts are buffered for the cloud and queued for the plant's channel, which gets
+    # them whole (the file's counts and worst rows, as on EventBridge)
     alerts = buffer.stats().items["alert"]
     assert alerts >= 1 and buffer.stats().local_alerts_pending == alerts
+    plant = _PlantChannel()
+    LocalAlerts(buffer, [plant]).deliver()
+    assert len(plant.sent) == alerts and all(a["scope"] == "file" and a["worst_rows"] for a in plant.sent)
     uplink = ship(buffer)
     # scores first, then quarantined rows, then the manifest (it says the run is complete)
     objects = [k for k in uplink.puts if k in uplink.blobs]
@@ -192,6 +197,19 @@ def test_a_files_buffered_scores_are_compacted_when_later_work_needs_the_room(
     assert stats.compacted_readings >= manifest.rows_scored
     summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
     assert sum(s["readings"] for s in summaries) == stats.compacted_readings
+
+
+class _PlantChannel:
+    name = "mqtt"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, alert: Any) -> None:
+        self.sent.append(json.loads(alert.model_dump_json()))
+
+    def close(self) -> None:
+        return None
 
 
 class _NoAlerts:

@@ -92,6 +92,7 @@ __all__ = [
     "Shipper",
     "SqliteStateStore",
     "Uplink",
+    "buffered_alert",
     "compact_scores",
 ]
 
@@ -1004,7 +1005,7 @@ class Shipper:
                 for e in batch
             ]
         if first.kind == "alert":
-            alerts = [_alert(e.body) for e in batch]
+            alerts = [buffered_alert(e.body) for e in batch]
             failed = self.uplink.publish_alerts(alerts)
             if failed:
                 raise PortError(f"alerts not delivered: {sorted(failed)}")
@@ -1022,8 +1023,9 @@ class Shipper:
         raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
 
 
-def _alert(body: Mapping[str, Any]) -> Alert:
-    """An alert as it was buffered: a file's alert keeps its own fields (``scope: "file"``)."""
+def buffered_alert(body: Mapping[str, Any]) -> Alert:
+    """An alert as it was buffered: a file's alert keeps its own fields (``scope: "file"``,
+    :class:`~zaindari.file_drops.FileAlert`), for the cloud and the plant's channels alike."""
     if body.get("scope") == "file":
         from zaindari.file_drops import FileAlert
 
