@@ -245,3 +245,16 @@ def test_a_file_refused_whole_ships_its_reason_and_a_copy_to_replay_and_no_score
     assert record["reason"] == manifest.error and record["copy"] == f"quarantine/files/{sid}/hall.csv"
     assert uplink.blobs[record["copy"]] == data
     assert manifest.quarantined_to == f"quarantine/files/{sid}.json"
+
+
+def test_the_list_of_files_posted_keeps_as_many_as_the_buffer_remembers_keys(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    buffer = EdgeBuffer(tmp_path / "edge.db", key_memory=1)
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    scoring = FileScoring(model=lambda: bundle, sink=sink)
+    first, second = (FileSource(key=f"edge/t/{n}.csv", etag=n, size=1) for n in ("a", "b"))
+    scoring.score_file(io.BytesIO(historian_csv), first)
+    assert sink.read_manifest(first) is not None
+    scoring.score_file(io.BytesIO(historian_csv), second)
+    assert sink.read_manifest(first) is None and sink.read_manifest(second) is not None

@@ -254,6 +254,13 @@ class BufferedFileSink:
                     "INSERT OR REPLACE INTO edge_files (name, status, manifest, published_at) VALUES (?, ?, ?, ?)",
                     (key, shipped.status, _encode(body), datetime.now(UTC).timestamp()),
                 )
+                # remembered as long as the buffer remembers keys (a file older than that, posted
+                # again, is scored again: its objects keep their names, so it still lands once)
+                db.execute(
+                    "DELETE FROM edge_files WHERE name IN (SELECT name FROM edge_files "
+                    "ORDER BY published_at DESC LIMIT -1 OFFSET ?)",
+                    (self.buffer.key_memory,),
+                )
         except OSError as exc:
             raise PortError(f"edge spool {self.spool}: cannot publish {manifest.source_id}: {exc}") from exc
         for _, path in staged:
