@@ -511,7 +511,7 @@ class EdgeBuffer:
 
     def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
         """Replace the oldest score object of a file (``zaindari.edge.file_outbox``) by its hourly
-        per-device summaries, in its place in the log; returns the bytes freed."""
+        per-device summaries, in its place in the log; returns the bytes freed (0: none left)."""
         from io import BytesIO
 
         from zaindari.edge.file_outbox import compact_scores_file
@@ -537,7 +537,7 @@ class EdgeBuffer:
             )
             self._bump(db, "bytes", len(encoded) - int(size))
             self._bump(db, "compacted_readings", sum(int(s["readings"]) for s in summaries))
-            return max(int(size) - len(encoded), 0)
+            return int(size) - len(encoded) or 1  # negative for a tiny object: its summaries are bigger
         return 0
 
     # -- reading the log (the shipper) ----------------------------------------------------
