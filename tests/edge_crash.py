@@ -410,15 +410,7 @@ class CrashHarness:
 
     def answered_keys(self) -> set[str]:
         """The record keys of the readings of every answered request (dead letters aside)."""
-        from zaindari.contract import parse_payload
-        from zaindari.event_scoring import reading_key_hash
-
-        keys: set[str] = set()
-        for index in self.answered():
-            for reading in parse_payload(self.requests[index]).readings:
-                if reading.device_id not in self.dead_devices:
-                    keys.add(reading_key_hash(reading))
-        return keys
+        return record_keys([self.requests[i] for i in self.answered()], self.dead_devices)
 
     def finish(self) -> None:
         """A last run, online and never killed: the rest of the feed, then the buffer emptied."""
@@ -447,6 +439,20 @@ def _exited(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def record_keys(bodies: list[str], dead_devices: frozenset[str] = frozenset()) -> set[str]:
+    """The record keys (``reading_key_hash``) of the readings in request ``bodies``, but those of
+    ``dead_devices``."""
+    from zaindari.contract import parse_payload
+    from zaindari.event_scoring import reading_key_hash
+
+    return {
+        reading_key_hash(reading)
+        for body in bodies
+        for reading in parse_payload(body).readings
+        if reading.device_id not in dead_devices
+    }
 
 
 def check_buffer(path: Path, answered: set[str]) -> None:
