@@ -5,7 +5,7 @@ device sends its readings, restarted each time, its link to moto up or down per 
 Where ``bench_edge_kill9.py`` kills a box driver at named points (compaction included), this one
 kills the server as deployed: concurrent requests scored together (one buffer transaction for a
 group), the worker's start hook, the forwarder thread. Each client sends its device's readings in
-order (BENCH_KILL9_SERVER_PASSES six-hour passes of the small plant, default 3: 4,320
+order (BENCH_KILL9_SERVER_PASSES six-hour passes of the small plant, default 6: 8,640
 readings), four a request, with 20 ms between requests, and sends a request again until it gets a 2xx (a connection refused or
 reset while the server is down, a 503). After each kill: ``PRAGMA integrity_check`` and every
 answered reading's key in the buffer. At the end (the server up, the link up, the buffer emptied):
@@ -17,6 +17,7 @@ allow 1 MiB at least), so nothing is compacted. BENCH_KILL9_SERVER_RUNS (default
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ NAME = "edge_kill9_server"
 RUNS = int(os.environ.get("BENCH_KILL9_SERVER_RUNS", "20"))
 SEED = int(os.environ.get("BENCH_KILL9_SEED", "2026"))
 TOKEN = "kill9-server-token"
-PASSES = int(os.environ.get("BENCH_KILL9_SERVER_PASSES", "3"))  # 6-hour passes of the plant fed
+PASSES = int(os.environ.get("BENCH_KILL9_SERVER_PASSES", "6"))  # 6-hour passes of the plant fed
 
 
 class DeviceClient(threading.Thread):
@@ -68,8 +69,8 @@ class DeviceClient(threading.Thread):
                     status, _, data = http_call(
                         self.url, method="POST", body=body.encode(), headers=headers, timeout=30
                     )
-                except (OSError, urllib.error.URLError):
-                    status = 0
+                except (OSError, urllib.error.URLError, http.client.HTTPException):
+                    status = 0  # refused, reset, or the answer cut short: the server was killed
                 finally:
                     self.in_flight = False
                 if 200 <= status < 300:

@@ -8,8 +8,9 @@ zygote has no thread and no database handle when it forks. Each child is a whole
 background forwarder shipping to the embedded AWS through :class:`~tests.edge_support.TcpRelay`,
 requests answered by :class:`~zaindari.edge.wiring.BatchingEventScoring`), fed by one device
 gateway that sends the plant's feed a request at a time, writes the index of every request
-answered 2xx to ``answered.log`` (``O_APPEND``), and sends again the first request not answered
-when it restarts (and, now and then, one already answered, whose answer it "lost").
+answered 2xx to ``answered.log`` (``O_APPEND``), and when it restarts sends the first request not
+answered together with the next one (its backlog, in one request: scored in a group unlike the
+one that was killed) and, now and then, one already answered, whose answer it "lost".
 
 Kills come two ways. *Timed*: the harness sends SIGKILL after a random delay. *At a point*: the
 child is told to SIGKILL itself at the n-th time it passes a named point (inside a write
@@ -46,7 +47,8 @@ POINTS = {
     "write.mid": ("EdgeBuffer._insert", "after"),  # a log row inserted, its transaction not committed
     "ship.sent": ("Shipper._send", "after"),  # objects in S3 / events on the bus, rows not deleted
     "compact.mid": ("EdgeBuffer._compact_oldest", "after"),  # rows replaced by summaries, not committed
-    "write.done": ("EdgeBuffer.append_scores", "after"),  # scores committed, device state not saved
+    "write.done": ("EdgeBuffer.append_scores", "after"),  # scores written, drift and state not
+    "drift.done": ("BufferedSummaries.write", "after"),  # drift summaries written, device state not
     "ship.planned": ("EdgeBuffer.next_batch", "after"),  # the plan recorded, nothing sent
     "state.done": ("EdgeBuffer.save_states", "after"),  # state saved, the alerts not yet buffered
     "ship.marked": ("EdgeBuffer.mark_shipped", "after"),  # batch deleted, the next not planned
@@ -83,6 +85,7 @@ def _trace(box_module: Any, buffer_module: Any, phases: mmap.mmap, die_at: tuple
         "EdgeBuffer": buffer_module.EdgeBuffer,
         "Shipper": buffer_module.Shipper,
         "BufferedAlerts": buffer_module.BufferedAlerts,
+        "BufferedSummaries": buffer_module.BufferedSummaries,
     }
     stacks = threading.local()
     passes: Counter[str] = Counter()
@@ -170,12 +173,18 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
     if answered and rng.random() < 0.3:  # the device lost an answer: it sends that request again
         position = rng.choice(sorted(answered)[-3:])
     budget = int(run.get("budget") or len(requests))  # requests this run sends at most
+    backlog = True
     while position < len(requests) and budget > 0:
         budget -= 1
-        answer = scoring.answer_http(requests[position], f"req-{position}-{run['run']}")
+        sent = [position]
+        if backlog and position not in answered and position + 1 < len(requests):
+            sent.append(position + 1)  # its backlog as one request: a group unlike the one killed
+        backlog = position in answered
+        body = _merged([requests[i] for i in sent])
+        answer = scoring.answer_http(body, f"req-{position}-{run['run']}")
         if 200 <= answer.status < 300:
-            os.write(fd, f"{position}\n".encode())
-            answered.add(position)
+            os.write(fd, "".join(f"{i}\n" for i in sent).encode())
+            answered.update(sent)
             position = next((i for i in range(position, len(requests)) if i not in answered), len(requests))
         else:  # 503: nothing stored; the device sends it again
             time.sleep(pause)
@@ -192,6 +201,13 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
         time.sleep(0.05)
     box.close()
     return 3
+
+
+def _merged(bodies: list[str]) -> str:
+    """One request holding the readings of ``bodies`` (``{"readings": [...]}`` each)."""
+    if len(bodies) == 1:
+        return bodies[0]
+    return json.dumps({"readings": [r for body in bodies for r in json.loads(body)["readings"]]})
 
 
 def _answered(work: Path) -> set[int]:
