@@ -70,8 +70,10 @@ def read_secret(secrets_dir: str | Path, name: str) -> str | None:
 
 class LocalFirstAlerts:
     """:class:`~zaindari.ports.AlertSink` of the box: buffer every alert (cloud and plant queues,
-    one transaction), then deliver the plant's queues at once. A channel that is down keeps its
-    queue; the alert still counts as delivered, because it is durable and will go out."""
+    one transaction), then deliver the plant's queues at once (inside the buffer's
+    :meth:`~zaindari.edge.buffer.EdgeBuffer.transaction`: once it commits, see :meth:`deliver`). A
+    channel that is down keeps its queue; the alert still counts as delivered, because it is
+    durable and will go out."""
 
     def __init__(self, buffer: EdgeBuffer, local: LocalAlerts | None) -> None:
         self.buffered = BufferedAlerts(buffer, local_channels=local.names if local else ())
@@ -79,11 +81,16 @@ class LocalFirstAlerts:
 
     def publish(self, alerts: Sequence[Alert]) -> set[str]:
         failed = self.buffered.publish(alerts)
+        if not self.buffered.buffer.in_transaction:  # no network call while holding the write lock
+            self.deliver()
+        return failed
+
+    def deliver(self) -> None:
+        """Deliver the plant's queues now."""
         if self.local is not None:
             report = self.local.deliver()
             for channel, error in report.errors.items():
                 log.warning("local alert channel %s is down; alerts stay queued: %s", channel, error)
-        return failed
 
 
 class EdgeBox:
@@ -123,11 +130,12 @@ class EdgeBox:
         self._observer = sync.on_event
         self.sync.on_event = self._ack
         self._outcomes: deque[dict[str, Any]] = deque(maxlen=20)  # model outcomes since the start
+        self._alerts = LocalFirstAlerts(buffer, local)
         self.scoring = EventScoring(
             model=sync.current,
             states=SqliteStateStore(buffer),
             lake=BufferedLake(buffer),
-            alerts=LocalFirstAlerts(buffer, local),
+            alerts=self._alerts,
             rejects=BufferedRejects(buffer),
             limits=settings.limits,
             dedup_memory=settings.dedup_memory,
@@ -208,12 +216,12 @@ class EdgeBox:
         when that rolls the model back, the batch is scored again with the restored model.
         """
         try:
-            report = self.scoring.score_records(records)
+            report = self._score_atomically(records)
         except Exception as exc:
             outcome = self.sync.record_batch(False, f"{type(exc).__name__}: {exc}")
             if outcome is not None and outcome.status == "rolled_back":
                 log.error("model %s rolled back: %s", outcome.version, outcome.reason)
-                return self.scoring.score_records(records)
+                return self._score_atomically(records)
             raise
         bad = sum(1 for row in report.scored if not math.isfinite(float(row["score"])))
         outcome = self.sync.record_batch(bad == 0, f"{bad} non-finite scores")
@@ -221,6 +229,16 @@ class EdgeBox:
             log.error("model %s rolled back: %s", outcome.version, outcome.reason)
         if report.scored or report.alerts:
             self._wake.set()
+        return report
+
+    def _score_atomically(self, records: Sequence[InboundRecord]) -> ScoringReport:
+        """The use case in one buffer transaction (all of a group's rows, drift summaries, device
+        states and alerts, or none: see :meth:`EdgeBuffer.transaction`), then the plant's alert
+        queues delivered."""
+        with self.buffer.transaction():
+            report = self.scoring.score_records(records)
+        if report.alerts:
+            self._alerts.deliver()
         return report
 
     # -- model sync ---------------------------------------------------------------------------

@@ -18,7 +18,9 @@ Durability. WAL mode with ``synchronous=FULL``: every commit is fsynced before t
 ``NORMAL`` would survive a killed process (the WAL is in the OS's page cache) but may lose the last
 commits on a power cut, and at the edge a power cut is the usual way a box stops; a device whose
 request was answered has forgotten its readings, so an answered batch must be on disk. The price is
-one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). Device state
+one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). The box
+scores a group of requests in one :meth:`EdgeBuffer.transaction` (rows, drift summaries, device
+states, alerts: one commit, one fsync). Outside one, device state
 alone is committed without waiting for the disk: the next durable commit persists it (the WAL is
 written in order), and if a power cut takes the last state write, the readings the devices send
 again are recognised by the keys the log keeps with their scores and alerts (nothing is buffered
@@ -244,6 +246,12 @@ class EdgeBuffer:
         transaction): the next durable commit fsyncs the WAL, and this one with it, in order.
         """
         db = self._db()
+        if getattr(self._local, "outer", False):  # inside transaction(): its commit covers this write
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise PortError(f"edge buffer {self.path}: {exc}") from exc
+            return
         relaxed = not durable and self.synchronous == "FULL"
         try:
             if relaxed:
@@ -264,6 +272,29 @@ class EdgeBuffer:
             if relaxed:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One durable transaction around every write this thread makes in the block: they commit
+        together, or none of them does (an exception, or the process killed).
+
+        The box scores a group of requests in one (:meth:`zaindari.edge.box.EdgeBox.score_records`):
+        a group killed part way leaves nothing, so its readings are scored again whole when they
+        are sent again; otherwise its scores and drift summaries could be in the log without the
+        device state that marks the readings seen, and readings scored again in another group
+        would be summarised twice.
+        """
+        with self._write():
+            self._local.outer = True
+            try:
+                yield
+            finally:
+                self._local.outer = False
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether this thread is inside :meth:`transaction`."""
+        return bool(getattr(self._local, "outer", False))
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
