@@ -287,3 +287,49 @@ def test_the_job_script_builds_a_local_lake(lake: dict[str, Any], tmp_path: Path
     )
     assert version["rows"]["valid"] == 360
     assert (lake["root"] / "training/rejected/plant-anomaly/2026-11-01_2026-11-03/date=2026-11-02").is_dir()
+
+
+def test_rows_inside_a_maintenance_window_are_set_aside_with_the_window(
+    lake: dict[str, Any], tmp_path: Path, spark: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glue_jobs.build_training_set import main
+
+    # Given the maintenance log: one device known faulty on 2026-11-02 from 06:00 until repaired at 18:00
+    device = lake["good"][1]["device_id"]
+    start, end = datetime(2026, 11, 2, 6, tzinfo=UTC), datetime(2026, 11, 2, 18, tzinfo=UTC)
+    orders = tmp_path / "labels"
+    orders.mkdir()
+    (orders / "work-orders.jsonl").write_text(
+        json.dumps({"device_id": device, "start": "2026-11-02T06:00:00Z", "end": "2026-11-02T18:00:00Z"})
+        + "\n"
+    )
+    inside = [
+        r
+        for r in lake["good"]
+        if r["device_id"] == device and start <= datetime.fromisoformat(r["timestamp"]) < end
+    ]
+    assert inside
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(example_spec().to_yaml())
+    argv = ["--lake", str(lake["root"]), "--start", "2026-11-01", "--end", "2026-11-03", "--spec", str(spec)]
+    argv += ["--output", str(tmp_path / "set"), "--rejected", str(tmp_path / "rejected")]
+    # When the training set is built with it
+    assert main([*argv, "--maintenance", str(orders), "--master", "local[2]"]) == 0
+    # Then those rows (and only those) are set aside as `maintenance`, with the window as the reason
+    version = json.loads((tmp_path / "set" / "_data_version.json").read_text())
+    assert version["rows"]["valid"] == 360 - len(inside)
+    assert version["rows"]["rejected_by_stage"]["maintenance"] == len(inside)
+    aside = [
+        json.loads(line)
+        for p in sorted((tmp_path / "rejected").rglob("*.json.gz"))
+        for line in gzip.decompress(p.read_bytes()).splitlines()
+    ]
+    maintenance = [r for r in aside if r["stage"] == "maintenance"]
+    assert len(maintenance) == len(inside)
+    assert all(f"{device} fault from 2026-11-02T06:00:00+00:00" in r["reason"] for r in maintenance)
+    assert '"windows": 1' in capsys.readouterr().out
+
+    # and a log that is not one stops the job before Spark, naming the file and line
+    (orders / "bad.jsonl").write_text('{"device_id": "x", "start": "2026-11-02T06:00:00"}\n')
+    assert main([*argv, "--maintenance", str(orders), "--master", "local[2]"]) == 2
+    assert "bad.jsonl line 1: start: give a time zone" in capsys.readouterr().err
