@@ -723,11 +723,20 @@ def _gate_html(drift: dict[str, Any], gate: dict[str, Any]) -> list[str]:
             f"{shadow.get('challenger_alert_rate', 0):.4f}"
         )
         if known:
+            developing = log.get("developing_in_shadow_sample") or []
             text += (
                 f"; inside them ({known.get('scored')} readings) {known.get('champion_alert_rate', 0):.4f} and "
                 f"{known.get('challenger_alert_rate', 0):.4f}. The challenger may alert no more than the "
                 f"champion plus {bound} on the first, and no less than the champion minus {bound} on the "
-                "known faults."
+                "known faults. Known faults still developing (machine running) in the sample: "
+                + (
+                    html.escape(", ".join(developing))
+                    if developing
+                    else "none: every known-fault machine had "
+                    "broken down, and on a stopped machine the expert rules alert whatever the model, so this "
+                    "sample tests the learned score's detection little"
+                )
+                + "."
             )
         else:
             text += f". With no known fault in the sample, the rates must be within {bound} of each other."

@@ -747,10 +747,18 @@ def record_maintenance(run: DemoRun) -> dict[str, Any]:
     log = MaintenanceLog(tuple(windows))
     key = f"{MAINTENANCE_PREFIX}/work-orders-{check_at.strftime('%Y%m%dT%H%M')}.jsonl"
     run.require_factory().client("s3").put_object(Bucket=run.lake, Key=key, Body=log.to_jsonl().encode())
+    sample_start = check_at - run.plan.drift_window  # what the gate shadow-scores (demo_settings)
     return {
         "log": f"s3://{run.lake}/{key}",
         "windows": [w.model_dump(mode="json") for w in windows],
         "faults_not_known_yet": unknown,
+        # known faults still developing (machine running) during the gate's shadow sample: on a
+        # stopped machine the expert rules alert for any model, so only these test the learned score
+        "developing_in_shadow_sample": sorted(
+            f.device_id
+            for f in started
+            if f.device_id in {w.device_id for w in windows} and f.failure > sample_start
+        ),
     }
 
 
