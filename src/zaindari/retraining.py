@@ -182,52 +182,6 @@ class RunRecord:
     def active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": self.model,
-            "run_id": self.run_id,
-            "status": self.status,
-            "runner": self.runner,
-            "start": self.start,
-            "end": self.end,
-            "spec_uri": self.spec_uri,
-            "training_set_uri": self.training_set_uri,
-            "model_output_uri": self.model_output_uri,
-            "created_at": self.created_at,
-            "lease_until": self.lease_until,
-            "stage": self.stage,
-            "job_name": self.job_name,
-            "job_run_id": self.job_run_id,
-            "stages": list(self.stages),
-            "triggers": [t.to_dict() for t in self.triggers],
-            "closed_at": self.closed_at,
-            "message": self.message,
-        }
-        return {k: v for k, v in out.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
-        return cls(
-            model=str(data["model"]),
-            run_id=str(data["run_id"]),
-            status=str(data["status"]),
-            runner=str(data["runner"]),
-            start=str(data["start"]),
-            end=str(data["end"]),
-            spec_uri=str(data["spec_uri"]),
-            training_set_uri=str(data["training_set_uri"]),
-            model_output_uri=str(data["model_output_uri"]),
-            created_at=str(data["created_at"]),
-            lease_until=float(data["lease_until"]),
-            stage=data.get("stage"),
-            job_name=data.get("job_name"),
-            job_run_id=data.get("job_run_id"),
-            stages=[dict(s) for s in data.get("stages") or []],
-            triggers=[TriggerRecord.from_dict(t) for t in data.get("triggers") or []],
-            closed_at=data.get("closed_at"),
-            message=data.get("message"),
-        )
-
 
 @dataclass(frozen=True)
 class AcquireResult:

@@ -314,7 +314,7 @@ class Settings(BaseModel):
     )
     edge_data_dir: str = Field(
         default="/var/lib/zaindari",
-        description="Edge box folder of score-file's outputs (scores/, quarantine/, manifests/).",
+        description="Edge box folder where score-file stages a file's outputs (spool/) until they enter the buffer.",
     )
     edge_max_file_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest file the edge's score-file accepts."

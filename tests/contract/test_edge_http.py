@@ -176,13 +176,20 @@ def test_score_file_scores_a_local_file_once(edge: EdgeServer) -> None:
     manifest = answer["manifest"]
     assert manifest["rows_in"] == manifest["rows_scored"] == 360
     assert [o for o in manifest["outputs"] if o.startswith("scores/date=2026-11-20/")]
-    assert (edge.data_dir / f"manifests/{manifest['source_id']}.json").is_file()
+    # its outputs and manifest wait in the box's buffer for the link, under the cloud's keys
+    waiting = [body["key"] for body in edge.buffered("object")]
+    assert waiting[-1] == f"manifests/{manifest['source_id']}.json"
+    assert set(manifest["outputs"]) <= set(waiting)
     # the same bytes again: a duplicate, nothing scored twice
     status, _, data = edge.call("score-file", csv, suffix="?name=plant-1.csv")
     assert status == 200 and json.loads(data)["status"] == "duplicate"
     # a file without the required columns is refused whole, with its reason
     status, _, data = edge.call("score-file", b"a,b\n1,2\n", suffix="?name=bad.csv")
     assert status == 422 and json.loads(data)["manifest"]["error"]
+    # set aside with its reason and a copy of the file, waiting for the link
+    sid = json.loads(data)["manifest"]["source_id"]
+    waiting = {body["key"] for body in edge.buffered("object")}
+    assert {f"quarantine/files/{sid}.json", f"quarantine/files/{sid}/bad.csv"} <= waiting
     assert edge.call("score-file", csv)[0] == 400  # no ?name=
 
 

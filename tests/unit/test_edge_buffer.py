@@ -63,6 +63,7 @@ class RecordingUplink:
 
     def __init__(self) -> None:
         self.objects: dict[str, list[Mapping[str, Any]]] = {}
+        self.blobs: dict[str, bytes] = {}
         self.puts: list[str] = []
         self.alerts: list[Alert] = []
         self.events: list[tuple[str, Mapping[str, Any]]] = []
@@ -96,6 +97,12 @@ class RecordingUplink:
         self.objects[key] = list(summaries)
         self.puts.append(key)
         return [key]
+
+    def put_object(self, key: str, data: bytes, content_type: str) -> str:
+        self._call()
+        self.blobs[key] = data
+        self.puts.append(key)
+        return key
 
 
 def test_scoring_use_case_writes_scores_alerts_and_state_into_the_buffer(

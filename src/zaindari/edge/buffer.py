@@ -10,6 +10,10 @@ the same file. The classes at the bottom adapt the buffer to the core's ports
 :class:`~zaindari.ports.AlertSink`, :class:`~zaindari.ports.StateStore`), so
 :class:`zaindari.event_scoring.EventScoring` writes into it unchanged.
 
+Files. ``score-file``'s outputs arrive as ready lake objects (kind ``object``: a key and its bytes,
+kept in ``outbox_blobs``), written with their manifest and alerts in one transaction by
+:class:`zaindari.edge.file_outbox.BufferedFileSink`, and shipped as they are under their keys.
+
 Durability. WAL mode with ``synchronous=FULL``: every commit is fsynced before the call returns.
 ``NORMAL`` would survive a killed process (the WAL is in the OS's page cache) but may lose the last
 commits on a power cut, and at the edge a power cut is the usual way a box stops; a device whose
@@ -35,7 +39,8 @@ it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device a
 score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
 dropped or compacted; drift window summaries are merged (one per model version and window: their
-counts add up, so nothing the drift monitor reads is lost). When nothing is left to compact, they
+counts add up, so nothing the drift monitor reads is lost). A file's score objects are compacted
+the same way, after the event scores. When nothing is left to compact, they
 are kept beyond the bound, and new scores are stored compacted at once.
 """
 
@@ -55,7 +60,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 
@@ -87,10 +92,11 @@ __all__ = [
     "Shipper",
     "SqliteStateStore",
     "Uplink",
+    "buffered_alert",
     "compact_scores",
 ]
 
-Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack"]
+Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack", "object"]
 ACK_DETAIL_TYPE = "Zaindari Edge Ack"
 
 # Lake prefixes of what the box ships (the cloud's layout; object names start with ``edge-``).
@@ -126,6 +132,10 @@ CREATE TABLE IF NOT EXISTS device_state (
     state BLOB NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready lake objects)
+    seq INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -350,6 +360,41 @@ class EdgeBuffer:
         self._bump(db, "bytes", len(data))
         return int(cursor.lastrowid or 0)
 
+    def _insert_object(
+        self,
+        db: sqlite3.Connection,
+        *,
+        key: str,
+        content_type: str,
+        data: IO[bytes],
+        size: int,
+        items: int,
+        day: str = "",
+    ) -> int:
+        """Insert one ready lake object (kind ``object``: shipped as is under ``key``); its bytes
+        are copied from ``data`` a megabyte at a time into ``outbox_blobs`` and count against the
+        bound."""
+        meta = _encode({"key": key, "content_type": content_type, "size": size})
+        cursor = db.execute(
+            "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES ('object', ?, ?, ?, ?, ?)",
+            (day, items, len(meta) + size, time.time(), meta),
+        )
+        seq = int(cursor.lastrowid or 0)
+        db.execute("INSERT INTO outbox_blobs (seq, data) VALUES (?, zeroblob(?))", (seq, size))
+        if size:
+            with db.blobopen("outbox_blobs", "data", seq) as blob:
+                while piece := data.read(1 << 20):
+                    blob.write(piece)
+        self._bump(db, "bytes", len(meta) + size)
+        return seq
+
+    def object_data(self, seq: int) -> bytes:
+        """The bytes of the ``object`` row ``seq``."""
+        row = self._db().execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise PortError(f"edge buffer {self.path}: object row {seq} has no data")
+        return bytes(row[0])
+
     def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for begin in range(0, len(keys), 500):
@@ -381,6 +426,11 @@ class EdgeBuffer:
         plan = self._plan(db)
         while total > target:
             freed = self._compact_oldest(db, plan)
+            if freed == 0:
+                break
+            total -= freed
+        while total > target:  # then score-file's score objects, oldest first
+            freed = self._compact_oldest_file_scores(db, plan)
             if freed == 0:
                 break
             total -= freed
@@ -459,6 +509,37 @@ class EdgeBuffer:
         self._bump(db, "compacted_readings", len(scores))
         return freed - added
 
+    def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+        """Replace the oldest score object of a file (``zaindari.edge.file_outbox``) by its hourly
+        per-device summaries, in its place in the log; returns the bytes freed (0: none left)."""
+        from io import BytesIO
+
+        from zaindari.edge.file_outbox import compact_scores_file
+
+        low, high = plan if plan else (0, -1)
+        rows = db.execute(
+            "SELECT seq, day, bytes, body FROM outbox WHERE kind = 'object' AND NOT (seq BETWEEN ? AND ?) "
+            "ORDER BY seq",
+            (low, high),
+        ).fetchall()
+        for seq, day, size, body in rows:
+            if not _decode(body)["key"].startswith("scores/"):
+                continue
+            data = db.execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()[0]
+            summaries = compact_scores_file(BytesIO(data))
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (seq,))
+            encoded = _encode(summaries)
+            db.execute(
+                "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
+                "VALUES (?, 'summary', ?, ?, ?, ?, ?)",
+                (seq, day, len(summaries), len(encoded), time.time(), encoded),
+            )
+            self._bump(db, "bytes", len(encoded) - int(size))
+            self._bump(db, "compacted_readings", sum(int(s["readings"]) for s in summaries))
+            return int(size) - len(encoded) or 1  # negative for a tiny object: its summaries are bigger
+        return 0
+
     # -- reading the log (the shipper) ----------------------------------------------------
 
     @staticmethod
@@ -520,6 +601,8 @@ class EdgeBuffer:
             for entry in batch:
                 row = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING bytes", (entry.seq,)).fetchone()
                 freed += int(row[0]) if row else 0
+                if entry.kind == "object":
+                    db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (entry.seq,))
             db.execute("DELETE FROM meta WHERE name = 'plan'")
             self._bump(db, "bytes", -freed)
             self._bump(db, "shipped_rows", len(batch))
@@ -788,6 +871,10 @@ class Uplink(Protocol):
         does; returns the keys."""
         ...
 
+    def put_object(self, key: str, data: bytes, content_type: str) -> str:
+        """Write one lake object as it is (score-file's outputs and manifests); returns its key."""
+        ...
+
 
 @dataclass
 class ShipReport:
@@ -912,8 +999,13 @@ class Shipper:
         if first.kind == "summary":
             rows = [row for e in batch for row in e.body]
             return [self.uplink.put_rows(SUMMARIES_PREFIX, first.day, name, rows)]
+        if first.kind == "object":
+            return [
+                self.uplink.put_object(e.body["key"], self.buffer.object_data(e.seq), e.body["content_type"])
+                for e in batch
+            ]
         if first.kind == "alert":
-            alerts = [Alert.model_validate(e.body) for e in batch]
+            alerts = [buffered_alert(e.body) for e in batch]
             failed = self.uplink.publish_alerts(alerts)
             if failed:
                 raise PortError(f"alerts not delivered: {sorted(failed)}")
@@ -929,6 +1021,16 @@ class Shipper:
                 self.uplink.put_event(ACK_DETAIL_TYPE, {**entry.body, "box_id": self.box_id})
             return []
         raise PortError(f"edge buffer row {first.seq} has an unknown kind {first.kind!r}")
+
+
+def buffered_alert(body: Mapping[str, Any]) -> Alert:
+    """An alert as it was buffered: a file's alert keeps its own fields (``scope: "file"``,
+    :class:`~zaindari.file_drops.FileAlert`), for the cloud and the plant's channels alike."""
+    if body.get("scope") == "file":
+        from zaindari.file_drops import FileAlert
+
+        return FileAlert.model_validate(body)
+    return Alert.model_validate(body)
 
 
 @contextlib.contextmanager

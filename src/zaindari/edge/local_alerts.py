@@ -246,6 +246,8 @@ class LocalAlerts:
     def deliver(self, limit: int = 100) -> DeliveryReport:
         """Send what each channel has queued, oldest first; a channel stops at its first failure
         and is skipped until its retry time."""
+        from zaindari.edge.buffer import buffered_alert
+
         report = DeliveryReport()
         with self._lock:  # one delivery at a time keeps each queue in order
             for name, channel in self.channels.items():
@@ -256,7 +258,7 @@ class LocalAlerts:
                 failed: dict[int, str] = {}
                 for seq, body in self.buffer.pending_local_alerts(name, limit):
                     try:
-                        channel.send(Alert.model_validate(body))
+                        channel.send(buffered_alert(body))
                     except ChannelError as exc:
                         failed[seq] = str(exc)
                         report.errors[name] = str(exc)

@@ -24,8 +24,8 @@ from zaindari.event_scoring import EventScoring, HttpAnswer, InboundRecord, Scor
 from zaindari.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from zaindari.edge.file_outbox import BufferedFileSink
     from zaindari.file_scoring import FileScoring
-    from zaindari.local_ports import LocalFileSink
 
 __all__ = [
     "BatchingEventScoring",
@@ -189,15 +189,26 @@ def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventS
     return BatchingEventScoring(box.scoring, score_records=box.score_records)
 
 
-def build_edge_file_scoring(settings: Settings) -> tuple[FileScoring, LocalFileSink]:
-    """The edge's ``score-file``: the file use case with the box's model, writing its outputs and
-    manifests (which make a resent file a duplicate) under ``edge_data_dir``."""
+def build_edge_file_scoring(settings: Settings) -> tuple[FileScoring, BufferedFileSink]:
+    """The edge's ``score-file``: the file use case with the box's model; its outputs, manifests,
+    drift summaries and alerts go through the box's buffer (staged under ``edge_data_dir``'s
+    ``spool/`` until a file is published), its alerts to the plant's channels at once."""
+    from zaindari.edge.buffer import BufferedSummaries
+    from zaindari.edge.file_outbox import BufferedFileSink
     from zaindari.file_scoring import FileScoring, FileScoringOptions
-    from zaindari.local_ports import LocalFileSink
 
     box = edge_box(settings)
-    sink = LocalFileSink(settings.edge_data_dir)
+    local = box.local
+    sink = BufferedFileSink(
+        box.buffer,
+        Path(settings.edge_data_dir) / "spool",
+        local_channels=local.names if local is not None else (),
+        on_published=local.deliver if local is not None else None,
+    )
     scoring = FileScoring(
-        model=box.sync.current, sink=sink, options=FileScoringOptions(threads=settings.onnx_threads)
+        model=box.sync.current,
+        sink=sink,
+        options=FileScoringOptions(threads=settings.onnx_threads),
+        summaries=BufferedSummaries(box.buffer),
     )
     return scoring, sink

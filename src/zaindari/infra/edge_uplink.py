@@ -1,7 +1,8 @@
 """The edge box's link to AWS: where its buffer is shipped and where model updates come from.
 
 :class:`AwsUplink` implements :class:`zaindari.edge.buffer.Uplink` with the cloud's own adapters
-(:class:`~zaindari.infra.aws_ports.S3LakeWriter` for lake objects,
+(:class:`~zaindari.infra.aws_ports.S3LakeWriter` for lake rows, one ``PutObject`` for the
+ready objects of ``score-file``,
 :class:`~zaindari.infra.drift_ports.S3SummaryStore` for drift summaries,
 :class:`~zaindari.infra.aws_ports.SnsEventBridgeAlertSink` for alerts), so an edge alert reaches
 SNS and EventBridge exactly as a cloud alert does. :class:`S3BundleFetcher` downloads a model
@@ -42,6 +43,7 @@ class AwsUplink:
         fmt: str = "jsonl.gz",
     ) -> None:
         self.factory = factory
+        self.bucket = bucket
         self.event_bus = event_bus
         self.lake = S3LakeWriter(factory, bucket, fmt)
         self.alerts = SnsEventBridgeAlertSink(factory, topic_arn, event_bus)
@@ -57,6 +59,15 @@ class AwsUplink:
         from zaindari.drift import WindowSummary
 
         return self.summaries.write([WindowSummary.from_dict(s) for s in summaries], source=source, name=name)
+
+    def put_object(self, key: str, data: bytes, content_type: str) -> str:
+        try:
+            self.factory.client("s3").put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except aws_errors() as exc:
+            raise PortError(f"S3 {self.bucket}: cannot write {key}: {exc}") from exc
+        return key
 
     def put_event(self, detail_type: str, detail: Mapping[str, Any]) -> None:
         entry = {

@@ -1,0 +1,260 @@
+"""score-file's sink on the edge buffer: a file's outputs enter the log in one transaction (a process
+killed -9 inside it leaves nothing of the file), ship in order under the cloud's keys, and the
+buffer's bound and compaction policy apply to them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.support import ROOT, fit_example_bundle, plant_readings
+from tests.unit.test_edge_buffer import RecordingUplink
+from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.edge.buffer import BufferedLake, BufferedSummaries, EdgeBuffer, Shipper, SqliteStateStore
+from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.local_alerts import LocalAlerts
+from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.file_scoring import FileManifest, FileScoring, FileSource
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> ModelBundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def historian_csv() -> bytes:
+    """The plant's first hour of faults as a historian CSV, one row the contract refuses."""
+    rows = [
+        {k: v for k, v in r.items() if k != "sensors"} | r["sensors"] for r in plant_readings()[1080:1320]
+    ]
+    frame = pd.DataFrame(rows).astype({"temperature": object})
+    frame.loc[3, "temperature"] = "hot"
+    return frame.to_csv(index=False).encode()
+
+
+SOURCE = FileSource(key="edge/t/hall.csv", etag="e1", size=1)
+
+
+def score(buffer: EdgeBuffer, bundle: ModelBundle, spool: Path, data: bytes) -> FileManifest:
+    sink = BufferedFileSink(buffer, spool, local_channels=["mqtt"])
+    scoring = FileScoring(model=lambda: bundle, sink=sink, summaries=BufferedSummaries(buffer))
+    return scoring.score_file(io.BytesIO(data), SOURCE)
+
+
+def ship(buffer: EdgeBuffer) -> RecordingUplink:
+    uplink = RecordingUplink()
+    report = Shipper(buffer, uplink, box_id="t", status=dict).ship_once()
+    assert report.error is None and report.remaining == 0
+    return uplink
+
+
+def test_a_files_objects_ship_in_order_under_the_cloud_keys_with_its_alerts(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    manifest = score(buffer, bundle, tmp_path / "spool", historian_csv)
+    sid = manifest.source_id
+    assert (manifest.rows_scored, manifest.rows_quarantined) == (239, 1)
+    # the file's alerts are buffered for the cloud and queued for the plant's channel, which gets
+    # them whole (the file's counts and worst rows, as on EventBridge)
+    alerts = buffer.stats().items["alert"]
+    assert alerts >= 1 and buffer.stats().local_alerts_pending == alerts
+    plant = _PlantChannel()
+    LocalAlerts(buffer, [plant]).deliver()
+    assert len(plant.sent) == alerts and all(a["scope"] == "file" and a["worst_rows"] for a in plant.sent)
+    uplink = ship(buffer)
+    # scores first, then quarantined rows, then the manifest (it says the run is complete)
+    objects = [k for k in uplink.puts if k in uplink.blobs]
+    assert objects == [*sorted(manifest.outputs, reverse=True), f"manifests/{sid}.json"]
+    scores = pd.read_parquet(io.BytesIO(uplink.blobs[f"scores/date=2024-01-01/{sid}.parquet"]))
+    assert len(scores) == 239
+    assert json.loads(uplink.blobs[f"manifests/{sid}.json"]) == manifest.model_dump(mode="json")
+    assert {a.model_dump()["scope"] for a in uplink.alerts} == {"file"} and len(uplink.alerts) == alerts
+    # the spool holds nothing once the file is in the buffer
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]
+
+
+_KILLED_IN_THE_TRANSACTION = """
+import io, os, signal, sys
+from zaindari.bundle import load_bundle
+from zaindari.edge.buffer import BufferedSummaries, EdgeBuffer
+from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.file_scoring import FileScoring, FileSource
+
+db, spool, bundle_dir, data = sys.argv[1:]
+buffer = EdgeBuffer(db)
+sink = BufferedFileSink(buffer, spool)
+real = sink._insert_json
+
+def insert_json(db, key, body):
+    if key.startswith("manifests/"):  # the scores and quarantine are in, uncommitted
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(db, key, body)
+
+sink._insert_json = insert_json
+bundle = load_bundle(bundle_dir)
+source = FileSource(key="edge/t/hall.csv", etag="e1", size=1)
+scoring = FileScoring(model=lambda: bundle, sink=sink, summaries=BufferedSummaries(buffer))
+scoring.score_file(open(data, "rb"), source)
+"""
+
+
+def test_a_box_killed_inside_a_files_transaction_keeps_nothing_of_it_and_the_repost_lands_once(
+    tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given a process scoring a file that is killed -9 inside the file's transaction (after its
+    # scores and quarantined rows were written to the log, before the manifest and the commit)
+    (tmp_path / "hall.csv").write_bytes(historian_csv)
+    args = [str(tmp_path / "edge.db"), str(tmp_path / "spool"), str(bundle_dir), str(tmp_path / "hall.csv")]
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_KILLED_IN_THE_TRANSACTION), *args],
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    # Then nothing of the file is in the log (its drift summaries were, and stay once)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    assert set(buffer.stats().rows) == {"drift"}
+    assert [p for p in (tmp_path / "spool").iterdir()]  # the dead process's staged files
+    # When the file is posted again to the restarted box
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    assert sink.read_manifest(SOURCE) is None
+    scoring = FileScoring(model=lambda: bundle, sink=sink, summaries=BufferedSummaries(buffer))
+    manifest = scoring.score_file(io.BytesIO(historian_csv), SOURCE)
+    # Then the dead process's spool is gone, and every object ships once
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [sink.spool.name]
+    assert sink.read_manifest(SOURCE) == manifest
+    uplink = ship(buffer)
+    objects = [k for k in uplink.puts if k in uplink.blobs]
+    assert len(objects) == len(set(objects)) == 3
+    drift = [k for k in uplink.puts if k.startswith("summaries/")]
+    assert len(drift) == 1
+    assert sum(w["scored"] for w in uplink.objects[drift[0]]) == manifest.rows_scored
+
+
+def test_a_full_buffer_keeps_a_files_scores_as_hourly_summaries_and_its_quarantine_and_manifest_whole(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given a buffer whose bound cannot hold the file's scores
+    buffer = EdgeBuffer(tmp_path / "edge.db", max_bytes=4096)
+    manifest = score(buffer, bundle, tmp_path / "spool", historian_csv)
+    # Then its scores were kept as per-device hourly summaries that count every scored row
+    stats = buffer.stats()
+    assert stats.compacted_readings == manifest.rows_scored == 239
+    uplink = ship(buffer)
+    summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
+    assert sum(s["readings"] for s in summaries) == 239
+    assert {(s["device_id"], s["hour"][:13]) for s in summaries} == {
+        (d, h) for d in {s["device_id"] for s in summaries} for h in ("2024-01-01T04", "2024-01-01T05")
+    }
+    # and the quarantined row and the manifest arrived whole, the manifest naming what was kept
+    shipped = json.loads(uplink.blobs[f"manifests/{manifest.source_id}.json"])
+    assert shipped["outputs"] == [o for o in manifest.outputs if o.startswith("quarantine/")]
+    assert shipped["rows_scored"] == 239
+
+
+def test_a_files_buffered_scores_are_compacted_when_later_work_needs_the_room(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given a file's scores in a buffer with room for them but not for much more
+    buffer = EdgeBuffer(tmp_path / "edge.db", max_bytes=24_000)
+    manifest = score(buffer, bundle, tmp_path / "spool", historian_csv)
+    assert buffer.stats().compacted_readings == 0
+    # When the box's devices send readings that do not fit
+    events = EventScoring(
+        model=lambda: bundle,
+        states=SqliteStateStore(buffer),
+        lake=BufferedLake(buffer),
+        alerts=_NoAlerts(),
+        rejects=_NoRejects(),
+    )
+    readings = plant_readings()[0:400]
+    for begin in range(0, len(readings), 40):
+        events.score_records([InboundRecord(f"r{begin}", readings[begin : begin + 40], "t")])
+    # Then the older raw scores, the file's among them, became summaries in their place in the log
+    stats = buffer.stats()
+    assert stats.bytes <= 24_000
+    uplink = ship(buffer)
+    assert f"scores/date=2024-01-01/{manifest.source_id}.parquet" not in uplink.blobs
+    assert stats.compacted_readings >= manifest.rows_scored
+    summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
+    assert sum(s["readings"] for s in summaries) == stats.compacted_readings
+
+
+class _PlantChannel:
+    name = "mqtt"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, alert: Any) -> None:
+        self.sent.append(json.loads(alert.model_dump_json()))
+
+    def close(self) -> None:
+        return None
+
+
+class _NoAlerts:
+    def publish(self, alerts: Any) -> set[str]:
+        return set()
+
+
+class _NoRejects:
+    def reject(self, rejected: Any) -> list[str]:
+        return []
+
+
+def test_a_file_refused_whole_ships_its_reason_and_a_copy_to_replay_and_no_scores(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    # Given a file without the columns the model needs, scored while the sink keeps its bytes
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    data = b"a,b\n1,2\n"
+    with sink.keeping(SOURCE, data):
+        manifest = FileScoring(model=lambda: bundle, sink=sink).score_file(io.BytesIO(data), SOURCE)
+    # Then it failed with its reason, and the lake gets the record, the copy and the manifest only
+    assert manifest.status == "failed" and manifest.error
+    assert sink.read_manifest(SOURCE) == manifest  # a repost is scored again (failed is not final)
+    uplink = ship(buffer)
+    sid = manifest.source_id
+    assert sorted(uplink.blobs) == [
+        f"manifests/{sid}.json",
+        f"quarantine/files/{sid}.json",
+        f"quarantine/files/{sid}/hall.csv",
+    ]
+    record = json.loads(uplink.blobs[f"quarantine/files/{sid}.json"])
+    assert record["reason"] == manifest.error and record["copy"] == f"quarantine/files/{sid}/hall.csv"
+    assert uplink.blobs[record["copy"]] == data
+    assert manifest.quarantined_to == f"quarantine/files/{sid}.json"
+
+
+def test_the_list_of_files_posted_keeps_as_many_as_the_buffer_remembers_keys(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    buffer = EdgeBuffer(tmp_path / "edge.db", key_memory=1)
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    scoring = FileScoring(model=lambda: bundle, sink=sink)
+    first, second = (FileSource(key=f"edge/t/{n}.csv", etag=n, size=1) for n in ("a", "b"))
+    scoring.score_file(io.BytesIO(historian_csv), first)
+    assert sink.read_manifest(first) is not None
+    scoring.score_file(io.BytesIO(historian_csv), second)
+    assert sink.read_manifest(first) is None and sink.read_manifest(second) is not None
