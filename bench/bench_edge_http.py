@@ -147,9 +147,16 @@ def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     port = _free_port()
-    env = {"PATH": f"{MLFLOW_BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": str(tmp / "mlruns")}
+    # console scripts (mlflow, and the uvicorn it starts by name) carry the absolute shebang of the
+    # venv they were installed in, which a moved or shared .tools may not have: run them as modules
+    shims = tmp / "mlflow-shims"
+    shims.mkdir()
+    (shims / "uvicorn").write_text(f'#!/bin/sh\nexec "{python}" -m uvicorn "$@"\n')
+    (shims / "uvicorn").chmod(0o755)
+    path = f"{shims}:{MLFLOW_BIN}:{os.environ.get('PATH', '')}"
+    env = {"PATH": path, "MLFLOW_TRACKING_URI": str(tmp / "mlruns")}
     process = start_server(
-        [str(MLFLOW_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+        [str(python), "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],
         env,
         f"http://127.0.0.1:{port}/ping",
@@ -166,8 +173,8 @@ def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[
 
 
 def main() -> list[dict[str, Any]]:
-    if not (MLFLOW_BIN / "mlflow").exists():
-        raise SystemExit(f"{MLFLOW_BIN}/mlflow is missing: run `make tool-mlflow` first")
+    if not (MLFLOW_BIN / "python").exists():
+        raise SystemExit(f"{MLFLOW_BIN}/python is missing: run `make tool-mlflow` first")
     with tempfile.TemporaryDirectory(prefix="zaindari-bench-edge-") as tmp_name:
         tmp = Path(tmp_name)
         bundle_dir = fit_example_bundle(tmp / "bundle")
