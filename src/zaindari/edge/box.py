@@ -233,8 +233,8 @@ class EdgeBox:
         outcome = self.sync.record_batch(bad == 0, f"{bad} non-finite scores")
         if outcome is not None:
             log.error("model %s rolled back: %s", outcome.version, outcome.reason)
-        if report.scored or report.alerts:
-            self._wake.set()
+        if self.shipper is not None and (report.scored or report.alerts) and not self._wake.is_set():
+            self._wake.set()  # only the shipper has work from a batch (plant alerts went out above)
         return report
 
     def _score_in_one_transaction(self, records: Sequence[InboundRecord]) -> ScoringReport:

@@ -364,12 +364,14 @@ class EdgeBuffer:
         return int(row[0]) if row else 0
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, name: str, delta: int) -> None:
-        db.execute(
+    def _bump(db: sqlite3.Connection, name: str, delta: int) -> int:
+        """Add ``delta`` to counter ``name``; returns its new value."""
+        row = db.execute(
             "INSERT INTO meta (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+            "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + ? RETURNING value",
             (name, str(delta), delta),
-        )
+        ).fetchone()
+        return int(row[0])
 
     # -- appending ------------------------------------------------------------------------
 
@@ -455,9 +457,7 @@ class EdgeBuffer:
         if not keys:
             return
         db.executemany("INSERT OR IGNORE INTO written (key) VALUES (?)", [(k,) for k in keys])
-        top = db.execute("SELECT max(id) FROM written").fetchone()[0] or 0
-        if top > self.key_memory:
-            db.execute("DELETE FROM written WHERE id <= ?", (top - self.key_memory,))
+        db.execute("DELETE FROM written WHERE id <= (SELECT max(id) FROM written) - ?", (self.key_memory,))
 
     # -- the size bound -------------------------------------------------------------------
 
@@ -681,8 +681,7 @@ class EdgeBuffer:
                     "INSERT OR REPLACE INTO device_state (device_id, state, updated_at) VALUES (?, ?, ?)",
                     [(device, orjson.dumps(state.to_dict()), now) for device, state in states.items()],
                 )
-                self._bump(db, "state_gen", 1)
-                gen = self._counter(db, "state_gen")
+                gen = self._bump(db, "state_gen", 1)
         except BaseException:
             self._forget_states()
             raise
