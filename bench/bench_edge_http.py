@@ -280,7 +280,7 @@ def main() -> list[dict[str, Any]]:
         *rows,
         result_row(NAME, "edge scoring process peak RSS (worker VmHWM)", worker_peak, "MiB",
                    target="<= 200 MB", passed=worker_peak * 1.048576 <= 200),
-        result_row(NAME, "edge gunicorn master peak RSS (VmHWM)", master_peak, "MiB"),
+        result_row(NAME, "edge server parent process peak RSS (VmHWM)", master_peak, "MiB"),
         result_row(NAME, "mlflow models serve peak RSS (VmHWM, largest process)", mlflow_peak, "MiB"),
     ]  # fmt: skip
 

@@ -14,12 +14,14 @@ Durability. WAL mode with ``synchronous=FULL``: every commit is fsynced before t
 ``NORMAL`` would survive a killed process (the WAL is in the OS's page cache) but may lose the last
 commits on a power cut, and at the edge a power cut is the usual way a box stops; a device whose
 request was answered has forgotten its readings, so an answered batch must be on disk. The price is
-one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). Device state
-alone is committed without waiting for the disk: the next durable commit persists it (the WAL is
-written in order), and if a power cut takes the last state write, the readings the devices send
-again are recognised by the keys the log keeps with their scores and alerts (nothing is buffered
-twice); windows and alert hysteresis then miss that one request's update. This halves the fsyncs of
-a request without alerts (one instead of two).
+one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). The edge box
+scores each group of requests inside :meth:`EdgeBuffer.transaction`: everything the group writes,
+device state included, is one transaction and one fsync (a group commit), so a crash keeps all of
+it or none. Outside a transaction, device state alone is committed without waiting for the disk:
+the next durable commit persists it (the WAL is written in order), and if a power cut takes the
+last state write, the readings the devices send again are recognised by the keys the log keeps
+with their scores and alerts (nothing is buffered twice); windows and alert hysteresis then miss
+that one request's update.
 
 Shipping. :class:`Shipper` sends the log to the cloud strictly in sequence order through an
 :class:`Uplink` (S3 and EventBridge: ``zaindari.infra.edge_uplink``). Consecutive rows of one kind
