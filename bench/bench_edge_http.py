@@ -3,8 +3,8 @@
 Both servers serve the same ONNX model (the example bundle's ``model.onnx``; mlflow gets it saved
 with ``mlflow.onnx.save_model`` and serves it with ``--env-manager local`` from ``.tools/mlflow``,
 made by ``make tool-mlflow``). Each runs as one server process (mlflow's default: one uvicorn
-worker; the edge: one granian worker process, see zaindari.edge.server) and is measured alone,
-with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
+worker; the edge: one granian worker process, see zaindari.edge.server); both are up at once and
+measured in turn at each level, with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
 the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-alive connections, one
 request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
 
@@ -28,11 +28,13 @@ servers themselves, a hello-world WSGI app behind the edge's granian and behind 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,9 @@ def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]
         stop_server(process)
 
 
-def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dict[str, float]], float, float]:
+@contextlib.contextmanager
+def edge_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
+    """``zaindari edge serve`` on a free port, warmed up; yields (process, port)."""
     secrets = tmp / "secrets"
     secrets.mkdir()
     (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
@@ -168,30 +172,14 @@ def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dic
         f"http://127.0.0.1:{port}/healthz",
     )
     try:
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
-        load(port, "/function/score-event", bodies[:200], headers, WARMUP_SECONDS, LEVELS[0])
-        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
-        pids = [process.pid, *children(process.pid)]
-        result = [
-            measured(
-                pids,
-                port,
-                "/function/score-event",
-                bodies[200 + k * share : 200 + (k + 1) * share],
-                headers,
-                c,
-            )
-            for k, c in enumerate(LEVELS)
-        ]
-        workers = children(process.pid)
-        worker_peak = max(peak_rss_mib(p) for p in workers)
-        master_peak = peak_rss_mib(process.pid)
+        yield process, port
     finally:
         stop_server(process)
-    return result, worker_peak, master_peak
 
 
-def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[dict[str, float]], float]:
+@contextlib.contextmanager
+def mlflow_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
+    """``mlflow models serve`` of the bundle's ONNX model on a free port; yields (process, port)."""
     model_dir = tmp / "mlflow-model"
     python = MLFLOW_BIN / "python"
     subprocess.run(
@@ -216,14 +204,34 @@ def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[
         timeout=180,
     )  # fmt: skip
     try:
-        headers = {"Content-Type": "application/json"}
-        load(port, "/invocations", vectors[:200], headers, WARMUP_SECONDS, LEVELS[0])
-        pids = [process.pid, *children(process.pid)]
-        result = [measured(pids, port, "/invocations", vectors[200:], headers, c) for c in LEVELS]
-        peak = max([peak_rss_mib(p) for p in [process.pid, *children(process.pid)]])
+        yield process, port
     finally:
         stop_server(process)
-    return result, peak
+
+
+def run_both(
+    tmp: Path, bundle_dir: Path, bodies: list[bytes], vectors: list[bytes]
+) -> tuple[list[dict[str, float]], list[dict[str, float]], float, float, float]:
+    """Both servers up at once, measured in turn at each level (edge, then mlflow), so that a
+    change of the machine's load during the run falls on both: (edge figures, mlflow figures,
+    edge worker peak RSS, edge parent peak RSS, mlflow peak RSS)."""
+    edge_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    mlflow_headers = {"Content-Type": "application/json"}
+    path = "/function/score-event"
+    with edge_server(tmp, bundle_dir) as (edge, edge_port), mlflow_server(tmp, bundle_dir) as (ml, ml_port):
+        load(edge_port, path, bodies[:200], edge_headers, WARMUP_SECONDS, LEVELS[0])
+        load(ml_port, "/invocations", vectors[:200], mlflow_headers, WARMUP_SECONDS, LEVELS[0])
+        edge_pids, ml_pids = [edge.pid, *children(edge.pid)], [ml.pid, *children(ml.pid)]
+        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
+        at_edge, at_mlflow = [], []
+        for k, c in enumerate(LEVELS):
+            fresh = bodies[200 + k * share : 200 + (k + 1) * share]
+            at_edge.append(measured(edge_pids, edge_port, path, fresh, edge_headers, c))
+            at_mlflow.append(measured(ml_pids, ml_port, "/invocations", vectors[200:], mlflow_headers, c))
+        worker_peak = max(peak_rss_mib(p) for p in children(edge.pid))
+        parent_peak = peak_rss_mib(edge.pid)
+        mlflow_peak = max(peak_rss_mib(p) for p in ml_pids)
+    return at_edge, at_mlflow, worker_peak, parent_peak, mlflow_peak
 
 
 def main() -> list[dict[str, Any]]:
@@ -244,8 +252,7 @@ def main() -> list[dict[str, Any]]:
             f"wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
         )
-        edge, worker_peak, master_peak = run_edge(tmp, bundle_dir, bodies)
-        mlflow, mlflow_peak = run_mlflow(tmp, bundle_dir, vectors)
+        edge, mlflow, worker_peak, master_peak, mlflow_peak = run_both(tmp, bundle_dir, bodies, vectors)
         ceilings = {server: run_ceiling(tmp, bodies, server) for server in ("granian", "gunicorn")}
         info_line(f"hello-world ceilings, {LEVELS[0]} connections: {ceilings}")
     rows: list[dict[str, Any]] = []
