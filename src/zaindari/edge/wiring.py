@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -135,11 +134,6 @@ class BatchingEventScoring:
     transaction (one fsync) for the whole group (a group commit). Each request gets its own part
     of the report. HTTP parsing, authentication and the contract check stay outside the lock.
 
-    Under the GIL, the requests that arrive while a group is scored are still being parsed when
-    it ends, so a group would hold only the one or two parsed by then. The next group therefore
-    waits (at most ``linger_seconds``) for the requests already in :meth:`answer_http` to finish
-    their contract check and join it: a request never waits for one that has not arrived yet.
-
     Parameters
     ----------
     scoring
@@ -148,8 +142,6 @@ class BatchingEventScoring:
         Scores a group (default ``scoring.score_records``; the box's, which watches the model).
     max_batch
         Most requests scored in one call.
-    linger_seconds
-        Longest wait for requests being parsed before a group is scored.
     """
 
     def __init__(
@@ -158,59 +150,32 @@ class BatchingEventScoring:
         *,
         score_records: Callable[[Sequence[InboundRecord]], ScoringReport] | None = None,
         max_batch: int = 256,
-        linger_seconds: float = 0.002,
     ) -> None:
         self.scoring = scoring
         self.score_records = score_records or scoring.score_records
         self.max_batch = max_batch
-        self.linger_seconds = linger_seconds
         self._pending: list[tuple[InboundRecord, Future[ScoringReport]]] = []
         self._pending_lock = threading.Lock()
-        self._changed = threading.Condition(self._pending_lock)
-        self._arriving = 0  # requests in answer_http not queued yet
         self._scoring_lock = threading.Lock()
 
     def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
         """As :meth:`EventScoring.answer_http`; ``request_id`` must be unique among concurrent calls."""
-        with self._changed:
-            self._arriving += 1
-        try:
-            readings = self.scoring.parse_http(body)
-        except BaseException:
-            self._arrived()
-            raise
+        readings = self.scoring.parse_http(body)
         if isinstance(readings, HttpAnswer):
-            self._arrived()
             return readings
-        report = self.score(InboundRecord(request_id, readings, source), arriving=True)
+        report = self.score(InboundRecord(request_id, readings, source))
         return http_answer(report.for_record(request_id))
 
-    def _arrived(self) -> None:
-        with self._changed:
-            self._arriving -= 1
-            self._changed.notify_all()
-
-    def score(self, record: InboundRecord, *, arriving: bool = False) -> ScoringReport:
-        """Score ``record`` with whatever else is waiting; returns the report of its group.
-
-        ``arriving``: the caller counted itself in ``_arriving`` (:meth:`answer_http`)."""
+    def score(self, record: InboundRecord) -> ScoringReport:
+        """Score ``record`` with whatever else is waiting; returns the report of its group."""
         future: Future[ScoringReport] = Future()
-        with self._changed:
+        with self._pending_lock:
             self._pending.append((record, future))
-            if arriving:
-                self._arriving -= 1
-            self._changed.notify_all()
         while not future.done():
             with self._scoring_lock:
                 if future.done():
                     break
-                with self._changed:
-                    deadline = time.monotonic() + self.linger_seconds
-                    while self._arriving > 0 and len(self._pending) < self.max_batch:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._changed.wait(left)
+                with self._pending_lock:
                     group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 if not group:
                     continue
