@@ -16,7 +16,9 @@ PYTEST_ARGS ?=
 PY_DIRS := $(wildcard src tests functions glue_jobs bench docs)
 
 # Heavy CLIs live in their own venvs under .tools/ (never in .venv), pinned, created on first use.
-TOOLS := .tools
+# The tool venvs' scripts carry their absolute path: resolve a symlinked .tools (a git worktree
+# sharing another checkout's tools) so the venvs keep working after that worktree is removed.
+TOOLS := $(or $(realpath .tools),.tools)
 CFN_LINT_VERSION ?= 1.58.0
 SAM_CLI_VERSION ?= 1.170.0
 CFN_LINT_STAMP := $(TOOLS)/cfn-lint/.installed-$(CFN_LINT_VERSION)

@@ -3,8 +3,8 @@
 Both servers serve the same ONNX model (the example bundle's ``model.onnx``; mlflow gets it saved
 with ``mlflow.onnx.save_model`` and serves it with ``--env-manager local`` from ``.tools/mlflow``,
 made by ``make tool-mlflow``). Each runs as one server process (mlflow's default: one uvicorn
-worker; the edge: one gunicorn gthread process, see zaindari.edge.server) and is measured alone,
-with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
+worker; the edge: one granian worker process, see zaindari.edge.server); both are up at once and
+measured in turn at each level, with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
 the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-alive connections, one
 request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
 
@@ -16,17 +16,25 @@ request in flight on each, for SECONDS after a warm-up; every request a differen
   vector already computed (mlflow does inference only).
 
 Targets (issue 8): edge requests/s >= 3x mlflow's, edge p99 below mlflow's, peak RSS of the edge
-scoring process (the gunicorn worker, VmHWM) <= 200 MB. Environment: BENCH_EDGE_SECONDS (8),
+scoring process (the worker, VmHWM) <= 200 MB. Environment: BENCH_EDGE_SECONDS (8),
 BENCH_EDGE_CLIENTS (connection counts, default "8,32"; the targets apply to the first).
+
+Two more figures make the requests/s readable on a shared machine: the CPU each server spends per
+request (user + system time of all its processes over the run, from ``/proc``, divided by the
+requests answered: steady under load, where requests/s is not), and the ceiling of the HTTP
+servers themselves, a hello-world WSGI app behind the edge's granian and behind gunicorn
+``gthread`` (the edge's server before), with the same client and connections.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +106,55 @@ def children(pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children(recursive=True)]
 
 
-def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dict[str, float]], float, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (threads included), in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    pids: list[int], port: int, path: str, bodies: list[bytes], headers: dict[str, str], connections: int
+) -> dict[str, float]:
+    """:func:`load` for SECONDS, plus the servers' CPU time per request (µs)."""
+    before = cpu_seconds(pids)
+    figures = load(port, path, bodies, headers, SECONDS, connections)
+    figures["cpu_us"] = (cpu_seconds(pids) - before) / max(figures["requests"], 1) * 1e6
+    return figures
+
+
+HELLO_APP = """
+def app(environ, start_response):
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "11")])
+    return [b'{"ok":true}']
+"""
+
+
+def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]:
+    """A hello-world WSGI app (reads the body, answers 11 bytes) behind ``serve_wsgi(server=...)``
+    with the edge's threads: what the HTTP server alone allows on this machine now."""
+    (tmp / "bench_hello.py").write_text(HELLO_APP)
+    port = _free_port()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import bench_hello; "
+        "from zaindari.infra.http_server import serve_wsgi; "
+        f"serve_wsgi(bench_hello.app, host='127.0.0.1', port={port}, threads={max(LEVELS)}, server={server!r})"
+    )
+    process = start_server([sys.executable, "-c", code, str(tmp)], {}, f"http://127.0.0.1:{port}/")
+    try:
+        headers = {"Content-Type": "application/json"}
+        load(port, "/", bodies[:200], headers, WARMUP_SECONDS, LEVELS[0])
+        return measured([process.pid, *children(process.pid)], port, "/", bodies[200:], headers, LEVELS[0])
+    finally:
+        stop_server(process)
+
+
+@contextlib.contextmanager
+def edge_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
+    """``zaindari edge serve`` on a free port, warmed up; yields (process, port)."""
     secrets = tmp / "secrets"
     secrets.mkdir()
     (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
@@ -116,29 +172,14 @@ def run_edge(tmp: Path, bundle_dir: Path, bodies: list[bytes]) -> tuple[list[dic
         f"http://127.0.0.1:{port}/healthz",
     )
     try:
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
-        load(port, "/function/score-event", bodies[:200], headers, WARMUP_SECONDS, LEVELS[0])
-        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
-        result = [
-            load(
-                port,
-                "/function/score-event",
-                bodies[200 + k * share : 200 + (k + 1) * share],
-                headers,
-                SECONDS,
-                c,
-            )
-            for k, c in enumerate(LEVELS)
-        ]
-        workers = children(process.pid)
-        worker_peak = max(peak_rss_mib(p) for p in workers)
-        master_peak = peak_rss_mib(process.pid)
+        yield process, port
     finally:
         stop_server(process)
-    return result, worker_peak, master_peak
 
 
-def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[dict[str, float]], float]:
+@contextlib.contextmanager
+def mlflow_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
+    """``mlflow models serve`` of the bundle's ONNX model on a free port; yields (process, port)."""
     model_dir = tmp / "mlflow-model"
     python = MLFLOW_BIN / "python"
     subprocess.run(
@@ -147,27 +188,55 @@ def run_mlflow(tmp: Path, bundle_dir: Path, vectors: list[bytes]) -> tuple[list[
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     port = _free_port()
-    env = {"PATH": f"{MLFLOW_BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": str(tmp / "mlruns")}
+    # console scripts (mlflow, and the uvicorn it starts by name) carry the absolute shebang of the
+    # venv they were installed in, which a moved or shared .tools may not have: run them as modules
+    shims = tmp / "mlflow-shims"
+    shims.mkdir()
+    (shims / "uvicorn").write_text(f'#!/bin/sh\nexec "{python}" -m uvicorn "$@"\n')
+    (shims / "uvicorn").chmod(0o755)
+    path = f"{shims}:{MLFLOW_BIN}:{os.environ.get('PATH', '')}"
+    env = {"PATH": path, "MLFLOW_TRACKING_URI": str(tmp / "mlruns")}
     process = start_server(
-        [str(MLFLOW_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+        [str(python), "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],
         env,
         f"http://127.0.0.1:{port}/ping",
         timeout=180,
     )  # fmt: skip
     try:
-        headers = {"Content-Type": "application/json"}
-        load(port, "/invocations", vectors[:200], headers, WARMUP_SECONDS, LEVELS[0])
-        result = [load(port, "/invocations", vectors[200:], headers, SECONDS, c) for c in LEVELS]
-        peak = max([peak_rss_mib(p) for p in [process.pid, *children(process.pid)]])
+        yield process, port
     finally:
         stop_server(process)
-    return result, peak
+
+
+def run_both(
+    tmp: Path, bundle_dir: Path, bodies: list[bytes], vectors: list[bytes]
+) -> tuple[list[dict[str, float]], list[dict[str, float]], float, float, float]:
+    """Both servers up at once, measured in turn at each level (edge, then mlflow), so that a
+    change of the machine's load during the run falls on both: (edge figures, mlflow figures,
+    edge worker peak RSS, edge parent peak RSS, mlflow peak RSS)."""
+    edge_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    mlflow_headers = {"Content-Type": "application/json"}
+    path = "/function/score-event"
+    with edge_server(tmp, bundle_dir) as (edge, edge_port), mlflow_server(tmp, bundle_dir) as (ml, ml_port):
+        load(edge_port, path, bodies[:200], edge_headers, WARMUP_SECONDS, LEVELS[0])
+        load(ml_port, "/invocations", vectors[:200], mlflow_headers, WARMUP_SECONDS, LEVELS[0])
+        edge_pids, ml_pids = [edge.pid, *children(edge.pid)], [ml.pid, *children(ml.pid)]
+        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
+        at_edge, at_mlflow = [], []
+        for k, c in enumerate(LEVELS):
+            fresh = bodies[200 + k * share : 200 + (k + 1) * share]
+            at_edge.append(measured(edge_pids, edge_port, path, fresh, edge_headers, c))
+            at_mlflow.append(measured(ml_pids, ml_port, "/invocations", vectors[200:], mlflow_headers, c))
+        worker_peak = max(peak_rss_mib(p) for p in children(edge.pid))
+        parent_peak = peak_rss_mib(edge.pid)
+        mlflow_peak = max(peak_rss_mib(p) for p in ml_pids)
+    return at_edge, at_mlflow, worker_peak, parent_peak, mlflow_peak
 
 
 def main() -> list[dict[str, Any]]:
-    if not (MLFLOW_BIN / "mlflow").exists():
-        raise SystemExit(f"{MLFLOW_BIN}/mlflow is missing: run `make tool-mlflow` first")
+    if not (MLFLOW_BIN / "python").exists():
+        raise SystemExit(f"{MLFLOW_BIN}/python is missing: run `make tool-mlflow` first")
     with tempfile.TemporaryDirectory(prefix="zaindari-bench-edge-") as tmp_name:
         tmp = Path(tmp_name)
         bundle_dir = fit_example_bundle(tmp / "bundle")
@@ -183,8 +252,9 @@ def main() -> list[dict[str, Any]]:
             f"wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
         )
-        edge, worker_peak, master_peak = run_edge(tmp, bundle_dir, bodies)
-        mlflow, mlflow_peak = run_mlflow(tmp, bundle_dir, vectors)
+        edge, mlflow, worker_peak, master_peak, mlflow_peak = run_both(tmp, bundle_dir, bodies, vectors)
+        ceilings = {server: run_ceiling(tmp, bodies, server) for server in ("granian", "gunicorn")}
+        info_line(f"hello-world ceilings, {LEVELS[0]} connections: {ceilings}")
     rows: list[dict[str, Any]] = []
     for level, (at_edge, at_mlflow) in enumerate(zip(edge, mlflow, strict=True)):
         info_line(f"{LEVELS[level]} connections: edge {at_edge}; mlflow {at_mlflow}")
@@ -204,12 +274,20 @@ def main() -> list[dict[str, Any]]:
             result_row(NAME, f"edge p99 latency, {where}", at_edge["p99"], "ms", baseline=at_mlflow["p99"],
                        ratio=at_edge["p99"] / at_mlflow["p99"], target="< mlflow p99" if checked else None,
                        passed=at_edge["p99"] < at_mlflow["p99"] if checked else None),
+            result_row(NAME, f"edge server CPU per request, {where}", at_edge["cpu_us"], "µs",
+                       baseline=at_mlflow["cpu_us"], ratio=at_edge["cpu_us"] / at_mlflow["cpu_us"]),
+        ]  # fmt: skip
+    for server, ceiling in ceilings.items():
+        rows += [
+            result_row(NAME, f"{server} hello-world ceiling, {LEVELS[0]} connections", ceiling["rps"], "req/s",
+                       baseline=mlflow[0]["rps"], ratio=ceiling["rps"] / mlflow[0]["rps"]),
+            result_row(NAME, f"{server} hello-world CPU per request", ceiling["cpu_us"], "µs"),
         ]  # fmt: skip
     return [
         *rows,
         result_row(NAME, "edge scoring process peak RSS (worker VmHWM)", worker_peak, "MiB",
                    target="<= 200 MB", passed=worker_peak * 1.048576 <= 200),
-        result_row(NAME, "edge gunicorn master peak RSS (VmHWM)", master_peak, "MiB"),
+        result_row(NAME, "edge server parent process peak RSS (VmHWM)", master_peak, "MiB"),
         result_row(NAME, "mlflow models serve peak RSS (VmHWM, largest process)", mlflow_peak, "MiB"),
     ]  # fmt: skip
 

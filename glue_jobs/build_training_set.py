@@ -29,6 +29,12 @@ ARGUMENTS = [
         "",
         "where rows set aside go (default <lake>/training/rejected/<spec name>/<start>_<end>/)",
     ),
+    JobArgument(
+        "maintenance",
+        "",
+        "the plant's maintenance log, JSON Lines of known fault windows whose rows are left out "
+        "(default <lake>/labels/maintenance/; none there: nothing is left out)",
+    ),
     JobArgument("scratch", "", "local folder for staged S3 copies on local runs (default: a temporary one)"),
 ]
 
@@ -45,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_job_arguments(ARGUMENTS, argv, description=__doc__ or "")
     from zaindari.infra.s3_files import S3FileStore
     from zaindari.infra.wiring import client_factory
+    from zaindari.maintenance import MAINTENANCE_PREFIX, MaintenanceError, MaintenanceLog
     from zaindari.spec import SpecError, load_spec
     from zaindari.training_set import (
         RoutingFileStore,
@@ -69,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingSetError as exc:
         print(f"build_training_set: {exc}", file=sys.stderr)
         return 2
+    log_uri = args["maintenance"] or f"{lake}/{MAINTENANCE_PREFIX}/"
+    try:
+        maintenance = MaintenanceLog.merge(
+            MaintenanceLog.from_jsonl(store.read_bytes(f.uri), source=f.uri)
+            for f in store.list_files(log_uri)
+        )
+    except (MaintenanceError, TrainingSetError, OSError, UnicodeDecodeError) as exc:
+        print(f"build_training_set: maintenance log {log_uri}: {exc}", file=sys.stderr)
+        return 2
     span = f"{start.isoformat()}_{end.isoformat()}"
     output = args["output"] or f"{lake}/training/sets/{spec.name}/{span}/"
     rejected = args["rejected"] or f"{lake}/training/rejected/{spec.name}/{span}/"
@@ -91,11 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scratch=scratch,
                 spec_uri=str(args["spec"]),
                 inputs=inputs,
+                maintenance=maintenance,
             )
         except TrainingSetError as exc:
             print(f"build_training_set: {exc}", file=sys.stderr)
             return 2
     summary = {k: version[k] for k in ("data_version", "rows", "devices", "content_hash", "outputs")}
+    summary["maintenance"] = {"log": log_uri, "windows": len(maintenance.windows)}
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -144,17 +145,22 @@ def http_call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request with the standard library: (status, headers, body), errors included."""
+) -> tuple[int, Mapping[str, str], bytes]:
+    """One HTTP request with the standard library: (status, headers, body), errors included.
+
+    Header names are looked up case-insensitively, as HTTP defines them (granian, behind the edge
+    server, sends them in lower case; the OpenFaaS watchdog in canonical case)."""
     import urllib.error
     import urllib.request
+
+    from zaindari.edge.http import Headers
 
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers.items()), response.read()
+            return response.status, Headers(response.headers.items()), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
+        return exc.code, Headers(exc.headers.items()), exc.read()
 
 
 def start_server(

@@ -391,7 +391,7 @@ def _build_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _edge_serve(args: argparse.Namespace) -> int:
     from zaindari.edge.server import EdgeApp, load_handlers
-    from zaindari.edge.wiring import check_edge_settings, edge_settings, start_edge_box
+    from zaindari.edge.wiring import check_edge_settings, edge_settings, start_edge_box, stop_edge_box
     from zaindari.infra.http_server import serve_wsgi
     from zaindari.settings import SettingsError
 
@@ -415,6 +415,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         name="zaindari-edge",
         on_worker_start=start_edge_box,  # the box (buffer, shipper thread) lives in the worker
+        on_worker_exit=stop_edge_box,  # SIGTERM: requests answered, then the box flushed and closed
+        server="granian",
     )
     return 0
 

@@ -49,6 +49,7 @@ from zaindari.registry_events import (
 
 if TYPE_CHECKING:
     from zaindari.contract import Reading
+    from zaindari.maintenance import MaintenanceLog
 
 __all__ = [
     "ApprovalStatus",
@@ -56,6 +57,7 @@ __all__ = [
     "EdgePublisher",
     "EndpointDeployer",
     "LifecycleNotifier",
+    "MaintenanceLabels",
     "ModelLifecycle",
     "PackageMirror",
     "RecentTraffic",
@@ -132,6 +134,12 @@ class RecentTraffic(Protocol):
     def recent_readings(self, limit: int) -> list[Reading]: ...
 
 
+class MaintenanceLabels(Protocol):
+    """The plant's maintenance log (the lake's ``labels/maintenance/``, :mod:`zaindari.maintenance`)."""
+
+    def maintenance_log(self) -> MaintenanceLog: ...
+
+
 # ----------------------------------------------------------------------------- outcomes
 
 
@@ -206,9 +214,10 @@ class ModelLifecycle:
     ----------
     registry
         The model registry (versions, aliases, audit history).
-    notifier, mirror, endpoint, edge, traffic
-        The ports; ``mirror``, ``endpoint`` and ``traffic`` may be ``None`` (not configured: that
-        step is skipped, and the outcome says so).
+    notifier, mirror, endpoint, edge, traffic, labels
+        The ports; ``mirror``, ``endpoint``, ``traffic`` and ``labels`` may be ``None`` (not
+        configured: that step is skipped, and the outcome says so). With ``labels``, the gate
+        judges shadow readings inside known fault windows apart (:func:`shadow_alert_rates`).
     policy
         The promotion gate's policy.
     shadow_readings
@@ -227,6 +236,7 @@ class ModelLifecycle:
         policy: GatePolicy,
         shadow_readings: int = 2000,
         clock: Callable[[], str] = _now,
+        labels: MaintenanceLabels | None = None,
     ) -> None:
         self.registry = registry
         self.notifier = notifier
@@ -237,6 +247,7 @@ class ModelLifecycle:
         self.policy = policy
         self.shadow_readings = shadow_readings
         self.clock = clock
+        self.labels = labels
 
     # -- register_model
 
@@ -351,7 +362,10 @@ class ModelLifecycle:
                 version=str(number),
             )
 
-        return shadow_alert_rates(bundle(champion), bundle(candidate), readings)
+        log = self.labels.maintenance_log() if self.labels is not None else None
+        return shadow_alert_rates(
+            bundle(champion), bundle(candidate), readings, known_fault=log.covers if log else None
+        )
 
     def gate(
         self, model: str, candidate: int, *, actor: str = "", approved_by: str | None = None

@@ -293,20 +293,40 @@ def compare_metrics(
 
 @dataclass(frozen=True)
 class ShadowResult:
-    """Alert rates of champion and challenger on the same recent readings (fraction of rows scored)."""
+    """Alert rates of champion and challenger on the same recent readings (fraction of rows scored).
+
+    With a maintenance log (:mod:`zaindari.maintenance`) the readings inside a known fault window
+    are counted apart (``known_fault_*``): the ``champion_alert_rate`` and
+    ``challenger_alert_rate`` are then those of the other readings (normal operation, as far as
+    anyone knows). Without one, every reading is in the first group.
+    """
 
     readings: int
     champion_scored: int
     challenger_scored: int
     champion_alert_rate: float
     challenger_alert_rate: float
+    known_fault_scored: int = 0
+    champion_known_fault_alert_rate: float | None = None
+    challenger_known_fault_alert_rate: float | None = None
 
     @property
     def difference(self) -> float:
         return self.challenger_alert_rate - self.champion_alert_rate
 
+    @property
+    def normal_scored(self) -> int:
+        """Rows scored by the challenger outside known fault windows."""
+        return self.challenger_scored - self.known_fault_scored
+
+    @property
+    def known_fault_difference(self) -> float | None:
+        if self.champion_known_fault_alert_rate is None or self.challenger_known_fault_alert_rate is None:
+            return None
+        return self.challenger_known_fault_alert_rate - self.champion_known_fault_alert_rate
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "readings": self.readings,
             "champion_scored": self.champion_scored,
             "challenger_scored": self.challenger_scored,
@@ -314,37 +334,120 @@ class ShadowResult:
             "challenger_alert_rate": self.challenger_alert_rate,
             "difference": self.difference,
         }
+        if self.known_fault_scored:
+            out["known_fault"] = {
+                "scored": self.known_fault_scored,
+                "champion_alert_rate": self.champion_known_fault_alert_rate,
+                "challenger_alert_rate": self.challenger_known_fault_alert_rate,
+                "difference": self.known_fault_difference,
+            }
+            out["normal_scored"] = self.normal_scored
+        return out
 
 
 def shadow_alert_rates(
-    champion: ModelBundle, challenger: ModelBundle, readings: Sequence[Reading]
+    champion: ModelBundle,
+    challenger: ModelBundle,
+    readings: Sequence[Reading],
+    known_fault: Callable[[str, datetime], bool] | None = None,
 ) -> ShadowResult:
     """Score ``readings`` with both models (fresh device state each) and return their alert rates.
 
     The rate is the share of scored rows on which at least one alert rule fired; both models see
     the same readings in the same order through :func:`zaindari.pipeline.score_readings`.
+    ``known_fault(device_id, timestamp)`` (e.g. :meth:`zaindari.maintenance.MaintenanceLog.covers`)
+    marks the readings of known faults, whose rates are reported apart.
     """
     from zaindari.pipeline import score_readings
 
-    def rate(bundle: ModelBundle) -> tuple[int, float]:
-        scored = score_readings(bundle, readings).scored
-        alerts = sum(1 for row in scored if row["alert"])
-        return len(scored), (alerts / len(scored) if scored else 0.0)
+    faulty = {
+        (r.device_id, _stamp(r.timestamp))
+        for r in readings
+        if known_fault and known_fault(r.device_id, r.timestamp)
+    }
 
-    champion_n, champion_rate = rate(champion)
-    challenger_n, challenger_rate = rate(challenger)
-    return ShadowResult(len(readings), champion_n, challenger_n, champion_rate, challenger_rate)
+    def rates(bundle: ModelBundle) -> tuple[int, float, int, float | None]:
+        scored = score_readings(bundle, readings).scored
+        inside = [row for row in scored if (row["device_id"], row["timestamp"]) in faulty]
+        outside = len(scored) - len(inside)
+        alerts_outside = sum(1 for row in scored if row["alert"]) - sum(1 for row in inside if row["alert"])
+        return (
+            len(scored),
+            alerts_outside / outside if outside else 0.0,
+            len(inside),
+            sum(1 for row in inside if row["alert"]) / len(inside) if inside else None,
+        )
+
+    champion_n, champion_rate, _, champion_fault = rates(champion)
+    challenger_n, challenger_rate, fault_n, challenger_fault = rates(challenger)
+    return ShadowResult(
+        len(readings),
+        champion_n,
+        challenger_n,
+        champion_rate,
+        challenger_rate,
+        fault_n,
+        champion_fault,
+        challenger_fault,
+    )
+
+
+def _stamp(moment: datetime) -> str:
+    """A timestamp as scored rows carry it (:func:`zaindari.pipeline.score_readings`)."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------- the gate
+
+
+def _shadow_reasons(shadow: ShadowResult, bound: float) -> list[str]:
+    """Why the shadow comparison refuses the challenger (empty: it passes).
+
+    Without readings of known faults (no maintenance log, or none of its windows in the sample),
+    the challenger's alert rate must be within ``bound`` of the champion's, either way: a model
+    that alerts far more, or far less, than the one in production is suspect when nothing tells
+    a false alarm from a detection.
+
+    With readings inside known fault windows, those anchor detection: there the challenger must
+    alert no less than the champion minus ``bound``; on the other readings (normal operation, as far
+    as anyone knows) it must alert no more than the champion plus ``bound``. A challenger that
+    keeps detecting the known faults and raises fewer alarms elsewhere is the better model (a
+    retrained model that no longer alarms on a recalibrated sensor, or on machines that wore in).
+    """
+    if shadow.challenger_scored == 0:
+        return ["shadow scoring: the challenger scored no reading"]
+    reasons = []
+    missed = shadow.known_fault_difference
+    if missed is None:
+        if abs(shadow.difference) > bound:
+            reasons.append(
+                f"shadow alert rate {shadow.challenger_alert_rate:.4f} vs the champion's "
+                f"{shadow.champion_alert_rate:.4f}: difference {shadow.difference:+.4f} beyond the bound {bound:g}"
+            )
+        return reasons
+    if missed < -bound:
+        reasons.append(
+            f"shadow alert rate on known faults {shadow.challenger_known_fault_alert_rate:.4f} vs the "
+            f"champion's {shadow.champion_known_fault_alert_rate:.4f}: the challenger alerts less by "
+            f"{-missed:.4f}, beyond the bound {bound:g}"
+        )
+    if shadow.normal_scored and shadow.difference > bound:
+        reasons.append(
+            f"shadow alert rate outside known fault windows {shadow.challenger_alert_rate:.4f} vs the "
+            f"champion's {shadow.champion_alert_rate:.4f}: the challenger alerts more by "
+            f"{shadow.difference:+.4f}, beyond the bound {bound:g}"
+        )
+    return reasons
 
 
 class GatePolicy(_Frozen):
     """How the champion/challenger gate decides.
 
     ``tolerance``: how much worse (relative to the champion's value) a figure may be.
-    ``alert_rate_bound``: largest allowed |challenger - champion| shadow alert rate; ``None``
-    skips shadow scoring. ``manual_approval``: a passing challenger waits for a named approver.
+    ``alert_rate_bound``: largest allowed |challenger - champion| shadow alert rate; with readings
+    inside known fault windows (the maintenance log), how much less the challenger may alert on
+    them and how much more on the others (see :func:`_shadow_reasons`); ``None`` skips shadow
+    scoring. ``manual_approval``: a passing challenger waits for a named approver.
     """
 
     tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -590,7 +693,9 @@ class ModelRegistry:
 
         The candidate's figures (per task, see :data:`METRIC_RULES`) must be no worse than the
         current production version's beyond ``policy.tolerance``; its shadow alert rate must be
-        within ``policy.alert_rate_bound`` of the champion's; with ``policy.manual_approval`` a
+        within ``policy.alert_rate_bound`` of the champion's; when the shadow sample holds readings
+        of known faults, no lower than the champion's there and no higher elsewhere, by more than
+        that bound (:func:`_shadow_reasons`); with ``policy.manual_approval`` a
         passing candidate waits (``awaiting_approval``) until called again with ``approved_by``.
         Every decision is appended to the history with its numbers; a refused candidate keeps
         its aliases (``staging``). The replaced champion becomes ``archived``.
@@ -631,14 +736,7 @@ class ModelRegistry:
                     reasons.append("no shadow scoring result (alert_rate_bound is set)")
                 else:
                     numbers["shadow"] = shadow.to_dict() | {"bound": policy.alert_rate_bound}
-                    if shadow.challenger_scored == 0:
-                        reasons.append("shadow scoring: the challenger scored no reading")
-                    elif abs(shadow.difference) > policy.alert_rate_bound:
-                        reasons.append(
-                            f"shadow alert rate {shadow.challenger_alert_rate:.4f} vs the champion's "
-                            f"{shadow.champion_alert_rate:.4f}: difference {shadow.difference:+.4f} beyond "
-                            f"the bound {policy.alert_rate_bound:g}"
-                        )
+                    reasons += _shadow_reasons(shadow, policy.alert_rate_bound)
         else:
             numbers["note"] = "no production version yet: nothing to compare against"
             if shadow is not None:

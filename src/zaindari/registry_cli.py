@@ -175,6 +175,16 @@ def _read_readings(path: str) -> list[Any]:
     return readings
 
 
+def _read_maintenance(path: str) -> Any:
+    from zaindari.maintenance import MaintenanceError, MaintenanceLog
+    from zaindari.registry import RegistryError
+
+    try:
+        return MaintenanceLog.from_jsonl(Path(path).read_bytes(), source=path)
+    except (OSError, MaintenanceError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"maintenance log {exc}") from exc
+
+
 def _promote(registry: ModelRegistry, args: argparse.Namespace, settings: Settings) -> int:
     from zaindari.bundle import load_bundle
     from zaindari.registry import GatePolicy, ShadowResult, shadow_alert_rates
@@ -191,7 +201,10 @@ def _promote(registry: ModelRegistry, args: argparse.Namespace, settings: Settin
         def bundle(number: int) -> Any:
             return load_bundle(registry.artifacts.fetch(registry.version(args.model, number).artifact_uri))
 
-        shadow = shadow_alert_rates(bundle(champion), bundle(args.version), _read_readings(args.readings))
+        known_fault = _read_maintenance(args.maintenance).covers if args.maintenance else None
+        shadow = shadow_alert_rates(
+            bundle(champion), bundle(args.version), _read_readings(args.readings), known_fault=known_fault
+        )
     decision = registry.promote(
         args.model,
         args.version,
@@ -225,6 +238,12 @@ def _promote(registry: ModelRegistry, args: argparse.Namespace, settings: Settin
             f"shadow: {s['readings']} readings, alert rate production {s['champion_alert_rate']:.4f}, "
             f"candidate {s['challenger_alert_rate']:.4f}"
         )
+        if "known_fault" in s:
+            k = s["known_fault"]
+            print(
+                f"known faults (maintenance log): {k['scored']} readings, alert rate production "
+                f"{k['champion_alert_rate']:.4f}, candidate {k['challenger_alert_rate']:.4f}"
+            )
     if decision.promoted:
         _lifecycle(settings).announce_promotion(decision, actor=_actor())
         print("announced: Zaindari Model Promoted (deploy_model deploys it)")
@@ -343,6 +362,11 @@ def build_registry_command(commands: argparse._SubParsersAction[argparse.Argumen
         "--readings",
         metavar="FILE",
         help="recent readings (JSON array or JSON Lines) to shadow-score with both models",
+    )
+    promote.add_argument(
+        "--maintenance",
+        metavar="FILE",
+        help="the maintenance log (JSON Lines of known fault windows): readings inside them are judged apart",
     )
     promote.add_argument("--no-shadow", action="store_true", help="skip the shadow alert-rate check")
     promote.add_argument("--tolerance", type=float, help="override ZAINDARI_PROMOTION_TOLERANCE")

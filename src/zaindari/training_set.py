@@ -22,7 +22,12 @@ What it does, for the inclusive date range ``start..end`` (UTC days):
    non-finite derived feature) set rows aside as ``features``. Windows span the whole range per
    device and start empty at ``start`` (as a device's first readings online);
    ``readings_since_start`` counts from ``start``.
-5. **Write** the valid rows as Parquet partitioned by ``date`` under the output, and the rows set
+5. **Leave out known faults**: a row of a device inside a window of the plant's maintenance log
+   (:mod:`zaindari.maintenance`, ``<lake>/labels/maintenance/``: the device was known faulty or
+   under work) is set aside as ``maintenance``. An anomaly model learns normal operation; fitted
+   on a failing machine it learns the failure as normal and detects less. Windows are computed
+   before this step, so a device's first rows after a window start from its true history.
+6. **Write** the valid rows as Parquet partitioned by ``date`` under the output, and the rows set
    aside as gzipped JSON Lines partitioned by their input's ``date`` under the rejected location,
    each with its ``stage``, ``reason``, input file and the record as read: every input row is in
    one of the two (``rows.in == rows.valid + rows.rejected``), none is dropped silently. Last,
@@ -55,6 +60,7 @@ from pyspark.sql import functions as F
 
 from zaindari.contract import ContractLimits
 from zaindari.features_spark import REJECT_REASON, add_features
+from zaindari.maintenance import MaintenanceLog
 from zaindari.spec import ModelSpec
 
 __all__ = [
@@ -68,6 +74,7 @@ __all__ = [
     "build_training_set",
     "curate",
     "data_version",
+    "exclude_maintenance",
     "find_inputs",
     "no_input_error",
     "read_raw",
@@ -444,6 +451,36 @@ def curate(readings: DataFrame, spec: ModelSpec, start: date, end: date) -> Data
     ).drop(REJECT_REASON, "_order", "sensors")
 
 
+def exclude_maintenance(rows: DataFrame, log: MaintenanceLog) -> DataFrame:
+    """Set aside (stage ``maintenance``) every training row inside a window of ``log``.
+
+    Rows already set aside keep their first reason. With an empty log, ``rows`` is returned as is.
+    """
+    if not log:
+        return rows
+    inside: Column | None = None
+    reason: Column = F.lit(None).cast("string")
+    for window in log.windows:
+        # aware datetimes: Spark takes their instant (a naive one would be read in local time)
+        condition = (F.col("device_id") == F.lit(window.device_id)) & (
+            F.col("timestamp") >= F.lit(window.start)
+        )
+        if window.end is not None:
+            condition &= F.col("timestamp") < F.lit(window.end)
+        until = window.end.isoformat() if window.end else "open"
+        text = f"maintenance log: {window.device_id} {window.kind} from {window.start.isoformat()} to {until}"
+        reason = F.when(condition, F.lit(text)).otherwise(reason)
+        inside = condition if inside is None else inside | condition
+    assert inside is not None
+    hit = F.col("_stage").isNull() & inside
+    return rows.withColumns(
+        {
+            "_reason": F.when(hit, reason).otherwise(F.col("_reason")),
+            "_stage": F.when(hit, F.lit("maintenance")).otherwise(F.col("_stage")),
+        }
+    )
+
+
 def training_columns(spec: ModelSpec) -> list[str]:
     """The training set's columns, in order (``date`` is the partition column)."""
     return [*IDENTIFIER_COLUMNS, *spec.column_names, "date"]
@@ -563,6 +600,7 @@ def build_training_set(
     limits: ContractLimits | None = None,
     now: datetime | None = None,
     inputs: Sequence[StoredFile] | None = None,
+    maintenance: MaintenanceLog | None = None,
 ) -> dict[str, Any]:
     """Build the training set of ``spec`` from ``lake``'s raw telemetry of ``start..end``.
 
@@ -590,6 +628,8 @@ def build_training_set(
         Recorded in the data version; the contract's limits; the creation time.
     inputs
         The input files when already listed (:func:`find_inputs`), else listed here.
+    maintenance
+        The plant's maintenance log: rows inside its windows are set aside (``maintenance``).
 
     Returns
     -------
@@ -621,6 +661,7 @@ def build_training_set(
     }
 
     rows = curate(validate_contract(read_raw(spark, paths, lake), limits), spec, start, end)
+    rows = exclude_maintenance(rows, maintenance or MaintenanceLog())
     from pyspark import StorageLevel
 
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)

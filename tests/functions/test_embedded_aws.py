@@ -331,3 +331,25 @@ class TestCli:
         assert process.returncode == 0, err
         assert f"listening on {endpoint}" in out
         assert "stopped" in out
+
+
+def test_the_embedded_sagemaker_answers_update_endpoint_which_moto_lacks(aws: EmbeddedAws) -> None:
+    # Given an endpoint on one config and a second config (what deploy_model makes for a new version)
+    sm = aws.factory.client("sagemaker")
+    role, image = "arn:aws:iam::123456789012:role/serving", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/s:1"
+    sm.create_model(ModelName="m", ExecutionRoleArn=role, PrimaryContainer={"Image": image})
+    for name, memory in (("config-1", 1024), ("config-2", 2048)):
+        variant = {
+            "VariantName": "AllTraffic",
+            "ModelName": "m",
+            "ServerlessConfig": {"MemorySizeInMB": memory, "MaxConcurrency": 1},
+        }
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+    sm.create_endpoint(EndpointName="e", EndpointConfigName="config-1")
+    # When it is updated to the second
+    arn = sm.update_endpoint(EndpointName="e", EndpointConfigName="config-2")["EndpointArn"]
+    # Then the endpoint names it, and an unknown endpoint is refused as AWS refuses it
+    assert arn.endswith(":endpoint/e")
+    assert sm.describe_endpoint(EndpointName="e")["EndpointConfigName"] == "config-2"
+    with pytest.raises(sm.exceptions.ClientError, match="Could not find endpoint"):
+        sm.update_endpoint(EndpointName="missing", EndpointConfigName="config-2")

@@ -192,8 +192,21 @@ def test_cli_registers_promotes_rolls_back_and_prints_tables(
 
     first = _cli(aws, "promote", MODEL, "1")
     refused = _cli(aws, "promote", MODEL, "2", "--readings", str(readings))
+    # the plant's maintenance log: the first device of the readings known faulty from its 100th reading
+    known = recent_readings()[100]
+    log = tmp_path / "work-orders.jsonl"
+    log.write_text(json.dumps({"device_id": known.device_id, "start": known.timestamp.isoformat()}) + "\n")
     promoted = _cli(
-        aws, "promote", MODEL, "3", "--readings", str(readings), "--reason", "retrained on November"
+        aws,
+        "promote",
+        MODEL,
+        "3",
+        "--readings",
+        str(readings),
+        "--maintenance",
+        str(log),
+        "--reason",
+        "retrained on November",
     )
     rolled = _cli(aws, "rollback", MODEL, "--reason", "noisy on line 2")
     listed = _cli(aws, "list")
@@ -207,6 +220,7 @@ def test_cli_registers_promotes_rolls_back_and_prints_tables(
     assert refused.returncode == 1 and refused.stdout.startswith("refused: plant-anomaly version 2")
     assert "auc" in refused.stdout and "WORSE" in refused.stdout
     assert promoted.returncode == 0 and "shadow: 600 readings" in promoted.stdout, promoted.stderr
+    assert "known faults (maintenance log): " in promoted.stdout
     assert rolled.returncode == 0 and "from version 3 to 1" in rolled.stdout
     # the rollback deployed version 1 everywhere configured (no serving image here: no endpoint)
     targets = {line.split()[0]: line.split()[1] for line in rolled.stdout.splitlines()[2:]}

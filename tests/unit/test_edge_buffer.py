@@ -353,3 +353,45 @@ def test_only_one_shipper_at_a_time_sends(tmp_path: Path) -> None:
         report = shipper.ship_once()
     assert report.busy and report.remaining == 1 and not uplink.alerts and not uplink.events
     assert shipper.ship_once().remaining == 0 and len(uplink.alerts) == 1
+
+
+def test_a_group_is_one_transaction_and_a_failed_write_inside_is_undone_alone(tmp_path: Path) -> None:
+    buffer, other = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    # Given a group whose second write fails (a statement SQLite refuses)
+    with buffer.transaction():
+        buffer.append("ack", {"n": 1})
+        with pytest.raises(PortError), buffer._write() as db:
+            db.execute("INSERT INTO outbox (kind) VALUES ('ack')")  # NOT NULL columns missing
+        buffer.append("ack", {"n": 2})
+        # Then nothing of it is visible to another connection before the commit
+        assert other.bodies("ack") == []
+    # and, committed, the good writes are all there and the failed one is not
+    assert other.bodies("ack") == [{"n": 1}, {"n": 2}]
+
+    # When a group raises, none of it is kept
+    with pytest.raises(RuntimeError), buffer.transaction():
+        buffer.append("ack", {"n": 3})
+        raise RuntimeError("the model failed")
+    assert other.bodies("ack") == [{"n": 1}, {"n": 2}]
+
+
+def test_device_states_written_by_another_process_are_read_not_the_ones_in_memory(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given two handles on one buffer (two processes), both scoring the same devices in turn
+    first, second = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    one, two = scoring_on(first, bundle), scoring_on(second, bundle)
+    part = readings[:120]
+    score_in_batches(one, part[:40])
+    score_in_batches(two, part[40:80])
+    score_in_batches(one, part[80:])
+    # Then each saw the other's state: every reading is remembered once, in the state both read
+    devices = sorted({r["device_id"] for r in part})
+    for store in (first, second):
+        states = store.load_states(devices)
+        assert sum(len(s.seen) for s in states.values()) == len(part)
+        assert sum(s.history.count for s in states.values()) == len(part)
+    # and a state changed in memory after it was read changes nothing until it is saved
+    state = first.load_states(devices[:1])[devices[0]]
+    state.seen.clear()
+    assert len(first.load_states(devices[:1])[devices[0]].seen) > 0

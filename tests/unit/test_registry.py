@@ -10,6 +10,7 @@ import pytest
 
 from tests.registry_support import labelled_metrics, recent_readings, registry_bundle
 from zaindari.bundle import load_bundle
+from zaindari.maintenance import MaintenanceLog, MaintenanceWindow
 from zaindari.memory_ports import LocalArtifactStore, MemoryRegistryStore
 from zaindari.registry import (
     AliasConflict,
@@ -352,3 +353,100 @@ def test_gate_records_whether_both_versions_were_evaluated_on_the_same_data(
         "content_hash": "abc",
         "held_out_assets": ["press-3"],
     }
+
+
+def _known_fault_log() -> MaintenanceLog:
+    """The small plant's faults as a maintenance team would log them (onset, open-ended)."""
+    from zaindari.simulate import PlantConfig, simulate_plant
+
+    faults = simulate_plant(PlantConfig.small(seed=1)).faults
+    return MaintenanceLog(tuple(MaintenanceWindow(device_id=f.device_id, start=f.onset) for f in faults))
+
+
+def test_shadow_rates_count_known_fault_readings_apart(cache: Path, tmp_path: Path) -> None:
+    champion = load_bundle(registry_bundle(cache, tmp_path / "champ", metrics=labelled_metrics(0.9)))
+    readings = recent_readings()
+    log = _known_fault_log()
+    inside = sum(1 for r in readings if log.covers(r.device_id, r.timestamp))
+    assert 0 < inside < len(readings)
+
+    plain = shadow_alert_rates(champion, champion, readings)
+    split = shadow_alert_rates(champion, champion, readings, known_fault=log.covers)
+
+    assert plain.known_fault_scored == 0 and plain.champion_known_fault_alert_rate is None
+    assert split.known_fault_scored == inside and split.normal_scored == split.challenger_scored - inside
+    # the faults alert far more than normal operation; the overall rate is the weighted mix
+    assert split.champion_known_fault_alert_rate is not None
+    assert split.champion_known_fault_alert_rate > split.champion_alert_rate
+    mixed = (
+        split.champion_alert_rate * split.normal_scored + split.champion_known_fault_alert_rate * inside
+    ) / split.challenger_scored
+    assert mixed == pytest.approx(plain.champion_alert_rate)
+    assert split.to_dict()["known_fault"]["scored"] == inside
+
+
+def test_a_challenger_deaf_to_known_faults_is_refused_where_the_plain_rate_hides_it(
+    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+) -> None:
+    # Given a champion, and a challenger whose learned thresholds are ten times higher (what
+    # fitting a model on fault rows does: the faults look normal to it; the expert rules remain)
+    champion_path = registry_bundle(cache, tmp_path / "champ", metrics=labelled_metrics(0.9))
+    deaf_path = registry_bundle(cache, tmp_path / "deaf", metrics=labelled_metrics(0.9), threshold_scale=10.0)
+    registry.promote(MODEL, registry.register_version(str(champion_path)).version)
+    deaf = registry.register_version(str(deaf_path)).version
+    champion_bundle, deaf_bundle, readings = (
+        load_bundle(champion_path),
+        load_bundle(deaf_path),
+        recent_readings(),
+    )
+    policy = GatePolicy(alert_rate_bound=0.04)
+    # When the gate shadow-scores recent readings with the maintenance log's windows apart
+    shadow = shadow_alert_rates(champion_bundle, deaf_bundle, readings, known_fault=_known_fault_log().covers)
+    decision = registry.promote(MODEL, deaf, policy=policy, shadow=shadow)
+    # Then it is refused for alerting less on the known faults, with the numbers
+    assert decision.outcome == "refused" and len(decision.reasons) == 1
+    assert "on known faults" in decision.reasons[0] and "alerts less by" in decision.reasons[0]
+    known = decision.numbers["shadow"]["known_fault"]
+    assert known["challenger_alert_rate"] < known["champion_alert_rate"] - 0.04
+    assert _production(store) == 1
+    # while the plain rate over all readings, diluted by normal operation, would have let it through
+    plain = shadow_alert_rates(champion_bundle, deaf_bundle, readings)
+    assert registry.promote(MODEL, deaf, policy=policy, shadow=plain).promoted
+
+
+@pytest.mark.parametrize(
+    ("normal", "fault", "refused_for"),
+    [
+        ((0.010, 0.012), (0.40, 0.70), None),  # alerts more on known faults: not held against it
+        ((0.010, 0.012), (0.40, 0.36), None),  # a little less, within the bound
+        ((0.120, 0.010), (0.40, 0.40), None),  # fewer false alarms, detects as well: better
+        ((0.010, 0.012), (0.40, 0.30), "on known faults"),
+        ((0.010, 0.120), (0.40, 0.40), "outside known fault windows"),  # chattier on normal operation
+        ((0.120, 0.010), None, "difference -0.1100 beyond"),  # no known fault: quieter is suspect too
+        ((0.010, 0.120), None, "difference +0.1100 beyond"),
+    ],
+)
+def test_known_faults_anchor_detection_so_fewer_alarms_elsewhere_can_pass(
+    registry: ModelRegistry,
+    cache: Path,
+    tmp_path: Path,
+    normal: tuple[float, float],
+    fault: tuple[float, float] | None,
+    refused_for: str | None,
+) -> None:
+    champion = _register(registry, cache, tmp_path, "champ", 0.9)
+    registry.promote(MODEL, champion)
+    challenger = _register(registry, cache, tmp_path, "chall", 0.9)
+    shadow = (
+        ShadowResult(2000, 2000, 2000, *normal, 500, *fault)
+        if fault
+        else ShadowResult(2000, 2000, 2000, *normal)
+    )
+
+    decision = registry.promote(MODEL, challenger, policy=GatePolicy(alert_rate_bound=0.05), shadow=shadow)
+
+    if refused_for is None:
+        assert decision.promoted, decision.reasons
+    else:
+        assert decision.outcome == "refused" and len(decision.reasons) == 1
+        assert refused_for in decision.reasons[0]

@@ -287,3 +287,57 @@ def test_the_job_script_builds_a_local_lake(lake: dict[str, Any], tmp_path: Path
     )
     assert version["rows"]["valid"] == 360
     assert (lake["root"] / "training/rejected/plant-anomaly/2026-11-01_2026-11-03/date=2026-11-02").is_dir()
+
+
+def test_rows_inside_a_maintenance_window_are_set_aside_with_the_window(spark: Any) -> None:
+    from zaindari.maintenance import MaintenanceLog, MaintenanceWindow
+    from zaindari.training_set import exclude_maintenance
+
+    # Given rows of two devices (one already set aside for another reason) and a log with one
+    # closed window on press-1 and one still open on spindle-2
+    at = [datetime(2026, 11, 2, h, tzinfo=UTC) for h in (5, 6, 12, 18, 23)]
+    rows = [("press-1", t, None, None) for t in at] + [("spindle-2", t, None, None) for t in at]
+    rows.append(
+        ("spindle-2", datetime(2026, 11, 2, 22, tzinfo=UTC), "duplicate", "duplicate of an earlier reading")
+    )
+    frame = spark.createDataFrame(
+        rows, "device_id string, timestamp timestamp, _stage string, _reason string"
+    )
+    log = MaintenanceLog(
+        (
+            MaintenanceWindow(device_id="press-1", start=at[1], end=at[3], kind="bearing"),
+            MaintenanceWindow(device_id="spindle-2", start=at[3]),
+        )
+    )
+    # When the known faults are excluded
+    out = {
+        (r["device_id"], r["timestamp"].hour): (r["_stage"], r["_reason"])
+        for r in exclude_maintenance(frame, log).collect()
+    }
+    # Then exactly the rows inside a window are set aside as `maintenance`, naming their window
+    inside = {("press-1", 6), ("press-1", 12), ("spindle-2", 18), ("spindle-2", 23)}
+    assert {k for k, (stage, _) in out.items() if stage == "maintenance"} == inside
+    assert out[("press-1", 6)][1] == (
+        "maintenance log: press-1 bearing from 2026-11-02T06:00:00+00:00 to 2026-11-02T18:00:00+00:00"
+    )
+    assert out[("spindle-2", 23)][1].endswith("to open")
+    assert out[("press-1", 18)] == (None, None)  # the end is exclusive
+    assert out[("spindle-2", 22)][0] == "duplicate"  # a row already set aside keeps its first reason
+    assert exclude_maintenance(frame, MaintenanceLog()) is frame
+
+
+def test_a_bad_maintenance_log_stops_the_job_before_spark_naming_file_and_line(
+    lake: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glue_jobs.build_training_set import main
+
+    orders = tmp_path / "labels"
+    orders.mkdir()
+    (orders / "bad.jsonl").write_text('{"device_id": "x", "start": "2026-11-02T06:00:00"}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(example_spec().to_yaml())
+    argv = ["--lake", str(lake["root"]), "--start", "2026-11-01", "--end", "2026-11-03", "--spec", str(spec)]
+    argv += ["--output", str(tmp_path / "set"), "--maintenance", str(orders), "--master", "local[2]"]
+    assert main(argv) == 2
+    assert "bad.jsonl line 1: start: give a time zone" in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()

@@ -43,6 +43,9 @@ class DemoPlan:
         The plant time monitor_drift looks back over (ending where the held-back part starts).
     retrain_days
         Days of raw telemetry a drift-triggered retraining reads (ending on the drift check's day).
+    edge_offline
+        The share of the live stream (before the drift check) during which the edge box's link is
+        down: its line's readings are scored and buffered on the box, then shipped when it is back.
     spark_master
         The local Spark the training job runs on.
     """
@@ -57,6 +60,13 @@ class DemoPlan:
     after_retraining: timedelta = timedelta(hours=6)
     drift_window: timedelta = timedelta(hours=24)
     retrain_days: int = 3
+    edge_offline: float = 0.5
+
+    @property
+    def edge_line(self) -> str:
+        """The line whose machines an edge box scores (the last one): its telemetry never reaches
+        score_event or score_batch directly, the box ships its scores."""
+        return f"line-{self.plant.lines}"
 
     @property
     def live_start(self) -> datetime:

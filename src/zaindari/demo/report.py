@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zaindari.demo.steps import MODEL_NAME, DemoRun, StepResult
+from zaindari.demo.steps import EDGE_BOX_ID, MODEL_NAME, DemoRun, StepResult
 from zaindari.infra.inboxes import drain_queue
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class Readback:
     alerts_sns: list[dict[str, Any]] = field(default_factory=list)
     notices_sns: list[Any] = field(default_factory=list)
     event_scores: list[dict[str, Any]] = field(default_factory=list)
+    edge_scores: list[dict[str, Any]] = field(default_factory=list)
     file_scores: list[dict[str, Any]] = field(default_factory=list)
     manifests: list[dict[str, Any]] = field(default_factory=list)
     quarantined_objects: int = 0
@@ -86,9 +87,11 @@ def read_back(run: DemoRun) -> Readback:
     with ThreadPoolExecutor(max_workers=8) as pool:
         for key, body in pool.map(fetch, _keys(run, "scores/")):
             if key.endswith(".jsonl.gz"):
+                # the edge box ships under the same prefix, its objects named edge-<box id>-...
+                rows = back.edge_scores if f"/edge-{EDGE_BOX_ID}-" in key else back.event_scores
                 for line in gzip.decompress(body).splitlines():
                     row = orjson.loads(line)
-                    back.event_scores.append({k: row.get(k) for k in wanted})
+                    rows.append({k: row.get(k) for k in wanted})
             elif key.endswith(".parquet"):
                 table = pq.read_table(io.BytesIO(body))
                 columns = [c for c in wanted if c in table.column_names]
@@ -129,7 +132,7 @@ def _classify(alert: dict[str, Any], data: PlantData) -> str:
 def _faults(back: Readback, data: PlantData, end: datetime) -> list[dict[str, Any]]:
     live = [a for a in back.alerts_eventbridge if a.get("scope") != "file" and a["kind"] in _ALERTING]
     scores_by_device: dict[str, list[tuple[datetime, float]]] = {}
-    for row in back.event_scores:
+    for row in [*back.event_scores, *back.edge_scores]:
         scores_by_device.setdefault(row["device_id"], []).append((_when(row["timestamp"]), row["score"]))
     out = []
     for fault in sorted(data.faults, key=lambda f: f.onset):
@@ -214,6 +217,7 @@ def analyse(run: DemoRun, back: Readback, results: list[StepResult]) -> dict[str
         },
         readings={
             "event_scores_in_lake": len(back.event_scores),
+            "edge_scores_in_lake": len(back.edge_scores),
             "file_scores_in_lake": len(back.file_scores),
             "quarantined_objects": back.quarantined_objects,
             "live_hours": round(live_hours, 2),
@@ -255,7 +259,7 @@ def analyse(run: DemoRun, back: Readback, results: list[StepResult]) -> dict[str
         drift=_not_run_or(
             results, "drift_retraining", {"drifts_injected": [d.model_dump(mode="json") for d in data.drifts]}
         ),
-        edge=_not_run_or(results, "edge_box", {}),
+        edge=_edge(run, back, results),
         models=_models(back),
     )
     summary["models"]["deployed"] = _deployments(results)
@@ -276,6 +280,51 @@ def _not_run_or(results: list[StepResult], name: str, extra: dict[str, Any]) -> 
     if step is None:
         return {"status": "absent", **extra}
     return {"status": step.status, "reason": step.reason, **step.detail, **extra}
+
+
+EDGE_WHERE = "edge box (zaindari edge serve)"
+
+
+def _edge(run: DemoRun, back: Readback, results: list[StepResult]) -> dict[str, Any]:
+    """The edge box's figures: what it was sent offline and online, what it buffered and shipped,
+    the version it ran at the end, and its alerts as EventBridge and SNS delivered them."""
+    steps = {r.name: r for r in results if r.name in ("edge_box", "edge_model_update")}
+    if not steps:
+        return {"status": "absent"}
+    failed = [r for r in steps.values() if r.status != "ok"]
+    out: dict[str, Any] = {
+        "status": failed[0].status if failed else "ok",
+        "reason": failed[0].reason if failed else None,
+    }
+    for step in steps.values():
+        out.update(step.detail)
+    sent = sum(
+        part.get("sent", 0)
+        for part in (out.get("offline") or {}, out.get("online") or {}, out.get("scored_after_update") or {})
+    )
+    devices = set(out.get("devices") or [])
+    keys = {(r["device_id"], str(r["timestamp"])) for r in back.edge_scores}
+    alerts_eb = [a for a in back.alerts_eventbridge if a.get("scope") != "file" and a["device_id"] in devices]
+    alerts_sns = [a for a in back.alerts_sns if a.get("scope") != "file" and a["device_id"] in devices]
+    out.update(
+        readings_sent=sent,
+        readings_in_lake=len(back.edge_scores),
+        distinct_readings_in_lake=len(keys),
+        every_reading_once=sent == len(back.edge_scores) == len(keys),
+        alerts_on_eventbridge=len(alerts_eb),
+        alerts_on_sns=len(alerts_sns),
+        alerts_answered=sum(
+            part.get("alerts", 0)
+            for part in (
+                out.get("offline") or {},
+                out.get("online") or {},
+                out.get("scored_after_update") or {},
+            )
+        ),
+        same_alerts_on_both={(a["alert_id"], a["kind"]) for a in alerts_eb}
+        == {(a["alert_id"], a["kind"]) for a in alerts_sns},
+    )
+    return out
 
 
 def _deployments(results: list[StepResult]) -> list[dict[str, Any]]:
@@ -302,6 +351,7 @@ def _models(back: Readback) -> dict[str, Any]:
     for where, rows in (
         ("score_event (Lambda)", back.event_scores),
         ("score_batch (Lambda)", back.file_scores),
+        (EDGE_WHERE, back.edge_scores),
     ):
         for row in rows:
             key = (str(row.get("model_version")), where)
@@ -366,7 +416,7 @@ def _plot_scores(run: DemoRun, back: Readback, summary: dict[str, Any], path: Pa
     if back.versions:
         thresholds = back.versions[0].get("thresholds", {}).get("levels", {})
     scores: dict[str, list[tuple[datetime, float]]] = {}
-    for row in [*back.file_scores, *back.event_scores]:
+    for row in [*back.file_scores, *back.event_scores, *back.edge_scores]:
         stamp = row["timestamp"]
         moment = _when(stamp) if isinstance(stamp, str) else stamp
         scores.setdefault(row["device_id"], []).append((moment, float(row["score"])))
@@ -404,7 +454,8 @@ def _plot_scores(run: DemoRun, back: Readback, summary: dict[str, Any], path: Pa
     for ax in list(axes.flat)[len(machines) :]:
         ax.set_visible(False)
     fig.suptitle(
-        "Model score per machine (grey: commissioning, scored by score_batch; then live, score_event)",
+        "Model score per machine (grey: commissioning, scored by score_batch; then live: score_event, "
+        f"the edge box on {run.plan.edge_line})",
         fontsize=10,
     )
     fig.autofmt_xdate()
@@ -565,6 +616,7 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
             f"{drift.get('challenger')}, registration {html.escape(str(drift.get('registration')))}.</p>",
         ]
         gate = drift.get("gate") or {}
+        parts += _gate_html(drift, gate)
         parts.append(
             _table(
                 ["gate outcome", "champion", "reasons", "numbers"],
@@ -626,11 +678,103 @@ def _html(summary: dict[str, Any], plots: list[str]) -> str:
                     for d in models.get("deployed", [])
                 ],
             ),
-            f"<p>Production at the end: version {models['production_at_end']}. Edge box: "
-            f"{html.escape(str(summary['edge'].get('status')))} ({html.escape(str(summary['edge'].get('reason') or ''))}).</p>",
+            f"<p>Production at the end: version {models['production_at_end']}.</p>",
         ]
+    parts += _edge_html(summary.get("edge") or {})
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _gate_html(drift: dict[str, Any], gate: dict[str, Any]) -> list[str]:
+    """The maintenance log, what it took out of the training set, and the shadow comparison in words."""
+    log = drift.get("maintenance_log") or {}
+    rows = ((drift.get("jobs") or {}).get("build_training_set") or {}).get("summary", {}).get("rows") or {}
+    shadow = (gate.get("numbers") or {}).get("shadow") or {}
+    known = shadow.get("known_fault") or {}
+    out = [
+        "<p>An anomaly model learns normal operation. The maintenance log (work orders the plant "
+        "knew of at the drift check, written to <code>labels/maintenance/</code>) names the machines "
+        "known faulty and since when: "
+        + html.escape(
+            "; ".join(
+                f"{w['device_id']} {w['kind']} from {w['start']} ({w['note']})"
+                for w in log.get("windows", [])
+            )
+            or "none"
+        )
+        + ". Faults nobody had seen yet: "
+        + html.escape(
+            ", ".join(
+                f"{f['device_id']} {f['kind']} (onset {f['onset']})"
+                for f in log.get("faults_not_known_yet", [])
+            )
+            or "none"
+        )
+        + f". The training set kept {rows.get('valid')} of {rows.get('in')} rows; set aside by stage: "
+        + html.escape(json.dumps(rows.get("rejected_by_stage")))
+        + ".</p>"
+    ]
+    if shadow:
+        bound = shadow.get("bound")
+        text = (
+            f"<p>Shadow scoring on the {shadow.get('readings')} most recent readings: outside known fault "
+            f"windows ({shadow.get('normal_scored', shadow.get('challenger_scored'))} readings) the champion "
+            f"alerted on {shadow.get('champion_alert_rate', 0):.4f} of them, the challenger on "
+            f"{shadow.get('challenger_alert_rate', 0):.4f}"
+        )
+        if known:
+            developing = log.get("developing_in_shadow_sample") or []
+            text += (
+                f"; inside them ({known.get('scored')} readings) {known.get('champion_alert_rate', 0):.4f} and "
+                f"{known.get('challenger_alert_rate', 0):.4f}. The challenger may alert no more than the "
+                f"champion plus {bound} on the first, and no less than the champion minus {bound} on the "
+                "known faults. Known faults still developing (machine running) in the sample: "
+                + (
+                    html.escape(", ".join(developing))
+                    if developing
+                    else "none: every known-fault machine had "
+                    "broken down, and on a stopped machine the expert rules alert whatever the model, so this "
+                    "sample tests the learned score's detection little"
+                )
+                + "."
+            )
+        else:
+            text += f". With no known fault in the sample, the rates must be within {bound} of each other."
+        out.append(text + "</p>")
+    return out
+
+
+def _edge_html(edge: dict[str, Any]) -> list[str]:
+    if edge.get("status") != "ok":
+        return [
+            "<h2>Edge box</h2>",
+            f"<p>{html.escape(str(edge.get('status')))}: {html.escape(str(edge.get('reason') or ''))}</p>",
+        ]
+    offline, online = edge.get("offline") or {}, edge.get("online") or {}
+    after = edge.get("scored_after_update") or {}
+    return [
+        "<h2>Edge box</h2>",
+        f"<p>Box {html.escape(str(edge.get('box_id')))} scores {html.escape(str(edge.get('line')))} "
+        f"({html.escape(', '.join(edge.get('devices') or []))}), served by "
+        f"{html.escape(str(edge.get('served_by')))}, installed with version "
+        f"{html.escape(str(edge.get('installed_version')))}. Its link to AWS was down from "
+        f"{html.escape(str(offline.get('from')))} to {html.escape(str(offline.get('until')))} (plant time): "
+        f"it scored {offline.get('sent')} readings offline ({offline.get('alerts')} alerts raised on the box) "
+        f"and held {html.escape(json.dumps(edge.get('buffered_when_link_came_back')))} buffered rows "
+        f"({edge.get('buffer_bytes_when_link_came_back')} bytes); the link came back and its shipper "
+        f"emptied the buffer in {edge.get('seconds_to_ship_backlog')} s. Online until the drift check it "
+        f"scored {online.get('sent')} more.</p>",
+        f"<p>Model updates it received (deploy_model's <code>Zaindari Model Update</code>, posted to its "
+        f"model-sync): {html.escape(json.dumps(edge.get('outcomes'), default=str))}. It scored the last "
+        f"{after.get('sent')} readings of its line with version {html.escape(str(edge.get('version_after_update')))}; "
+        f"at the end it runs version <b>{html.escape(str(edge.get('model_version')))}</b>. Acknowledgements on "
+        f"EventBridge: {html.escape(json.dumps(edge.get('acks_on_eventbridge'), default=str))}.</p>",
+        f"<p>Readings sent to the box: {edge.get('readings_sent')}; its scores in the lake: "
+        f"{edge.get('readings_in_lake')} ({edge.get('distinct_readings_in_lake')} distinct; every reading "
+        f"exactly once: {edge.get('every_reading_once')}). Its alerts: {edge.get('alerts_answered')} in its "
+        f"answers, {edge.get('alerts_on_eventbridge')} on EventBridge, {edge.get('alerts_on_sns')} on SNS "
+        f"(the same on both: {edge.get('same_alerts_on_both')}).</p>",
+    ]
 
 
 def draw_plots(run: DemoRun, back: Readback, summary: dict[str, Any]) -> list[str]:
@@ -684,5 +828,12 @@ def print_summary(summary: dict[str, Any], out_dir: Path) -> str:
                 f"{drift.get('challenger')}: gate {gate.get('outcome')} ({'; '.join(gate.get('reasons') or [])})"
             )
         lines.append(f"  production model at the end: version {summary['models']['production_at_end']}")
+        edge = summary.get("edge") or {}
+        if edge.get("status") == "ok":
+            lines.append(
+                f"  edge box {edge.get('box_id')}: {(edge.get('offline') or {}).get('sent')} readings offline, "
+                f"{edge.get('readings_in_lake')}/{edge.get('readings_sent')} in the lake, "
+                f"{edge.get('alerts_on_eventbridge')} alerts on EventBridge; runs version {edge.get('model_version')}"
+            )
     lines.append(f"  report: {out_dir / 'report.html'}  summary: {out_dir / 'summary.json'}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -32,6 +32,7 @@ from zaindari.infra.inboxes import event_inbox, subscribe_inboxes
 from zaindari.infra.lambda_events import eventbridge_event, http_event, s3_object_created_event, sqs_event
 
 if TYPE_CHECKING:
+    from zaindari.demo.edge import EdgeBoxProcess
     from zaindari.infra.aws import ClientFactory
     from zaindari.infra.local_aws import LocalAws
     from zaindari.infra.provision import Provisioned
@@ -52,7 +53,15 @@ SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "plant_anomaly.yaml"
 ALERT_DETAIL_TYPE = "Zaindari Alert"
 INBOX_NAME = "zaindari-demo-alerts"
 LIFECYCLE_INBOX = "zaindari-demo-lifecycle"
-LIFECYCLE_EVENTS = ["Zaindari Drift Detected", "Zaindari Model Promoted", "Zaindari Model Rolled Back"]
+MODEL_UPDATE = "Zaindari Model Update"
+LIFECYCLE_EVENTS = [
+    "Zaindari Drift Detected",
+    "Zaindari Model Promoted",
+    "Zaindari Model Rolled Back",
+    MODEL_UPDATE,
+    "Zaindari Edge Ack",
+]
+EDGE_BOX_ID = "press-hall"
 #: a serving image URI for SageMaker on the embedded AWS (moto creates the endpoint, runs no container)
 DEMO_SERVING_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/zaindari-serving:demo"
 FOLLOW_PRODUCTION = f"registry://{MODEL_NAME}/production"
@@ -115,6 +124,12 @@ class DemoRun:
     aws_process: subprocess.Popen[bytes] | None = None
     function_env: dict[str, dict[str, str]] = field(default_factory=dict)
     pending_events: list[dict[str, Any]] = field(default_factory=list)
+    edge: EdgeBoxProcess | None = None
+
+    @property
+    def edge_devices(self) -> set[str]:
+        """The machines of the edge box's line."""
+        return {m.device_id for m in self.require_data().machines if m.line == self.plan.edge_line}
 
     @property
     def work_dir(self) -> Path:
@@ -232,11 +247,16 @@ def _configure_functions(run: DemoRun, parameters: dict[str, str]) -> None:
 def demo_settings(plan: DemoPlan) -> dict[str, str]:
     """The settings the demo gives every function on top of the template's environment, for its
     plant size: drift is judged on the last ``drift_window`` of plant time with at least a few
-    hundred readings, and a drift-triggered run retrains on the last ``retrain_days`` days. A
+    hundred readings, and a drift-triggered run retrains on the last ``retrain_days`` days. The
+    promotion gate shadow-scores the readings of that same window (the default, 2,000 readings,
+    is a few hours of the full plant: too few to hold a developing fault). A
     promotion reaches running containers at once (alias TTL 0: the demo's clock runs hours in
     seconds). The drift thresholds themselves (PSI, KS) are the defaults."""
+    machines = plan.plant.lines * plan.plant.machines_per_line
+    window_readings = int(plan.drift_window.total_seconds() // plan.plant.sample_period_seconds) * machines
     return {
         "ZAINDARI_DRIFT_WINDOW_HOURS": str(int(plan.drift_window.total_seconds() // 3600)),
+        "ZAINDARI_SHADOW_READINGS": str(min(window_readings, 100_000)),
         "ZAINDARI_DRIFT_MIN_READINGS": "500",
         "ZAINDARI_RETRAIN_LOOKBACK_DAYS": str(plan.retrain_days),
         "ZAINDARI_MODEL_ALIAS_TTL_SECONDS": "0",
@@ -569,14 +589,21 @@ def _stream(
 
 def stream_live(run: DemoRun) -> dict[str, Any]:
     """Everything after commissioning up to the drift check through score_event (the rest is
-    held back until the retrained model is deployed)."""
+    held back until the retrained model is deployed), but the edge box's line (scored on the box)."""
     data = run.require_data()
     first = _commissioning_rows(run)
     last = _rows_before(run, run.plan.drift_check_at)
-    readings = itertools.islice(data.readings(limit=last), first, None)
+    edge = run.edge_devices
+    machines = len(data.machines) - len(edge)
+    readings = (
+        r for r in itertools.islice(data.readings(limit=last), first, None) if r["device_id"] not in edge
+    )
+    total = (last - first) // len(data.machines) * machines
     return {
         "until": run.plan.drift_check_at.isoformat(),
-        **_stream(run, readings, last - first, len(data.machines), "stream_live"),
+        "machines": machines,
+        "edge_line_left_to_the_box": run.plan.edge_line,
+        **_stream(run, readings, total, machines, "stream_live"),
     }
 
 
@@ -645,12 +672,103 @@ def _one_outcome(response: dict[str, Any], expected: str) -> dict[str, Any]:
     return outcome
 
 
+def _first_alerts(run: DemoRun, since: dict[str, datetime], until: datetime) -> dict[str, str]:
+    """For each device of ``since``, the first timestamp from ``since[device]`` to ``until`` at which
+    its scores in the lake (``scores/events/``, as score_event and the edge wrote them) met an
+    alert condition; devices with none are left out."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+
+    s3 = run.require_factory().client("s3")
+    keys: list[str] = []
+    day = min(since.values()).date()
+    while day <= until.date():
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=run.lake, Prefix=f"scores/events/date={day.isoformat()}/"
+        )
+        keys += [
+            o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".jsonl.gz")
+        ]
+        day += timedelta(days=1)
+    low = {device: _stamp(moment) for device, moment in since.items()}
+    high = _stamp(until)
+
+    def first_in(key: str) -> dict[str, str]:
+        body = gzip.decompress(s3.get_object(Bucket=run.lake, Key=key)["Body"].read())
+        found: dict[str, str] = {}
+        for line in body.splitlines():
+            row = orjson.loads(line)
+            device, stamp = str(row.get("device_id")), str(row.get("timestamp"))
+            if row.get("alert") and device in low and low[device] <= stamp < high:
+                found[device] = min(found.get(device, stamp), stamp)
+        return found
+
+    first: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for found in pool.map(first_in, keys):
+            for device, stamp in found.items():
+                first[device] = min(first.get(device, stamp), stamp)
+    return first
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_maintenance(run: DemoRun) -> dict[str, Any]:
+    """The plant's maintenance log up to the drift check, written where the retraining and the gate
+    read it (``labels/maintenance/``, :mod:`zaindari.maintenance`).
+
+    The demo stands in for the maintenance team: a fault is in the log when the plant could know
+    of it by then: the machine broke down (a breakdown work order), or the production model
+    alerted on it (an inspection found the fault, dated from its onset). A fault nobody has seen
+    yet is not in the log (its rows stay in the training set, as they would in a plant).
+    """
+    from zaindari.maintenance import MAINTENANCE_PREFIX, MaintenanceLog, MaintenanceWindow
+
+    data = run.require_data()
+    check_at = run.plan.drift_check_at
+    started = [f for f in data.faults if f.onset < check_at]
+    alerted = _first_alerts(run, {f.device_id: f.onset for f in started}, check_at) if started else {}
+    windows, unknown = [], []
+    for fault in started:
+        if fault.failure <= check_at:
+            note = f"breakdown at {_stamp(fault.failure)}; not repaired by {_stamp(check_at)}"
+        elif fault.device_id in alerted:
+            note = f"inspected after the model's alert at {alerted[fault.device_id]}: {fault.kind} found"
+        else:
+            unknown.append({"device_id": fault.device_id, "kind": fault.kind, "onset": _stamp(fault.onset)})
+            continue
+        windows.append(
+            MaintenanceWindow(device_id=fault.device_id, start=fault.onset, kind=fault.kind, note=note)
+        )
+    log = MaintenanceLog(tuple(windows))
+    key = f"{MAINTENANCE_PREFIX}/work-orders-{check_at.strftime('%Y%m%dT%H%M')}.jsonl"
+    run.require_factory().client("s3").put_object(Bucket=run.lake, Key=key, Body=log.to_jsonl().encode())
+    sample_start = check_at - run.plan.drift_window  # what the gate shadow-scores (demo_settings)
+    return {
+        "log": f"s3://{run.lake}/{key}",
+        "windows": [w.model_dump(mode="json") for w in windows],
+        "faults_not_known_yet": unknown,
+        # known faults still developing (machine running) during the gate's shadow sample: on a
+        # stopped machine the expert rules alert for any model, so only these test the learned score
+        "developing_in_shadow_sample": sorted(
+            f.device_id
+            for f in started
+            if f.device_id in {w.device_id for w in windows} and f.failure > sample_start
+        ),
+    }
+
+
 def drift_retraining(run: DemoRun) -> dict[str, Any]:
     """monitor_drift on its schedule over the summaries score_event wrote -> its ``Zaindari Drift
     Detected`` event (from the EventBridge rule) -> start_retraining -> the two Glue jobs it started,
     run on local Spark with the arguments it gave them -> their job-state events -> register_model
     (verify, register, gate) -> deploy_model when the gate promoted."""
     check_at = run.plan.drift_check_at
+    maintenance = record_maintenance(run)
     schedule = _plant_event(
         eventbridge_event({}, detail_type="Scheduled Event", source="aws.events"), check_at
     )
@@ -680,6 +798,7 @@ def drift_retraining(run: DemoRun) -> dict[str, Any]:
     deployments = _deploy_promotions(run)
     detail: dict[str, Any] = {
         "checked_at": check_at.isoformat(),
+        "maintenance_log": maintenance,
         "check": check,
         "evidence": drift_events[0].get("detail"),
         "retraining_run": {
@@ -699,18 +818,20 @@ def drift_retraining(run: DemoRun) -> dict[str, Any]:
 
 
 def score_after_retraining(run: DemoRun) -> dict[str, Any]:
-    """The held-back end of the run, scored after the retraining: line 1's machines stream through
-    score_event, the other lines arrive as a historian CSV for score_batch; both follow the
-    production alias, so the lake's scores say which version each used."""
+    """The held-back end of the run, scored after the retraining: the presses stream through
+    score_event, the spindles' readings arrive as a historian CSV for score_batch (the edge box's
+    line is the box's, see :func:`edge_model_update`); both follow the production alias, so the
+    lake's scores say which version each used."""
     data = run.require_data()
     first = _rows_before(run, run.plan.drift_check_at)
     frame = data.historian_frame().iloc[first:]
-    line_one = {m.device_id for m in data.machines if m.line == "line-1"}
-    streamed_ids = sorted(line_one)
-    to_stream = frame[frame["device_id"].isin(line_one)]
-    to_drop = frame[~frame["device_id"].isin(line_one)]
-    readings = (r for r in itertools.islice(data.readings(), first, None) if r["device_id"] in line_one)
-    streamed = _stream(run, readings, len(to_stream), len(line_one), "score_after_retraining")
+    cloud = [m for m in data.machines if m.device_id not in run.edge_devices]
+    presses = {m.device_id for m in cloud if m.kind == "press"}
+    streamed_ids = sorted(presses)
+    to_stream = frame[frame["device_id"].isin(presses)]
+    to_drop = frame[frame["device_id"].isin({m.device_id for m in cloud} - presses)]
+    readings = (r for r in itertools.islice(data.readings(), first, None) if r["device_id"] in presses)
+    streamed = _stream(run, readings, len(to_stream), len(presses), "score_after_retraining")
     path = run.work_dir / "historian" / "plant-1_after_retraining.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     to_drop.to_csv(path, index=False)
@@ -732,10 +853,166 @@ def score_after_retraining(run: DemoRun) -> dict[str, Any]:
     }
 
 
-# The loop in order. A step that lands replaces its ``not_built`` entry with a function; the report
-# reads its figures from its detail: drift_retraining returns the drift evidence and the challenger's
-# version and gate decision (the registry then shows it in production, or refused); edge_box returns
-# ``model_version``, the registry version the box runs at the end (the e2e test checks both).
+def _edge_readings(run: DemoRun, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The edge line's readings from ``start`` to ``end`` (plant time), in the order sent."""
+    data = run.require_data()
+    first, last = _rows_before(run, start), _rows_before(run, end)
+    edge = run.edge_devices
+    return [r for r in itertools.islice(data.readings(limit=last), first, None) if r["device_id"] in edge]
+
+
+def _send_to_box(run: DemoRun, readings: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    """The line's device gateway: one request per delivery window, ``POST /function/score-event``."""
+    box = _box(run)
+    per_request = max(
+        1, int(run.plan.delivery_window.total_seconds() // run.plan.plant.sample_period_seconds)
+    ) * len(run.edge_devices)
+    for i in range(0, len(readings), per_request):
+        answer = box.score(readings[i : i + per_request])
+        counts["requests"] += 1
+        counts["sent"] += len(readings[i : i + per_request])
+        counts["scored"] += len(answer.get("scores", []))
+        counts["rejected"] += len(answer.get("rejected", []))
+        counts["duplicates"] += int(answer.get("duplicates", 0))
+        counts["alerts"] += len(answer.get("alerts", []))
+
+
+def _box(run: DemoRun) -> EdgeBoxProcess:
+    if run.edge is None:
+        raise DemoError("the edge box is not running")
+    return run.edge
+
+
+def _edge_keys(run: DemoRun) -> list[str]:
+    """The lake objects the box shipped (named ``edge-<box id>-...``)."""
+    s3 = run.require_factory().client("s3")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=run.lake, Prefix="scores/events/")
+    return [
+        o["Key"] for page in pages for o in page.get("Contents", []) if f"/edge-{EDGE_BOX_ID}-" in o["Key"]
+    ]
+
+
+def edge_box(run: DemoRun) -> dict[str, Any]:
+    """An edge box for the last line: installed with production's bundle (``python -m
+    zaindari.edge.box seed``), served by ``zaindari edge serve``; its link to AWS is down for the
+    first part of the live stream (it scores, alerts locally, buffers), then comes back and its
+    shipper delivers the backlog; it scores the rest of its line online up to the drift check."""
+    from zaindari.demo.edge import EdgeBoxProcess
+
+    data = run.require_data()
+    factory = run.require_factory()
+    if run.aws is None:
+        raise DemoError("the embedded AWS is not running")
+    registry = run.registry()
+    production = registry.alias_version(MODEL_NAME, "production")
+    if production is None:
+        raise DemoError("no production version to install on the box")
+    bundle = registry.artifacts.fetch(registry.version(MODEL_NAME, production).artifact_uri)
+    edge = run.edge_devices
+    golden_rows = [
+        r for r in itertools.islice(data.readings(), _commissioning_rows(run)) if r["device_id"] in edge
+    ]
+    golden = [r for device in sorted(edge) for r in [g for g in golden_rows if g["device_id"] == device][:20]]
+    env = run.function_env["score_event"]
+    aws_env = run.aws.environment(factory.config.region)
+    settings = {
+        "ZAINDARI_LAKE_BUCKET": run.lake,
+        "ZAINDARI_EVENT_BUS_NAME": env["ZAINDARI_EVENT_BUS_NAME"],
+        "ZAINDARI_ALERT_TOPIC_ARN": run.require_stack()["AlertTopic"].arn,
+    }
+    run.progress(f"edge_box: installing the box of {run.plan.edge_line} with version {production} ...")
+    run.edge = box = EdgeBoxProcess.install(
+        run.work_dir / "edge",
+        box_id=EDGE_BOX_ID,
+        aws_env=aws_env,
+        aws_port=run.aws.port,
+        settings=settings,
+        bundle=bundle,
+        version=str(production),
+        golden=golden,
+    )
+    box.serve(run.work_dir / "edge.log", run.root / "functions")
+    started_serving = box.report()
+    live_start, check_at = run.plan.live_start, run.plan.drift_check_at
+    back_online = live_start + (check_at - live_start) * run.plan.edge_offline
+    offline = dict.fromkeys(("requests", "sent", "scored", "rejected", "duplicates", "alerts"), 0)
+    started = time.monotonic()
+    _send_to_box(run, _edge_readings(run, live_start, back_online), offline)
+    offline_seconds = time.monotonic() - started
+    held = box.report()
+    if _edge_keys(run):
+        raise DemoError("the box shipped while its link was down")
+    run.progress(
+        f"edge_box: {offline['sent']:,} readings scored offline, buffered {held.get('buffered')}; link up ..."
+    )
+    box.link.up()
+    _, ship_seconds = box.wait_until_shipped()
+    online = dict.fromkeys(offline, 0)
+    _send_to_box(run, _edge_readings(run, back_online, check_at), online)
+    final, _ = box.wait_until_shipped()
+    return {
+        "box_id": EDGE_BOX_ID,
+        "line": run.plan.edge_line,
+        "devices": sorted(edge),
+        "served_by": "zaindari edge serve (gunicorn), its own process group",
+        "installed_version": started_serving.get("version"),
+        "golden_inputs": len(golden),
+        "offline": {"from": live_start.isoformat(), "until": back_online.isoformat(), **offline},
+        "offline_seconds": round(offline_seconds, 2),
+        "buffered_when_link_came_back": held.get("buffered"),
+        "buffer_bytes_when_link_came_back": held.get("buffer_bytes"),
+        "seconds_to_ship_backlog": round(ship_seconds, 2),
+        "online": {"from": back_online.isoformat(), "until": check_at.isoformat(), **online},
+        "version_after_online": final.get("version"),
+        "objects_shipped": len(_edge_keys(run)),
+    }
+
+
+def edge_model_update(run: DemoRun) -> dict[str, Any]:
+    """deploy_model's ``Zaindari Model Update`` (from its EventBridge rule) goes to the box's
+    model-sync, which downloads the bundle by its presigned URLs, verifies it, smoke-tests it on
+    the golden inputs and swaps it in; the box then scores the rest of its line and ships it."""
+    box = _box(run)
+    updates = _lifecycle_events(run, MODEL_UPDATE)
+    before = box.report().get("version")
+    outcomes = []
+    for event in sorted(updates, key=lambda e: int(e.get("detail", {}).get("version", 0))):
+        status, answer = box.update(event)
+        outcomes.append({"version": event.get("detail", {}).get("version"), "http": status, **answer})
+    after = box.report()
+    counts = dict.fromkeys(("requests", "sent", "scored", "rejected", "duplicates", "alerts"), 0)
+    end = run.plan.plant.start + run.plan.plant.duration
+    _send_to_box(run, _edge_readings(run, run.plan.drift_check_at, end), counts)
+    final, _ = box.wait_until_shipped()
+    box.stop()
+    acks = [e.get("detail", {}) for e in _lifecycle_events(run, "Zaindari Edge Ack")]
+    applied = [o for o in outcomes if o.get("status") == "applied"]
+    return {
+        "version_before": before,
+        "updates_received": [o["version"] for o in outcomes],
+        "outcomes": [
+            {k: o.get(k) for k in ("version", "http", "status", "reason") if k in o} for o in outcomes
+        ],
+        "applied": [o["version"] for o in applied],
+        "version_after_update": after.get("version"),
+        "scored_after_update": counts,
+        "model_version": int(final["version"])
+        if str(final.get("version", "")).isdigit()
+        else final.get("version"),
+        "buffered_at_end": final.get("buffered"),
+        "acks_on_eventbridge": [
+            {k: a.get(k) for k in ("event", "status", "version", "box_id", "reason") if a.get(k) is not None}
+            for a in acks
+        ],
+        "objects_shipped": len(_edge_keys(run)),
+    }
+
+
+# The loop in order. A step not built yet would be a ``not_built`` entry (listed with its reason, never
+# imitated); the report reads each step's figures from its detail: drift_retraining returns the drift
+# evidence and the challenger's version and gate decision (the registry then shows it in production,
+# or refused); edge_model_update returns ``model_version``, the registry version the box runs at the
+# end (the e2e test checks both).
 STEPS: tuple[Step, ...] = (
     Step(
         "embedded_aws", "Embedded AWS (moto server) with the resources of template.yaml", start_embedded_aws
@@ -757,6 +1034,11 @@ STEPS: tuple[Step, ...] = (
         deploy_production,
     ),
     Step("historian_drop", "Historian CSV dropped into S3, scored by score_batch", score_historian_drop),
+    Step(
+        "edge_box",
+        "An edge box (zaindari edge serve) scores its line offline, then its link comes back and it ships",
+        edge_box,
+    ),
     Step("stream_live", "Live telemetry through score_event (SQS, IoT rule, HTTP API)", stream_live),
     Step(
         "drift_retraining",
@@ -765,13 +1047,13 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "score_after_retraining",
-        "The rest of the run scored by score_event and score_batch with the production version",
+        "The rest of the run scored by score_event (presses) and score_batch (spindles) with the production version",
         score_after_retraining,
     ),
     Step(
-        "edge_box",
-        "An edge box scores locally, goes offline and comes back, and takes the new version",
-        not_built="not joined to the demo yet: the edge box (zaindari.edge.box) runs in its own tests",
+        "edge_model_update",
+        "The new production version reaches the edge box (model-sync), which scores the rest of its line",
+        edge_model_update,
     ),
 )
 
@@ -810,7 +1092,9 @@ def run_steps(run: DemoRun, steps: Sequence[Step] = STEPS) -> list[StepResult]:
 
 
 def stop_embedded_aws(run: DemoRun) -> None:
-    """Stop the server process this run started (SIGTERM: it shuts down cleanly)."""
+    """Stop the edge box and the server process this run started (SIGTERM: they shut down cleanly)."""
+    if run.edge is not None:
+        run.edge.stop()
     if run.aws_process is not None and run.aws_process.poll() is None:
         run.aws_process.terminate()
         try:

@@ -51,6 +51,7 @@ from zaindari.edge.model_sync import (
     write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.ports import PortError
 from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
@@ -70,10 +71,9 @@ def read_secret(secrets_dir: str | Path, name: str) -> str | None:
 
 class LocalFirstAlerts:
     """:class:`~zaindari.ports.AlertSink` of the box: buffer every alert (cloud and plant queues,
-    one transaction), then deliver the plant's queues at once (inside the buffer's
-    :meth:`~zaindari.edge.buffer.EdgeBuffer.transaction`: once it commits, see :meth:`deliver`). A
-    channel that is down keeps its queue; the alert still counts as delivered, because it is
-    durable and will go out."""
+    one transaction), then deliver the plant's queues at once (inside a buffer transaction: once
+    it is committed, by :meth:`deliver`). A channel that is down keeps its queue; the alert still
+    counts as delivered, because it is durable and will go out."""
 
     def __init__(self, buffer: EdgeBuffer, local: LocalAlerts | None) -> None:
         self.buffered = BufferedAlerts(buffer, local_channels=local.names if local else ())
@@ -81,12 +81,12 @@ class LocalFirstAlerts:
 
     def publish(self, alerts: Sequence[Alert]) -> set[str]:
         failed = self.buffered.publish(alerts)
-        if not self.buffered.buffer.in_transaction:  # no network call while holding the write lock
+        if not self.buffered.buffer.in_transaction():
             self.deliver()
         return failed
 
     def deliver(self) -> None:
-        """Deliver the plant's queues now."""
+        """Send the plant's queues now (what a channel does not take stays queued)."""
         if self.local is not None:
             report = self.local.deliver()
             for channel, error in report.errors.items():
@@ -130,12 +130,12 @@ class EdgeBox:
         self._observer = sync.on_event
         self.sync.on_event = self._ack
         self._outcomes: deque[dict[str, Any]] = deque(maxlen=20)  # model outcomes since the start
-        self._alerts = LocalFirstAlerts(buffer, local)
+        self.alerts = LocalFirstAlerts(buffer, local)
         self.scoring = EventScoring(
             model=sync.current,
             states=SqliteStateStore(buffer),
             lake=BufferedLake(buffer),
-            alerts=self._alerts,
+            alerts=self.alerts,
             rejects=BufferedRejects(buffer),
             limits=settings.limits,
             dedup_memory=settings.dedup_memory,
@@ -212,33 +212,43 @@ class EdgeBox:
     def score_records(self, records: Sequence[InboundRecord]) -> ScoringReport:
         """Score a batch (the ``score_event`` use case) and watch the model on live traffic.
 
-        A batch whose scoring raises, or that yields a non-finite score, counts as a model error;
-        when that rolls the model back, the batch is scored again with the restored model.
+        Everything the batch writes to the buffer (dead letters, scores, drift summaries, alerts,
+        device state) is one transaction, committed with one fsync before this returns (a group
+        commit; the plant's alert channels are sent to after it): a crash keeps all of it or
+        none. If the commit fails, every record is answered ``retry``.
+
+        A batch whose scoring raises, or that yields a non-finite score, counts as a model error
+        (nothing of it is stored); when that rolls the model back, the batch is scored again with
+        the restored model.
         """
         try:
-            report = self._score_atomically(records)
+            report = self._score_in_one_transaction(records)
         except Exception as exc:
             outcome = self.sync.record_batch(False, f"{type(exc).__name__}: {exc}")
             if outcome is not None and outcome.status == "rolled_back":
                 log.error("model %s rolled back: %s", outcome.version, outcome.reason)
-                return self._score_atomically(records)
+                return self._score_in_one_transaction(records)
             raise
         bad = sum(1 for row in report.scored if not math.isfinite(float(row["score"])))
         outcome = self.sync.record_batch(bad == 0, f"{bad} non-finite scores")
         if outcome is not None:
             log.error("model %s rolled back: %s", outcome.version, outcome.reason)
-        if report.scored or report.alerts:
-            self._wake.set()
+        if self.shipper is not None and (report.scored or report.alerts) and not self._wake.is_set():
+            self._wake.set()  # only the shipper has work from a batch (plant alerts went out above)
         return report
 
-    def _score_atomically(self, records: Sequence[InboundRecord]) -> ScoringReport:
-        """The use case in one buffer transaction (all of a group's rows, drift summaries, device
-        states and alerts, or none: see :meth:`EdgeBuffer.transaction`), then the plant's alert
-        queues delivered."""
-        with self.buffer.transaction():
-            report = self.scoring.score_records(records)
+    def _score_in_one_transaction(self, records: Sequence[InboundRecord]) -> ScoringReport:
+        try:
+            with self.buffer.transaction():
+                report = self.scoring.score_records(records)
+        except PortError as exc:  # the commit failed: nothing of the batch was kept
+            report = ScoringReport(model_version=None)
+            for record in records:
+                report.status[record.record_id] = "retry"
+                report.retry_reasons[record.record_id] = f"edge buffer: {exc}"
+            return report
         if report.alerts:
-            self._alerts.deliver()
+            self.alerts.deliver()
         return report
 
     # -- model sync ---------------------------------------------------------------------------
@@ -326,7 +336,8 @@ class EdgeBox:
         return self.buffer.stats()
 
     def close(self) -> None:
-        """Stop the background thread, close the channels and this thread's database handle."""
+        """Stop the background thread, close the channels, checkpoint the buffer's write-ahead log
+        and close this thread's database handle."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -334,6 +345,10 @@ class EdgeBox:
             self._thread = None
         if self.local is not None:
             self.local.close()
+        try:
+            self.buffer.checkpoint()
+        except PortError as exc:  # the WAL stays; the next start replays it
+            log.warning("edge buffer not checkpointed at close: %s", exc)
         self.buffer.close()
 
 

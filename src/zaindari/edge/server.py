@@ -8,9 +8,11 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
 liveness probe, like the watchdog's ``/_/health``).
 
-One process, several threads: the three functions share the process's edge box
-(:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer, background shipper and model sync), and
-concurrent requests are scored together (see :class:`zaindari.edge.wiring.BatchingEventScoring`).
+One worker process (granian, see :mod:`zaindari.infra.http_server`), several threads: the three
+functions share the process's edge box (:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer,
+background shipper and model sync), and concurrent requests are scored together (see
+:class:`zaindari.edge.wiring.BatchingEventScoring`). SIGTERM or SIGINT: the requests in flight are
+answered, then the box is closed (:func:`zaindari.edge.wiring.stop_edge_box`), exit 0.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ __all__ = [
     "edge_box",
     "edge_settings",
     "start_edge_box",
+    "stop_edge_box",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,15 @@ def edge_box(settings: Settings | None = None) -> EdgeBox:
 def start_edge_box() -> None:
     """Build and start the process's box now (a server worker's start hook)."""
     edge_box()
+
+
+def stop_edge_box() -> None:
+    """Close the process's box, if it has one (a server worker's exit hook): its background
+    thread stopped, the buffer checkpointed and closed; queued plant alerts stay in the buffer."""
+    with _box_lock:
+        box = _boxes.pop(os.getpid(), None)
+    if box is not None:
+        box.close()
 
 
 def check_edge_settings(settings: Settings) -> None:

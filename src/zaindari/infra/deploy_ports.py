@@ -27,12 +27,14 @@ from zaindari.registry_events import MODEL_REFUSED, MODEL_UPDATE, BundleRefused,
 if TYPE_CHECKING:
     from zaindari.contract import Reading
     from zaindari.deployment import ApprovalStatus, ModelLifecycle
+    from zaindari.maintenance import MaintenanceLog
     from zaindari.registry import ModelVersion
     from zaindari.settings import Settings
 
 __all__ = [
     "EventBridgeSnsNotifier",
     "IotEdgePublisher",
+    "S3MaintenanceLog",
     "S3RecentTraffic",
     "SageMakerEndpointDeployer",
     "SageMakerPackageMirror",
@@ -429,6 +431,37 @@ class S3RecentTraffic:
         return readings[-limit:]
 
 
+class S3MaintenanceLog:
+    """:class:`~zaindari.deployment.MaintenanceLabels`: every JSON Lines file under the lake's
+    ``labels/maintenance/`` (:mod:`zaindari.maintenance`); none there, an empty log. A file that is
+    not a log fails the gate's shadow step with the file and line named."""
+
+    def __init__(self, factory: ClientFactory, bucket: str, prefix: str = "") -> None:
+        from zaindari.maintenance import MAINTENANCE_PREFIX
+
+        self.factory = factory
+        self.bucket = bucket
+        self.prefix = prefix or f"{MAINTENANCE_PREFIX}/"
+
+    def maintenance_log(self) -> MaintenanceLog:
+        from zaindari.maintenance import MaintenanceError, MaintenanceLog
+
+        s3 = self.factory.client("s3")
+        logs = []
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for key in sorted(o["Key"] for page in pages for o in page.get("Contents", [])):
+                if key.endswith("/"):
+                    continue
+                body = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                logs.append(MaintenanceLog.from_jsonl(body, source=f"s3://{self.bucket}/{key}"))
+        except aws_errors() as exc:
+            raise PortError(f"s3://{self.bucket}/{self.prefix}: maintenance log unreadable: {exc}") from exc
+        except (MaintenanceError, UnicodeDecodeError) as exc:
+            raise PortError(str(exc)) from exc
+        return MaintenanceLog.merge(logs)
+
+
 def glue_job_output(factory: ClientFactory, job_name: str, run_id: str, argument: str = "--output") -> str:
     """Where a Glue job run wrote its result: its ``--output`` argument (``GetJobRun``)."""
     try:
@@ -469,6 +502,7 @@ def _conforms() -> None:
         EdgePublisher,
         EndpointDeployer,
         LifecycleNotifier,
+        MaintenanceLabels,
         PackageMirror,
         RecentTraffic,
     )
@@ -479,6 +513,7 @@ def _conforms() -> None:
     _d: EndpointDeployer = SageMakerEndpointDeployer(f, "image", "role")
     _e: EdgePublisher = IotEdgePublisher(f, EventBridgeSnsNotifier(f, None, "default"))
     _t: RecentTraffic = S3RecentTraffic(f, "b")
+    _l: MaintenanceLabels = S3MaintenanceLog(f, "b")
     del n
 
 
@@ -512,6 +547,7 @@ def build_model_lifecycle(settings: Settings, factory: ClientFactory) -> ModelLi
         if settings.model_update_topic
         else None,
         traffic=S3RecentTraffic(factory, settings.lake_bucket),
+        labels=S3MaintenanceLog(factory, settings.lake_bucket),
         policy=GatePolicy(
             tolerance=settings.promotion_tolerance,
             alert_rate_bound=settings.promotion_alert_rate_bound,

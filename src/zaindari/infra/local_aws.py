@@ -158,6 +158,34 @@ def _something_listens(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def _answer_update_endpoint() -> None:
+    """Give moto's SageMaker the ``UpdateEndpoint`` action moto 5 lacks (``deploy_model`` calls it to
+    switch an endpoint to a new version's config): the endpoint then names the new config and its
+    variants, as on AWS once the update is done. moto runs no container either way."""
+    from moto.sagemaker.responses import SageMakerResponse
+
+    if hasattr(SageMakerResponse, "update_endpoint"):
+        return  # a moto that has it
+
+    def update_endpoint(self: Any) -> Any:
+        from moto.core.responses import ActionResult
+        from moto.sagemaker.exceptions import ValidationError
+        from moto.sagemaker.models import FakeEndpoint
+
+        name, config_name = self._get_param("EndpointName"), self._get_param("EndpointConfigName")
+        backend = self.sagemaker_backend
+        endpoint = backend.endpoints.get(name)
+        if endpoint is None:
+            arn = FakeEndpoint.arn_formatter(name, backend.account_id, backend.region_name)
+            raise ValidationError(message=f"Could not find endpoint '{arn}'.")
+        config = backend.describe_endpoint_config(config_name)  # raises for an unknown config
+        endpoint.endpoint_config_name = config_name
+        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        return ActionResult({"EndpointArn": endpoint.arn})
+
+    SageMakerResponse.update_endpoint = update_endpoint  # type: ignore[attr-defined]
+
+
 def _guarded_moto_server(host: str, port: int) -> Any:
     """A ThreadedMotoServer whose ``start()`` returns, rather than hangs, when it cannot bind.
 
@@ -264,6 +292,7 @@ def start_local_aws(
         what = "another moto server" if moto_there else "something that is not a moto server"
         raise PortInUseError(f"{host}:{port} is already taken by {what}; choose another --port")
 
+    _answer_update_endpoint()
     server = _guarded_moto_server(host, port)
     server.start()
     if server.startup_error is not None:

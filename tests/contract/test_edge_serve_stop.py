@@ -1,0 +1,122 @@
+"""`zaindari edge serve` stops cleanly on SIGTERM and SIGINT: the request in flight is answered and
+stored, the box is closed (its write-ahead log checkpointed), the server exits 0, and a restarted
+server finds every answered reading in its buffer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.functions.test_score_event import bundle_dir  # noqa: F401 (fixture)
+from tests.support import http_call, plant_readings, start_server, zaindari_cli
+from zaindari.edge.buffer import EdgeBuffer
+
+TOKEN = "edge-stop-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(root: Path, bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
+    secrets = root / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
+    port = _free_port()
+    env = {
+        "ZAINDARI_MODEL_PATH": str(bundle),
+        "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
+        "ZAINDARI_EDGE_DATA_DIR": str(root / "data"),
+        "ZAINDARI_EDGE_BUFFER_PATH": str(root / "data" / "buffer.db"),
+        "ZAINDARI_EDGE_MODEL_DIR": str(root / "data" / "models"),
+    }
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],
+        env,
+        f"{url}/healthz",
+        new_session=True,
+    )
+    return process, url
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_server_answers_its_request_in_flight_and_keeps_it(
+    tmp_path: Path,
+    bundle_dir: Path,  # noqa: F811
+    stop: signal.Signals,
+) -> None:
+    # Given a server, and a request whose body is half sent (so it is in flight for sure)
+    process, url = _serve(tmp_path, bundle_dir)
+    readings = plant_readings()[300:340]
+    body = json.dumps({"readings": readings}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    try:
+        sock.sendall(
+            b"POST /function/score-event HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.3)
+
+        # When the server is told to stop, and the rest of the body arrives after that
+        process.send_signal(stop)
+        time.sleep(0.3)
+        sock.sendall(body[len(body) // 2 :])
+
+        # Then the request is answered in full
+        status, answer = _answer(sock)
+    finally:
+        sock.close()
+    assert status == 200, answer
+    assert len(answer["scores"]) == len(readings)  # type: ignore[arg-type]
+
+    # and the server exits 0 with its box closed: the write-ahead log checkpointed into the file
+    assert process.wait(timeout=30) == 0
+    wal = tmp_path / "data" / "buffer.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+
+    # and a restarted server holds every reading answered, and scores the next ones
+    buffer = EdgeBuffer(tmp_path / "data" / "buffer.db")
+    try:
+        assert buffer.stats().items["scores"] == len(readings)
+    finally:
+        buffer.close()
+    process, url = _serve(tmp_path, bundle_dir)
+    try:
+        more = json.dumps({"readings": plant_readings()[340:350]}).encode()
+        status, _, data = http_call(
+            f"{url}/function/score-event",
+            method="POST",
+            body=more,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert status == 200 and len(json.loads(data)["scores"]) == 10
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
