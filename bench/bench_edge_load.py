@@ -1,10 +1,10 @@
 """The edge server under sustained load: 0 errors and flat memory (issue 10, "Load").
 
-``zaindari edge serve`` (one gunicorn gthread process, as ``bench_edge_http.py`` runs it) takes
+``zaindari edge serve`` (one worker process, as ``bench_edge_http.py`` runs it) takes
 one-reading ``POST /function/score-event`` requests from ``wrk`` (a second process, loopback,
 CONNECTIONS keep-alive connections) for SECONDS, every request a reading never sent before (the
 box's device state, SQLite buffer and key memory all grow as in service; no uplink). The RSS of
-the server's processes (gunicorn master and worker, from ``/proc/<pid>/status``) is sampled every
+the server's processes (parent and worker, from ``/proc/<pid>/status``) is sampled every
 second. Reported: requests/s, errors (non-2xx answers and socket errors, from wrk), the worker's
 RSS at the end of the warm-up, at the end, its maximum, and the slope of a least-squares line
 through the samples after the warm-up.
@@ -91,7 +91,7 @@ def main() -> list[dict[str, Any]]:
             began = time.monotonic()
             cpu_began = _cpu_seconds(worker)
             driver.start()
-            samples: list[tuple[float, float, float]] = []  # seconds, worker MiB, master MiB
+            samples: list[tuple[float, float, float]] = []  # seconds, worker MiB, parent MiB
             while driver.is_alive():
                 samples.append((time.monotonic() - began, rss_mib(worker), rss_mib(process.pid)))
                 driver.join(timeout=1.0)
@@ -103,7 +103,7 @@ def main() -> list[dict[str, Any]]:
     after_warmup, end = steady[0][1], steady[-1][1]
     peak = max(w for _, w, _ in samples)
     slope = slope_per_minute(steady)
-    master = [m for _, _, m in samples]
+    parent = [m for _, _, m in samples]
     info_line(
         f"wrk, {CONNECTIONS} keep-alive connections, {SECONDS:.0f} s; {len(samples)} RSS samples (1/s), "
         f"slope after {WARMUP_SECONDS:.0f} s; worker CPU {cpu:.1f} s; buffer file {buffer_mib:.1f} MiB at the end; "
@@ -123,8 +123,8 @@ def main() -> list[dict[str, Any]]:
         result_row(NAME, "worker RSS max", peak, "MiB"),
         result_row(NAME, "worker RSS slope after warm-up", slope, "MiB/min",
                    target=f"< {SLOPE_BOUND} MiB/min", passed=slope < SLOPE_BOUND),
-        result_row(NAME, "master RSS start / end", master[-1], "MiB", baseline=master[0],
-                   ratio=master[-1] / master[0]),
+        result_row(NAME, "parent process RSS start / end", parent[-1], "MiB", baseline=parent[0],
+                   ratio=parent[-1] / parent[0]),
     ]  # fmt: skip
 
 
