@@ -6,7 +6,7 @@ Where ``bench_edge_kill9.py`` kills a box driver at named points (compaction inc
 kills the server as deployed: concurrent requests scored together (one buffer transaction for a
 group), the worker's start hook, the forwarder thread. Each client sends its device's readings in
 order (BENCH_KILL9_SERVER_PASSES six-hour passes of the small plant, default 6: 8,640
-readings), four a request, with 20 ms between requests, and sends a request again until it gets a 2xx (a connection refused or
+readings), four a request, with 50 ms between requests, and sends a request again until it gets a 2xx (a connection refused or
 reset while the server is down, a 503). After each kill: ``PRAGMA integrity_check`` and every
 answered reading's key in the buffer. At the end (the server up, the link up, the buffer emptied):
 the checks of ``tests/functions/test_edge_kill9.py::check_delivery`` (every reading in the lake
@@ -130,7 +130,7 @@ def main() -> list[dict[str, Any]]:
                 d: [json.dumps({"readings": rs[i : i + 4]}) for i in range(0, len(rs), 4)]
                 for d, rs in per_device.items()
             }
-            pause = 0.02  # the clients keep the server busy: most kills find requests in flight
+            pause = 0.05  # the clients keep the server busy through the kills: most find requests in flight
             port = free_port()
             url = f"http://127.0.0.1:{port}/function/score-event"
             clients = [DeviceClient(url, bodies, pause) for bodies in streams.values()]
