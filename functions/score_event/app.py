@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from zaindari.contract import TelemetryPayload, parse_payload
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
+from zaindari.infra.allocator import retain_freed_heap
 from zaindari.infra.http_api import ERROR_CONTENT, json_response
 from zaindari.infra.observability import traced
 from zaindari.infra.wiring import build_event_scoring, client_factory
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
+retain_freed_heap()  # a warm container reuses its heap instead of faulting it in on every batch
 logger = Logger(service="score_event", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
 
