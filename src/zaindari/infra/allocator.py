@@ -41,4 +41,4 @@ def retain_freed_heap(*, trim_threshold: int = 256 << 20, mmap_threshold: int = 
     # mallopt returns 1 on success (musl's stub returns 0)
     trimmed = mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     mapped = mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-    return trimmed == 1 and mapped == 1
+    return bool(trimmed == 1 and mapped == 1)
