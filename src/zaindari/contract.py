@@ -421,6 +421,15 @@ def parse_payload(
             document = decode_json(text)
         except (ValueError, RecursionError) as exc:
             return ParsedPayload(rejections=[Rejection(0, f"payload is not valid JSON: {exc}", record=text)])
+    if type(document) is dict and "readings" not in document:  # one reading: the common case, direct
+        try:
+            reading = Reading.__pydantic_validator__.validate_python(
+                document, context={"limits": limits, "now": now}
+            )
+        except (ValidationError, RecursionError, TypeError, ValueError, OverflowError):
+            pass  # parse_readings below names its errors
+        else:
+            return ParsedPayload([reading], [0], [])
     records = _records_of(document)
     if records is None:
         return ParsedPayload(
