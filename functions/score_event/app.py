@@ -10,7 +10,7 @@ objects are frozen out of later collections.
 # ruff: noqa: E402 (the collector is paused before the imports below)
 import gc
 
-gc.disable()  # cold start: no cyclic collections while the modules below load; resumed at the end
+gc.disable()  # cold start: no cyclic collections while the modules below load (resumed after them)
 
 import base64
 import binascii
@@ -29,6 +29,12 @@ from zaindari.infra.http_api import ERROR_CONTENT, json_response
 from zaindari.infra.observability import traced
 from zaindari.infra.wiring import build_event_scoring, client_factory
 from zaindari.settings import Settings
+
+# What the imports built (modules, pydantic schemas, numpy) lives as long as the container: out of
+# every later collection's scan. Collections during the imports cost ~50 ms CPU of a cold start.
+# (Resumed here, before anything that can raise on bad configuration.)
+gc.freeze()
+gc.enable()
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
@@ -232,9 +238,3 @@ def lambda_handler(event: Any, context: "LambdaContext") -> dict[str, Any]:
         logger.set_correlation_id(event.get("id"))
         return _score_single(event["detail"], str(event.get("id", context.aws_request_id)), "eventbridge")
     return _score_single(event, context.aws_request_id, "iot")
-
-
-# What the imports built (modules, pydantic schemas, numpy) lives as long as the container: out of
-# every later collection's scan. Collections during the imports cost ~50 ms CPU of a cold start.
-gc.freeze()
-gc.enable()
