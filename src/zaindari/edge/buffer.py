@@ -150,8 +150,8 @@ def _encode(data: Any) -> bytes:
 
 
 def _decode(body: bytes) -> Any:
-    # device states are stored as plain JSON (compressing them cost more than the rest of their
-    # write); everything else, and states written before, is zlib-compressed JSON
+    # device states are stored as plain JSON (``DeviceState.to_json``: compressing them cost more
+    # than the rest of their write); everything else, and states written before, is zlib-compressed
     return orjson.loads(body if body[:1] == b"{" else zlib.decompress(body))
 
 
@@ -751,7 +751,11 @@ class EdgeBuffer:
                 for device, state in db.execute(
                     f"SELECT device_id, state FROM device_state WHERE device_id IN ({marks})", chunk
                 ):
-                    out[device] = DeviceState.from_dict(_decode(state))
+                    out[device] = (
+                        DeviceState.from_json(state)
+                        if state[:1] == b"{"
+                        else DeviceState.from_dict(orjson.loads(zlib.decompress(state)))
+                    )
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         return out
@@ -764,7 +768,7 @@ class EdgeBuffer:
             with self._write(durable=False) as db:
                 db.executemany(
                     "INSERT OR REPLACE INTO device_state (device_id, state, updated_at) VALUES (?, ?, ?)",
-                    [(device, _state_json(state), now) for device, state in states.items()],
+                    [(device, state.to_json().encode(), now) for device, state in states.items()],
                 )
                 gen = self._bump(db, "state_gen", 1)
         except BaseException:
@@ -816,13 +820,6 @@ class EdgeBuffer:
             compacted_readings=self._counter(db, "compacted_readings"),
             shipped_rows=self._counter(db, "shipped_rows"),
         )
-
-
-def _state_json(state: DeviceState) -> bytes:
-    """``state.to_dict()`` as JSON, its reading keys passed to orjson as they are (a list of
-    ``(key, timestamp)`` pairs is written as the same arrays, without a copy of 512 lists)."""
-    rest = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
-    return orjson.dumps({**rest.to_dict(), "seen": state.seen})
 
 
 def _hour(timestamp: str) -> str:
