@@ -138,6 +138,10 @@ CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready 
     seq INTEGER PRIMARY KEY,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drift_open (  -- per window, the drift row new summaries are added to
+    slot TEXT PRIMARY KEY,                 -- source, model version, baseline id, window start
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -446,6 +450,50 @@ class EdgeBuffer:
                 self._remember(db, [keys[i] for i in rows if keys[i]])
         return seqs
 
+    def append_drift(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[int]:
+        """Add drift window summaries to the log: each is merged into the row its window already
+        has (same ``source``, model version, baseline and window start), unless that row is being
+        shipped (in the shipper's plan: a batch in flight is never changed, so a restarted shipper
+        re-sends exactly what it planned); then, or for a new window, it starts a new row (named
+        ``name``, the first summaries' name, for its object). Returns the rows written; none when
+        ``name`` was added before (the same request scored again).
+
+        One row per window, not one per request: the log, the shipper's PUTs and the drift
+        monitor's reads no longer grow with the request rate. The counts add up exactly
+        (:meth:`WindowSummary.merge`). Not waiting for the disk (see :meth:`_write`).
+        """
+        key = f"drift:{source}:{name}"
+        with self._write(durable=False) as db:
+            if self._all_written(db, [key]):
+                return []
+            low, high = self._plan(db) or (0, -1)
+            seqs: list[int] = []
+            for summary in summaries:
+                slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
+                row = db.execute(
+                    "SELECT o.seq, o.bytes, o.body FROM drift_open d JOIN outbox o ON o.seq = d.seq "
+                    "WHERE d.slot = ? AND o.kind = 'drift'",
+                    (slot,),
+                ).fetchone()
+                held = _open_drift(row, source, summary) if row and not low <= row[0] <= high else None
+                if row is not None and held is not None:
+                    seq, size = int(row[0]), int(row[1])
+                    body = {**held[0], "summaries": [held[1].merge(summary).to_dict()]}
+                    data = _encode(body)
+                    if len(data) > size:
+                        self._make_room(db, len(data) - size, keep=seq)
+                    db.execute("UPDATE outbox SET bytes = ?, body = ? WHERE seq = ?", (len(data), data, seq))
+                    self._bump(db, "bytes", len(data) - size)
+                else:
+                    data = _encode({"source": source, "name": name, "summaries": [summary.to_dict()]})
+                    self._make_room(db, len(data))
+                    day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+                    seq = self._insert(db, "drift", day, 1, data)
+                    db.execute("INSERT OR REPLACE INTO drift_open (slot, seq) VALUES (?, ?)", (slot, seq))
+                seqs.append(seq)
+            self._remember(db, [key])
+        return seqs
+
     def _insert(self, db: sqlite3.Connection, kind: str, day: str, items: int, data: bytes) -> int:
         cursor = db.execute(
             "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -508,8 +556,9 @@ class EdgeBuffer:
 
     # -- the size bound -------------------------------------------------------------------
 
-    def _make_room(self, db: sqlite3.Connection, incoming: int) -> bool:
-        """Compact the oldest raw scores until ``incoming`` bytes fit; False if they cannot."""
+    def _make_room(self, db: sqlite3.Connection, incoming: int, *, keep: int | None = None) -> bool:
+        """Compact the oldest raw scores until ``incoming`` bytes fit; False if they cannot.
+        ``keep``: a drift row being added to, left as it is."""
         total = self._counter(db, "bytes")
         if total + incoming <= self.max_bytes:
             return True
@@ -528,18 +577,22 @@ class EdgeBuffer:
             total -= freed
         merged = -1
         while total > target and merged != 0:  # then drift summaries: merged per window, nothing lost
-            merged = self._merge_drift(db, plan)
+            merged = self._merge_drift(db, plan, keep)
             total -= merged
         return total + incoming <= self.max_bytes
 
-    def _merge_drift(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+    def _merge_drift(
+        self, db: sqlite3.Connection, plan: tuple[int, int] | None, keep: int | None = None
+    ) -> int:
         """Merge the oldest drift rows' window summaries (one per model version, baseline and
-        window: the counts add up exactly); returns the bytes freed (0: nothing left to merge)."""
+        window: the counts add up exactly); returns the bytes freed (0: nothing left to merge).
+        Rows of several windows are left, so no window's row is open for new summaries after it
+        (a buffer written before rows were kept per window, or rows written while one was in flight)."""
         low, high = plan if plan else (0, -1)
         rows = db.execute(
             "SELECT seq, bytes, body FROM outbox WHERE kind = 'drift' AND NOT (seq BETWEEN ? AND ?) "
-            "ORDER BY seq LIMIT ?",
-            (low, high, self.compact_chunk),
+            "AND seq != ? ORDER BY seq LIMIT ?",
+            (low, high, -1 if keep is None else keep, self.compact_chunk),
         ).fetchall()
         bodies = [_decode(r[2]) for r in rows]
         groups: dict[tuple[str, str, str, int], WindowSummary] = {}
@@ -552,6 +605,7 @@ class EdgeBuffer:
         seqs = [int(r[0]) for r in rows]
         freed = sum(int(r[1]) for r in rows)
         db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in seqs])
+        db.executemany("DELETE FROM drift_open WHERE seq = ?", [(q,) for q in seqs])
         by_source_day: dict[tuple[str, str], list[WindowSummary]] = defaultdict(list)
         for (source, *_), summary in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][3])):
             day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
@@ -695,6 +749,8 @@ class EdgeBuffer:
                 freed += int(row[0]) if row else 0
                 if entry.kind == "object":
                     db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (entry.seq,))
+                elif entry.kind == "drift":
+                    db.execute("DELETE FROM drift_open WHERE seq = ?", (entry.seq,))
             db.execute("DELETE FROM meta WHERE name = 'plan'")
             self._bump(db, "bytes", -freed)
             self._bump(db, "shipped_rows", len(batch))
@@ -816,6 +872,25 @@ class EdgeBuffer:
             compacted_readings=self._counter(db, "compacted_readings"),
             shipped_rows=self._counter(db, "shipped_rows"),
         )
+
+
+def _open_drift(
+    row: tuple[Any, ...], source: str, summary: WindowSummary
+) -> tuple[dict[str, Any], WindowSummary] | None:
+    """The body and summary of a window's open drift row, or None if it holds something else
+    (one summary of the same source, model version, baseline and window is expected)."""
+    body = _decode(row[2])
+    held = body.get("summaries", [])
+    if body.get("source") != source or len(held) != 1:
+        return None
+    current = WindowSummary.from_dict(held[0])
+    if (current.model_version, current.baseline_id, current.start) != (
+        summary.model_version,
+        summary.baseline_id,
+        summary.start,
+    ):
+        return None
+    return body, current
 
 
 def _state_json(state: DeviceState) -> bytes:
@@ -955,17 +1030,12 @@ class BufferedSummaries:
         self.buffer = buffer
 
     def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
-        if not summaries:
-            return []
-        body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
-        day = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC).date().isoformat()
-        # not waiting for the disk: the scores this summarises are already durable, and a power
-        # cut that takes this row takes the device state written after it, so the readings sent
-        # again are summarised again (the lake rows are not doubled: the log knows their keys)
-        seq = self.buffer.append(
-            "drift", body, day=day, items=len(summaries), keys=[f"drift:{source}:{name}"], durable=False
-        )
-        return [] if seq is None else [f"buffer:{seq}"]
+        # each window's summary is added to that window's row (EdgeBuffer.append_drift); not
+        # waiting for the disk: inside the box's group transaction it is committed with the scores
+        # it summarises; on its own, a power cut that takes it takes the device state written
+        # after it, so the readings sent again are summarised again (the lake rows are not
+        # doubled: the log knows their keys)
+        return [f"buffer:{seq}" for seq in self.buffer.append_drift(summaries, source=source, name=name)]
 
     def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
         lo, hi = start.timestamp(), end.timestamp()
