@@ -140,7 +140,8 @@ CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready 
 );
 CREATE TABLE IF NOT EXISTS drift_open (  -- per window, the drift row new summaries are added to
     slot TEXT PRIMARY KEY,                 -- source, model version, baseline id, window start
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0       -- drawn at each write: a process's copy is current if equal
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -239,6 +240,9 @@ class EdgeBuffer:
         self._states: dict[str, DeviceState] = {}
         self._states_gen = -1
         self._states_lock = threading.Lock()
+        # each window's open drift row as this process last wrote it: slot -> (seq, token, body
+        # without its summary, summary); used while the row's token is still the one written
+        self._drift: dict[str, tuple[int, int, dict[str, Any], WindowSummary]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         # names shipped objects with the sequence: a re-created database must not reuse them
@@ -471,27 +475,44 @@ class EdgeBuffer:
             for summary in summaries:
                 slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
                 row = db.execute(
-                    "SELECT o.seq, o.bytes, o.body FROM drift_open d JOIN outbox o ON o.seq = d.seq "
+                    "SELECT d.seq, d.token, o.bytes FROM drift_open d JOIN outbox o ON o.seq = d.seq "
                     "WHERE d.slot = ? AND o.kind = 'drift'",
                     (slot,),
                 ).fetchone()
-                held = _open_drift(row, source, summary) if row and not low <= row[0] <= high else None
+                held = None
+                if row is not None and not low <= row[0] <= high:  # not in flight: add to it
+                    seq, token, size = (int(x) for x in row)
+                    cached = self._drift.get(slot)
+                    if cached is not None and cached[:2] == (seq, token):
+                        held = cached[2], cached[3]
+                    else:  # written by another process, or a transaction rolled back since
+                        body = db.execute("SELECT body FROM outbox WHERE seq = ?", (seq,)).fetchone()
+                        held = _open_drift(_decode(body[0]), source, summary)
+                token = random.getrandbits(62)
                 if row is not None and held is not None:
-                    seq, size = int(row[0]), int(row[1])
-                    body = {**held[0], "summaries": [held[1].merge(summary).to_dict()]}
-                    data = _encode(body)
+                    meta, merged = held[0], held[1].merge(summary)
+                    data = _drift_json(meta, merged)
                     if len(data) > size:
                         self._make_room(db, len(data) - size, keep=seq)
                     db.execute("UPDATE outbox SET bytes = ?, body = ? WHERE seq = ?", (len(data), data, seq))
+                    db.execute("UPDATE drift_open SET token = ? WHERE slot = ?", (token, slot))
                     self._bump(db, "bytes", len(data) - size)
                 else:
-                    data = _encode({"source": source, "name": name, "summaries": [summary.to_dict()]})
+                    meta, merged = {"source": source, "name": name}, summary
+                    data = _drift_json(meta, merged)
                     self._make_room(db, len(data))
                     day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
                     seq = self._insert(db, "drift", day, 1, data)
-                    db.execute("INSERT OR REPLACE INTO drift_open (slot, seq) VALUES (?, ?)", (slot, seq))
+                    db.execute(
+                        "INSERT OR REPLACE INTO drift_open (slot, seq, token) VALUES (?, ?, ?)",
+                        (slot, seq, token),
+                    )
+                # a rolled-back transaction leaves this copy behind with a token the row never got
+                self._drift[slot] = (seq, token, meta, merged)
                 seqs.append(seq)
             self._remember(db, [key])
+        if len(self._drift) > 256:  # windows long shipped; the current ones are read again once
+            self._drift.clear()
         return seqs
 
     def _insert(self, db: sqlite3.Connection, kind: str, day: str, items: int, data: bytes) -> int:
@@ -874,12 +895,17 @@ class EdgeBuffer:
         )
 
 
+def _drift_json(meta: Mapping[str, Any], summary: WindowSummary) -> bytes:
+    """A drift row's body: plain JSON (it is rewritten at each request, where compressing it cost
+    more than the rest of the write; ``_decode`` reads both)."""
+    return orjson.dumps({**meta, "summaries": [summary.to_dict()]})
+
+
 def _open_drift(
-    row: tuple[Any, ...], source: str, summary: WindowSummary
+    body: Mapping[str, Any], source: str, summary: WindowSummary
 ) -> tuple[dict[str, Any], WindowSummary] | None:
-    """The body and summary of a window's open drift row, or None if it holds something else
-    (one summary of the same source, model version, baseline and window is expected)."""
-    body = _decode(row[2])
+    """A window's open drift row as (its body without the summary, its summary), or None if it
+    holds something else (one summary of the same source, model version, baseline and window)."""
     held = body.get("summaries", [])
     if body.get("source") != source or len(held) != 1:
         return None
@@ -890,7 +916,7 @@ def _open_drift(
         summary.start,
     ):
         return None
-    return body, current
+    return {k: v for k, v in body.items() if k != "summaries"}, current
 
 
 def _state_json(state: DeviceState) -> bytes:
