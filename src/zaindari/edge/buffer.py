@@ -41,7 +41,8 @@ it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device a
 score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
 dropped or compacted; drift window summaries are merged (one per model version and window: their
-counts add up, so nothing the drift monitor reads is lost). A file's score objects are compacted
+counts add up, so nothing the drift monitor reads is lost; :meth:`EdgeBuffer.append_drift` already
+keeps one row per window, so this only merges rows written while their window's was in flight). A file's score objects are compacted
 the same way, after the event scores. When nothing is left to compact, they
 are kept beyond the bound, and new scores are stored compacted at once.
 """
@@ -455,65 +456,74 @@ class EdgeBuffer:
         return seqs
 
     def append_drift(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[int]:
-        """Add drift window summaries to the log: each is merged into the row its window already
-        has (same ``source``, model version, baseline and window start), unless that row is being
-        shipped (in the shipper's plan: a batch in flight is never changed, so a restarted shipper
-        re-sends exactly what it planned); then, or for a new window, it starts a new row (named
-        ``name``, the first summaries' name, for its object). Returns the rows written; none when
-        ``name`` was added before (the same request scored again).
+        """Add a write's drift window summaries to the log; returns the rows written (none when
+        ``name`` was added before: the same request scored again outside a transaction).
 
-        One row per window, not one per request: the log, the shipper's PUTs and the drift
-        monitor's reads no longer grow with the request rate. The counts add up exactly
-        (:meth:`WindowSummary.merge`). Not waiting for the disk (see :meth:`_write`).
+        A write of one window (a scoring group, almost always) is merged into the row its window
+        already has (same ``source``, model version, baseline and window start), unless that row
+        is being shipped (in the shipper's plan: a batch in flight is never changed, so a restarted
+        shipper re-sends exactly what it planned); then, or for a window new to the log, it starts
+        that window's row (named ``name``, for its object). A write of several windows (a posted
+        file spanning hours, a group across the hour) is a row of its own, shipped as one object
+        per day as the cloud writes it.
+
+        So the log, the shipper's PUTs and the drift monitor's reads grow with the windows, not
+        with the request rate; the counts add up exactly (:meth:`WindowSummary.merge`). Not
+        waiting for the disk (see :meth:`_write`).
         """
         key = f"drift:{source}:{name}"
+        if len(summaries) != 1:
+            if not summaries:
+                return []
+            body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
+            day = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC).date().isoformat()
+            own = self.append("drift", body, day=day, items=len(summaries), keys=[key], durable=False)
+            return [] if own is None else [own]
+        (summary,) = summaries
+        slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
         with self._write(durable=False) as db:
             if self._all_written(db, [key]):
                 return []
             low, high = self._plan(db) or (0, -1)
-            seqs: list[int] = []
-            for summary in summaries:
-                slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
-                row = db.execute(
-                    "SELECT d.seq, d.token, o.bytes FROM drift_open d JOIN outbox o ON o.seq = d.seq "
-                    "WHERE d.slot = ? AND o.kind = 'drift'",
-                    (slot,),
-                ).fetchone()
-                held = None
-                if row is not None and not low <= row[0] <= high:  # not in flight: add to it
-                    seq, token, size = (int(x) for x in row)
-                    cached = self._drift.get(slot)
-                    if cached is not None and cached[:2] == (seq, token):
-                        held = cached[2], cached[3]
-                    else:  # written by another process, or a transaction rolled back since
-                        body = db.execute("SELECT body FROM outbox WHERE seq = ?", (seq,)).fetchone()
-                        held = _open_drift(_decode(body[0]), source, summary)
-                token = random.getrandbits(62)
-                if row is not None and held is not None:
-                    meta, merged = held[0], held[1].merge(summary)
-                    data = _drift_json(meta, merged)
-                    if len(data) > size:
-                        self._make_room(db, len(data) - size, keep=seq)
-                    db.execute("UPDATE outbox SET bytes = ?, body = ? WHERE seq = ?", (len(data), data, seq))
-                    db.execute("UPDATE drift_open SET token = ? WHERE slot = ?", (token, slot))
-                    self._bump(db, "bytes", len(data) - size)
-                else:
-                    meta, merged = {"source": source, "name": name}, summary
-                    data = _drift_json(meta, merged)
-                    self._make_room(db, len(data))
-                    day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
-                    seq = self._insert(db, "drift", day, 1, data)
-                    db.execute(
-                        "INSERT OR REPLACE INTO drift_open (slot, seq, token) VALUES (?, ?, ?)",
-                        (slot, seq, token),
-                    )
-                # a rolled-back transaction leaves this copy behind with a token the row never got
-                self._drift[slot] = (seq, token, meta, merged)
-                seqs.append(seq)
+            row = db.execute(
+                "SELECT d.seq, d.token, o.bytes FROM drift_open d JOIN outbox o ON o.seq = d.seq "
+                "WHERE d.slot = ? AND o.kind = 'drift'",
+                (slot,),
+            ).fetchone()
+            held = None
+            if row is not None and not low <= row[0] <= high:  # not in flight: add to it
+                seq, token, size = (int(x) for x in row)
+                cached = self._drift.get(slot)
+                if cached is not None and cached[:2] == (seq, token):
+                    held = cached[2], cached[3]
+                else:  # written by another process, or a transaction rolled back since
+                    body = db.execute("SELECT body FROM outbox WHERE seq = ?", (seq,)).fetchone()
+                    held = _open_drift(_decode(body[0]), source, summary)
+            token = random.getrandbits(62)
+            if row is not None and held is not None:
+                meta, merged = held[0], held[1].merge(summary)
+                data = _drift_json(meta, merged)
+                if len(data) > size:
+                    self._make_room(db, len(data) - size, keep=seq)
+                db.execute("UPDATE outbox SET bytes = ?, body = ? WHERE seq = ?", (len(data), data, seq))
+                db.execute("UPDATE drift_open SET token = ? WHERE slot = ?", (token, slot))
+                self._bump(db, "bytes", len(data) - size)
+            else:
+                meta, merged = {"source": source, "name": name}, summary
+                data = _drift_json(meta, merged)
+                self._make_room(db, len(data))
+                day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+                seq = self._insert(db, "drift", day, 1, data)
+                db.execute(
+                    "INSERT OR REPLACE INTO drift_open (slot, seq, token) VALUES (?, ?, ?)",
+                    (slot, seq, token),
+                )
             self._remember(db, [key])
-        if len(self._drift) > 256:  # windows long shipped; the current ones are read again once
-            self._drift.clear()
-        return seqs
+            # a rolled-back transaction leaves this copy behind with a token the row never got
+            if len(self._drift) > 256:  # windows long shipped; the current ones are read again once
+                self._drift.clear()
+            self._drift[slot] = (seq, token, meta, merged)
+        return [seq]
 
     def _insert(self, db: sqlite3.Connection, kind: str, day: str, items: int, data: bytes) -> int:
         cursor = db.execute(
@@ -607,8 +617,9 @@ class EdgeBuffer:
     ) -> int:
         """Merge the oldest drift rows' window summaries (one per model version, baseline and
         window: the counts add up exactly); returns the bytes freed (0: nothing left to merge).
-        Rows of several windows are left, so no window's row is open for new summaries after it
-        (a buffer written before rows were kept per window, or rows written while one was in flight)."""
+        Since :meth:`append_drift` keeps one row per window, this finds work only in rows written
+        while their window's row was in flight, or by an older buffer; the rows it writes are not
+        open for new summaries (``drift_open`` forgets the rows it replaces)."""
         low, high = plan if plan else (0, -1)
         rows = db.execute(
             "SELECT seq, bytes, body FROM outbox WHERE kind = 'drift' AND NOT (seq BETWEEN ? AND ?) "
