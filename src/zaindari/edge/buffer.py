@@ -42,9 +42,10 @@ score statistics replace the readings (raw telemetry is given up: this is the st
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
 dropped or compacted; drift window summaries are merged (one per model version and window: their
 counts add up, so nothing the drift monitor reads is lost; :meth:`EdgeBuffer.append_drift` already
-keeps one row per window, so this only merges rows written while their window's was in flight). A file's score objects are compacted
-the same way, after the event scores. When nothing is left to compact, they
-are kept beyond the bound, and new scores are stored compacted at once.
+keeps one row per window, so this merges rows written while their window's row was in flight, and
+posted files' rows). A file's score objects are compacted the same way, after the event scores.
+When nothing is left to compact, they are kept beyond the bound, and new scores are stored
+compacted at once.
 """
 
 from __future__ import annotations
@@ -1059,9 +1060,10 @@ class BufferedAlerts:
 
 
 class BufferedSummaries:
-    """:class:`~zaindari.drift.SummaryStore` that appends drift window summaries to the buffer;
-    shipped under the keys the cloud's store writes (``summaries/date=.../model=.../...``, named
-    by content, so a resend overwrites). :meth:`read` sees the summaries not shipped yet."""
+    """:class:`~zaindari.drift.SummaryStore` that adds drift window summaries to the buffer (one
+    row per window, :meth:`EdgeBuffer.append_drift`); shipped under the keys the cloud's store
+    writes (``summaries/date=.../model=.../...``, named after the row's first write, so a batch
+    sent again overwrites itself). :meth:`read` sees the summaries not shipped yet."""
 
     def __init__(self, buffer: EdgeBuffer) -> None:
         self.buffer = buffer
