@@ -4,13 +4,19 @@ changed, so a restarted shipper re-sends exactly what it planned, under the same
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import fit_example_bundle, plant_readings
+from tests.support import ROOT, fit_example_bundle, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.drift import WindowSummary, merge_windows
@@ -28,8 +34,13 @@ from zaindari.ports import PortError
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(fit_example_bundle(tmp_path_factory.mktemp("bundle")))
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> ModelBundle:
+    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +196,61 @@ def _hours(start: int, end: int) -> tuple[Any, Any]:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(start * 3600, tz=UTC), datetime.fromtimestamp(end * 3600, tz=UTC)
+
+
+_KILLED_WHILE_SHIPPING_DRIFT = """
+import json, os, signal, sys
+from zaindari.bundle import load_bundle
+from zaindari.edge.buffer import EdgeBuffer, Shipper
+from tests.unit.test_edge_buffer import RecordingUplink
+from tests.unit.test_edge_drift_rows import TeeSummaries, box_scoring, score_one_by_one
+
+db, bundle_dir, readings = sys.argv[1:]
+
+class DyingUplink(RecordingUplink):
+    def put_summaries(self, summaries, *, source, name):
+        os.kill(os.getpid(), signal.SIGKILL)  # the drift row is planned, not sent
+
+buffer = EdgeBuffer(db)
+scoring = box_scoring(buffer, load_bundle(bundle_dir), TeeSummaries(buffer))
+score_one_by_one(buffer, scoring, json.loads(readings))
+Shipper(buffer, DyingUplink(), box_id="t", status=dict).ship_once()
+"""
+
+
+def test_a_box_killed_while_shipping_a_drift_row_sends_it_as_planned_and_counts_every_reading(
+    tmp_path: Path, bundle_dir: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a box killed -9 while its shipper sends a window's drift row (planned, not sent)
+    first, later = readings[:6], readings[6:12]
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILLED_WHILE_SHIPPING_DRIFT),
+            str(tmp_path / "edge.db"),
+            str(bundle_dir),
+            json.dumps(first),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"},
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    # When the restarted box scores more readings of the same window, then ships
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    (planned,) = buffer.next_batch(5000)
+    assert planned.kind == "drift" and planned.body["summaries"][0]["readings"] == len(first)
+    tee = TeeSummaries(buffer)
+    score_one_by_one(buffer, box_scoring(buffer, bundle, tee), later)
+    assert buffer.next_batch(5000) == [planned]  # the row in flight was not merged into
+    uplink = RecordingUplink()
+    assert Shipper(buffer, uplink, box_id="t", status=dict).ship_once().error is None
+    # Then the planned row went out under its planned name, the later readings in a row of their
+    # own, and together they count every reading once
+    drift = shipped_drift(uplink)
+    assert drift[f"summaries/edge-t-{planned.body['name']}.json"] == planned.body["summaries"]
+    assert len(drift) == 2
+    assert sum(w["readings"] for rows in drift.values() for w in rows) == len(first) + len(later)
+    assert uplink.puts.index(f"summaries/edge-t-{planned.body['name']}.json") == 0
