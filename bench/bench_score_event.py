@@ -19,6 +19,7 @@ import cProfile
 import json
 import os
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from tests.support import (
 
 from zaindari.bundle import load_bundle
 from zaindari.contract import ContractLimits, parse_payload
+from zaindari.infra.allocator import retain_freed_heap
 from zaindari.pipeline import DeviceState, score_readings
 
 BENCHMARK = "score_event"
@@ -85,12 +87,16 @@ class AwsWaitClock:
     ``wait``: HTTP round trips (``before-send`` to ``before-parse``, or to ``response-received``
     when the request failed), which is what the function waits for. ``calls``: whole API calls
     (``before-call`` to ``after-call``), so ``calls - wait`` is botocore's own overhead.
+    ``wait_cpu``: the calling thread's CPU time inside those round trips (socket calls, and
+    urllib3 reading the response), left out of the handler's own CPU like the wait itself.
     """
 
     def __init__(self) -> None:
         self.wait = 0.0
         self.calls = 0.0
+        self.wait_cpu = 0.0
         self._send_started: float | None = None
+        self._send_cpu: float = 0.0
         self._call_started: float | None = None
 
     def attach(self, client: Any) -> None:
@@ -103,7 +109,7 @@ class AwsWaitClock:
         events.register("response-received", self._end_send)
 
     def reset(self) -> None:
-        self.wait = self.calls = 0.0
+        self.wait = self.calls = self.wait_cpu = 0.0
 
     def _before_call(self, **_: Any) -> None:
         self._call_started = time.perf_counter()
@@ -114,11 +120,13 @@ class AwsWaitClock:
             self._call_started = None
 
     def _before_send(self, **_: Any) -> None:
+        self._send_cpu = time.thread_time()
         self._send_started = time.perf_counter()
 
     def _end_send(self, **_: Any) -> None:
         if self._send_started is not None:
             self.wait += time.perf_counter() - self._send_started
+            self.wait_cpu += time.thread_time() - self._send_cpu
             self._send_started = None
 
 
@@ -130,10 +138,20 @@ class Sample:
     requests: dict[str, int]
     report_work: float  # ScoringReport.work_seconds: the use case's own accounting
     report_io: float  # ScoringReport.io_seconds: time inside the ports (AWS wait + their CPU)
+    cpu: float = 0.0  # the handler thread's CPU time (time.thread_time) over the whole call
+    aws_wait_cpu: float = 0.0  # ... of which inside the HTTP round trips
+    faults: int = 0  # minor page faults of the handler thread during the call
 
     @property
     def own(self) -> float:
         return self.wall - self.aws_wait
+
+    @property
+    def own_cpu(self) -> float:
+        """The handler's own work as CPU time on its one core: unlike ``own`` (wall minus AWS
+        wait), it does not grow when other processes, or moto's threads in this process, take
+        the core from the handler (the benchmark machine is shared)."""
+        return self.cpu - self.aws_wait_cpu
 
 
 @dataclass
@@ -152,9 +170,13 @@ class WarmFunction:
         self.reports.clear()
         context = LambdaContext()
         with contextlib.redirect_stdout(self.devnull):
+            faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            cpu = time.thread_time()
             started = time.perf_counter()
             response = self.app.lambda_handler(event, context)
             wall = time.perf_counter() - started
+            cpu = time.thread_time() - cpu
+            faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
         report = self.reports[-1] if self.reports else None
         return response, Sample(
             wall,
@@ -163,6 +185,9 @@ class WarmFunction:
             counter.by_operation,
             report.work_seconds if report else float("nan"),
             report.io_seconds if report else float("nan"),
+            cpu,
+            self.clock.wait_cpu,
+            faults,
         )
 
     @property
@@ -224,7 +249,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def core_baseline(bundle_dir: Path, source: FreshReadings) -> tuple[float, float]:
-    """records/s of the core alone: record by record, and batched (the handler's way)."""
+    """records/s of the core alone, in CPU time of this thread (moto idles meanwhile): record by
+    record, and batched (the handler's way)."""
     bundle = load_bundle(bundle_dir)
     limits = ContractLimits()
     bodies = [json.dumps(r) for r in source.take(1000)]
@@ -232,21 +258,21 @@ def core_baseline(bundle_dir: Path, source: FreshReadings) -> tuple[float, float
     def record_by_record(chunk: list[str]) -> float:
         now = datetime.now(UTC)
         states: dict[str, DeviceState] = {}
-        started = time.perf_counter()
+        started = time.thread_time()
         for body in chunk:
             parsed = parse_payload(body, limits=limits, now=now)
             outcome = score_readings(bundle, parsed.readings, states, threads=1)
             states.update(outcome.states)
-        return time.perf_counter() - started
+        return time.thread_time() - started
 
     def batched(chunk: list[str]) -> float:
         now = datetime.now(UTC)
-        started = time.perf_counter()
+        started = time.thread_time()
         readings = []
         for body in chunk:
             readings.extend(parse_payload(body, limits=limits, now=now).readings)
         outcome = score_readings(bundle, readings, {}, threads=1)
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         assert len(outcome.scored) == len(chunk), "baseline readings were rejected"
         return elapsed
 
@@ -409,6 +435,12 @@ class ColdRun:
     startup: float
     init: float
     first_invoke: float
+    cpu: float  # the child's CPU time up to its response (moto's work is in this process, not there)
+    aws_wait: float  # of first_invoke, waiting for moto's answers
+
+    @property
+    def without_aws_wait(self) -> float:
+        return self.total - self.aws_wait
 
 
 def cold_start(aws: BenchAws, source: FreshReadings, env: dict[str, str], tmp: Path) -> ColdRun:
@@ -435,6 +467,8 @@ def cold_start(aws: BenchAws, source: FreshReadings, env: dict[str, str], tmp: P
         startup=t["top"] - spawned,
         init=t["imported"] - t["top"],
         first_invoke=t["response"] - t["imported"],
+        cpu=t["cpu"],
+        aws_wait=t["aws_wait"],
     )
 
 
@@ -558,7 +592,9 @@ def cold_start_rows(
     info(
         f"cold start, local bundle folder, median of {COLD_RUNS}: {cold:.0f} ms = interpreter start "
         f"{startup:.0f} + import handler module {init:.0f} + first IoT event {first:.0f} ms; "
-        f"runs: {', '.join(f'{r.total * 1000:.0f}' for r in local)} ms"
+        f"runs: {', '.join(f'{r.total * 1000:.0f}' for r in local)} ms; child CPU "
+        f"{', '.join(f'{r.cpu * 1000:.0f}' for r in local)} ms (wall above CPU: the machine's load, "
+        "and the wait on moto)"
     )
     floor_ms = median(floor) * 1000
     rows = [
@@ -572,9 +608,24 @@ def cold_start_rows(
             target=f"<= {TARGET_COLD_MS:g}",
             passed=cold <= TARGET_COLD_MS,
         ),
+        row(
+            f"cold start CPU, child process to its response (median of {COLD_RUNS})",
+            median([r.cpu for r in local]) * 1000,
+            "ms",
+        ),
         row("  cold: interpreter start", startup, "ms"),
         row("  cold: import handler module (init)", init, "ms"),
         row("  cold: first invocation (model, clients, AWS)", first, "ms"),
+        row(
+            "  cold: first invocation, of which waiting on AWS (moto)",
+            median([r.aws_wait for r in local]) * 1000,
+            "ms",
+        ),
+        row(
+            f"cold start less the AWS wait (median of {COLD_RUNS})",
+            median([r.without_aws_wait for r in local]) * 1000,
+            "ms",
+        ),
         row(
             f"cold start, model from s3:// (median of {COLD_VARIANT_RUNS})",
             median([r.total for r in from_s3]) * 1000,
@@ -679,12 +730,15 @@ def main() -> list[dict[str, Any]]:
                 f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
             )
 
+            # the function's module sets this when imported (below); the baseline runs under it too
+            retain_freed_heap()
+
             # b. baseline: the core alone, no AWS
             per_record, core_batched = core_baseline(bundle_dir, source)
-            rows.append(row("core record by record (parse + score_readings each)", per_record, "rec/s"))
+            rows.append(row("core record by record (parse + score_readings each), CPU", per_record, "rec/s"))
             rows.append(
                 row(
-                    "core batched, 1,000 (parse each + one score_readings)",
+                    "core batched, 1,000 (parse each + one score_readings), CPU",
                     core_batched,
                     "rec/s",
                     baseline=per_record,
@@ -712,6 +766,8 @@ def main() -> list[dict[str, Any]]:
                 use_case = median([s.report_work for s in got])
                 ports_cpu = median([s.report_io - s.aws_wait for s in got])
                 adapter = median([s.wall - s.report_work - s.report_io for s in got])
+                own_cpu = median([s.own_cpu for s in got])
+                faults = median([s.faults for s in got])
                 info(
                     f"SQS batch {size:>4} (medians of {len(got)}): wall {wall * 1000:7.2f} ms = AWS wait "
                     f"{wait * 1000:6.2f} + own work {own * 1000:6.2f} ms; own work = use case "
@@ -719,15 +775,33 @@ def main() -> list[dict[str, Any]]:
                     f"(encoding, gzip, botocore {botocore * 1000:.2f}) + adapter {adapter * 1000:.2f} "
                     "(Powertools parsing, batch response, logs, metrics)"
                 )
+                info(
+                    f"SQS batch {size:>4}: handler thread CPU {median([s.cpu for s in got]) * 1000:.2f} ms, of "
+                    f"which in HTTP round trips {median([s.aws_wait_cpu for s in got]) * 1000:.2f}: own work "
+                    f"{own_cpu * 1000:.2f} ms CPU (min {min(s.own_cpu for s in got) * 1000:.2f}); "
+                    f"minor page faults {faults:g}"
+                )
                 rows.append(row(f"SQS batch {size}: wall", size / wall, "rec/s"))
                 rows.append(row(f"SQS batch {size}: AWS wait", wait * 1000, "ms/batch"))
                 if size != 1000:
-                    rows.append(row(f"SQS batch {size}: own work", size / own, "rec/s"))
+                    rows.append(row(f"SQS batch {size}: own work (wall - AWS wait)", size / own, "rec/s"))
+                    rows.append(row(f"SQS batch {size}: own work, CPU", size / own_cpu, "rec/s"))
                     continue
-                own_rate = size / own
+                # On a shared machine the wall figure counts time other processes (and moto's
+                # threads here) held the core; the target is judged on CPU time, on one core.
                 rows.append(
                     row(
-                        f"SQS batch {size}: own work",
+                        f"SQS batch {size}: own work (wall - AWS wait)",
+                        size / own,
+                        "rec/s",
+                        baseline=per_record,
+                        ratio=size / own / per_record,
+                    )
+                )
+                own_rate = size / own_cpu
+                rows.append(
+                    row(
+                        f"SQS batch {size}: own work, CPU",
                         own_rate,
                         "rec/s",
                         baseline=per_record,
@@ -738,7 +812,7 @@ def main() -> list[dict[str, Any]]:
                 )
                 rows.append(
                     row(
-                        "SQS batch 1000 own work / core record by record",
+                        "SQS batch 1000 own work CPU / core record by record",
                         own_rate / per_record,
                         "x",
                         baseline=per_record,

@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -273,7 +274,7 @@ class WindowSummary:
             alerts=self.alerts + other.alerts,
             features=_add_bins(self.features, other.features),
             feature_missing=_add_counts(self.feature_missing, other.feature_missing),
-            score=tuple(a + b for a, b in zip(self.score, other.score, strict=True)),
+            score=_add(self.score, other.score),
             sensor_missing=_add_counts(self.sensor_missing, other.sensor_missing),
             sensor_out_of_range=_add_counts(self.sensor_out_of_range, other.sensor_out_of_range),
             devices=dict(sorted(devices.items())),
@@ -316,7 +317,16 @@ class WindowSummary:
         )
 
 
+def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """Bin counts added bin by bin (``map``: an edge box merges a summary per request)."""
+    if len(a) != len(b):
+        raise ValueError(f"cannot add {len(b)} bins to {len(a)}")
+    return tuple(map(operator.add, a, b))
+
+
 def _add_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    if a.keys() == b.keys():
+        return {k: a[k] + b[k] for k in sorted(a)}
     return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
 
 
@@ -325,7 +335,7 @@ def _add_bins(
 ) -> dict[str, tuple[int, ...]]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = tuple(x + y for x, y in zip(out[k], v, strict=True)) if k in out else v
+        out[k] = _add(out[k], v) if k in out else v
     return out
 
 

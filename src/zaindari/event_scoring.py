@@ -276,6 +276,7 @@ class EventScoring:
         # 3. idempotency: drop readings already processed, refuse ones too old to tell
         fresh: list[Reading] = []
         fresh_keys: list[str] = []
+        fresh_times: list[float] = []  # epoch seconds, for the idempotency memory (step 7)
         fresh_owner: list[str] = []
         fresh_position: list[int] = []
         batch_keys: set[str] = set()
@@ -287,7 +288,8 @@ class EventScoring:
                 report.duplicates += 1
                 report.duplicate_owners.append(rid)
                 continue
-            if state is not None and state.too_late(reading.timestamp.timestamp()):
+            at = reading.timestamp.timestamp()
+            if state is not None and state.too_late(at):
                 report.rejected.append(
                     RejectedRecord(
                         sources[rid],
@@ -304,6 +306,7 @@ class EventScoring:
                 continue
             batch_keys.add(key)
             fresh_keys.append(key)
+            fresh_times.append(at)
             fresh.append(reading)
             fresh_owner.append(rid)
             fresh_position.append(pos)
@@ -372,10 +375,7 @@ class EventScoring:
         new_states: dict[str, DeviceState] = dict(outcome.states) if outcome else {}
         remembered: dict[str, list[tuple[str, float]]] = {}
         for p in scored_positions:
-            reading = fresh[p]
-            remembered.setdefault(reading.device_id, []).append(
-                (fresh_keys[p], reading.timestamp.timestamp())
-            )
+            remembered.setdefault(fresh[p].device_id, []).append((fresh_keys[p], fresh_times[p]))
         for device, keys in remembered.items():
             state = new_states.setdefault(device, states.get(device) or DeviceState())
             state.remember_all(keys, self.dedup_memory)

@@ -326,6 +326,9 @@ def test_good_sensor_names_are_accepted(name: str) -> None:
         pytest.param({"device_id": "pump\x0007"}, "device_id", "printable", id="nul-in-device"),
         pytest.param({"device_id": "p" * 129}, "device_id", "at most 128", id="long-device"),
         pytest.param({"mode": "run\n\x1b[31m"}, "mode", "printable", id="escape-in-mode"),
+        # U+001C-U+001F are control characters (str.strip would drop them: they are refused instead)
+        pytest.param({"device_id": "pump-07\x1f"}, "device_id", "printable", id="unit-separator-at-end"),
+        pytest.param({"site": "bil\u2028bao"}, "site", "printable", id="inner-line-separator"),
         pytest.param({"seq": -1}, "seq", "greater than or equal to 0", id="negative-seq"),
         pytest.param({"seq": 2**63}, "seq", "less than or equal to", id="seq-above-int64"),
         pytest.param({"temperature": 61.5}, "temperature", "Extra inputs", id="unknown-top-level"),

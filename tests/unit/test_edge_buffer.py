@@ -4,6 +4,7 @@ in order, resends a failed batch under the same names, and backs off."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -395,3 +396,21 @@ def test_device_states_written_by_another_process_are_read_not_the_ones_in_memor
     state = first.load_states(devices[:1])[devices[0]]
     state.seen.clear()
     assert len(first.load_states(devices[:1])[devices[0]].seen) > 0
+
+
+def test_a_device_state_with_an_undelivered_nan_alert_reads_back_from_disk(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given a state whose outbox holds an alert that observed NaN (a rate with no previous reading)
+    writer = EdgeBuffer(tmp_path / "buffer.db")
+    score_in_batches(scoring_on(writer, bundle), readings[:40])
+    device = readings[0]["device_id"]
+    state = writer.load_states([device])[device]
+    state.outbox.append({"alert_id": "a-1", "observed": {"temperature_rate": float("nan")}})
+    writer.save_states({device: state})
+    # When another handle (another process: nothing in its memory) reads it
+    read = EdgeBuffer(tmp_path / "buffer.db").load_states([device])[device]
+    # Then the NaN is still a number, not null, and the rest of the state is what was saved
+    observed = read.outbox[-1]["observed"]["temperature_rate"]
+    assert isinstance(observed, float) and math.isnan(observed)
+    assert read.seen == state.seen and read.history.to_dict() == state.history.to_dict()

@@ -4,6 +4,7 @@ the order of effects under each port's failure, and the time split reported to m
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -606,6 +607,23 @@ def test_device_state_key_set_follows_remember_and_copies() -> None:
     assert state.seen_keys() == {"k6", "k7", "k8", "k9"}  # the predecessor is untouched
     restored = DeviceState.from_dict(nxt.to_dict())
     assert restored == nxt and restored.seen_keys() == nxt.seen_keys()
+
+
+def test_device_state_json_text_round_trips_with_a_nan_observation_in_the_outbox() -> None:
+    # Given a state whose undelivered alert observed a rate with no previous reading (nan)
+    state = DeviceState()
+    state.remember_all([("k1", 1.5), ("k2", 2.5)], memory=8)
+    state.outbox.append({"alert_id": "a1", "kind": "raised", "observed": {"t.rate_per_second": float("nan")}})
+
+    # When written as the store's JSON text and read back
+    restored = DeviceState.from_json(state.to_json())
+
+    # Then nothing changed (the nan stays a number, not a null the alert could not be read from)
+    assert restored.seen == state.seen and restored.seen_keys() == {"k1", "k2"}
+    assert json.loads(state.to_json())["seen"] == [["k1", 1.5], ["k2", 2.5]]
+    observed = restored.outbox[0]["observed"]["t.rate_per_second"]
+    assert isinstance(observed, float) and math.isnan(observed)
+    assert restored.to_dict().keys() == state.to_dict().keys()
 
 
 def test_remember_all_keeps_and_forgets_what_remember_one_by_one_does() -> None:

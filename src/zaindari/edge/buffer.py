@@ -41,9 +41,11 @@ it, the oldest raw scores are *compacted* (:func:`compact_scores`): per device a
 score statistics replace the readings (raw telemetry is given up: this is the stated price of a box
 offline for longer than its disk allows). Alerts, dead letters, summaries and acks are never
 dropped or compacted; drift window summaries are merged (one per model version and window: their
-counts add up, so nothing the drift monitor reads is lost). A file's score objects are compacted
-the same way, after the event scores. When nothing is left to compact, they
-are kept beyond the bound, and new scores are stored compacted at once.
+counts add up, so nothing the drift monitor reads is lost; :meth:`EdgeBuffer.append_drift` already
+keeps one row per window, so this merges rows written while their window's row was in flight, and
+posted files' rows). A file's score objects are compacted the same way, after the event scores.
+When nothing is left to compact, they are kept beyond the bound, and new scores are stored
+compacted at once.
 """
 
 from __future__ import annotations
@@ -138,6 +140,11 @@ CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready 
     seq INTEGER PRIMARY KEY,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drift_open (  -- per window, the drift row new summaries are added to
+    slot TEXT PRIMARY KEY,                 -- source, model version, baseline id, window start
+    seq INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0       -- drawn at each write: a process's copy is current if equal
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -150,8 +157,8 @@ def _encode(data: Any) -> bytes:
 
 
 def _decode(body: bytes) -> Any:
-    # device states are stored as plain JSON (compressing them cost more than the rest of their
-    # write); everything else, and states written before, is zlib-compressed JSON
+    # device states are stored as plain JSON (``DeviceState.to_json``: compressing them cost more
+    # than the rest of their write); everything else, and states written before, is zlib-compressed
     return orjson.loads(body if body[:1] == b"{" else zlib.decompress(body))
 
 
@@ -235,6 +242,9 @@ class EdgeBuffer:
         self._states: dict[str, DeviceState] = {}
         self._states_gen = -1
         self._states_lock = threading.Lock()
+        # each window's open drift row as this process last wrote it: slot -> (seq, token, body
+        # without its summary, summary); used while the row's token is still the one written
+        self._drift: dict[str, tuple[int, int, dict[str, Any], WindowSummary]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         # names shipped objects with the sequence: a re-created database must not reuse them
@@ -446,6 +456,76 @@ class EdgeBuffer:
                 self._remember(db, [keys[i] for i in rows if keys[i]])
         return seqs
 
+    def append_drift(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[int]:
+        """Add a write's drift window summaries to the log; returns the rows written (none when
+        ``name`` was added before: the same request scored again outside a transaction).
+
+        A write of one window (a scoring group, almost always) is merged into the row its window
+        already has (same ``source``, model version, baseline and window start), unless that row
+        is being shipped (in the shipper's plan: a batch in flight is never changed, so a restarted
+        shipper re-sends exactly what it planned); then, or for a window new to the log, it starts
+        that window's row (named ``name``, for its object). A write of several windows (a posted
+        file spanning hours, a group across the hour) is a row of its own, shipped as one object
+        per day as the cloud writes it.
+
+        So the log, the shipper's PUTs and the drift monitor's reads grow with the windows, not
+        with the request rate; the counts add up exactly (:meth:`WindowSummary.merge`). Not
+        waiting for the disk (see :meth:`_write`).
+        """
+        key = f"drift:{source}:{name}"
+        if len(summaries) != 1:
+            if not summaries:
+                return []
+            body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
+            day = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC).date().isoformat()
+            own = self.append("drift", body, day=day, items=len(summaries), keys=[key], durable=False)
+            return [] if own is None else [own]
+        (summary,) = summaries
+        slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
+        with self._write(durable=False) as db:
+            if self._all_written(db, [key]):
+                return []
+            low, high = self._plan(db) or (0, -1)
+            row = db.execute(
+                "SELECT d.seq, d.token, o.bytes FROM drift_open d JOIN outbox o ON o.seq = d.seq "
+                "WHERE d.slot = ? AND o.kind = 'drift'",
+                (slot,),
+            ).fetchone()
+            held = None
+            if row is not None and not low <= row[0] <= high:  # not in flight: add to it
+                seq, token, size = (int(x) for x in row)
+                cached = self._drift.get(slot)
+                if cached is not None and cached[:2] == (seq, token):
+                    held = cached[2], cached[3]
+                else:  # written by another process, or a transaction rolled back since
+                    body = db.execute("SELECT body FROM outbox WHERE seq = ?", (seq,)).fetchone()
+                    held = _open_drift(_decode(body[0]), source, summary)
+            token = random.getrandbits(62)
+            if row is not None and held is not None:
+                meta, merged = held[0], held[1].merge(summary)
+                data = _drift_json(meta, merged)
+                if len(data) > size:
+                    self._make_room(db, len(data) - size, keep=seq)
+                db.execute("UPDATE outbox SET bytes = ?, body = ? WHERE seq = ?", (len(data), data, seq))
+                db.execute("UPDATE drift_open SET token = ? WHERE slot = ?", (token, slot))
+                self._bump(db, "bytes", len(data) - size)
+            else:
+                meta, merged = {"source": source, "name": name}, summary
+                data = _drift_json(meta, merged)
+                self._make_room(db, len(data))
+                day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
+                seq = self._insert(db, "drift", day, 1, data)
+                db.execute(
+                    "INSERT OR REPLACE INTO drift_open (slot, seq, token) VALUES (?, ?, ?)",
+                    (slot, seq, token),
+                )
+            self._remember(db, [key])
+            # a rolled-back transaction leaves this copy behind with a token the row never got
+            if len(self._drift) > 256:  # windows long shipped; the current ones are read again once
+                self._drift.clear()
+            self._drift[slot] = (seq, token, meta, merged)
+        return [seq]
+
     def _insert(self, db: sqlite3.Connection, kind: str, day: str, items: int, data: bytes) -> int:
         cursor = db.execute(
             "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -508,8 +588,9 @@ class EdgeBuffer:
 
     # -- the size bound -------------------------------------------------------------------
 
-    def _make_room(self, db: sqlite3.Connection, incoming: int) -> bool:
-        """Compact the oldest raw scores until ``incoming`` bytes fit; False if they cannot."""
+    def _make_room(self, db: sqlite3.Connection, incoming: int, *, keep: int | None = None) -> bool:
+        """Compact the oldest raw scores until ``incoming`` bytes fit; False if they cannot.
+        ``keep``: a drift row being added to, left as it is."""
         total = self._counter(db, "bytes")
         if total + incoming <= self.max_bytes:
             return True
@@ -528,18 +609,23 @@ class EdgeBuffer:
             total -= freed
         merged = -1
         while total > target and merged != 0:  # then drift summaries: merged per window, nothing lost
-            merged = self._merge_drift(db, plan)
+            merged = self._merge_drift(db, plan, keep)
             total -= merged
         return total + incoming <= self.max_bytes
 
-    def _merge_drift(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+    def _merge_drift(
+        self, db: sqlite3.Connection, plan: tuple[int, int] | None, keep: int | None = None
+    ) -> int:
         """Merge the oldest drift rows' window summaries (one per model version, baseline and
-        window: the counts add up exactly); returns the bytes freed (0: nothing left to merge)."""
+        window: the counts add up exactly); returns the bytes freed (0: nothing left to merge).
+        Since :meth:`append_drift` keeps one row per window, this finds work only in rows written
+        while their window's row was in flight, or by an older buffer; the rows it writes are not
+        open for new summaries (``drift_open`` forgets the rows it replaces)."""
         low, high = plan if plan else (0, -1)
         rows = db.execute(
             "SELECT seq, bytes, body FROM outbox WHERE kind = 'drift' AND NOT (seq BETWEEN ? AND ?) "
-            "ORDER BY seq LIMIT ?",
-            (low, high, self.compact_chunk),
+            "AND seq != ? ORDER BY seq LIMIT ?",
+            (low, high, -1 if keep is None else keep, self.compact_chunk),
         ).fetchall()
         bodies = [_decode(r[2]) for r in rows]
         groups: dict[tuple[str, str, str, int], WindowSummary] = {}
@@ -552,6 +638,7 @@ class EdgeBuffer:
         seqs = [int(r[0]) for r in rows]
         freed = sum(int(r[1]) for r in rows)
         db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in seqs])
+        db.executemany("DELETE FROM drift_open WHERE seq = ?", [(q,) for q in seqs])
         by_source_day: dict[tuple[str, str], list[WindowSummary]] = defaultdict(list)
         for (source, *_), summary in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][3])):
             day = datetime.fromtimestamp(summary.start, tz=UTC).date().isoformat()
@@ -695,6 +782,8 @@ class EdgeBuffer:
                 freed += int(row[0]) if row else 0
                 if entry.kind == "object":
                     db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (entry.seq,))
+                elif entry.kind == "drift":
+                    db.execute("DELETE FROM drift_open WHERE seq = ?", (entry.seq,))
             db.execute("DELETE FROM meta WHERE name = 'plan'")
             self._bump(db, "bytes", -freed)
             self._bump(db, "shipped_rows", len(batch))
@@ -751,7 +840,11 @@ class EdgeBuffer:
                 for device, state in db.execute(
                     f"SELECT device_id, state FROM device_state WHERE device_id IN ({marks})", chunk
                 ):
-                    out[device] = DeviceState.from_dict(_decode(state))
+                    out[device] = (
+                        DeviceState.from_json(state)
+                        if state[:1] == b"{"
+                        else DeviceState.from_dict(orjson.loads(zlib.decompress(state)))
+                    )
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         return out
@@ -764,7 +857,7 @@ class EdgeBuffer:
             with self._write(durable=False) as db:
                 db.executemany(
                     "INSERT OR REPLACE INTO device_state (device_id, state, updated_at) VALUES (?, ?, ?)",
-                    [(device, _state_json(state), now) for device, state in states.items()],
+                    [(device, state.to_json().encode(), now) for device, state in states.items()],
                 )
                 gen = self._bump(db, "state_gen", 1)
         except BaseException:
@@ -818,11 +911,28 @@ class EdgeBuffer:
         )
 
 
-def _state_json(state: DeviceState) -> bytes:
-    """``state.to_dict()`` as JSON, its reading keys passed to orjson as they are (a list of
-    ``(key, timestamp)`` pairs is written as the same arrays, without a copy of 512 lists)."""
-    rest = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
-    return orjson.dumps({**rest.to_dict(), "seen": state.seen})
+def _drift_json(meta: Mapping[str, Any], summary: WindowSummary) -> bytes:
+    """A drift row's body: plain JSON (it is rewritten at each request, where compressing it cost
+    more than the rest of the write; ``_decode`` reads both)."""
+    return orjson.dumps({**meta, "summaries": [summary.to_dict()]})
+
+
+def _open_drift(
+    body: Mapping[str, Any], source: str, summary: WindowSummary
+) -> tuple[dict[str, Any], WindowSummary] | None:
+    """A window's open drift row as (its body without the summary, its summary), or None if it
+    holds something else (one summary of the same source, model version, baseline and window)."""
+    held = body.get("summaries", [])
+    if body.get("source") != source or len(held) != 1:
+        return None
+    current = WindowSummary.from_dict(held[0])
+    if (current.model_version, current.baseline_id, current.start) != (
+        summary.model_version,
+        summary.baseline_id,
+        summary.start,
+    ):
+        return None
+    return {k: v for k, v in body.items() if k != "summaries"}, current
 
 
 def _hour(timestamp: str) -> str:
@@ -947,25 +1057,21 @@ class BufferedAlerts:
 
 
 class BufferedSummaries:
-    """:class:`~zaindari.drift.SummaryStore` that appends drift window summaries to the buffer;
-    shipped under the keys the cloud's store writes (``summaries/date=.../model=.../...``, named
-    by content, so a resend overwrites). :meth:`read` sees the summaries not shipped yet."""
+    """:class:`~zaindari.drift.SummaryStore` that adds drift window summaries to the buffer (one
+    row per window, :meth:`EdgeBuffer.append_drift`); shipped under the keys the cloud's store
+    writes (``summaries/date=.../model=.../...``, named after the row's first write, so a batch
+    sent again overwrites itself). :meth:`read` sees the summaries not shipped yet."""
 
     def __init__(self, buffer: EdgeBuffer) -> None:
         self.buffer = buffer
 
     def write(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[str]:
-        if not summaries:
-            return []
-        body = {"source": source, "name": name, "summaries": [s.to_dict() for s in summaries]}
-        day = datetime.fromtimestamp(min(s.start for s in summaries), tz=UTC).date().isoformat()
-        # not waiting for the disk: the scores this summarises are already durable, and a power
-        # cut that takes this row takes the device state written after it, so the readings sent
-        # again are summarised again (the lake rows are not doubled: the log knows their keys)
-        seq = self.buffer.append(
-            "drift", body, day=day, items=len(summaries), keys=[f"drift:{source}:{name}"], durable=False
-        )
-        return [] if seq is None else [f"buffer:{seq}"]
+        # each window's summary is added to that window's row (EdgeBuffer.append_drift); not
+        # waiting for the disk: inside the box's group transaction it is committed with the scores
+        # it summarises; on its own, a power cut that takes it takes the device state written
+        # after it, so the readings sent again are summarised again (the lake rows are not
+        # doubled: the log knows their keys)
+        return [f"buffer:{seq}" for seq in self.buffer.append_drift(summaries, source=source, name=name)]
 
     def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
         lo, hi = start.timestamp(), end.timestamp()
