@@ -50,7 +50,14 @@ def crash_feed(size: int = 4) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def run_kills(
-    aws: EmbeddedAws, root: Path, bundle_dir: Path, kills: int, seed: int, *, per_request: int = 4
+    aws: EmbeddedAws,
+    root: Path,
+    bundle_dir: Path,
+    kills: int,
+    seed: int,
+    *,
+    per_request: int = 4,
+    max_bytes: int = 48 * 1024,
 ) -> tuple[CrashReport, dict[str, Any]]:
     """Provision a box under ``root``, kill it ``kills`` times, finish, and check what arrived."""
     readings, requests = crash_feed(per_request)
@@ -69,7 +76,9 @@ def run_kills(
         ZAINDARI_EDGE_SHIP_BACKOFF_SECONDS="0.05",
         ZAINDARI_EDGE_SHIP_BACKOFF_MAX_SECONDS="0.5",
     )
-    harness = CrashHarness(root, env, relay, requests, dead_devices=frozenset({BROKEN_DEVICE}))
+    harness = CrashHarness(
+        root, env, relay, requests, max_bytes=max_bytes, dead_devices=frozenset({BROKEN_DEVICE})
+    )
     try:
         report = harness.kill_many(kills, seed)
         harness.finish()
