@@ -35,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import info_line, result_row
 from _setup import FreshReadings
 from tests.edge_crash import check_buffer, record_keys
-from tests.edge_support import TcpRelay, free_port
+from tests.edge_support import free_port
 from tests.functions.conftest import EmbeddedAws, subscribe_alert_inboxes
 from tests.functions.test_edge_box import box_env, create_bucket, provision_box
 from tests.functions.test_edge_kill9 import BROKEN_DEVICE, check_delivery
 from tests.support import fit_example_bundle, http_call, start_server, zaindari_cli
 
+from zaindari.demo.edge import Link
 from zaindari.infra.local_aws import start_local_aws
 
 NAME = "edge_kill9_server"
@@ -96,7 +97,7 @@ def main() -> list[dict[str, Any]]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     rng = random.Random(SEED)
     server = start_local_aws("127.0.0.1", 0, reuse_existing=False)
-    relay: TcpRelay | None = None
+    relay: Link | None = None
     try:
         aws = EmbeddedAws(server, server.endpoint_url, server.environment(), server.client_factory())
         with tempfile.TemporaryDirectory(prefix="zaindari-bench-kill9-server-") as tmp_name:
@@ -110,7 +111,7 @@ def main() -> list[dict[str, Any]]:
             create_bucket(aws)
             topic = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
             inbox = subscribe_alert_inboxes(aws, topic, "Zaindari Alert", "kill9-server")["eventbridge"]
-            relay = TcpRelay(aws.port)
+            relay = Link(aws.port)
             env = box_env(
                 root,
                 aws,
@@ -142,7 +143,7 @@ def main() -> list[dict[str, Any]]:
             for _ in range(RUNS):
                 up = rng.random() < 0.6
                 if up != online:
-                    relay.start() if up else relay.stop()
+                    relay.up() if up else relay.down()
                     online = up
                 process = serve(env, port)
                 time.sleep(rng.uniform(0.2, 2.2))
@@ -154,7 +155,7 @@ def main() -> list[dict[str, Any]]:
             kill_seconds = time.monotonic() - began
             done_during_kills = sum(len(c.answered) for c in clients)
             if not online:
-                relay.start()
+                relay.up()
             process = serve(env, port)
             try:
                 for client in clients:
@@ -172,7 +173,7 @@ def main() -> list[dict[str, Any]]:
             figures = check_delivery(aws, root, readings, inbox, devices_in_step=False)
     finally:
         if relay is not None:
-            relay.stop()
+            relay.down()
         server.stop()
     total = sum(len(b) for b in streams.values())
     refused = sum(c.refused for c in clients)

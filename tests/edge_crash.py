@@ -5,7 +5,7 @@ zygote imports everything once (zaindari, onnxruntime, boto3: seconds on a loade
 forks one child per run, so a restart costs milliseconds and a test can afford many kills. The
 zygote has no thread and no database handle when it forks. Each child is a whole box as
 ``zaindari edge serve``'s worker wires it (:class:`~zaindari.edge.box.EdgeBox` from settings, its
-background forwarder shipping to the embedded AWS through :class:`~tests.edge_support.TcpRelay`,
+background forwarder shipping to the embedded AWS through :class:`~zaindari.demo.edge.Link`,
 requests answered by :class:`~zaindari.edge.wiring.BatchingEventScoring`), fed by one device
 gateway that sends the plant's feed a request at a time, writes the index of every request
 answered 2xx to ``answered.log`` (``O_APPEND``), and when it restarts sends the first request not
@@ -355,9 +355,9 @@ class CrashHarness:
 
     def _link(self, up: bool) -> None:
         if up and not self.online:
-            self.relay.start()
+            self.relay.up()
         elif not up and self.online:
-            self.relay.stop()
+            self.relay.down()
         self.online = up
 
     def phases(self) -> tuple[str, str, str]:

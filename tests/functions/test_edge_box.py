@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from tests.edge_support import (
-    TcpRelay,
     alarming_thresholds,
     bundle_variant,
     erroring_model,
@@ -35,6 +34,7 @@ from tests.edge_support import (
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import fit_example_bundle, http_call, plant_readings, start_server, zaindari_cli
 from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.demo.edge import Link
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.buffer import ACK_DETAIL_TYPE
 from zaindari.edge.model_sync import write_golden
@@ -232,7 +232,7 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     queues = subscribe_alert_inboxes(aws, sns, "Zaindari Alert", "edge-alerts")
     acks = subscribe_alert_inboxes(aws, sns, ACK_DETAIL_TYPE, "edge-acks")
-    link = TcpRelay(aws.port)  # down until started
+    link = Link(aws.port)  # down until started
     hour = readings[HOUR]
     # (valid as telemetry, but without the sensors the model needs: scored by no one, dead-lettered)
     broken = {**hour[60], "device_id": "plant-1-press-999", "sensors": {"humidity": 1.0}}
@@ -287,7 +287,7 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
         assert not lake_rows(aws, "scores/"), "nothing can have left the box while offline"
 
         # When the link comes up, the server's shipper empties the buffer by itself
-        link.start()
+        link.up()
         deadline = time.monotonic() + 60
         while (report := box_report(port))["buffered"] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -295,7 +295,7 @@ def test_box_killed_mid_hour_offline_then_online_delivers_every_score_and_alert_
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-        link.stop()
+        link.down()
 
     # Then every score arrived exactly once, each device's in time order, with its raw telemetry
     scores = lake_rows(aws, "scores/events/")

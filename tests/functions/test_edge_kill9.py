@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from tests.edge_crash import POINTS, CrashHarness, CrashReport
-from tests.edge_support import TcpRelay
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.functions.test_edge_box import _NO_AWS, box_env, create_bucket, lake_json, lake_rows, provision_box
 from tests.support import fit_example_bundle, plant_readings
+from zaindari.demo.edge import Link
 from zaindari.drift import SUMMARY_WINDOW_SECONDS
 from zaindari.edge.box import EdgeBox
 from zaindari.event_scoring import InboundRecord
@@ -67,7 +67,7 @@ def run_kills(
     create_bucket(aws)
     topic = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     inbox = subscribe_alert_inboxes(aws, topic, "Zaindari Alert", "kill9-alerts")["eventbridge"]
-    relay = TcpRelay(aws.port)
+    relay = Link(aws.port)
     env = box_env(
         root,
         aws,

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.edge_support import TcpRelay, free_port
+from tests.edge_support import free_port
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.functions.test_edge_box import (
     BUCKET,
@@ -30,6 +30,7 @@ from tests.functions.test_edge_box import (
     serve_box,
 )
 from tests.support import http_call
+from zaindari.demo.edge import Link
 
 pytestmark = pytest.mark.aws
 
@@ -97,7 +98,7 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
     create_bucket(aws)
     sns = aws.factory.client("sns").create_topic(Name="zaindari-alerts")["TopicArn"]
     queues = subscribe_alert_inboxes(aws, sns, "Zaindari Alert", "file-alerts")
-    link = TcpRelay(aws.port)  # down until started
+    link = Link(aws.port)  # down until started
     env = box_env(
         tmp_path,
         aws,
@@ -134,7 +135,7 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
         assert not lake_keys(aws, "")
 
         # When the link comes up, the box's shipper empties its buffer by itself
-        link.start()
+        link.up()
         deadline = time.monotonic() + 60
         while (report := box_report(port))["buffered"] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -146,7 +147,7 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-        link.stop()
+        link.down()
 
     # Then each file's manifest, scores and quarantined rows are in the lake under the cloud's keys
     for manifest in manifests.values():
