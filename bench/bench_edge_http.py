@@ -46,6 +46,7 @@ from tests.support import fit_example_bundle, start_server, stop_server, zaindar
 from zaindari.bundle import load_bundle
 from zaindari.contract import parse_payload
 from zaindari.features import SensorTable, compute_features
+from zaindari.infra.http_server import free_port
 
 NAME = "edge_http"
 SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "8"))
@@ -56,14 +57,6 @@ WRK_THREADS = 2
 WRK_SCRIPT = Path(__file__).resolve().parent / "edge_http.lua"
 MLFLOW_BIN = ROOT / ".tools" / "mlflow" / "bin"
 TOKEN = "bench-token"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load(
@@ -137,7 +130,7 @@ def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]
     """A hello-world WSGI app (reads the body, answers 11 bytes) behind ``serve_wsgi(server=...)``
     with the edge's threads: what the HTTP server alone allows on this machine now."""
     (tmp / "bench_hello.py").write_text(HELLO_APP)
-    port = _free_port()
+    port = free_port()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import bench_hello; "
         "from zaindari.infra.http_server import serve_wsgi; "
@@ -158,7 +151,7 @@ def edge_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
     secrets = tmp / "secrets"
     secrets.mkdir()
     (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     env = {
         "ZAINDARI_MODEL_PATH": str(bundle_dir),
         "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
@@ -187,7 +180,7 @@ def mlflow_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
          str(bundle_dir / "model.onnx"), str(model_dir)],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    port = _free_port()
+    port = free_port()
     # console scripts (mlflow, and the uvicorn it starts by name) carry the absolute shebang of the
     # venv they were installed in, which a moved or shared .tools may not have: run them as modules
     shims = tmp / "mlflow-shims"

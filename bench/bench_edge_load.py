@@ -29,8 +29,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import info_line, result_row
 from _setup import FreshReadings
-from bench_edge_http import TOKEN, _free_port, children, load
+from bench_edge_http import TOKEN, children, load
 from tests.support import fit_example_bundle, start_server, stop_server, zaindari_cli
+
+from zaindari.infra.http_server import free_port
 
 NAME = "edge_load"
 SECONDS = float(os.environ.get("BENCH_EDGE_LOAD_SECONDS", "60"))
@@ -66,7 +68,7 @@ def main() -> list[dict[str, Any]]:
         (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
         # enough fresh readings for the whole run at ~1,000 req/s (wrk cycles them after that)
         bodies = [json.dumps(r).encode() for r in FreshReadings(seed=7).take(int(SECONDS * 1000) + 20_000)]
-        port = _free_port()
+        port = free_port()
         env = {
             "ZAINDARI_MODEL_PATH": str(bundle_dir),
             "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),

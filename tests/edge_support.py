@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from zaindari.bundle import LearnedThresholds, ModelBundle, Signature, load_bundle, write_bundle
+from zaindari.infra.http_server import free_port
 from zaindari.registry_events import ModelUpdate
 
 
@@ -108,13 +109,6 @@ def erroring_model(base: ModelBundle, *, feature: str, above: float) -> tuple[by
 
 def load(path: Path, version: str) -> ModelBundle:
     return load_bundle(path, version=version)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -86,13 +86,6 @@ class MaintenanceLog:
         return any(w.covers(device_id, moment) for w in self.windows)
 
     @classmethod
-    def from_records(
-        cls, records: Iterable[Mapping[str, Any]], *, what: str = "maintenance window"
-    ) -> MaintenanceLog:
-        """Windows from mappings (a work-order export); raises :class:`MaintenanceError` on a bad one."""
-        return cls(tuple(_window(record, f"{what} {index + 1}") for index, record in enumerate(records)))
-
-    @classmethod
     def from_jsonl(cls, data: bytes | str, *, source: str = "maintenance log") -> MaintenanceLog:
         """Parse JSON Lines (blank lines skipped); raises :class:`MaintenanceError` naming the line."""
         text = data.decode("utf-8") if isinstance(data, bytes) else data

@@ -17,21 +17,16 @@ import pytest
 from tests.functions.test_score_event import bundle_dir  # noqa: F401 (fixture)
 from tests.support import http_call, plant_readings, start_server, zaindari_cli
 from zaindari.edge.buffer import EdgeBuffer
+from zaindari.infra.http_server import free_port
 
 TOKEN = "edge-stop-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(root: Path, bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
     secrets = root / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     env = {
         "ZAINDARI_MODEL_PATH": str(bundle),
         "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),

@@ -25,16 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zaindari.infra.http_server import free_port
+
 __all__ = ["EdgeBoxProcess", "Link"]
 
 TOKEN_SECRET = "zaindari-edge-token"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Link:
@@ -43,7 +38,7 @@ class Link:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = _free_port()
+        self.port = free_port()
         self._listener: socket.socket | None = None
 
     @property
@@ -101,7 +96,7 @@ class EdgeBoxProcess:
     box_id: str
     env: dict[str, str]
     link: Link
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     token: str = "demo-edge-token"
     process: subprocess.Popen[bytes] | None = None
 
@@ -236,7 +231,7 @@ class EdgeBoxProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (gunicorn master and worker), then the link."""
+        """SIGTERM to the server's process group (granian parent and worker), then the link."""
         if self.process is not None and self.process.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)

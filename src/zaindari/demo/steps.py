@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from zaindari.demo.plant import TRIGGERS, DemoPlan
+from zaindari.infra.http_server import free_port
 from zaindari.infra.inboxes import event_inbox, subscribe_inboxes
 from zaindari.infra.lambda_events import eventbridge_event, http_event, s3_object_created_event, sqs_event
 
@@ -279,13 +279,6 @@ def _lifecycle_events(run: DemoRun, detail_type: str) -> list[dict[str, Any]]:
 # -- the steps
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
     """moto in server mode on a free port; the resources template.yaml declares; the alert inboxes.
 
@@ -294,7 +287,7 @@ def start_embedded_aws(run: DemoRun) -> dict[str, Any]:
     """
     from zaindari.infra.local_aws import LocalAws, endpoint_for, wait_until_ready
 
-    port = _free_port()
+    port = free_port()
     run.work_dir.mkdir(parents=True, exist_ok=True)
     with (run.work_dir / "aws.log").open("w", encoding="utf-8") as requests_log:
         run.aws_process = subprocess.Popen(
@@ -954,7 +947,7 @@ def edge_box(run: DemoRun) -> dict[str, Any]:
         "box_id": EDGE_BOX_ID,
         "line": run.plan.edge_line,
         "devices": sorted(edge),
-        "served_by": "zaindari edge serve (gunicorn), its own process group",
+        "served_by": "zaindari edge serve (granian), its own process group",
         "installed_version": started_serving.get("version"),
         "golden_inputs": len(golden),
         "offline": {"from": live_start.isoformat(), "until": back_online.isoformat(), **offline},

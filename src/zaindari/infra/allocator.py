@@ -1,4 +1,4 @@
-"""glibc malloc settings for a long-lived function process (a warm Lambda container, the edge box).
+"""glibc malloc settings for a long-lived function process (a warm Lambda container).
 
 By default glibc gives freed heap back to the kernel as soon as more than 128 KiB sits free at
 its top, and serves every allocation above a (self-adjusting) threshold with a fresh ``mmap``.
@@ -7,6 +7,9 @@ buffers, numpy windows), so every invocation faulted the same pages in again: ~2
 faults per batch, 35-40% of the handler's own CPU on the benchmark machine
 (``bench/bench_score_event.py`` prints the count). Keeping freed heap mapped costs resident
 memory up to the largest batch's peak, which a function process keeps anyway between invocations.
+
+Called by ``score_event``'s Lambda adapter. The edge server does not call it yet: its one-reading
+requests were not measured with it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def retain_freed_heap(*, trim_threshold: int = 256 << 20, mmap_threshold: int = 
     """Ask glibc to keep up to ``trim_threshold`` bytes of freed heap, and to serve allocations
     below ``mmap_threshold`` bytes from the heap (reused) rather than from fresh mappings.
 
-    Call once per process, at start-up (the adapters do, next to their settings). Returns False,
+    Call once per process, at start-up (score_event's adapter does, next to its settings). Returns False,
     changing nothing, where the C library is not glibc (macOS, musl-based images). Setting either
     threshold also turns off glibc's self-adjusting thresholds, so the process behaves the same
     from its first invocation on.

@@ -13,10 +13,11 @@ scoring being the limit.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-__all__ = ["WsgiApp", "serve_wsgi"]
+__all__ = ["WsgiApp", "free_port", "serve_wsgi"]
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -135,3 +136,11 @@ def _serve_granian(
         workers_kill_timeout=max(int(timeout), 1),
     )
     server.serve(target_loader=load_in_worker)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it; a server started right after takes it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
