@@ -83,10 +83,14 @@ class DeviceState:
         return state
 
     def to_dict(self) -> dict[str, Any]:
+        return self._fields([[k, ts] for k, ts in self.seen])
+
+    def _fields(self, seen: Any) -> dict[str, Any]:
+        """Every stored field, ``seen`` as given (one list of fields for both encodings)."""
         return {
             "history": self.history.to_dict(),
             "alerts": self.alerts.to_dict(),
-            "seen": [[k, ts] for k, ts in self.seen],
+            "seen": seen,
             "evicted_until": self.evicted_until,
             "outbox": self.outbox,
         }
@@ -113,15 +117,10 @@ class DeviceState:
         the standard library, because an alert may observe ``nan`` (a rate with no previous
         reading), which orjson would write as ``null`` and the alert could not be read back.
         """
-        head = orjson.dumps(
-            {
-                "history": self.history.to_dict(),
-                "alerts": self.alerts.to_dict(),
-                "seen": self.seen,
-                "evicted_until": self.evicted_until,
-            }
-        ).decode()
-        return f'{head[:-1]},"outbox":{json.dumps(self.outbox, separators=(",", ":"))}}}'
+        data = self._fields(self.seen)  # the (key, timestamp) tuples as they are: the same arrays
+        outbox = data.pop("outbox")
+        head = orjson.dumps(data).decode()
+        return f'{head[:-1]},"outbox":{json.dumps(outbox, separators=(",", ":"))}}}'
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DeviceState:
