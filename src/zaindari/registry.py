@@ -361,7 +361,7 @@ def shadow_alert_rates(
     from zaindari.pipeline import score_readings
 
     faulty = {
-        (r.device_id, _stamp(r.timestamp))
+        (r.device_id, r.timestamp_iso)
         for r in readings
         if known_fault and known_fault(r.device_id, r.timestamp)
     }
@@ -390,11 +390,6 @@ def shadow_alert_rates(
         champion_fault,
         challenger_fault,
     )
-
-
-def _stamp(moment: datetime) -> str:
-    """A timestamp as scored rows carry it (:func:`zaindari.pipeline.score_readings`)."""
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------- the gate
