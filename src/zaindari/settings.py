@@ -156,7 +156,11 @@ class Settings(BaseModel):
         default=0.05,
         ge=0.0,
         le=1.0,
-        description="Largest allowed difference of shadow alert rates (share of readings), challenger vs production.",
+        description=(
+            "Largest allowed difference of shadow alert rates (share of readings), challenger vs production; "
+            "with a maintenance log, one way on each side: on known faults the challenger may alert at most "
+            "this much less, elsewhere at most this much more."
+        ),
     )
     promotion_manual_approval: bool = Field(
         default=False, description="A challenger that passes the gate waits for a named approver."
