@@ -29,16 +29,13 @@ from tests.support import fit_example_bundle
 from zaindari.alerting import Alert
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.drift import WindowSummary
+from zaindari.edge.box import buffered_scoring
 from zaindari.edge.buffer import (
-    BufferedAlerts,
-    BufferedLake,
-    BufferedRejects,
     BufferedSummaries,
     EdgeBuffer,
     Shipper,
-    SqliteStateStore,
 )
-from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.event_scoring import InboundRecord
 
 BENCHMARK = "edge_drift_rows"
 REQUESTS = 1000
@@ -110,15 +107,7 @@ def run(
             write_cpu[0] += time.process_time() - began
 
     summaries.write = timed_write  # type: ignore[method-assign,assignment]
-    scoring = EventScoring(
-        model=lambda: bundle,
-        states=SqliteStateStore(buffer),
-        lake=BufferedLake(buffer),
-        alerts=BufferedAlerts(buffer),
-        rejects=BufferedRejects(buffer),
-        summaries=summaries,
-        source="edge-bench",
-    )
+    scoring = buffered_scoring(buffer, bundle, source="edge-bench", summaries=summaries)
     uplink = CountingUplink()
     shipper = Shipper(buffer, uplink, box_id="bench", status=dict)
     feed = FreshReadings(seed=5)

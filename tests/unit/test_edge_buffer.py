@@ -16,6 +16,7 @@ import pytest
 from tests.support import fit_example_bundle, plant_readings
 from zaindari.alerting import Alert
 from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.edge.box import buffered_scoring
 from zaindari.edge.buffer import (
     ACK_DETAIL_TYPE,
     BufferedAlerts,
@@ -42,15 +43,7 @@ def readings() -> list[dict[str, Any]]:
 
 
 def scoring_on(buffer: EdgeBuffer, bundle: ModelBundle) -> EventScoring:
-    return EventScoring(
-        model=lambda: bundle,
-        states=SqliteStateStore(buffer),
-        lake=BufferedLake(buffer),
-        alerts=BufferedAlerts(buffer),
-        rejects=BufferedRejects(buffer),
-        summaries=BufferedSummaries(buffer),
-        source="edge-t",
-    )
+    return buffered_scoring(buffer, bundle, source="edge-t")
 
 
 def score_in_batches(scoring: EventScoring, readings: list[dict[str, Any]], size: int = 40) -> None:

@@ -20,14 +20,11 @@ from tests.support import ROOT, fit_example_bundle, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.drift import WindowSummary, merge_windows
+from zaindari.edge.box import buffered_scoring
 from zaindari.edge.buffer import (
-    BufferedAlerts,
-    BufferedLake,
-    BufferedRejects,
     BufferedSummaries,
     EdgeBuffer,
     Shipper,
-    SqliteStateStore,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.ports import PortError
@@ -61,15 +58,7 @@ class TeeSummaries(BufferedSummaries):
 
 
 def box_scoring(buffer: EdgeBuffer, bundle: ModelBundle, summaries: BufferedSummaries) -> EventScoring:
-    return EventScoring(
-        model=lambda: bundle,
-        states=SqliteStateStore(buffer),
-        lake=BufferedLake(buffer),
-        alerts=BufferedAlerts(buffer),
-        rejects=BufferedRejects(buffer),
-        summaries=summaries,
-        source="edge-t",
-    )
+    return buffered_scoring(buffer, bundle, source="edge-t", summaries=summaries)
 
 
 def score_one_by_one(

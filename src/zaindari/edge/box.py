@@ -22,12 +22,14 @@ import math
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from zaindari.alerting import Alert
+from zaindari.bundle import ModelBundle
+from zaindari.drift import SummaryStore
 from zaindari.edge.buffer import (
     BufferedAlerts,
     BufferedLake,
@@ -51,13 +53,46 @@ from zaindari.edge.model_sync import (
     write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
-from zaindari.ports import PortError
+from zaindari.ports import AlertSink, PortError
 from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
-__all__ = ["EdgeBox", "LocalFirstAlerts", "main", "read_secret"]
+__all__ = ["EdgeBox", "LocalFirstAlerts", "buffered_scoring", "main", "read_secret"]
 
 log = logging.getLogger(__name__)
+
+
+def buffered_scoring(
+    buffer: EdgeBuffer,
+    model: ModelBundle | Callable[[], ModelBundle],
+    *,
+    source: str,
+    alerts: AlertSink | None = None,
+    summaries: SummaryStore | None = None,
+    settings: Settings | None = None,
+) -> EventScoring:
+    """The scoring use case on a box's buffer: device state, lake, alerts, dead letters and drift
+    summaries all written into it. ``model`` is a bundle or a callable giving the current one;
+    ``settings`` (contract limits, deduplication memory, threads) default to the use case's own."""
+    tuning: dict[str, Any] = (
+        {}
+        if settings is None
+        else {
+            "limits": settings.limits,
+            "dedup_memory": settings.dedup_memory,
+            "threads": settings.onnx_threads,
+        }
+    )
+    return EventScoring(
+        model=model if callable(model) else (lambda: model),
+        states=SqliteStateStore(buffer),
+        lake=BufferedLake(buffer),
+        alerts=alerts or BufferedAlerts(buffer),
+        rejects=BufferedRejects(buffer),
+        summaries=summaries or BufferedSummaries(buffer),
+        source=source,
+        **tuning,
+    )
 
 
 def read_secret(secrets_dir: str | Path, name: str) -> str | None:
@@ -131,17 +166,8 @@ class EdgeBox:
         self.sync.on_event = self._ack
         self._outcomes: deque[dict[str, Any]] = deque(maxlen=20)  # model outcomes since the start
         self.alerts = LocalFirstAlerts(buffer, local)
-        self.scoring = EventScoring(
-            model=sync.current,
-            states=SqliteStateStore(buffer),
-            lake=BufferedLake(buffer),
-            alerts=self.alerts,
-            rejects=BufferedRejects(buffer),
-            limits=settings.limits,
-            dedup_memory=settings.dedup_memory,
-            threads=settings.onnx_threads,
-            summaries=BufferedSummaries(buffer),
-            source=f"edge-{box_id}",
+        self.scoring = buffered_scoring(
+            buffer, sync.current, source=f"edge-{box_id}", alerts=self.alerts, settings=settings
         )
         self.shipper = (
             Shipper(
