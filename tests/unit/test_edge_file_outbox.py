@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -100,14 +101,14 @@ from zaindari.file_scoring import FileScoring, FileSource
 db, spool, bundle_dir, data = sys.argv[1:]
 buffer = EdgeBuffer(db)
 sink = BufferedFileSink(buffer, spool)
-real = sink._insert_json
+real = sink._append_json
 
-def insert_json(db, key, body):
+def append_json(key, body):
     if key.startswith("manifests/"):  # the scores and quarantine are in, uncommitted
         os.kill(os.getpid(), signal.SIGKILL)
-    real(db, key, body)
+    real(key, body)
 
-sink._insert_json = insert_json
+sink._append_json = append_json
 bundle = load_bundle(bundle_dir)
 source = FileSource(key="edge/t/hall.csv", etag="e1", size=1)
 scoring = FileScoring(model=lambda: bundle, sink=sink, summaries=BufferedSummaries(buffer))
@@ -258,3 +259,28 @@ def test_the_list_of_files_posted_keeps_as_many_as_the_buffer_remembers_keys(
     assert sink.read_manifest(first) is not None
     scoring.score_file(io.BytesIO(historian_csv), second)
     assert sink.read_manifest(first) is None and sink.read_manifest(second) is not None
+
+
+def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrated(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given a file's objects in a buffer of the schema before (outbox_blobs without the key column)
+    path = tmp_path / "edge.db"
+    manifest = score(EdgeBuffer(path), bundle, tmp_path / "spool", historian_csv)
+    with sqlite3.connect(path) as raw:
+        raw.execute("ALTER TABLE outbox_blobs DROP COLUMN key")
+    # When a box of this version opens it, discards one object and needs room for more
+    buffer = EdgeBuffer(path, max_bytes=4096)
+    (quarantined,) = (o for o in manifest.outputs if o.startswith("quarantine/"))
+    assert buffer.discard_objects([quarantined, "no/such/key"]) == 1
+    buffer.make_room(0)  # over its bound: the file's scores are compacted
+    # Then every object row has its key beside its bytes, the file's scores became summaries
+    # counting every row, and what is left ships under its keys
+    with sqlite3.connect(path) as raw:
+        keys = sorted(k for (k,) in raw.execute("SELECT key FROM outbox_blobs"))
+    assert keys == [f"manifests/{manifest.source_id}.json"]
+    assert buffer.stats().compacted_readings == manifest.rows_scored == 239
+    uplink = ship(buffer)
+    assert sorted(uplink.blobs) == keys
+    summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
+    assert sum(s["readings"] for s in summaries) == 239
