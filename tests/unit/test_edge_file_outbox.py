@@ -22,7 +22,7 @@ from tests.support import ROOT, fit_example_bundle, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.edge.buffer import BufferedLake, BufferedSummaries, EdgeBuffer, Shipper, SqliteStateStore
-from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.file_outbox import BufferedFileSink, posted_source
 from zaindari.edge.local_alerts import LocalAlerts
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.file_scoring import FileManifest, FileScoring, FileSource
@@ -95,7 +95,7 @@ _KILLED_IN_THE_TRANSACTION = """
 import io, os, signal, sys
 from zaindari.bundle import load_bundle
 from zaindari.edge.buffer import BufferedSummaries, EdgeBuffer
-from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.file_outbox import BufferedFileSink, posted_source
 from zaindari.file_scoring import FileScoring, FileSource
 
 db, spool, bundle_dir, data = sys.argv[1:]
@@ -259,6 +259,28 @@ def test_the_list_of_files_posted_keeps_as_many_as_the_buffer_remembers_keys(
     assert sink.read_manifest(first) is not None
     scoring.score_file(io.BytesIO(historian_csv), second)
     assert sink.read_manifest(first) is None and sink.read_manifest(second) is not None
+
+
+def test_a_file_posted_again_is_a_duplicate_and_one_refused_whole_is_scored_again(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    scoring = FileScoring(model=lambda: bundle, sink=sink)
+    # the content's hash is the version: the same bytes are the same source, other bytes another
+    source = posted_source("t", "hall.csv", historian_csv)
+    assert source == posted_source("t", "hall.csv", historian_csv) != posted_source("t", "hall.csv", b"x")
+    first, duplicate = sink.score_posted(scoring, source, historian_csv)
+    assert (first.status, duplicate) == ("scored", False)
+    rows = buffer.stats().rows
+    again, duplicate = sink.score_posted(scoring, source, historian_csv)
+    assert duplicate and again == first and buffer.stats().rows == rows  # nothing added
+    # a file refused whole (failed) is scored again when posted again, and its copy kept each time
+    bad = b"a,b\n1,2\n"
+    refused = posted_source("t", "bad.csv", bad)
+    assert [sink.score_posted(scoring, refused, bad)[1] for _ in range(2)] == [False, False]
+    assert sink.read_manifest(refused) is not None and sink.read_manifest(refused).status == "failed"  # type: ignore[union-attr]
+    assert ship(buffer).puts.count(f"quarantine/files/{refused.source_id}/bad.csv") == 2
 
 
 def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrated(

@@ -34,10 +34,12 @@ kind ``object``), which its one shipper sends to S3 in sequence order, under tho
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
@@ -50,12 +52,12 @@ import pyarrow.parquet as pq
 
 from zaindari.edge.buffer import BufferedAlerts, EdgeBuffer
 from zaindari.file_drops import file_alerts
-from zaindari.file_scoring import FileManifest, FileRun, FileSource
+from zaindari.file_scoring import FileManifest, FileRun, FileScoring, FileSource
 from zaindari.jsonable import json_default
 from zaindari.local_ports import LocalFileSink
 from zaindari.ports import FileSink, PortError, RejectedRecord
 
-__all__ = ["BufferedFileSink", "manifest_key"]
+__all__ = ["BufferedFileSink", "manifest_key", "posted_source"]
 
 _CONTENT_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
@@ -70,6 +72,12 @@ def manifest_key(manifest: FileManifest) -> str:
     if part is None or part.count == 1:
         return f"manifests/{manifest.source_id}.json"
     return f"manifests/{manifest.source_id}/part-{part.index:05d}.json"
+
+
+def posted_source(box_id: str, name: str, data: bytes) -> FileSource:
+    """A file posted to the box as the use case's source: ``edge/<box>/<name>``, its content's
+    hash its version (the same file sent twice is the same source, found by :meth:`read_manifest`)."""
+    return FileSource(key=f"edge/{box_id}/{name}", etag=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 def _content_type(key: str) -> str:
@@ -117,6 +125,22 @@ class BufferedFileSink:
         self._copies: dict[str, bytes] = {}  # source_id -> the file's bytes, while it is scored
         self._copy_keys: dict[str, str] = {}  # source_id -> where its copy goes, once set aside
         self._alerts = BufferedAlerts(buffer, local_channels=self.local_channels)
+        self._one_file = threading.Lock()
+
+    def score_posted(
+        self, scoring: FileScoring, source: FileSource, data: bytes
+    ) -> tuple[FileManifest, bool]:
+        """Score a file posted to the box with ``scoring`` (whose sink this is), one file at a time
+        (the box's cores score it, and a file posted twice at once is scored once), keeping its
+        bytes (a file refused whole is copied to the lake). Returns its manifest and whether it
+        is a duplicate: a file already scored is not scored again (its manifest is returned); one
+        that failed is scored again. Raises :class:`~zaindari.ports.PortError` if the buffer fails.
+        """
+        with self._one_file, self.keeping(source, data):
+            previous = self.read_manifest(source)
+            if previous is not None and previous.status == "scored":
+                return previous, True
+            return scoring.score_file(BytesIO(data), source), False
 
     # -- staged per run (the spool) -------------------------------------------------------------
 
