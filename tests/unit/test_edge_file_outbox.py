@@ -290,6 +290,7 @@ def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrat
     path = tmp_path / "edge.db"
     manifest = score(EdgeBuffer(path), bundle, tmp_path / "spool", historian_csv)
     with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX outbox_blobs_key")
         raw.execute("ALTER TABLE outbox_blobs DROP COLUMN key")
     # When a box of this version opens it, discards one object and needs room for more
     buffer = EdgeBuffer(path, max_bytes=4096)
@@ -300,6 +301,8 @@ def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrat
     # counting every row, and what is left ships under its keys
     with sqlite3.connect(path) as raw:
         keys = sorted(k for (k,) in raw.execute("SELECT key FROM outbox_blobs"))
+        indexed = raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_blobs_key'").fetchone()
+    assert indexed is not None
     assert keys == [f"manifests/{manifest.source_id}.json"]
     assert buffer.stats().compacted_readings == manifest.rows_scored == 239
     uplink = ship(buffer)

@@ -856,8 +856,9 @@ class EdgeBuffer:
     # What :class:`zaindari.edge.file_outbox.BufferedFileSink` writes a posted file through, all
     # inside one :meth:`transaction` (its objects, set-aside record, manifest and alerts, and its
     # entry in the list of files). An object row's key is kept beside its bytes
-    # (``outbox_blobs.key``), so finding a file's rows reads no body; a buffer made before that
-    # column gets it, and its object rows their keys, at the first of these calls (one transaction).
+    # (``outbox_blobs.key``, read through its index), so finding a file's rows decodes no body and
+    # reads no bytes; a buffer made before that column gets it, and its object rows their keys, at
+    # the first of these calls (in that call's transaction).
 
     _FILES_SCHEMA = (
         "CREATE TABLE IF NOT EXISTS edge_files ("  # every file (or part) published: a repost is a duplicate
@@ -953,6 +954,8 @@ class EdgeBuffer:
         if any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox_blobs)")):
             return
         db.execute("ALTER TABLE outbox_blobs ADD COLUMN key TEXT")
+        # read through this index only: the column itself comes after the bytes, in their pages
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
         rows = db.execute(
             "SELECT o.seq, o.body FROM outbox o JOIN outbox_blobs b ON b.seq = o.seq WHERE o.kind = 'object'"
         ).fetchall()
@@ -1025,9 +1028,9 @@ class EdgeBuffer:
         self._objects_schema(db)
         low, high = plan if plan else (0, -1)
         row = db.execute(
-            "SELECT o.seq, o.bytes FROM outbox o JOIN outbox_blobs b ON b.seq = o.seq "
-            "WHERE o.kind = 'object' AND substr(b.key, 1, 7) = 'scores/' AND NOT (o.seq BETWEEN ? AND ?) "
-            "ORDER BY o.seq LIMIT 1",
+            "SELECT o.seq, o.bytes FROM outbox_blobs b JOIN outbox o ON o.seq = b.seq "
+            "WHERE b.key >= 'scores/' AND b.key < 'scores0' AND NOT (b.seq BETWEEN ? AND ?) "
+            "ORDER BY b.seq LIMIT 1",
             (low, high),
         ).fetchone()
         if row is None:
