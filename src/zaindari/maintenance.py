@@ -36,6 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from zaindari.validation import validation_problems
+
 __all__ = [
     "MAINTENANCE_PREFIX",
     "MaintenanceError",
@@ -143,8 +145,4 @@ def _window(record: Mapping[str, Any], where: str) -> MaintenanceWindow:
     try:
         return MaintenanceWindow.model_validate(record)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'window'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
-        raise MaintenanceError(f"{where}: {problems}") from exc
+        raise MaintenanceError(f"{where}: {validation_problems(exc, whole='window')}") from exc

@@ -37,7 +37,7 @@ def test_a_window_covers_its_device_from_start_until_end_exclusive_or_open() -> 
         ('{"device_id": "p", "start": "2024-01-02T06:00:00"}', "line 2: start: give a time zone"),
         (
             '{"device_id": "p", "start": "2024-01-02T06:00:00Z", "end": "2024-01-02T05:00:00Z"}',
-            "is not after start",
+            "line 2: window: end 2024-01-02T05:00:00+00:00 is not after start 2024-01-02T06:00:00+00:00",
         ),
         ('{"start": "2024-01-02T06:00:00Z"}', "device_id: Field required"),
         ('{"device_id": "p", "start": "2024-01-02T06:00:00Z", "shift": 2}', "shift: Extra inputs"),
