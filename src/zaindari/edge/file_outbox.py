@@ -76,7 +76,8 @@ def manifest_key(manifest: FileManifest) -> str:
 
 def posted_source(box_id: str, name: str, data: bytes) -> FileSource:
     """A file posted to the box as the use case's source: ``edge/<box>/<name>``, its content's
-    hash its version (the same file sent twice is the same source, found by :meth:`read_manifest`)."""
+    hash its version (the same file sent twice is the same source: :meth:`BufferedFileSink.read_manifest`
+    finds it)."""
     return FileSource(key=f"edge/{box_id}/{name}", etag=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
