@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_job_arguments(ARGUMENTS, argv, description=__doc__ or "")
     from zaindari.infra.s3_files import S3FileStore
     from zaindari.infra.wiring import client_factory
-    from zaindari.maintenance import MAINTENANCE_PREFIX, MaintenanceError, MaintenanceLog
+    from zaindari.maintenance import MAINTENANCE_PREFIX, MaintenanceError, read_maintenance_log
     from zaindari.spec import SpecError, load_spec
     from zaindari.training_set import (
         RoutingFileStore,
@@ -78,11 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log_uri = args["maintenance"] or f"{lake}/{MAINTENANCE_PREFIX}/"
     try:
-        maintenance = MaintenanceLog.merge(
-            MaintenanceLog.from_jsonl(store.read_bytes(f.uri), source=f.uri)
-            for f in store.list_files(log_uri)
-        )
-    except (MaintenanceError, TrainingSetError, OSError, UnicodeDecodeError) as exc:
+        maintenance = read_maintenance_log([f.uri for f in store.list_files(log_uri)], store.read_bytes)
+    except (MaintenanceError, TrainingSetError, OSError) as exc:
         print(f"build_training_set: maintenance log {log_uri}: {exc}", file=sys.stderr)
         return 2
     span = f"{start.isoformat()}_{end.isoformat()}"

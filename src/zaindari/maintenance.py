@@ -18,19 +18,33 @@ Two consumers:
   the bound of the champion's (:func:`zaindari.registry.shadow_alert_rates`).
 
 Without a log both behave as before: every row trains, every shadow reading counts as normal.
+
+One reader, :func:`read_maintenance_log`, for every place the log is read from: the Glue job
+``build_training_set`` (a file store: the lake's folder in S3 or on disk), the gate's
+:class:`~zaindari.infra.deploy_ports.S3MaintenanceLog` (the lake's folder in S3) and
+``zaindari-registry promote --maintenance FILE`` (a local file); each lists its files and fetches
+their bytes its own way, and reports the reader's :class:`MaintenanceError` as its own error.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["MAINTENANCE_PREFIX", "MaintenanceError", "MaintenanceLog", "MaintenanceWindow"]
+from zaindari.validation import validation_problems
+
+__all__ = [
+    "MAINTENANCE_PREFIX",
+    "MaintenanceError",
+    "MaintenanceLog",
+    "MaintenanceWindow",
+    "read_maintenance_log",
+]
 
 MAINTENANCE_PREFIX = "labels/maintenance"
 """Where the log lives in the lake (``<lake>/labels/maintenance/*.jsonl``)."""
@@ -87,8 +101,12 @@ class MaintenanceLog:
 
     @classmethod
     def from_jsonl(cls, data: bytes | str, *, source: str = "maintenance log") -> MaintenanceLog:
-        """Parse JSON Lines (blank lines skipped); raises :class:`MaintenanceError` naming the line."""
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        """Parse JSON Lines (blank lines skipped); raises :class:`MaintenanceError` naming the line
+        (or the source, for bytes that are not UTF-8)."""
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+        except UnicodeDecodeError as exc:
+            raise MaintenanceError(f"{source}: not UTF-8 text: {exc}") from exc
         windows = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -112,12 +130,19 @@ class MaintenanceLog:
         return "".join(w.model_dump_json() + "\n" for w in self.windows)
 
 
+def read_maintenance_log(files: Iterable[str], read: Callable[[str], bytes]) -> MaintenanceLog:
+    """The log held by ``files`` (the plant's export files, each named as its errors should name
+    it: a URI or a path), read with ``read`` and merged in the order given; no file, an empty log.
+
+    ``read``'s own errors (a file or an object that cannot be read) pass through, for the caller to
+    report as it reports its store; a file that is not UTF-8 JSON Lines of windows raises
+    :class:`MaintenanceError` naming the file and the line.
+    """
+    return MaintenanceLog.merge(MaintenanceLog.from_jsonl(read(name), source=name) for name in files)
+
+
 def _window(record: Mapping[str, Any], where: str) -> MaintenanceWindow:
     try:
         return MaintenanceWindow.model_validate(record)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'window'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
-        raise MaintenanceError(f"{where}: {problems}") from exc
+        raise MaintenanceError(f"{where}: {validation_problems(exc, whole='window')}") from exc

@@ -176,12 +176,12 @@ def _read_readings(path: str) -> list[Any]:
 
 
 def _read_maintenance(path: str) -> Any:
-    from zaindari.maintenance import MaintenanceError, MaintenanceLog
+    from zaindari.maintenance import MaintenanceError, read_maintenance_log
     from zaindari.registry import RegistryError
 
     try:
-        return MaintenanceLog.from_jsonl(Path(path).read_bytes(), source=path)
-    except (OSError, MaintenanceError, UnicodeDecodeError) as exc:
+        return read_maintenance_log([path], lambda name: Path(name).read_bytes())
+    except (OSError, MaintenanceError) as exc:
         raise RegistryError(f"maintenance log {exc}") from exc
 
 

@@ -398,6 +398,8 @@ def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
     """
     from pydantic import ValidationError
 
+    from zaindari.validation import validation_problems
+
     data: Any
     if isinstance(source, dict):
         data = source
@@ -414,8 +416,4 @@ def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
-        raise SpecError(f"invalid model spec: {problems}") from exc
+        raise SpecError(f"invalid model spec: {validation_problems(exc, whole='spec')}") from exc

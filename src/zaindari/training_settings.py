@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zaindari.spec import ModelSpec, Severity, SpecError
+from zaindari.validation import validation_problems
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -141,11 +142,7 @@ def training_settings(spec: ModelSpec) -> TrainingSettings:
     try:
         settings = TrainingSettings.model_validate(spec.training)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"training.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
-        raise SpecError(f"invalid model spec: {problems}") from exc
+        raise SpecError(f"invalid model spec: {validation_problems(exc, prefix='training.')}") from exc
     if spec.task in _TASK_MODELS:
         settings.candidate_models(spec.task)
     return settings

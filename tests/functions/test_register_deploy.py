@@ -433,3 +433,23 @@ def test_an_emr_serverless_training_run_is_registered_from_its_output_argument(
 
     assert build["status"] == "ignored" and "is not a zaindari-train-model run" in build["reason"]
     assert (train["status"], train["version"], train["source"]) == ("promoted", 1, uri)
+
+
+def test_the_gates_maintenance_log_is_every_file_under_the_lakes_labels_folder(aws: EmbeddedAws) -> None:
+    from zaindari.infra.deploy_ports import S3MaintenanceLog
+    from zaindari.ports import PortError
+
+    s3 = aws.factory.client("s3")
+    s3.create_bucket(
+        Bucket="lake", CreateBucketConfiguration={"LocationConstraint": aws.factory.config.region}
+    )
+    labels = S3MaintenanceLog(aws.factory, "lake")
+    assert not labels.maintenance_log()  # no log in the lake: an empty one
+    window = '{{"device_id": "{}", "start": "2024-01-02T06:00:00Z"}}\n'
+    s3.put_object(Bucket="lake", Key="labels/maintenance/", Body=b"")  # a folder marker is no file
+    s3.put_object(Bucket="lake", Key="labels/maintenance/2024-02.jsonl", Body=window.format("b").encode())
+    s3.put_object(Bucket="lake", Key="labels/maintenance/2024-01.jsonl", Body=window.format("a").encode())
+    assert [w.device_id for w in labels.maintenance_log().windows] == ["a", "b"]
+    s3.put_object(Bucket="lake", Key="labels/maintenance/2024-03.jsonl", Body=b"{not json\n")
+    with pytest.raises(PortError, match=r"s3://lake/labels/maintenance/2024-03\.jsonl line 1: not JSON"):
+        labels.maintenance_log()

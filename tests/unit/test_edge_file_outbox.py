@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from tests.support import ROOT, fit_example_bundle, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
 from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.edge.buffer import BufferedLake, BufferedSummaries, EdgeBuffer, Shipper, SqliteStateStore
-from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.file_outbox import BufferedFileSink, posted_source
 from zaindari.edge.local_alerts import LocalAlerts
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.file_scoring import FileManifest, FileScoring, FileSource
@@ -94,20 +95,20 @@ _KILLED_IN_THE_TRANSACTION = """
 import io, os, signal, sys
 from zaindari.bundle import load_bundle
 from zaindari.edge.buffer import BufferedSummaries, EdgeBuffer
-from zaindari.edge.file_outbox import BufferedFileSink
+from zaindari.edge.file_outbox import BufferedFileSink, posted_source
 from zaindari.file_scoring import FileScoring, FileSource
 
 db, spool, bundle_dir, data = sys.argv[1:]
 buffer = EdgeBuffer(db)
 sink = BufferedFileSink(buffer, spool)
-real = sink._insert_json
+real = sink._append_json
 
-def insert_json(db, key, body):
+def append_json(key, body):
     if key.startswith("manifests/"):  # the scores and quarantine are in, uncommitted
         os.kill(os.getpid(), signal.SIGKILL)
-    real(db, key, body)
+    real(key, body)
 
-sink._insert_json = insert_json
+sink._append_json = append_json
 bundle = load_bundle(bundle_dir)
 source = FileSource(key="edge/t/hall.csv", etag="e1", size=1)
 scoring = FileScoring(model=lambda: bundle, sink=sink, summaries=BufferedSummaries(buffer))
@@ -258,3 +259,53 @@ def test_the_list_of_files_posted_keeps_as_many_as_the_buffer_remembers_keys(
     assert sink.read_manifest(first) is not None
     scoring.score_file(io.BytesIO(historian_csv), second)
     assert sink.read_manifest(first) is None and sink.read_manifest(second) is not None
+
+
+def test_a_file_posted_again_is_a_duplicate_and_one_refused_whole_is_scored_again(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    sink = BufferedFileSink(buffer, tmp_path / "spool")
+    scoring = FileScoring(model=lambda: bundle, sink=sink)
+    # the content's hash is the version: the same bytes are the same source, other bytes another
+    source = posted_source("t", "hall.csv", historian_csv)
+    assert source == posted_source("t", "hall.csv", historian_csv) != posted_source("t", "hall.csv", b"x")
+    first, duplicate = sink.score_posted(scoring, source, historian_csv)
+    assert (first.status, duplicate) == ("scored", False)
+    rows = buffer.stats().rows
+    again, duplicate = sink.score_posted(scoring, source, historian_csv)
+    assert duplicate and again == first and buffer.stats().rows == rows  # nothing added
+    # a file refused whole (failed) is scored again when posted again, and its copy kept each time
+    bad = b"a,b\n1,2\n"
+    refused = posted_source("t", "bad.csv", bad)
+    assert [sink.score_posted(scoring, refused, bad)[1] for _ in range(2)] == [False, False]
+    assert sink.read_manifest(refused) is not None and sink.read_manifest(refused).status == "failed"  # type: ignore[union-attr]
+    assert ship(buffer).puts.count(f"quarantine/files/{refused.source_id}/bad.csv") == 2
+
+
+def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrated(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given a file's objects in a buffer of the schema before (outbox_blobs without the key column)
+    path = tmp_path / "edge.db"
+    manifest = score(EdgeBuffer(path), bundle, tmp_path / "spool", historian_csv)
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX outbox_blobs_key")
+        raw.execute("ALTER TABLE outbox_blobs DROP COLUMN key")
+    # When a box of this version opens it, discards one object and needs room for more
+    buffer = EdgeBuffer(path, max_bytes=4096)
+    (quarantined,) = (o for o in manifest.outputs if o.startswith("quarantine/"))
+    assert buffer.discard_objects([quarantined, "no/such/key"]) == 1
+    buffer.make_room(0)  # over its bound: the file's scores are compacted
+    # Then every object row has its key beside its bytes, the file's scores became summaries
+    # counting every row, and what is left ships under its keys
+    with sqlite3.connect(path) as raw:
+        keys = sorted(k for (k,) in raw.execute("SELECT key FROM outbox_blobs"))
+        indexed = raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_blobs_key'").fetchone()
+    assert indexed is not None
+    assert keys == [f"manifests/{manifest.source_id}.json"]
+    assert buffer.stats().compacted_readings == manifest.rows_scored == 239
+    uplink = ship(buffer)
+    assert sorted(uplink.blobs) == keys
+    summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
+    assert sum(s["readings"] for s in summaries) == 239

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from zaindari.maintenance import MaintenanceError, MaintenanceLog, MaintenanceWindow
+from zaindari.maintenance import MaintenanceError, MaintenanceLog, MaintenanceWindow, read_maintenance_log
 
 T0 = datetime(2024, 1, 2, 6, 0, tzinfo=UTC)
 
@@ -36,7 +37,7 @@ def test_a_window_covers_its_device_from_start_until_end_exclusive_or_open() -> 
         ('{"device_id": "p", "start": "2024-01-02T06:00:00"}', "line 2: start: give a time zone"),
         (
             '{"device_id": "p", "start": "2024-01-02T06:00:00Z", "end": "2024-01-02T05:00:00Z"}',
-            "is not after start",
+            "line 2: window: end 2024-01-02T05:00:00+00:00 is not after start 2024-01-02T06:00:00+00:00",
         ),
         ('{"start": "2024-01-02T06:00:00Z"}', "device_id: Field required"),
         ('{"device_id": "p", "start": "2024-01-02T06:00:00Z", "shift": 2}', "shift: Extra inputs"),
@@ -55,3 +56,19 @@ def test_logs_of_several_files_merge_and_an_empty_log_is_false() -> None:
     merged = MaintenanceLog.merge([one, MaintenanceLog(), two])
     assert [w.device_id for w in merged.windows] == ["a", "b"]
     assert not MaintenanceLog() and merged
+
+
+def test_one_reader_merges_the_files_in_order_and_names_the_file_it_cannot_take(tmp_path: Path) -> None:
+    files = {
+        "a.jsonl": b'{"device_id": "a", "start": "2024-01-02T06:00:00Z"}\n',
+        "b.jsonl": b'\n{"device_id": "b", "start": "2024-01-02T06:00:00Z", "kind": "bearing"}\n',
+    }
+    log = read_maintenance_log(["b.jsonl", "a.jsonl"], files.__getitem__)
+    assert [(w.device_id, w.kind) for w in log.windows] == [("b", "bearing"), ("a", "fault")]
+    assert read_maintenance_log([], files.__getitem__) == MaintenanceLog()
+    # a file that is not UTF-8 text is refused by name; the reader's own errors pass through
+    files["latin.jsonl"] = '{"device_id": "pr\u00e9", "start": "2024-01-02T06:00:00Z"}\n'.encode("latin-1")
+    with pytest.raises(MaintenanceError, match=r"^latin\.jsonl: not UTF-8 text"):
+        read_maintenance_log(["a.jsonl", "latin.jsonl"], files.__getitem__)
+    with pytest.raises(FileNotFoundError):
+        read_maintenance_log([str(tmp_path / "none.jsonl")], lambda name: Path(name).read_bytes())

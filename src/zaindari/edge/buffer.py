@@ -98,6 +98,7 @@ __all__ = [
     "Uplink",
     "buffered_alert",
     "compact_scores",
+    "compact_scores_file",
 ]
 
 Kind = Literal["scores", "reject", "alert", "summary", "drift", "ack", "object"]
@@ -534,34 +535,6 @@ class EdgeBuffer:
         self._bump(db, "bytes", len(data))
         return int(cursor.lastrowid or 0)
 
-    def _insert_object(
-        self,
-        db: sqlite3.Connection,
-        *,
-        key: str,
-        content_type: str,
-        data: IO[bytes],
-        size: int,
-        items: int,
-        day: str = "",
-    ) -> int:
-        """Insert one ready lake object (kind ``object``: shipped as is under ``key``); its bytes
-        are copied from ``data`` a megabyte at a time into ``outbox_blobs`` and count against the
-        bound."""
-        meta = _encode({"key": key, "content_type": content_type, "size": size})
-        cursor = db.execute(
-            "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES ('object', ?, ?, ?, ?, ?)",
-            (day, items, len(meta) + size, time.time(), meta),
-        )
-        seq = int(cursor.lastrowid or 0)
-        db.execute("INSERT INTO outbox_blobs (seq, data) VALUES (?, zeroblob(?))", (seq, size))
-        if size:
-            with db.blobopen("outbox_blobs", "data", seq) as blob:
-                while piece := data.read(1 << 20):
-                    blob.write(piece)
-        self._bump(db, "bytes", len(meta) + size)
-        return seq
-
     def object_data(self, seq: int) -> bytes:
         """The bytes of the ``object`` row ``seq``."""
         row = self._db().execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()
@@ -687,37 +660,6 @@ class EdgeBuffer:
         self._bump(db, "bytes", added - freed)
         self._bump(db, "compacted_readings", len(scores))
         return freed - added
-
-    def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
-        """Replace the oldest score object of a file (``zaindari.edge.file_outbox``) by its hourly
-        per-device summaries, in its place in the log; returns the bytes freed (0: none left)."""
-        from io import BytesIO
-
-        from zaindari.edge.file_outbox import compact_scores_file
-
-        low, high = plan if plan else (0, -1)
-        rows = db.execute(
-            "SELECT seq, day, bytes, body FROM outbox WHERE kind = 'object' AND NOT (seq BETWEEN ? AND ?) "
-            "ORDER BY seq",
-            (low, high),
-        ).fetchall()
-        for seq, day, size, body in rows:
-            if not _decode(body)["key"].startswith("scores/"):
-                continue
-            data = db.execute("SELECT data FROM outbox_blobs WHERE seq = ?", (seq,)).fetchone()[0]
-            summaries = compact_scores_file(BytesIO(data))
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (seq,))
-            encoded = _encode(summaries)
-            db.execute(
-                "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
-                "VALUES (?, 'summary', ?, ?, ?, ?, ?)",
-                (seq, day, len(summaries), len(encoded), time.time(), encoded),
-            )
-            self._bump(db, "bytes", len(encoded) - int(size))
-            self._bump(db, "compacted_readings", sum(int(s["readings"]) for s in summaries))
-            return int(size) - len(encoded) or 1  # negative for a tiny object: its summaries are bigger
-        return 0
 
     # -- reading the log (the shipper) ----------------------------------------------------
 
@@ -910,6 +852,198 @@ class EdgeBuffer:
             shipped_rows=self._counter(db, "shipped_rows"),
         )
 
+    # -- score-file's outputs: ready lake objects and the list of files -------------------
+    # What :class:`zaindari.edge.file_outbox.BufferedFileSink` writes a posted file through, all
+    # inside one :meth:`transaction` (its objects, set-aside record, manifest and alerts, and its
+    # entry in the list of files). An object row's key is kept beside its bytes
+    # (``outbox_blobs.key``, read through its index), so finding a file's rows decodes no body and
+    # reads no bytes; a buffer made before that column gets it, and its object rows their keys, at
+    # the first of these calls (in that call's transaction).
+
+    _FILES_SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS edge_files ("  # every file (or part) published: a repost is a duplicate
+        "name TEXT PRIMARY KEY, "  # the manifest's key
+        "status TEXT NOT NULL, "
+        "manifest BLOB NOT NULL, "  # zlib-compressed JSON
+        "published_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+    def make_room(self, incoming: int) -> bool:
+        """Apply the bound for ``incoming`` more bytes (see the module docstring): compact the
+        oldest raw scores, then files' score objects, then merge drift rows; False when the bytes
+        still do not fit."""
+        with self._write() as db:
+            return self._make_room(db, incoming)
+
+    def append_object(
+        self, key: str, *, content_type: str, data: IO[bytes], size: int, items: int, day: str = ""
+    ) -> int:
+        """Append one ready lake object (kind ``object``: shipped as is under ``key``); its
+        ``size`` bytes are copied from ``data`` a megabyte at a time and count against the bound
+        (no room is made for them: the caller decides, :meth:`make_room`)."""
+        with self._write() as db:
+            return self._insert_object(
+                db, key=key, content_type=content_type, data=data, size=size, items=items, day=day
+            )
+
+    def append_compacted_scores(self, sources: Sequence[str | Path | IO[bytes]]) -> list[int]:
+        """Files' scores (Parquet, ``SCORES_SCHEMA``) appended as hourly per-device summaries (one
+        ``summary`` row per day) and counted as compacted readings: what is kept of scores the
+        bound has no room for."""
+        with self._write() as db:
+            seqs, _ = self._insert_file_summaries(db, sources)
+        return seqs
+
+    def discard_objects(self, keys: Sequence[str]) -> int:
+        """Delete the object rows of ``keys`` not shipped yet (a batch in flight is left to the
+        shipper); returns how many were deleted."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return 0
+        deleted = 0
+        with self._write() as db:
+            self._objects_schema(db)
+            low, high = self._plan(db) or (0, -1)
+            for begin in range(0, len(wanted), 500):
+                chunk = wanted[begin : begin + 500]
+                marks = ",".join("?" * len(chunk))
+                seqs = [
+                    int(seq)
+                    for (seq,) in db.execute(
+                        f"SELECT seq FROM outbox_blobs WHERE key IN ({marks}) AND NOT (seq BETWEEN ? AND ?)",
+                        (*chunk, low, high),
+                    ).fetchall()
+                ]
+                for seq in seqs:
+                    freed = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING bytes", (seq,)).fetchone()
+                    db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (seq,))
+                    self._bump(db, "bytes", -int(freed[0]) if freed else 0)
+                deleted += len(seqs)
+        return deleted
+
+    def record_file(self, name: str, status: str, manifest: Mapping[str, Any]) -> None:
+        """Enter a published file (its manifest's key, status and body) in the list of files,
+        replacing an earlier entry of that name. The list keeps as many files as the buffer
+        remembers keys (a file older than that, posted again, is scored again: its objects keep
+        their names, so it still lands once)."""
+        with self._write() as db:
+            db.execute(self._FILES_SCHEMA)
+            db.execute(
+                "INSERT OR REPLACE INTO edge_files (name, status, manifest, published_at) VALUES (?, ?, ?, ?)",
+                (name, status, _encode(manifest), datetime.now(UTC).timestamp()),
+            )
+            db.execute(
+                "DELETE FROM edge_files WHERE name IN (SELECT name FROM edge_files "
+                "ORDER BY published_at DESC LIMIT -1 OFFSET ?)",
+                (self.key_memory,),
+            )
+
+    def published_file(self, name: str) -> Any | None:
+        """The manifest (its JSON body) of the file entered as ``name``, or None."""
+        db = self._db()
+        try:
+            db.execute(self._FILES_SCHEMA)  # a no-op once the list exists
+            row = db.execute("SELECT manifest FROM edge_files WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        return None if row is None else _decode(row[0])
+
+    def _objects_schema(self, db: sqlite3.Connection) -> None:
+        """Migrate a buffer made before object rows kept their key beside their bytes (in the
+        caller's transaction: rolled back with it, done again by the next call)."""
+        if any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox_blobs)")):
+            return
+        db.execute("ALTER TABLE outbox_blobs ADD COLUMN key TEXT")
+        # read through this index only: the column itself comes after the bytes, in their pages
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
+        rows = db.execute(
+            "SELECT o.seq, o.body FROM outbox o JOIN outbox_blobs b ON b.seq = o.seq WHERE o.kind = 'object'"
+        ).fetchall()
+        db.executemany(
+            "UPDATE outbox_blobs SET key = ? WHERE seq = ?",
+            [(_decode(body)["key"], seq) for seq, body in rows],
+        )
+
+    def _insert_object(
+        self,
+        db: sqlite3.Connection,
+        *,
+        key: str,
+        content_type: str,
+        data: IO[bytes],
+        size: int,
+        items: int,
+        day: str = "",
+    ) -> int:
+        self._objects_schema(db)
+        meta = _encode({"key": key, "content_type": content_type, "size": size})
+        cursor = db.execute(
+            "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES ('object', ?, ?, ?, ?, ?)",
+            (day, items, len(meta) + size, time.time(), meta),
+        )
+        seq = int(cursor.lastrowid or 0)
+        db.execute("INSERT INTO outbox_blobs (seq, key, data) VALUES (?, ?, zeroblob(?))", (seq, key, size))
+        if size:
+            with db.blobopen("outbox_blobs", "data", seq) as blob:
+                while piece := data.read(1 << 20):
+                    blob.write(piece)
+        self._bump(db, "bytes", len(meta) + size)
+        return seq
+
+    def _insert_file_summaries(
+        self, db: sqlite3.Connection, sources: Sequence[str | Path | IO[bytes]], places: Sequence[int] = ()
+    ) -> tuple[list[int], int]:
+        """Files' scores as hourly per-device summaries, one ``summary`` row per day, counted as
+        compacted readings; the first days take the sequence numbers ``places`` (the rows they
+        replace, keeping their place in the log). Returns the rows written and their bytes."""
+        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for source in sources:
+            for summary in compact_scores_file(source):
+                by_day[summary["hour"][:10]].append(summary)
+        seqs: list[int] = []
+        added = 0
+        free = iter(places)
+        for day, summaries in sorted(by_day.items()):
+            data = _encode(summaries)
+            place = next(free, None)
+            if place is None:
+                seqs.append(self._insert(db, "summary", day, len(summaries), data))
+            else:
+                db.execute(
+                    "INSERT INTO outbox (seq, kind, day, items, bytes, created_at, body) "
+                    "VALUES (?, 'summary', ?, ?, ?, ?, ?)",
+                    (place, day, len(summaries), len(data), time.time(), data),
+                )
+                self._bump(db, "bytes", len(data))
+                seqs.append(place)
+            added += len(data)
+        self._bump(
+            db, "compacted_readings", sum(int(s["readings"]) for rows in by_day.values() for s in rows)
+        )
+        return seqs, added
+
+    def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
+        """Replace the oldest score object of a file by its hourly per-device summaries, in its
+        place in the log; returns the bytes freed (0: none left)."""
+        self._objects_schema(db)
+        low, high = plan if plan else (0, -1)
+        row = db.execute(
+            "SELECT o.seq, o.bytes FROM outbox_blobs b JOIN outbox o ON o.seq = b.seq "
+            "WHERE b.key >= 'scores/' AND b.key < 'scores0' AND NOT (b.seq BETWEEN ? AND ?) "
+            "ORDER BY b.seq LIMIT 1",
+            (low, high),
+        ).fetchone()
+        if row is None:
+            return 0
+        from io import BytesIO
+
+        seq, size = int(row[0]), int(row[1])
+        data = db.execute("DELETE FROM outbox_blobs WHERE seq = ? RETURNING data", (seq,)).fetchone()[0]
+        db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self._bump(db, "bytes", -size)
+        _, added = self._insert_file_summaries(db, [BytesIO(data)], [seq])
+        return size - added or 1  # negative for a tiny object: its summaries are bigger
+
 
 def _drift_json(meta: Mapping[str, Any], summary: WindowSummary) -> bytes:
     """A drift row's body: plain JSON (it is rewritten at each request, where compressing it cost
@@ -984,6 +1118,66 @@ def _summaries_by_day(scores: Sequence[Mapping[str, Any]]) -> dict[str, list[dic
     for summary in compact_scores(scores):
         by_day[summary["hour"][:10]].append(summary)
     return dict(by_day)
+
+
+def compact_scores_file(source: str | Path | IO[bytes], batch_rows: int = 65_536) -> list[dict[str, Any]]:
+    """A file's scores (Parquet, ``SCORES_SCHEMA``: score-file's score objects) as
+    :func:`compact_scores` summaries, per device and hour, read a batch at a time; a device-hour
+    spread over batches is merged (counts, extremes and alerting rows add up; the mean is weighted
+    by readings)."""
+    import pyarrow as pa  # only boxes that score files read Parquet
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    parquet = pq.ParquetFile(source)
+    names = [c for c in _COMPACT_COLUMNS if c in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
+        table = pa.Table.from_batches([batch])
+        stamps = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ")
+        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps)
+        for summary in compact_scores(table.to_pylist()):
+            key = (summary["device_id"], summary["hour"])
+            merged[key] = _merge_compacted(merged[key], summary) if key in merged else summary
+    return [merged[k] for k in sorted(merged, key=lambda k: (k[1], k[0]))]
+
+
+_COMPACT_COLUMNS = (
+    "device_id",
+    "asset",
+    "line",
+    "site",
+    "timestamp",
+    "score",
+    "severity",
+    "alert",
+    "model_version",
+)
+
+
+def _merge_compacted(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two summaries of one device and hour as one."""
+    from zaindari.spec import SEVERITY_RANK
+
+    def pick(f: Callable[..., Any], x: Any, y: Any) -> Any:
+        present = [v for v in (x, y) if v is not None]
+        return f(present) if present else None
+
+    n = a["readings"] + b["readings"]
+    means = [(s["score_mean"], s["readings"]) for s in (a, b) if s["score_mean"] is not None]
+    severities = [s for s in (a["worst_severity"], b["worst_severity"]) if s]
+    return {
+        **a,
+        "first_timestamp": min(a["first_timestamp"], b["first_timestamp"]),
+        "last_timestamp": max(a["last_timestamp"], b["last_timestamp"]),
+        "readings": n,
+        "score_min": pick(min, a["score_min"], b["score_min"]),
+        "score_max": pick(max, a["score_max"], b["score_max"]),
+        "score_mean": sum(m * w for m, w in means) / sum(w for _, w in means) if means else None,
+        "alerting_readings": a["alerting_readings"] + b["alerting_readings"],
+        "worst_severity": max(severities, key=lambda s: SEVERITY_RANK.get(s, -1)) if severities else None,
+        "model_versions": sorted(set(a["model_versions"]) | set(b["model_versions"])),
+    }
 
 
 # -- the core's ports on the buffer --------------------------------------------------------------

@@ -34,55 +34,36 @@ kind ``object``), which its one shipper sends to S3 in sequence order, under tho
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
 import tempfile
-from collections import defaultdict
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zaindari.edge.buffer import EdgeBuffer, _decode, _encode, compact_scores
+from zaindari.edge.buffer import BufferedAlerts, EdgeBuffer
 from zaindari.file_drops import file_alerts
-from zaindari.file_scoring import FileManifest, FileRun, FileSource
+from zaindari.file_scoring import FileManifest, FileRun, FileScoring, FileSource
 from zaindari.jsonable import json_default
 from zaindari.local_ports import LocalFileSink
 from zaindari.ports import FileSink, PortError, RejectedRecord
 
-__all__ = ["BufferedFileSink", "compact_scores_file", "manifest_key"]
+__all__ = ["BufferedFileSink", "manifest_key", "posted_source"]
 
-_FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS edge_files (     -- every file (or part) published: a repost is a duplicate
-    name TEXT PRIMARY KEY,                  -- the manifest's key
-    status TEXT NOT NULL,
-    manifest BLOB NOT NULL,                 -- zlib-compressed JSON
-    published_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
 _CONTENT_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
     ".jsonl": "application/x-ndjson",
     ".json": "application/json",
 }
-_COMPACT_COLUMNS = (
-    "device_id",
-    "asset",
-    "line",
-    "site",
-    "timestamp",
-    "score",
-    "severity",
-    "alert",
-    "model_version",
-)
 
 
 def manifest_key(manifest: FileManifest) -> str:
@@ -91,6 +72,13 @@ def manifest_key(manifest: FileManifest) -> str:
     if part is None or part.count == 1:
         return f"manifests/{manifest.source_id}.json"
     return f"manifests/{manifest.source_id}/part-{part.index:05d}.json"
+
+
+def posted_source(box_id: str, name: str, data: bytes) -> FileSource:
+    """A file posted to the box as the use case's source: ``edge/<box>/<name>``, its content's
+    hash its version (the same file sent twice is the same source: :meth:`BufferedFileSink.read_manifest`
+    finds it)."""
+    return FileSource(key=f"edge/{box_id}/{name}", etag=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 def _content_type(key: str) -> str:
@@ -137,7 +125,23 @@ class BufferedFileSink:
         self._set_aside: dict[str, tuple[str, dict[str, Any]]] = {}  # source_id -> (key, record)
         self._copies: dict[str, bytes] = {}  # source_id -> the file's bytes, while it is scored
         self._copy_keys: dict[str, str] = {}  # source_id -> where its copy goes, once set aside
-        self.buffer._db().executescript(_FILES_SCHEMA)
+        self._alerts = BufferedAlerts(buffer, local_channels=self.local_channels)
+        self._one_file = threading.Lock()
+
+    def score_posted(
+        self, scoring: FileScoring, source: FileSource, data: bytes
+    ) -> tuple[FileManifest, bool]:
+        """Score a file posted to the box with ``scoring`` (whose sink this is), one file at a time
+        (the box's cores score it, and a file posted twice at once is scored once), keeping its
+        bytes (a file refused whole is copied to the lake). Returns its manifest and whether it
+        is a duplicate: a file already scored is not scored again (its manifest is returned); one
+        that failed is scored again. Raises :class:`~zaindari.ports.PortError` if the buffer fails.
+        """
+        with self._one_file, self.keeping(source, data):
+            previous = self.read_manifest(source)
+            if previous is not None and previous.status == "scored":
+                return previous, True
+            return scoring.score_file(BytesIO(data), source), False
 
     # -- staged per run (the spool) -------------------------------------------------------------
 
@@ -161,16 +165,7 @@ class BufferedFileSink:
         for key in keys:
             with contextlib.suppress(OSError):
                 (self.spool / key).unlink(missing_ok=True)
-        with self.buffer._write() as db:
-            low, high = self.buffer._plan(db) or (0, -1)  # a batch in flight is left to the shipper
-            for seq, body in db.execute(
-                "SELECT seq, body FROM outbox WHERE kind = 'object' AND NOT (seq BETWEEN ? AND ?)",
-                (low, high),
-            ).fetchall():
-                if _decode(body)["key"] in keys:
-                    freed = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING bytes", (seq,)).fetchone()
-                    db.execute("DELETE FROM outbox_blobs WHERE seq = ?", (seq,))
-                    self.buffer._bump(db, "bytes", -int(freed[0]))
+        self.buffer.discard_objects(keys)
 
     # -- whole files and manifests --------------------------------------------------------------
 
@@ -215,18 +210,17 @@ class BufferedFileSink:
         others = [(k, p) for k, p in staged if not k.startswith("scores/")]
         try:
             sizes = {k: p.stat().st_size for k, p in staged}
-            with self.buffer._write() as db:
+            with self.buffer.transaction():
                 kept = list(others)
-                if scores and not self.buffer._make_room(db, sum(sizes[k] for k, _ in scores)):
-                    self._insert_compacted(db, [p for _, p in scores])
+                if scores and not self.buffer.make_room(sum(sizes[k] for k, _ in scores)):
+                    self.buffer.append_compacted_scores([p for _, p in scores])
                 else:
                     kept += scores
                 outputs = sorted(k for k, _ in kept)
                 for output, path in sorted(kept, key=lambda kp: (not kp[0].startswith("scores/"), kp[0])):
                     with path.open("rb") as data:
-                        self.buffer._insert_object(
-                            db,
-                            key=output,
+                        self.buffer.append_object(
+                            output,
                             content_type=_content_type(output),
                             data=data,
                             size=sizes[output],
@@ -237,30 +231,19 @@ class BufferedFileSink:
                     copy = self._copy_keys.pop(manifest.source_id, None)
                     if copy is not None:
                         original = self._copies[manifest.source_id]
-                        self.buffer._insert_object(
-                            db,
-                            key=copy,
+                        self.buffer.append_object(
+                            copy,
                             content_type="application/octet-stream",
                             data=BytesIO(original),
                             size=len(original),
                             items=1,
                         )
-                    self._insert_json(db, *set_aside)
+                    self._append_json(*set_aside)
                 shipped = manifest if outputs == manifest.outputs else _with_outputs(manifest, outputs)
                 body = shipped.model_dump(mode="json")
-                self._insert_json(db, key, body)
-                self._insert_alerts(db, shipped, key)
-                db.execute(
-                    "INSERT OR REPLACE INTO edge_files (name, status, manifest, published_at) VALUES (?, ?, ?, ?)",
-                    (key, shipped.status, _encode(body), datetime.now(UTC).timestamp()),
-                )
-                # remembered as long as the buffer remembers keys (a file older than that, posted
-                # again, is scored again: its objects keep their names, so it still lands once)
-                db.execute(
-                    "DELETE FROM edge_files WHERE name IN (SELECT name FROM edge_files "
-                    "ORDER BY published_at DESC LIMIT -1 OFFSET ?)",
-                    (self.buffer.key_memory,),
-                )
+                self._append_json(key, body)
+                self._alerts.publish(file_alerts(shipped, key))
+                self.buffer.record_file(key, shipped.status, body)
         except OSError as exc:
             raise PortError(f"edge spool {self.spool}: cannot publish {manifest.source_id}: {exc}") from exc
         for _, path in staged:
@@ -271,55 +254,18 @@ class BufferedFileSink:
 
     def read_manifest(self, source: FileSource) -> FileManifest | None:
         """The whole file's manifest, if it was published (a file posted again is a duplicate)."""
-        row = (
-            self.buffer._db()
-            .execute(
-                "SELECT manifest FROM edge_files WHERE name = ?", (f"manifests/{source.source_id}.json",)
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        return FileManifest.model_validate(_decode(row[0]))
+        body = self.buffer.published_file(f"manifests/{source.source_id}.json")
+        return None if body is None else FileManifest.model_validate(body)
 
     def close(self) -> None:
         """Remove this process's spool folder."""
         shutil.rmtree(self.spool, ignore_errors=True)
 
-    # -- inside the transaction -----------------------------------------------------------------
-
-    def _insert_json(self, db: Any, key: str, data: Any) -> None:
+    def _append_json(self, key: str, data: Any) -> None:
         body = _json_bytes(data)
-        self.buffer._insert_object(
-            db, key=key, content_type="application/json", data=BytesIO(body), size=len(body), items=1
+        self.buffer.append_object(
+            key, content_type="application/json", data=BytesIO(body), size=len(body), items=1
         )
-
-    def _insert_alerts(self, db: Any, manifest: FileManifest, location: str) -> None:
-        """The file's alerts, as :class:`~zaindari.edge.buffer.BufferedAlerts` buffers any alert
-        (one row each, queued for the plant's channels, not again when already buffered)."""
-        for alert in file_alerts(manifest, location):
-            keys = [f"alert:{alert.dedup_key}"]
-            if self.buffer._all_written(db, keys):
-                continue
-            data = _encode(alert.model_dump(mode="json"))
-            self.buffer._insert(db, "alert", "", 1, data)
-            self.buffer._remember(db, keys)
-            db.executemany(
-                "INSERT INTO local_alerts (channel, body) VALUES (?, ?)",
-                [(channel, data) for channel in self.local_channels],
-            )
-
-    def _insert_compacted(self, db: Any, paths: Sequence[Path]) -> None:
-        """No room for the scores: keep them as hourly per-device summaries (the buffer's policy)."""
-        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        readings = 0
-        for path in paths:
-            for summary in compact_scores_file(path):
-                by_day[summary["hour"][:10]].append(summary)
-                readings += int(summary["readings"])
-        for day, summaries in sorted(by_day.items()):
-            self.buffer._insert(db, "summary", day, len(summaries), _encode(summaries))
-        self.buffer._bump(db, "compacted_readings", readings)
 
 
 def _with_outputs(manifest: FileManifest, outputs: list[str]) -> FileManifest:
@@ -338,47 +284,6 @@ def _rows(path: Path) -> int:
         return int(pq.ParquetFile(path).metadata.num_rows)
     with path.open("rb") as f:
         return sum(1 for _ in f)
-
-
-def compact_scores_file(source: str | Path | IO[bytes], batch_rows: int = 65_536) -> list[dict[str, Any]]:
-    """A file's scores (Parquet, ``SCORES_SCHEMA``) as :func:`~zaindari.edge.buffer.compact_scores`
-    summaries, per device and hour, read a batch at a time; a device-hour spread over batches is
-    merged (counts, extremes and alerting rows add up; the mean is weighted by readings)."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    parquet = pq.ParquetFile(source)
-    names = [c for c in _COMPACT_COLUMNS if c in parquet.schema_arrow.names]
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
-        table = pa.Table.from_batches([batch])
-        stamps = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ")
-        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps)
-        for summary in compact_scores(table.to_pylist()):
-            key = (summary["device_id"], summary["hour"])
-            merged[key] = _merge_compacted(merged[key], summary) if key in merged else summary
-    return [merged[k] for k in sorted(merged, key=lambda k: (k[1], k[0]))]
-
-
-def _merge_compacted(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    from zaindari.spec import SEVERITY_RANK
-
-    def pick(f: Callable[..., Any], x: Any, y: Any) -> Any:
-        present = [v for v in (x, y) if v is not None]
-        return f(present) if present else None
-
-    n = a["readings"] + b["readings"]
-    means = [(s["score_mean"], s["readings"]) for s in (a, b) if s["score_mean"] is not None]
-    severities = [s for s in (a["worst_severity"], b["worst_severity"]) if s]
-    return {
-        **a,
-        "first_timestamp": min(a["first_timestamp"], b["first_timestamp"]),
-        "last_timestamp": max(a["last_timestamp"], b["last_timestamp"]),
-        "readings": n,
-        "score_min": pick(min, a["score_min"], b["score_min"]),
-        "score_max": pick(max, a["score_max"], b["score_max"]),
-        "score_mean": sum(m * w for m, w in means) / sum(w for _, w in means) if means else None,
-        "alerting_readings": a["alerting_readings"] + b["alerting_readings"],
-        "worst_severity": max(severities, key=lambda s: SEVERITY_RANK.get(s, -1)) if severities else None,
-        "model_versions": sorted(set(a["model_versions"]) | set(b["model_versions"])),
-    }
 
 
 def _host() -> str:

@@ -444,22 +444,23 @@ class S3MaintenanceLog:
         self.prefix = prefix or f"{MAINTENANCE_PREFIX}/"
 
     def maintenance_log(self) -> MaintenanceLog:
-        from zaindari.maintenance import MaintenanceError, MaintenanceLog
+        from zaindari.maintenance import MaintenanceError, read_maintenance_log
 
         s3 = self.factory.client("s3")
-        logs = []
+        root = f"s3://{self.bucket}/"
+
+        def read(uri: str) -> bytes:
+            body: bytes = s3.get_object(Bucket=self.bucket, Key=uri.removeprefix(root))["Body"].read()
+            return body
+
         try:
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-            for key in sorted(o["Key"] for page in pages for o in page.get("Contents", [])):
-                if key.endswith("/"):
-                    continue
-                body = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                logs.append(MaintenanceLog.from_jsonl(body, source=f"s3://{self.bucket}/{key}"))
+            keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+            return read_maintenance_log([root + key for key in keys if not key.endswith("/")], read)
         except aws_errors() as exc:
             raise PortError(f"s3://{self.bucket}/{self.prefix}: maintenance log unreadable: {exc}") from exc
-        except (MaintenanceError, UnicodeDecodeError) as exc:
+        except MaintenanceError as exc:
             raise PortError(str(exc)) from exc
-        return MaintenanceLog.merge(logs)
 
 
 def glue_job_output(factory: ClientFactory, job_name: str, run_id: str, argument: str = "--output") -> str:
