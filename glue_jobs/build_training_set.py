@@ -49,12 +49,12 @@ def _day(name: str, text: str) -> date:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, wire the file store and Spark, build; 0 on success, 2 on a clear failure."""
     args = parse_job_arguments(ARGUMENTS, argv, description=__doc__ or "")
+    from zaindari.file_store import FileStoreError, RoutingFileStore
     from zaindari.infra.s3_files import S3FileStore
     from zaindari.infra.wiring import client_factory
     from zaindari.maintenance import MAINTENANCE_PREFIX, MaintenanceError, read_maintenance_log
     from zaindari.spec import SpecError, load_spec
     from zaindari.training_set import (
-        RoutingFileStore,
         TrainingSetError,
         build_training_set,
         find_inputs,
@@ -66,20 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = RoutingFileStore(s3=S3FileStore(client_factory(dict(os.environ))))
     try:
         spec = load_spec(store.read_bytes(str(args["spec"])).decode("utf-8"))
-    except (TrainingSetError, SpecError, OSError, UnicodeDecodeError) as exc:
+    except (FileStoreError, SpecError, OSError, UnicodeDecodeError) as exc:
         print(f"build_training_set: spec {args['spec']}: {exc}", file=sys.stderr)
         return 2
     try:
         inputs = find_inputs(store, lake, start, end)  # before Spark starts: an empty range fails fast
         if not inputs:
             raise no_input_error(lake, start, end)
-    except TrainingSetError as exc:
+    except (TrainingSetError, FileStoreError) as exc:
         print(f"build_training_set: {exc}", file=sys.stderr)
         return 2
     log_uri = args["maintenance"] or f"{lake}/{MAINTENANCE_PREFIX}/"
     try:
         maintenance = read_maintenance_log([f.uri for f in store.list_files(log_uri)], store.read_bytes)
-    except (MaintenanceError, TrainingSetError, OSError) as exc:
+    except (MaintenanceError, FileStoreError, OSError) as exc:
         print(f"build_training_set: maintenance log {log_uri}: {exc}", file=sys.stderr)
         return 2
     span = f"{start.isoformat()}_{end.isoformat()}"
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 inputs=inputs,
                 maintenance=maintenance,
             )
-        except TrainingSetError as exc:
+        except (TrainingSetError, FileStoreError) as exc:
             print(f"build_training_set: {exc}", file=sys.stderr)
             return 2
     summary = {k: version[k] for k in ("data_version", "rows", "devices", "content_hash", "outputs")}

@@ -20,10 +20,10 @@ Two consumers:
 Without a log both behave as before: every row trains, every shadow reading counts as normal.
 
 One reader, :func:`read_maintenance_log`, for every place the log is read from: the Glue job
-``build_training_set`` (a file store: the lake's folder in S3 or on disk), the gate's
-:class:`~zaindari.infra.deploy_ports.S3MaintenanceLog` (the lake's folder in S3) and
-``zaindari-registry promote --maintenance FILE`` (a local file); each lists its files and fetches
-their bytes its own way, and reports the reader's :class:`MaintenanceError` as its own error.
+``build_training_set`` (the lake's folder in S3 or on disk) and the gate's
+:class:`~zaindari.infra.deploy_ports.S3MaintenanceLog` (the lake's folder in S3), both through a
+:class:`~zaindari.file_store.FileStore`, and ``zaindari-registry promote --maintenance FILE`` (a
+local file); each reports the reader's :class:`MaintenanceError` as its own error.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ AWS SDK jars, which are not on the default classpath and cannot be fetched offli
 job runs locally (``--master`` given) against S3 (moto, LocalStack or AWS), it *stages*: the input
 objects are listed and downloaded with boto3 into a scratch folder, Spark reads and writes local
 files, and the outputs are uploaded with boto3 afterwards. Listing (for sizes and ETags) and the
-small files (spec, data version) always go through a :class:`FileStore`, on every runtime.
+small files (spec, data version) always go through a :class:`~zaindari.file_store.FileStore`, on
+every runtime.
 """
 
 from __future__ import annotations
@@ -48,28 +49,23 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from zaindari.contract import ContractLimits
 from zaindari.features_spark import REJECT_REASON, add_features
+from zaindari.file_store import FileStore, StoredFile
 from zaindari.maintenance import MaintenanceLog
 from zaindari.spec import ModelSpec
 
 __all__ = [
     "DATA_VERSION_FILE",
     "RAW_PREFIX",
-    "FileStore",
-    "LocalFileStore",
-    "RoutingFileStore",
-    "StoredFile",
     "TrainingSetError",
     "build_training_set",
     "curate",
@@ -101,122 +97,9 @@ class TrainingSetError(RuntimeError):
 # ----------------------------------------------------------------------------- where files are
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    """One input file: where it is, its size, and a fingerprint (S3 ETag, or sha256 of a local file)."""
-
-    uri: str
-    size: int
-    etag: str
-    day: str = ""
-
-    @property
-    def format(self) -> str:
-        name = self.uri.rsplit("/", 1)[-1].lower()
-        return "parquet" if name.endswith(_PARQUET_SUFFIXES) else "json"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "size": self.size, "etag": self.etag, "date": self.day}
-
-
-class FileStore(Protocol):
-    """Files by URI: a local folder here, S3 on AWS (``zaindari.infra.s3_files``)."""
-
-    def list_files(self, prefix: str) -> list[StoredFile]:
-        """Every file under the folder ``prefix`` (recursive), sorted by URI."""
-        ...
-
-    def read_bytes(self, uri: str) -> bytes: ...
-
-    def write_bytes(self, uri: str, data: bytes) -> None: ...
-
-    def download(self, files: Sequence[StoredFile], folder: Path, root: str) -> list[Path]:
-        """Local copies of ``files`` under ``folder``, each at its path relative to ``root``."""
-        ...
-
-    def replace_folder(self, folder: Path, prefix: str) -> int:
-        """Make ``prefix`` hold exactly the files of the local ``folder``; returns the files written."""
-        ...
-
-
 def _is_data_file(name: str) -> bool:
     lower = name.lower()
     return not name.startswith(("_", ".")) and lower.endswith(_JSON_SUFFIXES + _PARQUET_SUFFIXES)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class LocalFileStore:
-    """Files in the local filesystem; URIs are paths (``file://`` accepted)."""
-
-    @staticmethod
-    def path(uri: str) -> Path:
-        return Path(uri.removeprefix("file://"))
-
-    def list_files(self, prefix: str) -> list[StoredFile]:
-        folder = self.path(prefix)
-        if not folder.is_dir():
-            return []
-        return [
-            StoredFile(str(p), p.stat().st_size, "sha256:" + _sha256_file(p))
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        ]
-
-    def read_bytes(self, uri: str) -> bytes:
-        return self.path(uri).read_bytes()
-
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        target = self.path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-
-    def download(self, files: Sequence[StoredFile], folder: Path, root: str) -> list[Path]:
-        return [self.path(f.uri) for f in files]  # already local: Spark reads them in place
-
-    def replace_folder(self, folder: Path, prefix: str) -> int:
-        target = self.path(prefix)
-        if target.resolve() == folder.resolve():
-            return sum(1 for p in folder.rglob("*") if p.is_file())
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".*"))
-        return sum(1 for p in target.rglob("*") if p.is_file())
-
-
-class RoutingFileStore:
-    """``s3://`` URIs to ``s3``, everything else to a :class:`LocalFileStore`."""
-
-    def __init__(self, s3: FileStore | None = None, local: FileStore | None = None) -> None:
-        self.s3 = s3
-        self.local = local or LocalFileStore()
-
-    def _for(self, uri: str) -> FileStore:
-        if uri.startswith("s3://"):
-            if self.s3 is None:
-                raise TrainingSetError(f"{uri}: no S3 access configured")
-            return self.s3
-        return self.local
-
-    def list_files(self, prefix: str) -> list[StoredFile]:
-        return self._for(prefix).list_files(prefix)
-
-    def read_bytes(self, uri: str) -> bytes:
-        return self._for(uri).read_bytes(uri)
-
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        self._for(uri).write_bytes(uri, data)
-
-    def download(self, files: Sequence[StoredFile], folder: Path, root: str) -> list[Path]:
-        return self._for(root).download(files, folder, root)
-
-    def replace_folder(self, folder: Path, prefix: str) -> int:
-        return self._for(prefix).replace_folder(folder, prefix)
 
 
 def _days(start: date, end: date) -> list[date]:
@@ -641,6 +524,8 @@ def build_training_set(
     TrainingSetError
         No input file or no row in the range (nothing written), or no valid row (only the rows
         set aside are written).
+    zaindari.file_store.FileStoreError
+        ``store`` cannot list, stage, upload or write a file.
     """
     inputs = list(inputs if inputs is not None else find_inputs(store, lake, start, end))
     if not inputs:

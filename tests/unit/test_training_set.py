@@ -18,8 +18,8 @@ from zaindari.features import SensorTable, compute_features
 
 pytestmark = pytest.mark.spark
 
+from zaindari.file_store import LocalFileStore  # noqa: E402
 from zaindari.training_set import (  # noqa: E402
-    LocalFileStore,
     TrainingSetError,
     build_training_set,
     spec_hash,

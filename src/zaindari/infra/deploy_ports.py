@@ -19,8 +19,10 @@ from urllib.parse import urlparse
 from pydantic import BaseModel
 
 from zaindari.bundle import MANIFEST_FILE
+from zaindari.file_store import FileStoreError
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import EVENT_SOURCE, aws_errors
+from zaindari.infra.s3_files import S3FileStore
 from zaindari.ports import PortError
 from zaindari.registry_events import MODEL_REFUSED, MODEL_UPDATE, BundleRefused, ModelUpdate
 
@@ -433,32 +435,24 @@ class S3RecentTraffic:
 
 class S3MaintenanceLog:
     """:class:`~zaindari.deployment.MaintenanceLabels`: every JSON Lines file under the lake's
-    ``labels/maintenance/`` (:mod:`zaindari.maintenance`); none there, an empty log. A file that is
-    not a log fails the gate's shadow step with the file and line named."""
+    ``labels/maintenance/`` (:mod:`zaindari.maintenance`), listed and read with the lake's
+    :class:`~zaindari.infra.s3_files.S3FileStore`; none there, an empty log. A file that is not a
+    log fails the gate's shadow step with the file and line named."""
 
     def __init__(self, factory: ClientFactory, bucket: str, prefix: str = "") -> None:
         from zaindari.maintenance import MAINTENANCE_PREFIX
 
-        self.factory = factory
-        self.bucket = bucket
-        self.prefix = prefix or f"{MAINTENANCE_PREFIX}/"
+        self.store = S3FileStore(factory)
+        self.folder = f"s3://{bucket}/{prefix or MAINTENANCE_PREFIX}".rstrip("/") + "/"
 
     def maintenance_log(self) -> MaintenanceLog:
         from zaindari.maintenance import MaintenanceError, read_maintenance_log
 
-        s3 = self.factory.client("s3")
-        root = f"s3://{self.bucket}/"
-
-        def read(uri: str) -> bytes:
-            body: bytes = s3.get_object(Bucket=self.bucket, Key=uri.removeprefix(root))["Body"].read()
-            return body
-
         try:
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-            keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-            return read_maintenance_log([root + key for key in keys if not key.endswith("/")], read)
-        except aws_errors() as exc:
-            raise PortError(f"s3://{self.bucket}/{self.prefix}: maintenance log unreadable: {exc}") from exc
+            files = self.store.list_files(self.folder)
+            return read_maintenance_log([f.uri for f in files], self.store.read_bytes)
+        except FileStoreError as exc:
+            raise PortError(f"{self.folder}: maintenance log unreadable: {exc}") from exc
         except MaintenanceError as exc:
             raise PortError(str(exc)) from exc
 

@@ -1,7 +1,8 @@
-"""Files in S3 for the Spark jobs: list (sizes, ETags), read and write small files, stage folders.
+"""Files in S3 for the Spark jobs and the promotion gate: list (sizes, ETags), read, write, stage folders.
 
-Implements :class:`zaindari.training_set.FileStore` with boto3, so a local Spark (which has no S3
-filesystem offline, see :mod:`zaindari.training_set`) can work on S3 data through local copies.
+Implements :class:`zaindari.file_store.FileStore` with boto3, so a local Spark (which has no S3
+filesystem offline, see :mod:`zaindari.training_set`) can work on S3 data through local copies, and
+a Lambda without pyspark (the promotion gate's maintenance log) can read the lake's files.
 Downloads and uploads run in a small thread pool (clients are thread-safe) with plain
 ``GetObject``/``PutObject`` calls, so the store works with botocore-only clients too.
 """
@@ -13,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+from zaindari.file_store import FileStore, FileStoreError, StoredFile
 from zaindari.infra.aws import ClientFactory
 from zaindari.infra.aws_ports import aws_errors
-from zaindari.training_set import StoredFile, TrainingSetError
 
 __all__ = ["S3FileStore", "split_s3_uri"]
 
@@ -24,7 +25,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key/prefix`` as ``("bucket", "key/prefix")``."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise TrainingSetError(f"{uri!r} is not an s3://bucket/key URI")
+        raise FileStoreError(f"{uri!r} is not an s3://bucket/key URI")
     return parsed.netloc, parsed.path.lstrip("/")
 
 
@@ -52,7 +53,7 @@ class S3FileStore:
                         StoredFile(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj["ETag"].strip('"'))
                     )
         except aws_errors() as exc:
-            raise TrainingSetError(f"cannot list {prefix}: {exc}") from exc
+            raise FileStoreError(f"cannot list {prefix}: {exc}") from exc
         return sorted(found, key=lambda f: f.uri)
 
     def read_bytes(self, uri: str) -> bytes:
@@ -60,7 +61,7 @@ class S3FileStore:
         try:
             body: bytes = self.factory.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         except aws_errors() as exc:
-            raise TrainingSetError(f"cannot read {uri}: {exc}") from exc
+            raise FileStoreError(f"cannot read {uri}: {exc}") from exc
         return body
 
     def write_bytes(self, uri: str, data: bytes) -> None:
@@ -68,14 +69,14 @@ class S3FileStore:
         try:
             self.factory.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
         except aws_errors() as exc:
-            raise TrainingSetError(f"cannot write {uri}: {exc}") from exc
+            raise FileStoreError(f"cannot write {uri}: {exc}") from exc
 
     def download(self, files: Sequence[StoredFile], folder: Path, root: str) -> list[Path]:
         root = root.rstrip("/") + "/"
         targets = []
         for f in files:
             if not f.uri.startswith(root):
-                raise TrainingSetError(f"{f.uri} is not under {root}")
+                raise FileStoreError(f"{f.uri} is not under {root}")
             targets.append(folder / f.uri[len(root) :])
         client = self.factory.client("s3")
 
@@ -92,7 +93,7 @@ class S3FileStore:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
                 list(pool.map(fetch, zip(files, targets, strict=True)))
         except aws_errors() as exc:
-            raise TrainingSetError(f"cannot download from {root}: {exc}") from exc
+            raise FileStoreError(f"cannot download from {root}: {exc}") from exc
         return targets
 
     def replace_folder(self, folder: Path, prefix: str) -> int:
@@ -117,5 +118,10 @@ class S3FileStore:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
                 list(pool.map(put, files))
         except aws_errors() as exc:
-            raise TrainingSetError(f"cannot upload {folder} to {prefix}: {exc}") from exc
+            raise FileStoreError(f"cannot upload {folder} to {prefix}: {exc}") from exc
         return len(files)
+
+
+def _conforms() -> None:
+    """Static check (mypy) that the store satisfies the port."""
+    _s: FileStore = S3FileStore(ClientFactory.__new__(ClientFactory))
