@@ -19,6 +19,11 @@ import json
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
+# Before numpy loads: OpenBLAS (numpy's linear algebra, which scoring never calls) otherwise starts
+# a thread per core that spins in sched_yield for ~90 ms of CPU after the import, on a cold start
+# that has at most a fraction of one core to spare.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
