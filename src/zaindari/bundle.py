@@ -282,7 +282,7 @@ def write_bundle(
     root.mkdir(parents=True, exist_ok=True)
     (root / MODEL_FILE).write_bytes(model)
     (root / SIGNATURE_FILE).write_text(signature.model_dump_json(indent=2))
-    (root / SPEC_FILE).write_text(spec.to_yaml())
+    (root / SPEC_FILE).write_text(spec.to_json())  # JSON is YAML; read without a YAML parser
     (root / THRESHOLDS_FILE).write_text(thresholds.model_dump_json(indent=2))
     for name, data in (extras or {}).items():
         if name not in OPTIONAL_JSON:
