@@ -1,8 +1,8 @@
 """Model bundles: the files a trained model travels as, verified before anything runs them.
 
 A bundle is a folder (or an S3 prefix copied to one) holding ``model.onnx``, ``signature.json``,
-``spec.yaml`` (written as JSON, which is YAML), ``thresholds.json``, optionally ``metrics.json``, ``lineage.json`` and
-``baseline.json``, and ``MANIFEST.json`` with the sha256 of every other file. :func:`load_bundle`
+``spec.yaml`` (written as JSON, which is YAML), ``thresholds.json``, optionally ``metrics.json``,
+``lineage.json`` and ``baseline.json``, and ``MANIFEST.json`` with the sha256 of every other file. :func:`load_bundle`
 refuses a bundle whose hashes do not match, whose signature disagrees with its spec, or whose ONNX
 graph disagrees with its signature. Models are ONNX only: nothing is ever unpickled.
 """
