@@ -188,7 +188,8 @@ checkov: $(CHECKOV_STAMP) ## Scan template.yaml with checkov (offline); skips ca
 
 # SAM's `BuildMethod: makefile` calls this with ARTIFACTS_DIR set; only mkdir, cp and rm.
 # One recipe for every function's code asset: the core package plus the function's app.py, with its
-# bytecode (Lambda's code folder is read-only). sam build calls build-<LogicalId>.
+# bytecode (Lambda's code folder is read-only) and the botocore models its clients read, parsed ahead
+# of time (zaindari.infra.botocore_models). sam build calls build-<LogicalId>.
 define copy_function
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
 	mkdir -p "$(ARTIFACTS_DIR)"
@@ -196,6 +197,7 @@ define copy_function
 	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
 	cp "$(REPO)/functions/$(1)/app.py" "$(ARTIFACTS_DIR)/app.py"
+	$(REPO)/$(PY) -m zaindari.infra.botocore_models "$(ARTIFACTS_DIR)/zaindari/infra/botocore_parsed" >/dev/null
 	$(PYTHON) -m compileall -q --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)"
 endef
 

@@ -189,70 +189,6 @@ def count_requests(client: Any, counter: RequestCounter) -> Any:
     return client
 
 
-def _botocore_session() -> Any:
-    """A botocore session whose model loader is made for cold starts; clients and models are
-    botocore's own (same files, same search path, ``AWS_DATA_PATH`` included).
-
-    Two differences from botocore's loader, both in reading, not in what is read:
-
-    - models are parsed by orjson: botocore reads them (``endpoints.json``, each service's
-      ``service-2`` and endpoint rule set: ~4 MB of JSON for DynamoDB and S3) with
-      ``json.loads(..., object_pairs_hook=OrderedDict)``; orjson's plain dicts (ordered too) read
-      them ~25 ms faster per cold start;
-    - a service's model is found by listing that service's folder only: botocore first lists
-      every service folder it ships (~420, each one stat'ed and listed: ~15 ms on the first
-      client) to check that the name is one of them. A name that is not a service folder still
-      gets botocore's own ``UnknownServiceError``.
-    """
-    import re
-
-    import botocore.session
-    import orjson
-    from botocore.exceptions import DataNotFoundError
-    from botocore.loaders import JSONFileLoader, Loader, instance_cache
-
-    class OrjsonModelFiles(JSONFileLoader):
-        def _load_file(self, full_path: str, open_method: Any) -> Any:  # botocore's one reader
-            if not os.path.isfile(full_path):
-                return None
-            with open_method(full_path, "rb") as fp:
-                return orjson.loads(fp.read())
-
-    folder_name = re.compile(r"[a-z0-9][a-z0-9.-]*")  # a service folder, never a path
-
-    class ServiceModels(Loader):
-        @instance_cache
-        def load_service_model(
-            self, service_name: str, type_name: str, api_version: str | None = None
-        ) -> Any:
-            if isinstance(service_name, str) and folder_name.fullmatch(service_name):
-                try:
-                    version = api_version or self.determine_latest_version(service_name, type_name)
-                    model = self.load_data(os.path.join(service_name, version, type_name))
-                except DataNotFoundError:
-                    pass  # not there: botocore's own lookup below raises its own error
-                else:
-                    # botocore's remaining step, as in Loader.load_service_model: merge the extras
-                    botocores: Any = self  # (private members the stubs do not declare)
-                    extras = botocores._find_extras(service_name, type_name, version)
-                    botocores._extras_processor.process(model, extras)
-                    return model
-            return super().load_service_model(service_name, type_name, api_version=api_version)
-
-    session = botocore.session.get_session()
-    # AWS_DATA_PATH, read as botocore.loaders.create_loader reads it
-    data_path = session.get_config_variable("data_path")
-    extra_paths = (
-        [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
-        if data_path
-        else None
-    )
-    session.register_component(
-        "data_loader", ServiceModels(extra_search_paths=extra_paths, file_loader=OrjsonModelFiles())
-    )
-    return session
-
-
 class ClientFactory:
     """boto3 clients and resources made once per service and reused (one factory per container).
 
@@ -274,7 +210,8 @@ class ClientFactory:
         self.request_counter = RequestCounter()
         self._session = session
         # plain botocore clients: no boto3 import and no s3transfer (~250 ms of a Lambda cold
-        # start); they lack boto3's upload_file/download_file helpers
+        # start); they lack boto3's upload_file/download_file helpers. Their session is
+        # zaindari.infra.botocore_models's (same models, found and read faster).
         self._botocore_only = botocore_only and session is None
         self._botocore_session: Any = None
         self._clients: dict[str, Any] = {}
@@ -299,7 +236,9 @@ class ClientFactory:
             if service_name not in self._clients:
                 if self._botocore_only:
                     if self._botocore_session is None:
-                        self._botocore_session = _botocore_session()
+                        from zaindari.infra.botocore_models import botocore_session
+
+                        self._botocore_session = botocore_session()
                     made = self._botocore_session.create_client(
                         service_name,
                         region_name=self.config.region,
