@@ -576,7 +576,7 @@ def seed_bundle_in_s3(aws: BenchAws, bundle_dir: Path) -> str:
 
 
 COLD_PROFILE_STEPS = (
-    ("lambda_handler (first call)", "score_event/app.py", "lambda_handler"),
+    ("lambda_handler (first call)", "/app.py", "lambda_handler"),
     ("  imports during the call (onnxruntime, boto3...)", "<frozen importlib._bootstrap>", "_find_and_load"),
     ("  build_event_scoring (composition root)", "infra/wiring.py", "build_event_scoring"),
     ("  ClientFactory.client (botocore session, DynamoDB and S3 clients)", "infra/aws.py", "client"),
