@@ -240,6 +240,9 @@ build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam)
 	rm -rf $(BUILD)/layer/python/sympy $(BUILD)/layer/python/sympy-* $(BUILD)/layer/python/mpmath $(BUILD)/layer/python/mpmath-*
 	cd $(BUILD)/layer/python && $(CURDIR)/$(PY) -I -c "import sys; sys.path.insert(0, '.'); import onnxruntime, numpy, pydantic, orjson, yaml, aws_lambda_powertools; print('layer imports: ok')"
 	@$(MAKE) --no-print-directory build-ScoreEventFunction ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/score_event
+	@v=$$(cd $(BUILD)/layer/python && ls -d botocore-*.dist-info | sed 's/^botocore-//; s/\.dist-info$$//'); \
+	ls $(BUILD)/score_event/zaindari/infra/botocore_parsed | grep -q "^botocore-$$v-" || echo "warning: the code asset's \
+	parsed botocore models are not for the layer's botocore $$v: the functions will read its JSON models" >&2
 	@code=$$(du -sb $(BUILD)/score_event | cut -f1); layer=$$(du -sb $(BUILD)/layer | cut -f1); \
 	awk -v code=$$code -v layer=$$layer -v limit=$(LAMBDA_LIMIT_MB) 'BEGIN { \
 		mb = 1048576; total = code + layer; \
