@@ -188,8 +188,7 @@ checkov: $(CHECKOV_STAMP) ## Scan template.yaml with checkov (offline); skips ca
 
 # SAM's `BuildMethod: makefile` calls this with ARTIFACTS_DIR set; only mkdir, cp and rm.
 # One recipe for every function's code asset: the core package plus the function's app.py, with its
-# bytecode (Lambda's code folder is read-only) and the botocore models its clients read, parsed ahead
-# of time (zaindari.infra.botocore_models). sam build calls build-<LogicalId>.
+# bytecode (Lambda's code folder is read-only). sam build calls build-<LogicalId>.
 define copy_function
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
 	mkdir -p "$(ARTIFACTS_DIR)"
@@ -197,7 +196,6 @@ define copy_function
 	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
 	cp "$(REPO)/functions/$(1)/app.py" "$(ARTIFACTS_DIR)/app.py"
-	$(REPO)/$(PY) -m zaindari.infra.botocore_models "$(ARTIFACTS_DIR)/zaindari/infra/botocore_parsed" >/dev/null
 	$(PYTHON) -m compileall -q --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)"
 endef
 
@@ -240,9 +238,6 @@ build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam)
 	rm -rf $(BUILD)/layer/python/sympy $(BUILD)/layer/python/sympy-* $(BUILD)/layer/python/mpmath $(BUILD)/layer/python/mpmath-*
 	cd $(BUILD)/layer/python && $(CURDIR)/$(PY) -I -c "import sys; sys.path.insert(0, '.'); import onnxruntime, numpy, pydantic, orjson, yaml, aws_lambda_powertools; print('layer imports: ok')"
 	@$(MAKE) --no-print-directory build-ScoreEventFunction ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/score_event
-	@v=$$(cd $(BUILD)/layer/python && ls -d botocore-*.dist-info | sed 's/^botocore-//; s/\.dist-info$$//'); \
-	ls $(BUILD)/score_event/zaindari/infra/botocore_parsed | grep -q "^botocore-$$v-" || echo "warning: the code asset's \
-	parsed botocore models are not for the layer's botocore $$v: the functions will read its JSON models" >&2
 	@code=$$(du -sb $(BUILD)/score_event | cut -f1); layer=$$(du -sb $(BUILD)/layer | cut -f1); \
 	awk -v code=$$code -v layer=$$layer -v limit=$(LAMBDA_LIMIT_MB) 'BEGIN { \
 		mb = 1048576; total = code + layer; \

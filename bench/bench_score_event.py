@@ -447,9 +447,9 @@ class ColdRun:
 
 
 def build_code_asset(tmp: Path) -> Path:
-    """score_event's code asset as `make build` and `sam build` make it (the core and app.py, their
-    hash-based bytecode, the botocore models parsed ahead of time): cold starts run from it, as
-    Lambda runs from /var/task (the third-party packages come from this venv, as from the layer)."""
+    """score_event's code asset as `make build` and `sam build` make it (the core and app.py with
+    their hash-based bytecode): cold starts run from it, as Lambda runs from /var/task (the
+    third-party packages come from this venv, as from the layer)."""
     out = tmp / "score_event_asset"
     subprocess.run(
         [

@@ -22,10 +22,6 @@ def test_code_asset_bytecode_is_used_after_a_zip_round_trip(tmp_path: Path) -> N
         capture_output=True,
         env={**os.environ, "PYTHON": sys.executable},
     )
-    parsed = list(
-        (built / "zaindari" / "infra" / "botocore_parsed").glob("botocore-*/dynamodb/*/service-2.marshal")
-    )
-    assert len(parsed) == 1  # with the botocore models its clients read, parsed ahead of time
     # ... zipped and unzipped with the zip's times (2 s steps), as a deployment does
     archive = tmp_path / "asset.zip"
     with zipfile.ZipFile(archive, "w") as out:
