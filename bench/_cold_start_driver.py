@@ -3,8 +3,9 @@
 Usage: ``python bench/_cold_start_driver.py FUNCTION_DIR EVENT_JSON OUT_JSON``. The environment
 points at the AWS endpoint and names the model. Times are ``time.perf_counter()`` readings
 (CLOCK_MONOTONIC on Linux, so the parent can compare them with its own spawn time); the first
-is taken before any import. Writes ``{"top", "imported", "response", "result", "aws_wait", "cpu", "main_cpu"}`` to OUT_JSON. With ``BENCH_COLD_PROFILE=FILE``
-the first invocation runs under cProfile and its stats go to FILE.
+is taken before any import. Writes ``{"top", "imported", "response", "result", "aws_wait", "cpu",
+"main_cpu"}`` to OUT_JSON. With ``BENCH_COLD_PROFILE=FILE`` the first invocation runs under cProfile
+and its stats go to FILE.
 """
 
 import time
