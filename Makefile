@@ -41,6 +41,10 @@ AWS_OFFLINE_ENV := env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_CONFIG_FILE=/dev/
 LAMBDA_PLATFORM ?= x86_64-manylinux2014
 LAMBDA_LIMIT_MB ?= 250
 LAYER_REQUIREMENTS := layers/dependencies/requirements.txt
+# Bytecode that stays valid in a Lambda zip: a timestamp .pyc records its source's mtime, which the
+# zip stores to 2 s (or sam pins): half or all of them are stale on arrival and every cold start
+# compiles those modules again (/var/task is read-only). Hash-based, unchecked: valid as shipped.
+LAMBDA_PYC := PYC_INVALIDATION_MODE=UNCHECKED_HASH
 FILE_SCORING_REQUIREMENTS := layers/file_scoring/requirements.txt
 # What score_batch never imports from pyarrow (Flight, the C++ tests, other filesystems and formats),
 # and the extra copies of sonamed libraries (a wheel cannot hold symlinks): trimmed from its layer.
@@ -192,7 +196,7 @@ define copy_function
 	cp -R "$(REPO)/src/zaindari" "$(ARTIFACTS_DIR)/zaindari"
 	rm -rf "$(ARTIFACTS_DIR)"/zaindari/__pycache__ "$(ARTIFACTS_DIR)"/zaindari/*/__pycache__
 	cp "$(REPO)/functions/$(1)/app.py" "$(ARTIFACTS_DIR)/app.py"
-	$(PYTHON) -m compileall -q "$(ARTIFACTS_DIR)"
+	$(PYTHON) -m compileall -q --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)"
 endef
 
 build-ScoreEventFunction: ## Copy score_event's code into ARTIFACTS_DIR (sam build calls it)
@@ -217,7 +221,7 @@ build-DeployModelFunction: ## Copy deploy_model's code into ARTIFACTS_DIR (sam b
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
 	rm -rf "$(ARTIFACTS_DIR)/python"
-	$(REPO)/$(UV) pip install --quiet --target "$(ARTIFACTS_DIR)/python" --python-platform $(LAMBDA_PLATFORM) \
+	$(LAMBDA_PYC) $(REPO)/$(UV) pip install --quiet --target "$(ARTIFACTS_DIR)/python" --python-platform $(LAMBDA_PLATFORM) \
 		--python-version 3.11 --only-binary :all: --no-deps --compile-bytecode -r "$(REPO)/$(FILE_SCORING_REQUIREMENTS)"
 	cd "$(ARTIFACTS_DIR)/python/pyarrow" && rm -rf $(PYARROW_TRIM) \
 		&& find . \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' \) -delete
@@ -227,7 +231,7 @@ build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python 
 
 build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam) and check the 250 MB limit
 	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/score_batch $(BUILD)/file_scoring_layer $(BUILD)/sizes.txt
-	$(UV) pip install --quiet --target $(BUILD)/layer/python --python-platform $(LAMBDA_PLATFORM) \
+	$(LAMBDA_PYC) $(UV) pip install --quiet --target $(BUILD)/layer/python --python-platform $(LAMBDA_PLATFORM) \
 		--python-version 3.11 --only-binary :all: --compile-bytecode -r $(LAYER_REQUIREMENTS)
 	# sympy and mpmath come with onnxruntime for its offline tools (symbolic shape inference); the
 	# runtime never imports them, and with bytecode they are 86 MB of the 250 MB budget

@@ -3,8 +3,8 @@ partial batch response (SQS, Kinesis), HTTP response, or a summary (IoT, EventBr
 
 Cold start: what only one trigger needs (the batch utility, the HTTP resolver with its OpenAPI
 models, the X-Ray SDK) is imported on the first event that needs it; the cyclic garbage collector
-is paused while the modules load (what they build lives as long as the container), then their
-objects are frozen out of later collections.
+is paused while the modules load and again through the first event (what they build lives as long
+as the container), then those objects are frozen out of later collections.
 """
 
 # ruff: noqa: E402 (the collector is paused before the imports below)
@@ -19,6 +19,11 @@ import json
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
+# Before numpy loads: OpenBLAS (numpy's linear algebra, which scoring never calls) otherwise starts
+# a thread per core that spins in sched_yield for ~90 ms of CPU after the import, on a cold start
+# that has at most a fraction of one core to spare.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -26,7 +31,7 @@ from zaindari.contract import TelemetryPayload, parse_payload
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
 from zaindari.infra.allocator import retain_freed_heap
 from zaindari.infra.http_api import ERROR_CONTENT, json_response
-from zaindari.infra.observability import traced
+from zaindari.infra.observability import first_call_without_gc, traced
 from zaindari.infra.wiring import build_event_scoring, client_factory
 from zaindari.settings import Settings
 
@@ -224,6 +229,7 @@ def _http(event: dict[str, Any], context: "LambdaContext") -> dict[str, Any]:
 # -- entry point
 
 
+@first_call_without_gc  # what the first event builds (clients, model) is frozen after it
 @logger.inject_lambda_context(clear_state=True)
 @traced("score_event")
 @metrics.log_metrics

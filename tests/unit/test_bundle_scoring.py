@@ -539,3 +539,23 @@ def test_pca_anomaly_graph_passes_the_onnx_checker(weights: PcaWeights, bundle_d
     assert [i.name for i in model.graph.input] == ["features"]
     assert [o.name for o in model.graph.output] == ["score", "contributions"]
     onnx.checker.check_model(onnx.load(str(bundle_dir / MODEL_FILE)), full_check=True)
+
+
+def test_bundle_spec_is_json_read_without_a_yaml_parser(bundle_dir: Path, spec: ModelSpec) -> None:
+    import subprocess
+    import sys
+
+    assert json.loads((bundle_dir / "spec.yaml").read_text()) == spec.model_dump(
+        mode="json", exclude_none=True
+    )
+    code = (
+        "import sys; from zaindari.bundle import load_bundle; "
+        f"b = load_bundle({str(bundle_dir)!r}, verify_graph=False); print(b.spec.name, 'yaml' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [spec.name, "False"]
+
+
+def test_spec_written_as_yaml_still_loads(spec: ModelSpec) -> None:
+    assert load_spec(spec.to_yaml()) == spec
+    assert load_spec(spec.to_json() + "\n# reviewed\n") == spec  # JSON with a YAML comment

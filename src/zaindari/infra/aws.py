@@ -189,29 +189,6 @@ def count_requests(client: Any, counter: RequestCounter) -> Any:
     return client
 
 
-def _botocore_session() -> Any:
-    """A botocore session whose service models are parsed by orjson.
-
-    botocore reads its models (``endpoints.json``, each service's ``service-2`` and endpoint
-    rule set: ~4 MB of JSON for DynamoDB and S3) with ``json.loads(..., object_pairs_hook=
-    OrderedDict)``; orjson's plain dicts (ordered too) read them ~25 ms faster per cold start.
-    """
-    import botocore.session
-    import orjson
-    from botocore.loaders import JSONFileLoader
-
-    class OrjsonModelFiles(JSONFileLoader):
-        def _load_file(self, full_path: str, open_method: Any) -> Any:  # botocore's one reader
-            if not os.path.isfile(full_path):
-                return None
-            with open_method(full_path, "rb") as fp:
-                return orjson.loads(fp.read())
-
-    session = botocore.session.get_session()
-    session.get_component("data_loader").file_loader = OrjsonModelFiles()
-    return session
-
-
 class ClientFactory:
     """boto3 clients and resources made once per service and reused (one factory per container).
 
@@ -233,7 +210,8 @@ class ClientFactory:
         self.request_counter = RequestCounter()
         self._session = session
         # plain botocore clients: no boto3 import and no s3transfer (~250 ms of a Lambda cold
-        # start); they lack boto3's upload_file/download_file helpers
+        # start); they lack boto3's upload_file/download_file helpers. Their session is
+        # zaindari.infra.botocore_models's (same models, found and read faster).
         self._botocore_only = botocore_only and session is None
         self._botocore_session: Any = None
         self._clients: dict[str, Any] = {}
@@ -258,7 +236,9 @@ class ClientFactory:
             if service_name not in self._clients:
                 if self._botocore_only:
                     if self._botocore_session is None:
-                        self._botocore_session = _botocore_session()
+                        from zaindari.infra.botocore_models import botocore_session
+
+                        self._botocore_session = botocore_session()
                     made = self._botocore_session.create_client(
                         service_name,
                         region_name=self.config.region,

@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,25 +52,34 @@ def download_bundle(factory: ClientFactory, uri: str, cache_dir: str | Path) -> 
         files = json.loads(manifest_bytes)["files"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{uri}{MANIFEST_FILE}: not a bundle manifest: {exc}") from exc
+    if not isinstance(files, dict):
+        raise BundleError(f"{uri}{MANIFEST_FILE}: not a bundle manifest: 'files' is not a mapping")
     target = Path(cache_dir) / hashlib.sha256(manifest_bytes).hexdigest()[:16]
     if (target / MANIFEST_FILE).is_file():
         return target
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> None:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"]
+            actual = _copy_hashing(body, partial / name)
+        except aws_errors() as exc:
+            raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
+        if actual != files[name]:
+            raise BundleError(
+                f"{uri}{name}: sha256 {actual[:16]}... does not match the manifest's "
+                f"{str(files[name])[:16]}... (corrupt or incomplete); not cached, the next load downloads again"
+            )
+
     try:
-        for name, expected in files.items():
-            if "/" in name or name.startswith("."):
-                raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {name!r}")
-            try:
-                body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"]
-                actual = _copy_hashing(body, partial / name)
-            except aws_errors() as exc:
-                raise BundleError(f"{uri}{name}: cannot be downloaded: {exc}") from exc
-            if actual != expected:
-                raise BundleError(
-                    f"{uri}{name}: sha256 {actual[:16]}... does not match the manifest's "
-                    f"{str(expected)[:16]}... (corrupt or incomplete); not cached, the next load downloads again"
-                )
+        unsafe = [name for name in files if "/" in name or name.startswith(".")]
+        if unsafe:
+            raise BundleError(f"{MANIFEST_FILE} lists an unsafe path {unsafe[0]!r}")
+        # all at once: a cold start waits for one round trip to S3 instead of one per file
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(files))), thread_name_prefix="bundle") as pool:
+            for _ in pool.map(fetch, files):
+                pass  # the first failure is raised here, once every download has ended
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never leave a corrupt copy to be found later
         raise

@@ -1,12 +1,18 @@
-"""Observability shared by the Lambda adapters (Powertools), kept light for cold starts."""
+"""Observability shared by the Lambda adapters (Powertools), kept light for cold starts, and
+the adapters' one cold-start hook on the garbage collector."""
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["traced", "tracing_enabled"]
+__all__ = ["first_call_without_gc", "traced", "tracing_enabled"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def tracing_enabled() -> bool:
@@ -32,3 +38,31 @@ def traced(service: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return wrapped
 
     return decorate
+
+
+def first_call_without_gc(handler: Callable[P, R]) -> Callable[P, R]:
+    """Run ``handler``'s first call with the cyclic garbage collector paused, then freeze what it built.
+
+    A container's first event builds what lives as long as the container: AWS clients and their
+    service models, the model bundle and its ONNX session (~10^5 objects). Collections while they
+    are built scan them over and over (~8 ms CPU of a cold start, gen 0 and 1). After the first
+    call, whatever is alive is moved out of every later collection's scan (``gc.freeze``) and the
+    collector resumes as it was; later calls run untouched.
+    """
+    pending = [True]
+
+    @functools.wraps(handler)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not pending:
+            return handler(*args, **kwargs)
+        pending.clear()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            gc.freeze()
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
