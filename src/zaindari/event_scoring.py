@@ -287,43 +287,53 @@ class EventScoring:
 
         # 3. idempotency: drop readings already processed, refuse ones too old to tell
         keys = reading_key_hashes(readings)
+        times = [r.timestamp.timestamp() for r in readings]  # epoch seconds, for the idempotency memory
         seen_sets = {d: s.seen_keys() for d, s in states.items()}
         horizons = {d: s.evicted_until for d, s in states.items() if s.evicted_until is not None}
-        batch_keys: set[str] = set()
-        kept: list[int] = []  # positions in ``readings`` of the fresh ones
-        fresh_times: list[float] = []  # epoch seconds, for the idempotency memory (step 7)
-        for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
-            device = reading.device_id
-            if key in batch_keys or key in seen_sets.get(device, ()):
-                report.duplicates += 1
-                report.duplicate_owners.append(owner[i])
-                continue
-            at = reading.timestamp.timestamp()
-            horizon = horizons.get(device)
-            if horizon is not None and at <= horizon:  # DeviceState.too_late
-                rid = owner[i]
-                report.rejected.append(
-                    RejectedRecord(
-                        sources[rid],
-                        rid,
-                        f"reading is not newer than readings the device's deduplication memory has "
-                        f"forgotten ({_iso(horizon)}); replay it through file scoring",
-                        ({"field": "timestamp", "message": "too late to deduplicate"},),
-                        reading.to_record(),
-                        "idempotency",
-                        position[i],
-                        received_at,
-                    )
-                )
-                continue
-            batch_keys.add(key)
-            kept.append(i)
-            fresh_times.append(at)
-        if len(kept) == len(readings):  # the usual batch: nothing dropped
-            fresh, fresh_keys, fresh_owner, fresh_position = readings, keys, owner, position
+        distinct = set(keys)
+        if (
+            len(distinct) == len(keys)
+            and all(seen.isdisjoint(distinct) for seen in seen_sets.values())
+            and (not horizons or min(times) > max(horizons.values()))
+        ):  # the usual batch, decided in C: every reading new, none at or before a forgotten horizon
+            fresh, fresh_keys, fresh_times, fresh_owner, fresh_position = (
+                readings,
+                keys,
+                times,
+                owner,
+                position,
+            )
         else:
+            batch_keys: set[str] = set()
+            kept: list[int] = []  # positions in ``readings`` of the fresh ones
+            for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
+                device = reading.device_id
+                if key in batch_keys or key in seen_sets.get(device, ()):
+                    report.duplicates += 1
+                    report.duplicate_owners.append(owner[i])
+                    continue
+                horizon = horizons.get(device)
+                if horizon is not None and times[i] <= horizon:  # DeviceState.too_late
+                    rid = owner[i]
+                    report.rejected.append(
+                        RejectedRecord(
+                            sources[rid],
+                            rid,
+                            f"reading is not newer than readings the device's deduplication memory has "
+                            f"forgotten ({_iso(horizon)}); replay it through file scoring",
+                            ({"field": "timestamp", "message": "too late to deduplicate"},),
+                            reading.to_record(),
+                            "idempotency",
+                            position[i],
+                            received_at,
+                        )
+                    )
+                    continue
+                batch_keys.add(key)
+                kept.append(i)
             fresh = [readings[i] for i in kept]
             fresh_keys = [keys[i] for i in kept]
+            fresh_times = [times[i] for i in kept]
             fresh_owner = [owner[i] for i in kept]
             fresh_position = [position[i] for i in kept]
 

@@ -154,7 +154,7 @@ class S3LakeWriter:
     def write(self, readings: Sequence[Reading], scores: Sequence[Mapping[str, Any]]) -> list[str]:
         by_date: dict[str, list[int]] = defaultdict(list)
         for i, reading in enumerate(readings):
-            by_date[reading.timestamp.date().isoformat()].append(i)
+            by_date[reading.timestamp_iso[:10]].append(i)  # the UTC date (the string is cached)
         written: list[str] = []
         for date, rows in sorted(by_date.items()):
             keys = [str(scores[i].get("record_key", i)) for i in rows]
