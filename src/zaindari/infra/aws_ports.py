@@ -152,16 +152,23 @@ class S3LakeWriter:
         return _jsonl_gz(rows) if self.fmt == "jsonl.gz" else _parquet(rows)
 
     def write(self, readings: Sequence[Reading], scores: Sequence[Mapping[str, Any]]) -> list[str]:
+        raw = [reading.to_record() for reading in readings]
         by_date: dict[str, list[int]] = defaultdict(list)
-        for i, reading in enumerate(readings):
-            by_date[reading.timestamp_iso[:10]].append(i)  # the UTC date (the string is cached)
+        for i, record in enumerate(raw):
+            by_date[record["timestamp"][:10]].append(i)  # the UTC date of its ISO timestamp
         written: list[str] = []
         for date, rows in sorted(by_date.items()):
             keys = [str(scores[i].get("record_key", i)) for i in rows]
             name = f"{self.source}-{_content_name(keys)}"
-            raw = [readings[i].to_record() for i in rows]
-            written.append(self.put_rows("raw/telemetry", date, name, raw))
-            written.append(self.put_rows("scores/events", date, name, [scores[i] for i in rows]))
+            everything = len(rows) == len(raw)  # one date: the usual batch, no copies
+            written.append(
+                self.put_rows("raw/telemetry", date, name, raw if everything else [raw[i] for i in rows])
+            )
+            written.append(
+                self.put_rows(
+                    "scores/events", date, name, scores if everything else [scores[i] for i in rows]
+                )
+            )
         return written
 
     def put_rows(self, prefix: str, date: str, name: str, rows: Sequence[Mapping[str, Any]]) -> str:
