@@ -503,6 +503,8 @@ class EventScoring:
     def _finish_statuses(
         report: ScoringReport, records: Sequence[InboundRecord], scored_ids: set[str]
     ) -> ScoringReport:
+        if not report.retry_reasons and len(scored_ids) == len(report.status):
+            return report  # every record scored: each already is (step 1)
         rejected_ids = {r.record_id for r in report.rejected}
         for record in records:
             rid = record.record_id
