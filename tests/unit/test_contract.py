@@ -912,3 +912,19 @@ def test_a_batch_of_payloads_yields_what_each_payload_yields_alone(
         assert [batch.readings[k] for k in mine] == alone.readings
         assert [batch.indices[k] for k in mine] == alone.indices
         assert [r for p, r in batch.rejections if p == i] == alone.rejections
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "iso"),
+    [
+        ("2024-05-01T14:00:00.000123+02:00", "2024-05-01T12:00:00.000123Z"),
+        ("2024-05-01T12:00:00.5Z", "2024-05-01T12:00:00.500000Z"),
+        ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z"),
+        (NOW_EPOCH_MS + 7, "2024-05-01T12:00:00.007000Z"),
+    ],
+)
+def test_timestamp_iso_is_isoformat_in_utc_with_z(timestamp: Any, iso: str) -> None:
+    reading = accepted(record(timestamp=timestamp))
+
+    assert reading.timestamp_iso == iso == reading.timestamp.isoformat().replace("+00:00", "Z")
+    assert reading.dedup_key() == f"pump-07|{iso[:-1]}+00:00|"

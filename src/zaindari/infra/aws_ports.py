@@ -16,10 +16,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from zaindari.alerting import Alert
 from zaindari.contract import Reading
 from zaindari.infra.aws import ClientFactory
-from zaindari.jsonable import json_line
+from zaindari.jsonable import json_default, json_line
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError, RejectedRecord, SaveResult
 
@@ -45,9 +47,12 @@ def _jsonl_gz(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """JSON Lines (orjson first: the lake write is on the hot path), gzip level 1, compressed in one
     call; a hostile record orjson cannot write falls back to a slower writer, never fails the batch."""
     body = bytearray()  # each line appended and freed at once: 1,000 live line objects cost ~4 ms
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     for row in rows:
-        body += json_line(row)
-        body += b"\n"
+        try:  # json_line's first try, with the newline written by orjson
+            body += dumps(row, default=json_default, option=newline)
+        except TypeError:
+            body += json_line(row) + b"\n"
     return gzip.compress(body, compresslevel=1, mtime=0)
 
 
