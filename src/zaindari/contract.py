@@ -10,6 +10,7 @@ raises :class:`PayloadTooLarge`, because nothing inside it may be read.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,14 +262,19 @@ class Reading(BaseModel):
         return record
 
 
-class _ReadingInContext(Reading):
+@functools.cache
+def _reading_in_context() -> type[Reading]:
     """A Reading with the receiver's checks (its clock and limits, from the validation context) in
     its validators: what names the errors of a reading that ``Reading`` or ``_Checks`` refused, in
     one list, field by field, as the contract words them. Those checks cost a Python call with
-    context per field (~1 us a reading), which only bad readings pay."""
+    context per field (~1 us a reading), which only bad readings pay; the class is built on the
+    first of them (~1 ms, not at import: a cold start needs none)."""
 
-    timestamp: Annotated[datetime, BeforeValidator(_timestamp_in_window)]
-    sensors: Annotated[dict[SensorName, SensorValue], BeforeValidator(_sensors_within_limits)]
+    class _ReadingInContext(Reading):
+        timestamp: Annotated[datetime, BeforeValidator(_timestamp_in_window)]
+        sensors: Annotated[dict[SensorName, SensorValue], BeforeValidator(_sensors_within_limits)]
+
+    return _ReadingInContext
 
 
 class ReadingBatch(BaseModel):
@@ -359,7 +365,7 @@ def _reason(errors: Iterable[dict[str, str]]) -> str:
 @dataclass(frozen=True)
 class _Checks:
     """The receiver's checks, compared on a validated :class:`Reading` (one comparison each, where
-    ``_ReadingInContext`` pays a Python call per field to make them while validating)."""
+    ``_reading_in_context()`` pays a Python call per field to make them while validating)."""
 
     latest: datetime | None  # the receiver's clock plus the allowed skew
     max_sensors: int
@@ -393,7 +399,7 @@ def _named_errors(obj: Any, index: int, limits: ContractLimits, now: datetime | 
     if type(obj) is not dict and not isinstance(obj, Mapping):
         return Rejection(index, f"reading must be a JSON object, got {type(obj).__name__}", record=obj)
     try:
-        return _ReadingInContext.model_validate(obj, context={"limits": limits, "now": now})
+        return _reading_in_context().model_validate(obj, context={"limits": limits, "now": now})
     except ValidationError as exc:
         errors = _field_errors(exc)
         return Rejection(index, _reason(errors), errors, record=obj)
