@@ -289,13 +289,13 @@ class EventScoring:
         keys = reading_key_hashes(readings)
         times = [r.timestamp.timestamp() for r in readings]  # epoch seconds, for the idempotency memory
         seen_sets = {d: s.seen_keys() for d, s in states.items()}
-        horizons = {d: s.evicted_until for d, s in states.items() if s.evicted_until is not None}
         distinct = set(keys)
+        earliest = min(times, default=0.0)
         if (
             len(distinct) == len(keys)
             and all(seen.isdisjoint(distinct) for seen in seen_sets.values())
-            and (not horizons or min(times) > max(horizons.values()))
-        ):  # the usual batch, decided in C: every reading new, none at or before a forgotten horizon
+            and not any(s.too_late(earliest) for s in states.values())
+        ):  # the usual batch, told with set operations: every reading new, none too late for any device
             fresh, fresh_keys, fresh_times, fresh_owner, fresh_position = (
                 readings,
                 keys,
@@ -312,15 +312,15 @@ class EventScoring:
                     report.duplicates += 1
                     report.duplicate_owners.append(owner[i])
                     continue
-                horizon = horizons.get(device)
-                if horizon is not None and times[i] <= horizon:  # DeviceState.too_late
+                state = states.get(device)
+                if state is not None and state.too_late(times[i]):
                     rid = owner[i]
                     report.rejected.append(
                         RejectedRecord(
                             sources[rid],
                             rid,
                             f"reading is not newer than readings the device's deduplication memory has "
-                            f"forgotten ({_iso(horizon)}); replay it through file scoring",
+                            f"forgotten ({_iso(state.evicted_until or 0.0)}); replay it through file scoring",
                             ({"field": "timestamp", "message": "too late to deduplicate"},),
                             reading.to_record(),
                             "idempotency",
