@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -562,17 +561,16 @@ def parse_payloads(
     checks = _Checks.of(limits, now)
     out = ParsedBatch()
     readings, owners, indices = out.readings, out.payloads, out.indices
-    validate = Reading.__pydantic_validator__.validate_python
-    loads = orjson.loads
+    # JSON straight into the validator (pydantic-core's parser): a body that is anything but one
+    # valid reading (a list, an envelope, a NaN token, a duplicate key orjson would settle) fails
+    # it and goes to parse_payload below
+    validate = Reading.__pydantic_validator__.validate_json
     max_bytes = limits.max_payload_bytes
     for i, payload in enumerate(payloads):
         kind = type(payload)
         if (kind is str or kind is bytes) and len(payload) <= max_bytes and payload.isascii():
             try:
-                document = loads(payload)
-                reading: Reading | None = (
-                    validate(document) if type(document) is dict and "readings" not in document else None
-                )
+                reading: Reading | None = validate(payload)
             except (ValidationError, RecursionError, TypeError, ValueError, OverflowError):
                 reading = None
             if reading is not None and checks.passes(reading):
