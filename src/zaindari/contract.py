@@ -562,8 +562,8 @@ def parse_payloads(
     out = ParsedBatch()
     readings, owners, indices = out.readings, out.payloads, out.indices
     # JSON straight into the validator (pydantic-core's parser): a body that is anything but one
-    # valid reading (a list, an envelope, a NaN token, a duplicate key orjson would settle) fails
-    # it and goes to parse_payload below
+    # valid reading (a list, an envelope, a NaN token, a bad field) fails it and goes to
+    # parse_payload below, which names its errors
     validate = Reading.__pydantic_validator__.validate_json
     max_bytes = limits.max_payload_bytes
     for i, payload in enumerate(payloads):
