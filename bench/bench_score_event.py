@@ -91,15 +91,20 @@ class AwsWaitClock:
     (``before-call`` to ``after-call``), so ``calls - wait`` is botocore's own overhead.
     ``wait_cpu``: the calling thread's CPU time inside those round trips (socket calls, and
     urllib3 reading the response), left out of the handler's own CPU like the wait itself.
+    ``calls_cpu``: the thread's CPU time inside whole API calls, so ``calls_cpu - wait_cpu`` is
+    the CPU the SDK spends outside the round trips (serialising, signing, parsing, retries),
+    which stays in the handler's own CPU: a real function pays it too.
     """
 
     def __init__(self) -> None:
         self.wait = 0.0
         self.calls = 0.0
         self.wait_cpu = 0.0
+        self.calls_cpu = 0.0
         self._send_started: float | None = None
         self._send_cpu: float = 0.0
         self._call_started: float | None = None
+        self._call_cpu: float = 0.0
 
     def attach(self, client: Any) -> None:
         events = client.meta.events
@@ -111,14 +116,16 @@ class AwsWaitClock:
         events.register("response-received", self._end_send)
 
     def reset(self) -> None:
-        self.wait = self.calls = self.wait_cpu = 0.0
+        self.wait = self.calls = self.wait_cpu = self.calls_cpu = 0.0
 
     def _before_call(self, **_: Any) -> None:
+        self._call_cpu = time.thread_time()
         self._call_started = time.perf_counter()
 
     def _after_call(self, **_: Any) -> None:
         if self._call_started is not None:
             self.calls += time.perf_counter() - self._call_started
+            self.calls_cpu += time.thread_time() - self._call_cpu
             self._call_started = None
 
     def _before_send(self, **_: Any) -> None:
@@ -143,6 +150,12 @@ class Sample:
     cpu: float = 0.0  # the handler thread's CPU time (time.thread_time) over the whole call
     aws_wait_cpu: float = 0.0  # ... of which inside the HTTP round trips
     faults: int = 0  # minor page faults of the handler thread during the call
+    aws_calls_cpu: float = 0.0  # ... of which inside AWS SDK calls (round trips included)
+
+    @property
+    def sdk_cpu(self) -> float:
+        """Of the handler's own CPU, what the AWS SDK spent outside the round trips."""
+        return self.aws_calls_cpu - self.aws_wait_cpu
 
     @property
     def own(self) -> float:
@@ -190,6 +203,7 @@ class WarmFunction:
             cpu,
             self.clock.wait_cpu,
             faults,
+            self.clock.calls_cpu,
         )
 
     @property
@@ -812,7 +826,8 @@ def main() -> list[dict[str, Any]]:
                 info(
                     f"SQS batch {size:>4}: handler thread CPU {median([s.cpu for s in got]) * 1000:.2f} ms, of "
                     f"which in HTTP round trips {median([s.aws_wait_cpu for s in got]) * 1000:.2f}: own work "
-                    f"{own_cpu * 1000:.2f} ms CPU (min {min(s.own_cpu for s in got) * 1000:.2f}); "
+                    f"{own_cpu * 1000:.2f} ms CPU (min {min(s.own_cpu for s in got) * 1000:.2f}), of which "
+                    f"in AWS SDK calls outside the round trips {median([s.sdk_cpu for s in got]) * 1000:.2f}; "
                     f"minor page faults {faults:g}"
                 )
                 rows.append(row(f"SQS batch {size}: wall", size / wall, "rec/s"))
@@ -842,6 +857,23 @@ def main() -> list[dict[str, Any]]:
                         ratio=own_rate / per_record,
                         target=f">= {TARGET_OWN_RECORDS_PER_S:,}",
                         passed=own_rate >= TARGET_OWN_RECORDS_PER_S,
+                    )
+                )
+                # where the target row's CPU goes: the SDK's share (serialising, signing, parsing
+                # the ~10 requests) is part of it, as in a real function; shown, not subtracted
+                sdk_cpu = median([s.sdk_cpu for s in got])
+                rows.append(
+                    row(
+                        f"SQS batch {size}: own work CPU, of which in AWS SDK calls",
+                        sdk_cpu * 1000,
+                        "ms/batch",
+                    )
+                )
+                rows.append(
+                    row(
+                        f"SQS batch {size}: own work CPU less the AWS SDK's (not the target)",
+                        size / max(own_cpu - sdk_cpu, 1e-9),
+                        "rec/s",
                     )
                 )
                 rows.append(

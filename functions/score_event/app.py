@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 settings = Settings.from_env(os.environ)  # bad configuration fails the first invocation, clearly
 retain_freed_heap()  # a warm container reuses its heap instead of faulting it in on every batch
+gc.set_threshold(20_000)  # a batch's short-lived objects are not rescanned ~20 times (~2 ms per 1,000)
 logger = Logger(service="score_event", level=settings.log_level)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zaindari"), service="score_event")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +29,14 @@ from typing import Any, Literal
 
 from zaindari.alerting import Alert
 from zaindari.bundle import ModelBundle
-from zaindari.contract import ContractLimits, PayloadTooLarge, Reading, parse_payload
+from zaindari.contract import (
+    ContractLimits,
+    PayloadTooLarge,
+    Reading,
+    Rejection,
+    parse_payload,
+    parse_payloads,
+)
 from zaindari.drift import SummaryStore
 from zaindari.pipeline import DeviceState, score_readings
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
@@ -42,6 +50,7 @@ __all__ = [
     "ScoringReport",
     "http_answer",
     "reading_key_hash",
+    "reading_key_hashes",
 ]
 
 RecordStatus = Literal["scored", "rejected", "duplicate", "retry"]
@@ -146,6 +155,12 @@ def reading_key_hash(reading: Reading) -> str:
     return hashlib.blake2b(reading.dedup_key().encode(), digest_size=8).hexdigest()
 
 
+def reading_key_hashes(readings: Sequence[Reading]) -> list[str]:
+    """:func:`reading_key_hash` of each reading."""
+    blake2b = hashlib.blake2b
+    return [blake2b(r.dedup_key().encode(), digest_size=8).hexdigest() for r in readings]
+
+
 class _Clock:
     """Splits elapsed time into the handler's own work and waiting on ports."""
 
@@ -228,42 +243,39 @@ class EventScoring:
         report.model_version = bundle.model_version
 
         # 1. contract: every record parsed on its own; bad readings become dead letters
-        readings: list[Reading] = []
-        owner: list[str] = []  # record id of each reading
-        position: list[int] = []  # its index in the record's payload
-        for record in records:
-            report.status[record.record_id] = "scored"
-            try:
-                parsed = parse_payload(record.payload, limits=self.limits, now=now)
-            except PayloadTooLarge as exc:
-                parsed = None
+        report.status = dict.fromkeys((r.record_id for r in records), "scored")
+        parsed = parse_payloads([r.payload for r in records], limits=self.limits, now=now)
+        # (in record order, as one payload at a time would have listed them)
+        refusals: list[tuple[int, PayloadTooLarge | Rejection]] = [*parsed.too_large, *parsed.rejections]
+        for i, refusal in sorted(refusals, key=operator.itemgetter(0)):
+            record = records[i]
+            if isinstance(refusal, PayloadTooLarge):
                 report.rejected.append(
                     RejectedRecord(
                         record.source,
                         record.record_id,
-                        str(exc),
+                        str(refusal),
                         record=_preview(record.payload),
                         stage="contract",
                         received_at=received_at,
                     )
                 )
-            if parsed is not None:
-                for rej in parsed.rejections:
-                    report.rejected.append(
-                        RejectedRecord(
-                            record.source,
-                            record.record_id,
-                            rej.reason,
-                            rej.errors,
-                            rej.record,
-                            rej.stage,
-                            rej.index,
-                            received_at,
-                        )
+            else:
+                report.rejected.append(
+                    RejectedRecord(
+                        record.source,
+                        record.record_id,
+                        refusal.reason,
+                        refusal.errors,
+                        refusal.record,
+                        refusal.stage,
+                        refusal.index,
+                        received_at,
                     )
-                readings.extend(parsed.readings)
-                owner.extend([record.record_id] * len(parsed.readings))
-                position.extend(parsed.indices)
+                )
+        readings = parsed.readings
+        owner = [records[i].record_id for i in parsed.payloads]  # record id of each reading
+        position = parsed.indices  # its index in the record's payload
         sources = {r.record_id: r.source for r in records}
 
         # 2. device state, read in bulk
@@ -274,42 +286,56 @@ class EventScoring:
             return clock.finish(self._retry_all(report, records, f"state store: {exc}"))
 
         # 3. idempotency: drop readings already processed, refuse ones too old to tell
-        fresh: list[Reading] = []
-        fresh_keys: list[str] = []
-        fresh_times: list[float] = []  # epoch seconds, for the idempotency memory (step 7)
-        fresh_owner: list[str] = []
-        fresh_position: list[int] = []
-        batch_keys: set[str] = set()
+        keys = reading_key_hashes(readings)
+        times = [r.timestamp.timestamp() for r in readings]  # epoch seconds, for the idempotency memory
         seen_sets = {d: s.seen_keys() for d, s in states.items()}
-        for reading, rid, pos in zip(readings, owner, position, strict=True):
-            key = reading_key_hash(reading)
-            state = states.get(reading.device_id)
-            if key in batch_keys or key in seen_sets.get(reading.device_id, ()):
-                report.duplicates += 1
-                report.duplicate_owners.append(rid)
-                continue
-            at = reading.timestamp.timestamp()
-            if state is not None and state.too_late(at):
-                report.rejected.append(
-                    RejectedRecord(
-                        sources[rid],
-                        rid,
-                        f"reading is not newer than readings the device's deduplication memory has "
-                        f"forgotten ({_iso(state.evicted_until or 0.0)}); replay it through file scoring",
-                        ({"field": "timestamp", "message": "too late to deduplicate"},),
-                        reading.to_record(),
-                        "idempotency",
-                        pos,
-                        received_at,
+        distinct = set(keys)
+        earliest = min(times, default=0.0)
+        if (
+            len(distinct) == len(keys)
+            and all(seen.isdisjoint(distinct) for seen in seen_sets.values())
+            and not any(s.too_late(earliest) for s in states.values())
+        ):  # the usual batch, told with set operations: every reading new, none too late for any device
+            fresh, fresh_keys, fresh_times, fresh_owner, fresh_position = (
+                readings,
+                keys,
+                times,
+                owner,
+                position,
+            )
+        else:
+            batch_keys: set[str] = set()
+            kept: list[int] = []  # positions in ``readings`` of the fresh ones
+            for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
+                device = reading.device_id
+                if key in batch_keys or key in seen_sets.get(device, ()):
+                    report.duplicates += 1
+                    report.duplicate_owners.append(owner[i])
+                    continue
+                state = states.get(device)
+                if state is not None and state.too_late(times[i]):
+                    rid = owner[i]
+                    report.rejected.append(
+                        RejectedRecord(
+                            sources[rid],
+                            rid,
+                            f"reading is not newer than readings the device's deduplication memory has "
+                            f"forgotten ({_iso(state.evicted_until or 0.0)}); replay it through file scoring",
+                            ({"field": "timestamp", "message": "too late to deduplicate"},),
+                            reading.to_record(),
+                            "idempotency",
+                            position[i],
+                            received_at,
+                        )
                     )
-                )
-                continue
-            batch_keys.add(key)
-            fresh_keys.append(key)
-            fresh_times.append(at)
-            fresh.append(reading)
-            fresh_owner.append(rid)
-            fresh_position.append(pos)
+                    continue
+                batch_keys.add(key)
+                kept.append(i)
+            fresh = [readings[i] for i in kept]
+            fresh_keys = [keys[i] for i in kept]
+            fresh_times = [times[i] for i in kept]
+            fresh_owner = [owner[i] for i in kept]
+            fresh_position = [position[i] for i in kept]
 
         # 4. score everything fresh in one call
         outcome = (
@@ -376,9 +402,9 @@ class EventScoring:
         remembered: dict[str, list[tuple[str, float]]] = {}
         for p in scored_positions:
             remembered.setdefault(fresh[p].device_id, []).append((fresh_keys[p], fresh_times[p]))
-        for device, keys in remembered.items():
+        for device, device_keys in remembered.items():
             state = new_states.setdefault(device, states.get(device) or DeviceState())
-            state.remember_all(keys, self.dedup_memory)
+            state.remember_all(device_keys, self.dedup_memory)
         for alert in outcome.alerts if outcome else []:
             new_states[alert.device_id].outbox.append(alert.model_dump(mode="json"))
         # devices with undelivered alerts from an earlier batch are flushed too
@@ -477,6 +503,8 @@ class EventScoring:
     def _finish_statuses(
         report: ScoringReport, records: Sequence[InboundRecord], scored_ids: set[str]
     ) -> ScoringReport:
+        if not report.retry_reasons and len(scored_ids) == len(report.status):
+            return report  # every record scored: each already is (step 1)
         rejected_ids = {r.record_id for r in report.rejected}
         for record in records:
             rid = record.record_id

@@ -18,6 +18,7 @@ the history as it stands, and does not advance it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,8 @@ class SensorTable:
     @classmethod
     def from_readings(cls, readings: Sequence[Reading], sensor_names: Sequence[str]) -> SensorTable:
         n = len(readings)
-        columns = {name: np.full(n, np.nan) for name in sensor_names}
+        # filled as Python lists: a numpy item assignment costs ~4x a list's
+        columns: dict[str, list[float]] = {name: [math.nan] * n for name in sensor_names}
         for i, r in enumerate(readings):
             for name, value in r.sensors.items():
                 col = columns.get(name)
@@ -83,7 +85,7 @@ class SensorTable:
         return cls(
             device_id=np.array([r.device_id for r in readings], dtype=object),
             timestamp=np.array([r.timestamp.timestamp() for r in readings], dtype=np.float64),
-            sensors=columns,
+            sensors={name: np.array(col, dtype=np.float64) for name, col in columns.items()},
             mode=np.array([r.mode for r in readings], dtype=object),
         )
 
@@ -291,12 +293,6 @@ def _window_features(
     order = np.lexsort((stamps, devices.astype(str))) if m else np.zeros(0, dtype=np.intp)
 
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
-    seg_start = np.zeros(m, dtype=np.int64)
-    position = np.zeros(m, dtype=np.int64)
-    prev_time = np.full(m, np.nan)
-    prev_pos = np.full(m, -1, dtype=np.int64)
-    counter = np.zeros(m, dtype=np.float64)
-    late = np.zeros(m, dtype=bool)
     cursor = 0
 
     def usable_past(hist: DeviceHistory) -> dict[str, list[float]]:
@@ -314,18 +310,25 @@ def _window_features(
         cursor += len(past[sources[0]]) if sources else 0
         return start
 
+    # the per-row walk on Python lists: numpy item access costs ~4x a list's
+    order_l: list[int] = order.tolist()
+    device_of: list[Any] = devices.tolist()
+    stamp_of: list[float] = stamps.tolist()
+    value_of = {s: columns[s].tolist() for s in sources}
+    seg_start_l, position_l, prev_pos_l = [0] * m, [0] * m, [-1] * m
+    prev_time_l, counter_l, late_l = [math.nan] * m, [0.0] * m, [False] * m
     i = 0
     while i < m:
-        device_value = devices[order[i]]
+        device_value = device_of[order_l[i]]
         j = i
-        while j < m and devices[order[j]] == device_value:
+        while j < m and device_of[order_l[j]] == device_value:
             j += 1
-        idx = order[i:j]
+        idx = order_l[i:j]
         device = str(device_value)
         hist = histories.get(device) or DeviceHistory()
         last = hist.last_timestamp
-        in_order = [r for r in idx if last is None or stamps[r] >= last]
-        late_rows = [r for r in idx if not (last is None or stamps[r] >= last)]
+        in_order = [r for r in idx if last is None or stamp_of[r] >= last]
+        late_rows = [r for r in idx if not (last is None or stamp_of[r] >= last)]
 
         past = usable_past(hist)
         start = open_segment(past)
@@ -333,24 +336,24 @@ def _window_features(
         prev_t = last
         for k, r in enumerate(in_order):
             for s in sources:
-                seg_values[s].append(float(columns[s][r]))
-            seg_start[r] = start
-            position[r] = cursor
-            prev_pos[r] = cursor - 1 if (hist_len + k) > 0 else -1
-            prev_time[r] = np.nan if prev_t is None else prev_t
-            counter[r] = hist.count + k + 1
-            prev_t = float(stamps[r])
+                seg_values[s].append(value_of[s][r])
+            seg_start_l[r] = start
+            position_l[r] = cursor
+            prev_pos_l[r] = cursor - 1 if (hist_len + k) > 0 else -1
+            prev_time_l[r] = math.nan if prev_t is None else prev_t
+            counter_l[r] = hist.count + k + 1
+            prev_t = stamp_of[r]
             cursor += 1
         for r in late_rows:
             start_late = open_segment(past)
             for s in sources:
-                seg_values[s].append(float(columns[s][r]))
-            seg_start[r] = start_late
-            position[r] = cursor
-            prev_pos[r] = cursor - 1 if cursor > start_late else -1
-            prev_time[r] = np.nan if last is None else last
-            counter[r] = hist.count + 1
-            late[r] = True
+                seg_values[s].append(value_of[s][r])
+            seg_start_l[r] = start_late
+            position_l[r] = cursor
+            prev_pos_l[r] = cursor - 1 if cursor > start_late else -1
+            prev_time_l[r] = math.nan if last is None else last
+            counter_l[r] = hist.count + 1
+            late_l[r] = True
             cursor += 1
 
         # the device's history after this batch: history plus in-order rows, trimmed
@@ -358,12 +361,17 @@ def _window_features(
             count=hist.count + len(in_order),
             last_timestamp=prev_t,
             values={
-                s: (past[s] + [float(columns[s][r]) for r in in_order])[-keep:] if keep else []
-                for s in sources
+                s: (past[s] + [value_of[s][r] for r in in_order])[-keep:] if keep else [] for s in sources
             },
         )
         histories[device] = new_hist
         i = j
+    seg_start = np.array(seg_start_l, dtype=np.int64)
+    position = np.array(position_l, dtype=np.int64)
+    prev_pos = np.array(prev_pos_l, dtype=np.int64)
+    prev_time = np.array(prev_time_l, dtype=np.float64)
+    counter = np.array(counter_l, dtype=np.float64)
+    late = np.array(late_l, dtype=bool)
 
     flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}
     for w in spec.windows:

@@ -9,9 +9,9 @@ return each device's new :class:`DeviceState` for the caller to store.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -169,6 +169,29 @@ class ScoringOutcome:
     summaries: list[WindowSummary] = field(default_factory=list)
 
 
+class _Lazy(Sequence[Mapping[str, str | None]]):
+    """Per row, identity fields (``asset``, ``line``, ``site``) made when asked: the alert policy
+    asks only for the rows that raise an alert, a few of a batch."""
+
+    def __init__(self, row: Callable[[int], Mapping[str, str | None]], n: int) -> None:
+        self.row = row
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> Mapping[str, str | None]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Mapping[str, str | None]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self.row(k) for k in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.row(i % self.n)
+
+
 def score_table(
     bundle: ModelBundle,
     table: SensorTable,
@@ -219,7 +242,7 @@ def score_table(
             timestamps=table.timestamp[rows],
             modes=[None] * len(rows) if table.mode is None else table.mode[rows].tolist(),
             late=features.late,
-            identity=None if identity is None else [identity[int(i)] for i in rows],
+            identity=None if identity is None else _Lazy(lambda i: identity[int(rows[i])], len(rows)),
             states={d: s.alerts for d, s in states.items()},
         )
         if len(rows)
@@ -266,6 +289,10 @@ def score_table(
     )
 
 
+def _identity(reading: Reading) -> dict[str, str | None]:
+    return {"asset": reading.asset, "line": reading.line, "site": reading.site}
+
+
 def score_readings(
     bundle: ModelBundle,
     readings: Sequence[Reading],
@@ -281,8 +308,14 @@ def score_readings(
     ``summarize``: see :func:`score_table`.
     """
     table = SensorTable.from_readings(readings, bundle.spec.sensor_names)
-    identity = [{"asset": r.asset, "line": r.line, "site": r.site} for r in readings]
-    result = score_table(bundle, table, states, identity=identity, threads=threads, summarize=summarize)
+    result = score_table(
+        bundle,
+        table,
+        states,
+        identity=_Lazy(lambda i: _identity(readings[i]), len(readings)),
+        threads=threads,
+        summarize=summarize,
+    )
     rejections = [
         Rejection(r.index, r.reason, r.errors, readings[r.index].to_record(), r.stage)
         for r in result.rejections

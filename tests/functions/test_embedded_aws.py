@@ -53,6 +53,25 @@ def _receive_bodies(factory: ClientFactory, queue_url: str) -> list[str]:
 
 @pytest.mark.aws
 class TestServices:
+    def test_s3_checksums_only_where_s3_requires_them(self, aws: EmbeddedAws) -> None:
+        # AwsConfig.botocore_config: no CRC32 of every PutObject body (SigV4 hashes it), but
+        # DeleteObjects, which S3 refuses without an integrity header, still carries one
+        s3 = aws.factory.client("s3")
+        _create_bucket(aws.factory, "zaindari-checksums")
+        sent: dict[str, dict[str, str]] = {}
+
+        def capture(request: object, event_name: str, **_: object) -> None:
+            sent[event_name.rsplit(".", 1)[-1]] = {k.lower(): v for k, v in request.headers.items()}  # type: ignore[attr-defined]
+
+        s3.meta.events.register("before-send.s3", capture)
+        s3.put_object(Bucket="zaindari-checksums", Key="a.jsonl.gz", Body=b"x" * 1000)
+        s3.delete_objects(Bucket="zaindari-checksums", Delete={"Objects": [{"Key": "a.jsonl.gz"}]})
+
+        assert not [h for h in sent["PutObject"] if h.startswith("x-amz-checksum") or h == "content-md5"]
+        assert sent["PutObject"]["x-amz-content-sha256"] != "UNSIGNED-PAYLOAD"
+        assert [h for h in sent["DeleteObjects"] if h.startswith("x-amz-checksum") or h == "content-md5"]
+        assert "Contents" not in s3.list_objects_v2(Bucket="zaindari-checksums")
+
     def test_s3_object_round_trips(self, aws: EmbeddedAws) -> None:
         s3 = aws.factory.client("s3")
         _create_bucket(aws.factory, "zaindari-models")
@@ -285,6 +304,8 @@ class TestAwsConfigFromEnv:
         botocore_config = AwsConfig.from_env({}).botocore_config()
         assert botocore_config.retries == {"mode": "standard", "total_max_attempts": 3}
         assert (botocore_config.connect_timeout, botocore_config.read_timeout) == (5.0, 30.0)
+        # validation is AWS's job (it answers with a ClientError); botocore's costs CPU per request
+        assert botocore_config.parameter_validation is False
 
 
 class TestCli:

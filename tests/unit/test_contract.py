@@ -12,7 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.hostile import hostile_bodies, hostile_reading
 from zaindari.contract import (
     ContractLimits,
     ParsedPayload,
@@ -20,9 +23,11 @@ from zaindari.contract import (
     Reading,
     Rejection,
     parse_payload,
+    parse_payloads,
     parse_reading,
     parse_readings,
 )
+from zaindari.jsonable import decode_json
 
 # 2024-05-01T12:00:00Z: 2024-01-01 is 1_704_067_200 s; + 121 days (Jan..Apr) * 86_400 s + 12 h.
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -833,3 +838,123 @@ def test_reading_is_immutable() -> None:
 
     with pytest.raises(ValueError, match="frozen"):
         reading.device_id = "other"  # type: ignore[misc]
+
+
+# -- the short paths (parse_payloads, and one reading per payload) decide as parse_reading does
+
+
+_NEAR_NOW = st.one_of(
+    st.floats(min_value=-600, max_value=600).map(lambda s: (NOW + timedelta(seconds=s)).isoformat()),
+    st.integers(min_value=-600_000, max_value=600_000).map(lambda ms: NOW_EPOCH_MS + ms),
+    st.sampled_from(
+        [
+            "1999-12-31T23:59:59.999999Z",
+            "2000-01-01T00:00:00Z",
+            946_684_799_999,
+            " 2024-05-01T12:00:00Z ",
+            "2024-05-01T12:00:00",
+            "1714564800000",
+            True,
+        ]
+    ),
+)
+_SOME_SENSORS = st.integers(min_value=0, max_value=5).map(lambda n: {f"s{i}": float(i) for i in range(n)})
+_LIMITS = st.sampled_from([ContractLimits(), ContractLimits(max_sensors=3, max_future_skew_seconds=30.0)])
+
+
+@st.composite
+def _document(draw: st.DrawFn) -> Any:
+    """A raw reading near the contract's edges (clock window, sensor count), or a hostile one."""
+    if draw(st.booleans()):
+        return draw(hostile_reading(record(seq=3, asset="p7")))
+    return record(timestamp=draw(_NEAR_NOW), sensors=draw(_SOME_SENSORS))
+
+
+def _outcome(parsed: ParsedPayload) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+    return [r.model_dump() for r in parsed.readings], parsed.indices, [r.to_dict() for r in parsed.rejections]
+
+
+@settings(max_examples=300)
+@given(document=_document(), limits=_LIMITS, now=st.sampled_from([NOW, None]))
+def test_one_reading_payload_is_decided_as_parse_reading_decides(
+    document: Any, limits: ContractLimits, now: datetime | None
+) -> None:
+    # Given one raw reading, When it arrives as a payload of its own (the short path), in a list,
+    # and through parse_reading (the full validator)
+    text = json.dumps(document, allow_nan=True)
+    alone = parse_payload(text, limits=limits, now=now)
+    listed = parse_readings([document], limits=limits, now=now)
+    full = parse_reading(document, limits=limits, now=now)
+    full_of_text = parse_reading(decode_json(text), limits=limits, now=now)  # (JSON may change a number)
+
+    # Then all three agree: the same reading, or the same rejection with the same errors
+    expected = (
+        ParsedPayload([full], [0], []) if isinstance(full, Reading) else ParsedPayload(rejections=[full])
+    )
+    assert _outcome(listed) == _outcome(expected)
+    if type(document) is dict and "readings" not in document:  # (else not a one-reading payload)
+        if isinstance(full_of_text, Reading):
+            assert [r.model_dump() for r in alone.readings] == [full_of_text.model_dump()]
+        else:
+            assert [r.reason for r in alone.rejections] == [full_of_text.reason]
+
+
+@given(bodies=hostile_bodies([record(seq=i) for i in range(3)]), limits=_LIMITS)
+def test_a_batch_of_payloads_yields_what_each_payload_yields_alone(
+    bodies: list[str], limits: ContractLimits
+) -> None:
+    batch = parse_payloads(
+        [*bodies, *(b.encode("utf-8", "surrogatepass") for b in bodies)], limits=limits, now=NOW
+    )
+
+    for i, body in enumerate([*bodies, *(b.encode("utf-8", "surrogatepass") for b in bodies)]):
+        try:
+            alone = parse_payload(body, limits=limits, now=NOW)
+        except PayloadTooLarge as exc:
+            assert [str(e) for p, e in batch.too_large if p == i] == [str(exc)]
+            continue
+        mine = [k for k, p in enumerate(batch.payloads) if p == i]
+        assert [batch.readings[k] for k in mine] == alone.readings
+        assert [batch.indices[k] for k in mine] == alone.indices
+        assert [r for p, r in batch.rejections if p == i] == alone.rejections
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "iso"),
+    [
+        ("2024-05-01T14:00:00.000123+02:00", "2024-05-01T12:00:00.000123Z"),
+        ("2024-05-01T12:00:00.5Z", "2024-05-01T12:00:00.500000Z"),
+        ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z"),
+        (NOW_EPOCH_MS + 7, "2024-05-01T12:00:00.007000Z"),
+    ],
+)
+def test_timestamp_iso_is_isoformat_in_utc_with_z(timestamp: Any, iso: str) -> None:
+    reading = accepted(record(timestamp=timestamp))
+
+    assert reading.timestamp_iso == iso == reading.timestamp.isoformat().replace("+00:00", "Z")
+    assert reading.dedup_key() == f"pump-07|{iso[:-1]}+00:00|"
+
+
+@pytest.mark.parametrize(
+    "sensors_and_more",
+    [
+        '"sensors":{"a":1.0},"device_id":"b"',  # a duplicate key: the last one holds
+        '"sensors":{"a":1.0,"a":2.0}',
+        '"sensors":{"a":1e-400}',  # underflows to 0.0
+        '"sensors":{"a":100000000000000000000}',  # an integer beyond 64 bits, a float's range
+        '"sensors":{"a":9007199254740993}',
+        '"sensors":{"a":NaN}',
+        '"sensors":{"a":1},"seq":-0',
+        '"sensors":{"a":1},"seq":-9223372036854775809',
+        '"sensors":{"a":1},"seq":1E2',
+        '"sensors":{"a":1}}x{',  # trailing garbage
+    ],
+)
+def test_a_batch_reads_json_edge_cases_as_one_payload_does(sensors_and_more: str) -> None:
+    body = '{"device_id":"a","timestamp":"2024-05-01T12:00:00Z",' + sensors_and_more + "}"
+
+    batch = parse_payloads([body], now=NOW)
+    alone = parse_payload(body, now=NOW)
+
+    assert batch.readings == alone.readings
+    assert [r for _, r in batch.rejections] == alone.rejections

@@ -546,6 +546,12 @@ def test_alerts_and_scored_rows_carry_the_bundle_model_version_and_the_record_ke
     assert [a.kind for a in overheating] == ["raised"]
     assert overheating[0].device_id == device
     assert overheating[0].observed["temperature"] == 130.0
+    source = of_device(readings, device)[0]  # the alert names where the device is
+    assert (overheating[0].asset, overheating[0].line, overheating[0].site) == (
+        source["asset"],
+        source["line"],
+        source["site"],
+    )
     assert len(rig.lake.scores) == len(batch)
     expected_keys = {reading_key_hash(reading_of(r)) for r in batch}
     assert {row["record_key"] for row in rig.lake.scores} == expected_keys

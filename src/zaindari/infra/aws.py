@@ -115,13 +115,26 @@ class AwsConfig(BaseModel):
         return self.endpoint_url is not None
 
     def botocore_config(self) -> Config:
-        """The botocore ``Config`` (timeouts, standard retries) every client is built with."""
+        """The botocore ``Config`` (timeouts, standard retries) every client is built with.
+
+        Two client-side costs are turned off, as each request paid them in Python on the scoring
+        path: input validation against the service model (``parameter_validation``: AWS
+        validates every request itself and answers a bad one with a ``ClientError``), and a
+        CRC32 of every request body where the operation does not require a checksum
+        (``request_checksum_calculation="when_required"``: S3 still gets one where it requires
+        it, e.g. ``DeleteObjects``; PutObject bodies are covered by SigV4's payload hash).
+        Responses are still checked where S3 sends a checksum.
+        """
         from botocore.config import Config
 
         # Without this, AWS_ENDPOINT_URL in the environment would override endpoint_url=None.
-        # (Passed as **kwargs: botocore-stubs do not know this botocore >= 1.31 option yet.)
-        endpoint_options: dict[str, Any] = {"ignore_configured_endpoint_urls": self.endpoint_url is None}
+        # (Passed as **kwargs: botocore-stubs do not know these botocore >= 1.31/1.36 options yet.)
+        endpoint_options: dict[str, Any] = {
+            "ignore_configured_endpoint_urls": self.endpoint_url is None,
+            "request_checksum_calculation": "when_required",
+        }
         return Config(
+            parameter_validation=False,
             region_name=self.region,
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
