@@ -56,7 +56,7 @@ BUILD := build
 # runs it from a scratch directory).
 REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
-.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-RegisterModelFunction build-DeployModelFunction tools-sagemaker sagemaker-tools checkov
+.PHONY: help setup test lint typecheck check docs demo aws-up bench clean tools lint-template build build-ScoreEventFunction build-StartRetrainingFunction build-ScoreBatchFunction build-FileScoringLayer build-DependenciesLayer build-RegisterModelFunction build-DeployModelFunction tools-sagemaker sagemaker-tools checkov
 
 help: ## Show this help
 	@echo "Zaindari: stateless predictive-maintenance functions (Lambda, OpenFaaS, Spark)."
@@ -218,6 +218,15 @@ build-RegisterModelFunction: ## Copy register_model's code into ARTIFACTS_DIR (s
 build-DeployModelFunction: ## Copy deploy_model's code into ARTIFACTS_DIR (sam build calls it)
 	$(call copy_function,deploy_model)
 
+build-DependenciesLayer: ## Install the functions' third-party wheels for Lambda into ARTIFACTS_DIR/python (sam build calls it)
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
+	rm -rf "$(ARTIFACTS_DIR)/python"
+	$(LAMBDA_PYC) $(REPO)/$(UV) pip install --quiet --target "$(ARTIFACTS_DIR)/python" --python-platform $(LAMBDA_PLATFORM) \
+		--python-version 3.11 --only-binary :all: --compile-bytecode -r "$(REPO)/$(LAYER_REQUIREMENTS)"
+	# sympy and mpmath come with onnxruntime for its offline tools (symbolic shape inference); the
+	# runtime never imports them, and with bytecode they are 86 MB of the 250 MB budget
+	rm -rf "$(ARTIFACTS_DIR)"/python/sympy "$(ARTIFACTS_DIR)"/python/sympy-* "$(ARTIFACTS_DIR)"/python/mpmath "$(ARTIFACTS_DIR)"/python/mpmath-*
+
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
 	rm -rf "$(ARTIFACTS_DIR)/python"
@@ -231,11 +240,7 @@ build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python 
 
 build: setup ## Build the Lambda code and layers into build/ (no Docker, no sam) and check the 250 MB limit
 	rm -rf $(BUILD)/layer $(BUILD)/score_event $(BUILD)/score_batch $(BUILD)/file_scoring_layer $(BUILD)/sizes.txt
-	$(LAMBDA_PYC) $(UV) pip install --quiet --target $(BUILD)/layer/python --python-platform $(LAMBDA_PLATFORM) \
-		--python-version 3.11 --only-binary :all: --compile-bytecode -r $(LAYER_REQUIREMENTS)
-	# sympy and mpmath come with onnxruntime for its offline tools (symbolic shape inference); the
-	# runtime never imports them, and with bytecode they are 86 MB of the 250 MB budget
-	rm -rf $(BUILD)/layer/python/sympy $(BUILD)/layer/python/sympy-* $(BUILD)/layer/python/mpmath $(BUILD)/layer/python/mpmath-*
+	@$(MAKE) --no-print-directory build-DependenciesLayer ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/layer
 	cd $(BUILD)/layer/python && $(CURDIR)/$(PY) -I -c "import sys; sys.path.insert(0, '.'); import onnxruntime, numpy, pydantic, orjson, yaml, aws_lambda_powertools; print('layer imports: ok')"
 	@$(MAKE) --no-print-directory build-ScoreEventFunction ARTIFACTS_DIR=$(CURDIR)/$(BUILD)/score_event
 	@code=$$(du -sb $(BUILD)/score_event | cut -f1); layer=$$(du -sb $(BUILD)/layer | cut -f1); \

@@ -9,6 +9,10 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from zaindari.infra.provision import load_template
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,12 +60,37 @@ def test_code_asset_bytecode_is_used_after_a_zip_round_trip(tmp_path: Path) -> N
     assert done.stdout.strip() == "ok"
 
 
-def test_layer_install_asks_uv_for_hash_based_bytecode() -> None:
+@pytest.mark.parametrize("layer", ["DependenciesLayer", "FileScoringLayer"])
+def test_layer_install_asks_uv_for_hash_based_bytecode(layer: str) -> None:
     recipe = subprocess.run(
-        ["make", "-n", "--no-print-directory", "build-FileScoringLayer", "ARTIFACTS_DIR=/nonexistent"],
+        ["make", "-n", "--no-print-directory", f"build-{layer}", "ARTIFACTS_DIR=/nonexistent"],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     assert "PYC_INVALIDATION_MODE=UNCHECKED_HASH" in recipe and "--compile-bytecode" in recipe
+
+
+def test_every_resource_sam_builds_with_make_finds_its_makefile_target() -> None:
+    # sam build runs `make -f <CodeUri or ContentUri>/Makefile build-<LogicalId>`: a resource whose
+    # folder has no Makefile, or whose Makefile lacks the target, fails `sam build` (it once did)
+    template = load_template(ROOT / "template.yaml")
+    built = {
+        logical_id: resource
+        for logical_id, resource in template.resources.items()
+        if resource.get("Metadata", {}).get("BuildMethod") == "makefile"
+    }
+    assert {"ScoreEventFunction", "DependenciesLayer", "FileScoringLayer"} <= set(built)
+    for logical_id, resource in built.items():
+        properties = resource["Properties"]
+        folder = ROOT / (properties.get("CodeUri") or properties["ContentUri"])
+        assert (folder / "Makefile").is_file(), f"{logical_id}: no Makefile in {folder}"
+        dry_run = subprocess.run(
+            ["make", "-n", "-f", str(folder / "Makefile"), f"build-{logical_id}", "ARTIFACTS_DIR=/nonexistent"],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert dry_run.returncode == 0, f"{logical_id}: {dry_run.stderr}"
