@@ -225,7 +225,7 @@ build-DependenciesLayer: ## Install the functions' third-party wheels for Lambda
 		--python-version 3.11 --only-binary :all: --compile-bytecode -r "$(REPO)/$(LAYER_REQUIREMENTS)"
 	# sympy and mpmath come with onnxruntime for its offline tools (symbolic shape inference); the
 	# runtime never imports them, and with bytecode they are 86 MB of the 250 MB budget
-	rm -rf "$(ARTIFACTS_DIR)"/python/sympy "$(ARTIFACTS_DIR)"/python/sympy-* "$(ARTIFACTS_DIR)"/python/mpmath "$(ARTIFACTS_DIR)"/python/mpmath-*
+	rm -rf "$(ARTIFACTS_DIR)"/python/sympy "$(ARTIFACTS_DIR)"/python/sympy-* "$(ARTIFACTS_DIR)"/python/mpmath "$(ARTIFACTS_DIR)"/python/mpmath-* "$(ARTIFACTS_DIR)"/python/isympy.py
 
 build-FileScoringLayer: ## Install pyarrow for Lambda into ARTIFACTS_DIR/python and trim it (sam build calls it)
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)"; exit 1; }
