@@ -1,7 +1,7 @@
 """Model bundles: the files a trained model travels as, verified before anything runs them.
 
 A bundle is a folder (or an S3 prefix copied to one) holding ``model.onnx``, ``signature.json``,
-``spec.yaml`` (written as JSON, which is YAML), ``thresholds.json``, optionally ``metrics.json``,
+``spec.yaml`` (written as JSON, which is YAML, unless the spec has an infinite bound), ``thresholds.json``, optionally ``metrics.json``,
 ``lineage.json`` and ``baseline.json``, and ``MANIFEST.json`` with the sha256 of every other file. :func:`load_bundle`
 refuses a bundle whose hashes do not match, whose signature disagrees with its spec, or whose ONNX
 graph disagrees with its signature. Models are ONNX only: nothing is ever unpickled.
@@ -282,7 +282,7 @@ def write_bundle(
     root.mkdir(parents=True, exist_ok=True)
     (root / MODEL_FILE).write_bytes(model)
     (root / SIGNATURE_FILE).write_text(signature.model_dump_json(indent=2))
-    (root / SPEC_FILE).write_text(spec.to_json())  # JSON is YAML; read without a YAML parser
+    (root / SPEC_FILE).write_text(spec.to_bundle_text())  # JSON (which is YAML) when it can say the same
     (root / THRESHOLDS_FILE).write_text(thresholds.model_dump_json(indent=2))
     for name, data in (extras or {}).items():
         if name not in OPTIONAL_JSON:

@@ -559,3 +559,26 @@ def test_bundle_spec_is_json_read_without_a_yaml_parser(bundle_dir: Path, spec: 
 def test_spec_written_as_yaml_still_loads(spec: ModelSpec) -> None:
     assert load_spec(spec.to_yaml()) == spec
     assert load_spec(spec.to_json() + "\n# reviewed\n") == spec  # JSON with a YAML comment
+
+
+def test_spec_with_an_infinite_bound_is_written_as_yaml_and_loads_unchanged(
+    spec: ModelSpec, weights: PcaWeights, tmp_path: Path
+) -> None:
+    # JSON has no infinity (pydantic writes null): such a spec would come back changed, or refused
+    sensors = [
+        s.model_copy(update={"max": float("inf")}) if i == 0 else s for i, s in enumerate(spec.sensors)
+    ]
+    unbounded = spec.model_copy(update={"sensors": sensors})
+    assert load_spec(unbounded.to_json()) != unbounded
+
+    scores = weights.score(np.zeros((1, len(pca_signature(spec, weights).features))))
+    root = write_bundle(
+        tmp_path / "b",
+        model=pca_anomaly_onnx(weights),
+        signature=pca_signature(spec, weights),
+        spec=unbounded,
+        thresholds=_learned_thresholds(scores),
+    )
+
+    assert ".inf" in (root / "spec.yaml").read_text()
+    assert load_bundle(root, verify_graph=False).spec == unbounded
