@@ -55,7 +55,8 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zain
 @functools.cache
 def scoring() -> EventScoring:
     """The use case, built once per container (clients, model session)."""
-    return build_event_scoring(settings, client_factory())
+    # botocore skips its client-side parameter check: the ports' calls are fixed and tested (AwsConfig)
+    return build_event_scoring(settings, client_factory(validate_parameters=False))
 
 
 def trigger_of(event: Any) -> str:

@@ -53,25 +53,6 @@ def _receive_bodies(factory: ClientFactory, queue_url: str) -> list[str]:
 
 @pytest.mark.aws
 class TestServices:
-    def test_s3_checksums_only_where_s3_requires_them(self, aws: EmbeddedAws) -> None:
-        # AwsConfig.botocore_config: no CRC32 of every PutObject body (SigV4 hashes it), but
-        # DeleteObjects, which S3 refuses without an integrity header, still carries one
-        s3 = aws.factory.client("s3")
-        _create_bucket(aws.factory, "zaindari-checksums")
-        sent: dict[str, dict[str, str]] = {}
-
-        def capture(request: object, event_name: str, **_: object) -> None:
-            sent[event_name.rsplit(".", 1)[-1]] = {k.lower(): v for k, v in request.headers.items()}  # type: ignore[attr-defined]
-
-        s3.meta.events.register("before-send.s3", capture)
-        s3.put_object(Bucket="zaindari-checksums", Key="a.jsonl.gz", Body=b"x" * 1000)
-        s3.delete_objects(Bucket="zaindari-checksums", Delete={"Objects": [{"Key": "a.jsonl.gz"}]})
-
-        assert not [h for h in sent["PutObject"] if h.startswith("x-amz-checksum") or h == "content-md5"]
-        assert sent["PutObject"]["x-amz-content-sha256"] != "UNSIGNED-PAYLOAD"
-        assert [h for h in sent["DeleteObjects"] if h.startswith("x-amz-checksum") or h == "content-md5"]
-        assert "Contents" not in s3.list_objects_v2(Bucket="zaindari-checksums")
-
     def test_s3_object_round_trips(self, aws: EmbeddedAws) -> None:
         s3 = aws.factory.client("s3")
         _create_bucket(aws.factory, "zaindari-models")
@@ -304,8 +285,15 @@ class TestAwsConfigFromEnv:
         botocore_config = AwsConfig.from_env({}).botocore_config()
         assert botocore_config.retries == {"mode": "standard", "total_max_attempts": 3}
         assert (botocore_config.connect_timeout, botocore_config.read_timeout) == (5.0, 30.0)
-        # validation is AWS's job (it answers with a ClientError); botocore's costs CPU per request
-        assert botocore_config.parameter_validation is False
+        # botocore checks parameters unless a hot path opts out (score_event does)
+        assert botocore_config.parameter_validation is True
+        assert AwsConfig(validate_parameters=False).botocore_config().parameter_validation is False
+
+    def test_score_event_clients_skip_parameter_validation_and_others_keep_it(self) -> None:
+        from zaindari.infra.wiring import client_factory
+
+        assert client_factory({}).config.validate_parameters is True
+        assert client_factory({}, validate_parameters=False).config.validate_parameters is False
 
 
 class TestCli:

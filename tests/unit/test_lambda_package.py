@@ -87,7 +87,14 @@ def test_every_resource_sam_builds_with_make_finds_its_makefile_target() -> None
         folder = ROOT / (properties.get("CodeUri") or properties["ContentUri"])
         assert (folder / "Makefile").is_file(), f"{logical_id}: no Makefile in {folder}"
         dry_run = subprocess.run(
-            ["make", "-n", "-f", str(folder / "Makefile"), f"build-{logical_id}", "ARTIFACTS_DIR=/nonexistent"],
+            [
+                "make",
+                "-n",
+                "-f",
+                str(folder / "Makefile"),
+                f"build-{logical_id}",
+                "ARTIFACTS_DIR=/nonexistent",
+            ],
             cwd=ROOT,
             check=False,
             capture_output=True,

@@ -29,11 +29,18 @@ __all__ = [
 ]
 
 
-def client_factory(env: dict[str, str] | None = None) -> ClientFactory:
-    """AWS clients from the standard configuration (``AWS_ENDPOINT_URL`` selects moto/LocalStack)."""
+def client_factory(env: dict[str, str] | None = None, *, validate_parameters: bool = True) -> ClientFactory:
+    """AWS clients from the standard configuration (``AWS_ENDPOINT_URL`` selects moto/LocalStack).
+
+    ``validate_parameters=False`` skips botocore's client-side parameter check (see
+    :class:`~zaindari.infra.aws.AwsConfig`): for a hot path whose calls are fixed and tested.
+    """
     import os
 
-    return ClientFactory(AwsConfig.from_env(env if env is not None else dict(os.environ)), botocore_only=True)
+    config = AwsConfig.from_env(env if env is not None else dict(os.environ))
+    if not validate_parameters:
+        config = config.model_copy(update={"validate_parameters": False})
+    return ClientFactory(config, botocore_only=True)
 
 
 def model_source(settings: Settings, factory: ClientFactory) -> ModelSource:
