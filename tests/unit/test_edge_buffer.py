@@ -407,3 +407,54 @@ def test_a_device_state_with_an_undelivered_nan_alert_reads_back_from_disk(
     observed = read.outbox[-1]["observed"]["temperature_rate"]
     assert isinstance(observed, float) and math.isnan(observed)
     assert read.seen == state.seen and read.history.to_dict() == state.history.to_dict()
+
+
+def test_two_worker_processes_scoring_one_device_at_once_count_every_reading_once(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from zaindari.edge.box import EdgeBox
+    from zaindari.edge.model_sync import LocalBundleFetcher, LocalModelStore, ModelSync
+
+    # Given two boxes on one buffer and one model store (two server worker processes)
+    def worker() -> EdgeBox:
+        sync = ModelSync(LocalModelStore(tmp_path / "models"), LocalBundleFetcher())
+        return EdgeBox(buffer=EdgeBuffer(tmp_path / "buffer.db"), sync=sync, box_id="b")
+
+    first, second = worker(), worker()
+    first.sync.seed(bundle.path, version="1")
+    device = readings[0]["device_id"]
+    own = [r for r in readings if r["device_id"] == device][:30]
+    # When the second commits a group of the device while the first has read its state and is
+    # still scoring (the first read is checked when the first takes the write lock)
+    load = first.scoring.states.load
+    interleaved = iter(own[20:30])
+
+    def load_then_the_other_worker_commits(devices: Sequence[str]) -> Any:
+        states = load(devices)
+        if first.buffer._local.txn.begun:  # the group scored again, under the write lock
+            return states
+        reading = next(interleaved, None)
+        if reading is not None:
+            assert not second.score_records([InboundRecord(f"w2-{reading['seq']}", [reading], "t")]).retry_ids
+        return states
+
+    first.scoring.states.load = load_then_the_other_worker_commits  # type: ignore[method-assign]
+    for i, reading in enumerate(own[:10]):
+        report = first.score_records([InboundRecord(f"w1-{i}", [reading], "t")])
+        assert not report.retry_ids and len(report.scored) == 1
+    # Then each of the first's groups was scored again under the lock, and nothing was lost or
+    # counted twice: the log holds 20 scores, the drift rows count 20, and the device's state is
+    # the one a single process scoring the groups in their commit order leaves
+    assert first.conflicts == 10 and second.conflicts == 0
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    assert sum(len(b["scores"]) for b in buffer.bodies("scores")) == 20
+    assert sum(s["scored"] for b in buffer.bodies("drift") for s in b["summaries"]) == 20
+    serial = scoring_on(EdgeBuffer(tmp_path / "serial.db"), bundle)
+    for k in range(10):
+        for reading in (own[20 + k], own[k]):
+            serial.score_records([InboundRecord(f"s{k}", [reading], "t")])
+    state = buffer.load_states([device])[device]
+    assert len(state.seen) == 20
+    assert state.to_dict() == serial.states.load([device])[device].to_dict()
+    # and a state written by the other worker is read from the database, not from memory
+    assert second.buffer.load_states([device])[device].to_dict() == state.to_dict()
