@@ -375,6 +375,10 @@ class EdgeBox:
     def close(self) -> None:
         """Stop the background thread, close the channels, checkpoint the buffer's write-ahead log
         and close this thread's database handle."""
+        if self.conflicts:
+            log.info(
+                "%d scoring groups were scored again after another process wrote their states", self.conflicts
+            )
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
