@@ -458,3 +458,42 @@ def test_two_worker_processes_scoring_one_device_at_once_count_every_reading_onc
     assert state.to_dict() == serial.states.load([device])[device].to_dict()
     # and a state written by the other worker is read from the database, not from memory
     assert second.buffer.load_states([device])[device].to_dict() == state.to_dict()
+
+
+def test_worker_processes_starting_at_once_install_the_first_model_once(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    import threading
+
+    from zaindari.edge.box import EdgeBox
+    from zaindari.edge.wiring import _provision
+    from zaindari.settings import Settings
+
+    # Given a box with an empty model store and a first bundle to install, and four workers
+    # (threads here: the lock is a file lock, which excludes open files, not only processes)
+    settings = Settings(
+        model_path=str(bundle.path),
+        edge_data_dir=str(tmp_path),
+        edge_buffer_path=str(tmp_path / "buffer.db"),
+        edge_model_dir=str(tmp_path / "models"),
+    )
+    boxes = [EdgeBox.from_settings(settings) for _ in range(4)]
+    failures: list[BaseException] = []
+
+    def start(box: EdgeBox) -> None:
+        try:
+            _provision(box, settings)
+            box.sync.current()
+        except BaseException as exc:  # collected and asserted below
+            failures.append(exc)
+
+    # When they all start at once
+    threads = [threading.Thread(target=start, args=(box,)) for box in boxes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then every one serves the one bundle installed
+    assert failures == []
+    assert len({box.sync.current().model_version for box in boxes}) == 1
+    assert len(list((tmp_path / "models" / "bundles").iterdir())) == 1
