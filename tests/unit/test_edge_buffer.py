@@ -497,3 +497,26 @@ def test_worker_processes_starting_at_once_install_the_first_model_once(
     assert failures == []
     assert len({box.sync.current().model_version for box in boxes}) == 1
     assert len(list((tmp_path / "models" / "bundles").iterdir())) == 1
+
+
+def test_a_buffer_made_before_state_versions_is_upgraded_and_keeps_its_states(tmp_path: Path) -> None:
+    import sqlite3
+
+    from zaindari.pipeline import DeviceState
+
+    # Given a buffer file whose device_state table has no version column (an earlier release)
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE device_state (device_id TEXT PRIMARY KEY, state BLOB NOT NULL, "
+            "updated_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        state = DeviceState(seen=[("k1", 1.0)])
+        db.execute("INSERT INTO device_state VALUES ('d1', ?, 0)", (state.to_json().encode(),))
+    # When this release opens it
+    buffer = EdgeBuffer(path)
+    # Then the state is read as it was, and a write bumps its version as for any other
+    assert buffer.load_states(["d1"])["d1"].seen == [("k1", 1.0)]
+    buffer.save_states({"d1": DeviceState(seen=[("k1", 1.0), ("k2", 2.0)])})
+    assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("k1", 1.0), ("k2", 2.0)]
+    assert buffer._versions(buffer._db(), ["d1"]) == {"d1": 1}
