@@ -1,9 +1,13 @@
--- wrk script of bench_edge_http.py: POST the bodies of BODIES_FILE (one per line) round-robin, each
--- wrk thread from its own offset (no two threads send the same reading), headers from HEADERS
+-- wrk script of bench_edge_http.py: POST the bodies of BODIES_FILE (one per line) in turn, the wrk
+-- threads interleaved (thread k of n sends bodies k, k+n, k+2n...: no two threads send the same
+-- reading, and together they send the devices' readings in time order, as a plant does; threads
+-- starting at different offsets would send one device's readings hours apart, and the older ones
+-- would be refused as too late to deduplicate instead of scored), headers from HEADERS
 -- ("Name: value|Name: value"); at the end, one JSON line with requests/s, p50/p99 (ms) and errors.
 local bodies = {}
 local index = 1
 local counter = 0
+local step = 1
 local threads = {}
 
 function setup(thread)
@@ -16,8 +20,8 @@ function init(args)
   for line in io.lines(os.getenv("BODIES_FILE")) do
     table.insert(bodies, line)
   end
-  local n = tonumber(os.getenv("WRK_THREADS") or "1")
-  index = math.floor((id - 1) * #bodies / n) + 1
+  step = tonumber(os.getenv("WRK_THREADS") or "1")
+  index = id
   wrk.method = "POST"
   for pair in string.gmatch(os.getenv("HEADERS") or "", "[^|]+") do
     local name, value = string.match(pair, "^%s*(.-)%s*:%s*(.-)%s*$")
@@ -27,8 +31,8 @@ end
 
 function request()
   local body = bodies[index]
-  index = index + 1
-  if index > #bodies then index = 1 end
+  index = index + step
+  if index > #bodies then index = id end
   return wrk.format(nil, nil, nil, body)
 end
 

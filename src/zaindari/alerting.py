@@ -238,11 +238,15 @@ def _rule_facts(rule: ExpertRule) -> tuple[tuple[str, ...], dict[str, float], st
 def _compile_expert(
     rule: ExpertRule, columns: Mapping[str, FloatArray], modes: npt.NDArray[np.object_], clear_after: int
 ) -> _Compiled:
-    with np.errstate(invalid="ignore"):
-        fire = _condition(rule.when, columns, hold=False)
-        hold = _condition(rule.when, columns, hold=True) | fire
+    # under evaluate_alerts' np.errstate(invalid="ignore") (see _condition)
+    fire = _condition(rule.when, columns, hold=False)
+    hold = _condition(rule.when, columns, hold=True) | fire
     if rule.modes is not None:
-        in_mode = np.isin(modes.astype(str), np.array(rule.modes, dtype=str))
+        if len(modes) <= 8:  # a few rows (an edge box's groups): a set lookup, not np.isin's sort
+            allowed = {str(m) for m in rule.modes}
+            in_mode = np.array([str(m) in allowed for m in modes.tolist()], dtype=bool)
+        else:
+            in_mode = np.isin(modes.astype(str), np.array(rule.modes, dtype=str))
         fire &= in_mode
         hold &= in_mode
     features, thresholds, message = _rule_facts(rule)
@@ -367,7 +371,8 @@ def evaluate_alerts(
     n = len(score)
     policy = spec.alert_policy
     mode_arr = np.array([m if m is not None else "" for m in modes], dtype=object)
-    compiled = [_compile_expert(r, columns, mode_arr, policy.clear_after) for r in policy.rules]
+    with np.errstate(invalid="ignore"):  # one context for every rule (nan features compare false)
+        compiled = [_compile_expert(r, columns, mode_arr, policy.clear_after) for r in policy.rules]
     if policy.learned.enabled:
         compiled.append(_compile_learned(spec, thresholds, score))
 

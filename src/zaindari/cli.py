@@ -411,7 +411,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        workers=1,
+        workers=args.workers,
         threads=args.threads,
         name="zaindari-edge",
         on_worker_start=start_edge_box,  # the box (buffer, shipper thread) lives in the worker
@@ -435,7 +435,13 @@ def _build_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--port", type=int, default=8080, help="port (default 8080, like the OpenFaaS gateway)"
     )
     serve.add_argument(
-        "--threads", type=int, default=4, help="request threads of the one process (default 4)"
+        "--threads", type=int, default=4, help="request threads of each worker process (default 4)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the box's buffer (default 1; 2 uses a second core, see docs/EDGE.md)",
     )
     serve.add_argument(
         "--functions",

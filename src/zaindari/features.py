@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,11 @@ __all__ = ["DeviceHistory", "FeatureBatch", "SensorTable", "compute_features", "
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+#: Up to this many rows, windows and row checks are computed in plain Python (bit for bit what the
+#: numpy path gives, see :func:`window_statistics_rows`): an edge box scores groups of 1-4
+#: readings, where numpy's per-call overhead (~100 us per batch for the windows) is most of the cost.
+SMALL_BATCH = 8
 
 
 @dataclass
@@ -159,9 +165,108 @@ def window_statistics(
     return out
 
 
+def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
+    """numpy's pairwise summation of ``values[lo:lo + n]`` (``DOUBLE_pairwise_sum``, numpy 1.x):
+    a plain loop below 8 values, 8 running sums combined as a tree up to 128, halves above."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += values[i]
+        return res
+    if n <= 128:
+        r = list(values[lo : lo + 8])
+        body = n - n % 8
+        for i in range(lo + 8, lo + body, 8):
+            for j in range(8):
+                r[j] += values[i + j]
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for i in range(lo + body, lo + n):
+            res += values[i]
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(values, lo, half) + _pairwise_sum(values, lo + half, n - half)
+
+
+def _row_sum(values: Sequence[float]) -> float:
+    """``ndarray.sum`` of one row of float64 (the reduction starts from 0.0: a sum of ``-0.0`` is ``0.0``)."""
+    return 0.0 + _pairwise_sum(values, 0, len(values))
+
+
+@cache
+def _ewm_weights(alpha: float, size: int) -> tuple[float, ...]:
+    # computed by numpy once, so the weights are the very numbers the numpy path multiplies by
+    return tuple(((1.0 - alpha) ** np.arange(size - 1, -1, -1, dtype=np.float64)).tolist())
+
+
+def window_statistics_rows(
+    windows: Sequence[Sequence[float]], stats: Sequence[str], alpha: float | None
+) -> dict[str, list[float]]:
+    """:func:`window_statistics` for a few windows as Python lists: the same numbers, bit for bit.
+
+    Each sum is taken over the whole row, empty places as 0.0, in numpy's pairwise order;
+    ``min`` and ``max`` are left to numpy (its SIMD reductions pick between ``0.0`` and ``-0.0``
+    in their own way).
+    """
+    out: dict[str, list[float]] = {stat: [] for stat in stats}
+    extremes = [s for s in stats if s in ("min", "max")]
+    for row in windows:
+        valid = [not math.isnan(x) for x in row]
+        count = float(sum(valid))
+        filled = [x if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+        mean = _row_sum(filled) / count
+        for stat in stats:
+            if stat == "mean":
+                out[stat].append(mean)
+            elif stat == "std":
+                dev = [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+                out[stat].append(math.sqrt(_row_sum([d * d for d in dev]) / count))
+            elif stat == "slope":
+                pos_mean = _row_sum([float(k) if ok else 0.0 for k, ok in enumerate(valid)]) / count
+                dx = [(k - pos_mean) if ok else 0.0 for k, ok in enumerate(valid)]
+                dy = [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+                sxx = _row_sum([d * d for d in dx])
+                out[stat].append(
+                    _row_sum([a * b for a, b in zip(dx, dy, strict=True)]) / sxx if sxx > 0 else 0.0
+                )
+            elif stat == "ewm":
+                assert alpha is not None  # the spec enforces it
+                weights = [
+                    w if ok else 0.0 for w, ok in zip(_ewm_weights(alpha, len(row)), valid, strict=True)
+                ]
+                out[stat].append(
+                    _row_sum([w * x for w, x in zip(weights, filled, strict=True)]) / _row_sum(weights)
+                )
+            elif stat not in extremes:  # pragma: no cover - the spec's Literal type rules this out
+                raise ValueError(f"unknown window statistic {stat!r}")
+    if extremes and windows:
+        for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
+            out[stat] = col.tolist()
+    return out
+
+
+def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
+    """Whether every sensor of every row is present, finite and in range (checked in Python)."""
+    for sensor in spec.sensors:
+        col = table.sensors.get(sensor.name)
+        if col is None:
+            return False
+        low, high = sensor.min, sensor.max
+        for value in col.tolist():
+            if (
+                not math.isfinite(value)
+                or (low is not None and value < low)
+                or (high is not None and value > high)
+            ):
+                return False
+    return True
+
+
 def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple[BoolArray, list[Rejection]]:
     """Rows missing a sensor or holding a value outside its valid range."""
     n = len(table)
+    if n <= SMALL_BATCH and _all_valid(spec, table):  # the usual case, without numpy's overhead
+        return np.ones(n, dtype=bool), []
     ok = np.ones(n, dtype=bool)
     reasons: dict[int, list[dict[str, str]]] = {}
     for sensor in spec.sensors:
@@ -290,7 +395,11 @@ def _window_features(
     m = len(stamps)
     sources = spec.window_sources
     keep = spec.history_size
-    order = np.lexsort((stamps, devices.astype(str))) if m else np.zeros(0, dtype=np.intp)
+    small = m <= SMALL_BATCH
+    if small:  # the same stable order as lexsort by (device, timestamp)
+        order: Any = sorted(range(m), key=lambda r: (str(devices[r]), float(stamps[r])))
+    else:
+        order = np.lexsort((stamps, devices.astype(str))) if m else np.zeros(0, dtype=np.intp)
 
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
     cursor = 0
@@ -373,6 +482,11 @@ def _window_features(
     counter = np.array(counter_l, dtype=np.float64)
     late = np.array(late_l, dtype=bool)
 
+    if small:
+        _small_window_columns(spec, columns, seg_values, seg_start, position, prev_pos, prev_time, stamps)
+        if spec.readings_since_start:
+            columns["readings_since_start"] = counter
+        return late
     flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}
     for w in spec.windows:
         offsets = np.arange(-(w.size - 1), 1, dtype=np.int64)
@@ -393,3 +507,36 @@ def _window_features(
             rate = (columns[s] - prev_value) / dt
         columns[f"{s}__rate"] = np.where(has_prev & (dt > 0), rate, np.nan)
     return late
+
+
+def _small_window_columns(
+    spec: ModelSpec,
+    columns: dict[str, FloatArray],
+    seg_values: Mapping[str, list[float]],
+    seg_start: npt.NDArray[np.int64],
+    position: npt.NDArray[np.int64],
+    prev_pos: npt.NDArray[np.int64],
+    prev_time: FloatArray,
+    stamps: FloatArray,
+) -> None:
+    """:func:`_window_features`' window and rate columns for a few rows, in plain Python (the
+    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`)."""
+    starts, ends, prev = seg_start.tolist(), position.tolist(), prev_pos.tolist()
+    nan = math.nan
+    for w in spec.windows:
+        flat = seg_values[w.source]
+        windows = [
+            [flat[p] if p >= start else nan for p in range(end - w.size + 1, end + 1)]
+            for start, end in zip(starts, ends, strict=True)
+        ]
+        for stat, col in window_statistics_rows(windows, w.stats, w.alpha).items():
+            columns[w.feature_name(stat)] = np.array(col, dtype=np.float64)
+    times = prev_time.tolist()
+    now = stamps.tolist()
+    for s in spec.rate_sources:
+        current = columns[s].tolist()
+        rates = []
+        for r, p in enumerate(prev):
+            dt = now[r] - times[r]  # nan without a previous reading
+            rates.append((current[r] - seg_values[s][p]) / dt if p >= 0 and dt > 0 else nan)
+        columns[f"{s}__rate"] = np.array(rates, dtype=np.float64)

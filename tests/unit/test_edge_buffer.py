@@ -407,3 +407,116 @@ def test_a_device_state_with_an_undelivered_nan_alert_reads_back_from_disk(
     observed = read.outbox[-1]["observed"]["temperature_rate"]
     assert isinstance(observed, float) and math.isnan(observed)
     assert read.seen == state.seen and read.history.to_dict() == state.history.to_dict()
+
+
+def test_two_worker_processes_scoring_one_device_at_once_count_every_reading_once(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    from zaindari.edge.box import EdgeBox
+    from zaindari.edge.model_sync import LocalBundleFetcher, LocalModelStore, ModelSync
+
+    # Given two boxes on one buffer and one model store (two server worker processes)
+    def worker() -> EdgeBox:
+        sync = ModelSync(LocalModelStore(tmp_path / "models"), LocalBundleFetcher())
+        return EdgeBox(buffer=EdgeBuffer(tmp_path / "buffer.db"), sync=sync, box_id="b")
+
+    first, second = worker(), worker()
+    first.sync.seed(bundle.path, version="1")
+    device = readings[0]["device_id"]
+    own = [r for r in readings if r["device_id"] == device][:30]
+    # When the second commits a group of the device while the first has read its state and is
+    # still scoring (the first read is checked when the first takes the write lock)
+    load = first.scoring.states.load
+    interleaved = iter(own[20:30])
+
+    def load_then_the_other_worker_commits(devices: Sequence[str]) -> Any:
+        states = load(devices)
+        if first.buffer._local.txn.begun:  # the group scored again, under the write lock
+            return states
+        reading = next(interleaved, None)
+        if reading is not None:
+            assert not second.score_records([InboundRecord(f"w2-{reading['seq']}", [reading], "t")]).retry_ids
+        return states
+
+    first.scoring.states.load = load_then_the_other_worker_commits  # type: ignore[method-assign]
+    for i, reading in enumerate(own[:10]):
+        report = first.score_records([InboundRecord(f"w1-{i}", [reading], "t")])
+        assert not report.retry_ids and len(report.scored) == 1
+    # Then each of the first's groups was scored again under the lock, and nothing was lost or
+    # counted twice: the log holds 20 scores, the drift rows count 20, and the device's state is
+    # the one a single process scoring the groups in their commit order leaves
+    assert first.conflicts == 10 and second.conflicts == 0
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    assert sum(len(b["scores"]) for b in buffer.bodies("scores")) == 20
+    assert sum(s["scored"] for b in buffer.bodies("drift") for s in b["summaries"]) == 20
+    serial = scoring_on(EdgeBuffer(tmp_path / "serial.db"), bundle)
+    for k in range(10):
+        for reading in (own[20 + k], own[k]):
+            serial.score_records([InboundRecord(f"s{k}", [reading], "t")])
+    state = buffer.load_states([device])[device]
+    assert len(state.seen) == 20
+    assert state.to_dict() == serial.states.load([device])[device].to_dict()
+    # and a state written by the other worker is read from the database, not from memory
+    assert second.buffer.load_states([device])[device].to_dict() == state.to_dict()
+
+
+def test_worker_processes_starting_at_once_install_the_first_model_once(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    import threading
+
+    from zaindari.edge.box import EdgeBox
+    from zaindari.edge.wiring import _provision
+    from zaindari.settings import Settings
+
+    # Given a box with an empty model store and a first bundle to install, and four workers
+    # (threads here: the lock is a file lock, which excludes open files, not only processes)
+    settings = Settings(
+        model_path=str(bundle.path),
+        edge_data_dir=str(tmp_path),
+        edge_buffer_path=str(tmp_path / "buffer.db"),
+        edge_model_dir=str(tmp_path / "models"),
+    )
+    boxes = [EdgeBox.from_settings(settings) for _ in range(4)]
+    failures: list[BaseException] = []
+
+    def start(box: EdgeBox) -> None:
+        try:
+            _provision(box, settings)
+            box.sync.current()
+        except BaseException as exc:  # collected and asserted below
+            failures.append(exc)
+
+    # When they all start at once
+    threads = [threading.Thread(target=start, args=(box,)) for box in boxes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then every one serves the one bundle installed
+    assert failures == []
+    assert len({box.sync.current().model_version for box in boxes}) == 1
+    assert len(list((tmp_path / "models" / "bundles").iterdir())) == 1
+
+
+def test_a_buffer_made_before_state_versions_is_upgraded_and_keeps_its_states(tmp_path: Path) -> None:
+    import sqlite3
+
+    from zaindari.pipeline import DeviceState
+
+    # Given a buffer file whose device_state table has no version column (an earlier release)
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE device_state (device_id TEXT PRIMARY KEY, state BLOB NOT NULL, "
+            "updated_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        state = DeviceState(seen=[("k1", 1.0)])
+        db.execute("INSERT INTO device_state VALUES ('d1', ?, 0)", (state.to_json().encode(),))
+    # When this release opens it
+    buffer = EdgeBuffer(path)
+    # Then the state is read as it was, and a write bumps its version as for any other
+    assert buffer.load_states(["d1"])["d1"].seen == [("k1", 1.0)]
+    buffer.save_states({"d1": DeviceState(seen=[("k1", 1.0), ("k2", 2.0)])})
+    assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("k1", 1.0), ("k2", 2.0)]
+    assert buffer._versions(buffer._db(), ["d1"]) == {"d1": 1}

@@ -40,6 +40,7 @@ from zaindari.edge.buffer import (
     Shipper,
     ShipReport,
     SqliteStateStore,
+    StateConflict,
     Uplink,
 )
 from zaindari.edge.local_alerts import AlertChannel, LocalAlerts, MqttChannel, WebhookChannel
@@ -181,6 +182,8 @@ class EdgeBox:
             if uplink is not None
             else None
         )
+        #: groups scored again because another worker process changed one of their device states
+        self.conflicts = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -265,8 +268,16 @@ class EdgeBox:
 
     def _score_in_one_transaction(self, records: Sequence[InboundRecord]) -> ScoringReport:
         try:
-            with self.buffer.transaction():
-                report = self.scoring.score_records(records)
+            try:
+                with self.buffer.transaction():
+                    report = self.scoring.score_records(records)
+            except StateConflict:
+                # another worker process of the box wrote a state this group read (the same
+                # device in both at once): nothing was kept; score it again, reading the states
+                # under the write lock this time
+                self.conflicts += 1
+                with self.buffer.transaction(immediate=True):
+                    report = self.scoring.score_records(records)
         except PortError as exc:  # the commit failed: nothing of the batch was kept
             report = ScoringReport(model_version=None)
             for record in records:
@@ -364,6 +375,10 @@ class EdgeBox:
     def close(self) -> None:
         """Stop the background thread, close the channels, checkpoint the buffer's write-ahead log
         and close this thread's database handle."""
+        if self.conflicts:
+            log.info(
+                "%d scoring groups were scored again after another process wrote their states", self.conflicts
+            )
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -249,7 +249,9 @@ class LocalAlerts:
         from zaindari.edge.buffer import buffered_alert
 
         report = DeliveryReport()
-        with self._lock:  # one delivery at a time keeps each queue in order
+        # one delivery at a time keeps each queue in order and sends each alert once: across the
+        # threads of this process, and across the box's server worker processes
+        with self._lock, self.buffer.process_lock("alerts"):
             for name, channel in self.channels.items():
                 if self.clock() < self._resume_at.get(name, 0.0):
                     report.errors[name] = "waiting before the next attempt"

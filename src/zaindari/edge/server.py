@@ -8,7 +8,9 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
 liveness probe, like the watchdog's ``/_/health``).
 
-One worker process (granian, see :mod:`zaindari.infra.http_server`), several threads: the three
+One worker process by default (granian, see :mod:`zaindari.infra.http_server`; ``--workers N``
+runs N over the one buffer: device states carry versions, see
+:meth:`zaindari.edge.buffer.EdgeBuffer.transaction`), several threads: the three
 functions share the process's edge box (:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer,
 background shipper and model sync), and concurrent requests are scored together (see
 :class:`zaindari.edge.wiring.BatchingEventScoring`). SIGTERM or SIGINT: the requests in flight are

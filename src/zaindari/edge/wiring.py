@@ -118,9 +118,13 @@ def check_edge_settings(settings: Settings) -> None:
 def _provision(box: EdgeBox, settings: Settings) -> None:
     if box.sync.store.pointer().current is not None:
         return
-    check_edge_settings(settings)
-    assert settings.model_path is not None  # checked above
-    outcome = box.sync.seed(Path(settings.model_path))
+    # the server's worker processes start at once: one installs, the others find it installed
+    with box.buffer.process_lock("provision"):
+        if box.sync.store.pointer().current is not None:
+            return
+        check_edge_settings(settings)
+        assert settings.model_path is not None  # checked above
+        outcome = box.sync.seed(Path(settings.model_path))
     log.info("first model installed from %s: %s %s", settings.model_path, outcome.model, outcome.version)
 
 

@@ -1,0 +1,180 @@
+"""The small-batch paths (a few rows in plain Python, as an edge box scores them) give the numpy
+paths' results bit for bit: the same inputs through both, every output compared exactly
+(``-0.0`` against ``0.0`` and ``nan`` included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.unit.test_features import RICH_SPEC, T0, make_table, random_table
+from zaindari import features
+from zaindari.features import DeviceHistory, compute_features, window_statistics, window_statistics_rows
+from zaindari.spec import load_spec
+
+
+def same_bits(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (
+        a.shape == b.shape
+        and np.array_equal(a, b, equal_nan=True)
+        and np.array_equal(np.signbit(a), np.signbit(b))
+    )
+
+
+def padded_windows(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:
+    """Windows as the numpy path gathers them: ``nan`` before the segment start, the last value
+    present; values of mixed magnitude, some ``0.0``/``-0.0``, some rows constant."""
+    scale = 10.0 ** rng.integers(-3, 7, size=(rows, size))
+    windows = rng.normal(size=(rows, size)) * scale
+    windows[rng.random((rows, size)) < 0.1] = -0.0
+    windows[rng.random((rows, size)) < 0.1] = 0.0
+    for r in range(rows):
+        if rng.random() < 0.2:
+            windows[r, :] = windows[r, -1]
+        empty = int(rng.integers(0, size))
+        windows[r, :empty] = np.nan
+    return windows
+
+
+def test_window_statistics_rows_equal_numpy_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    stats = ["mean", "std", "min", "max", "slope", "ewm"]
+    for trial in range(400):
+        size = int(rng.integers(1, 140))  # across numpy's 8 and 128 summation thresholds
+        windows = padded_windows(rng, int(rng.integers(1, 5)), size)
+        alpha = float(rng.uniform(0.01, 1.0))
+        expected = window_statistics(windows, stats, alpha)
+        got = window_statistics_rows(windows.tolist(), stats, alpha)
+        for stat in stats:
+            assert same_bits(got[stat], expected[stat]), (trial, size, stat)
+
+
+def test_sum_of_negative_zeros_is_positive_zero_as_numpy_gives() -> None:
+    got = window_statistics_rows([[-0.0, -0.0, -0.0]], ["mean", "ewm"], 0.5)
+    expected = window_statistics(np.array([[-0.0, -0.0, -0.0]]), ["mean", "ewm"], 0.5)
+    assert same_bits(got["mean"], expected["mean"]) and same_bits(got["ewm"], expected["ewm"])
+
+
+def features_both_ways(spec: Any, table: Any, histories: dict[str, DeviceHistory]) -> tuple[Any, Any]:
+    small = compute_features(
+        spec, table, {k: DeviceHistory.from_dict(v.to_dict()) for k, v in histories.items()}
+    )
+    saved = features.SMALL_BATCH
+    features.SMALL_BATCH = 0
+    try:
+        full = compute_features(
+            spec, table, {k: DeviceHistory.from_dict(v.to_dict()) for k, v in histories.items()}
+        )
+    finally:
+        features.SMALL_BATCH = saved
+    return small, full
+
+
+def assert_same_features(small: Any, full: Any) -> None:
+    assert small.rows.tolist() == full.rows.tolist()
+    assert small.late.tolist() == full.late.tolist()
+    assert [(r.index, r.reason) for r in small.rejections] == [(r.index, r.reason) for r in full.rejections]
+    assert small.columns.keys() == full.columns.keys()
+    for name in full.columns:
+        assert same_bits(small.columns[name], full.columns[name]), name
+    assert {k: v.to_dict() for k, v in small.histories.items()} == {
+        k: v.to_dict() for k, v in full.histories.items()
+    }
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_small_batches_give_the_numpy_features_with_history_late_rows_and_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    devices = ["b", "a", "c"]
+    past = random_table(seed, devices, 6)
+    histories = compute_features(RICH_SPEC, past).histories
+    for n in range(1, features.SMALL_BATCH + 1):
+        table = random_table(seed * 100 + n, devices[: 1 + n % 3], 1 + n // 3)
+        table = table.take(np.arange(min(n, len(table))))
+        stamps = table.timestamp.copy()
+        if len(stamps) > 1 and rng.random() < 0.5:  # a tie: a rate over zero seconds is nan
+            stamps[1] = stamps[0]
+        if rng.random() < 0.5:  # a late row: older than its device's history
+            stamps[0] = T0 - 10.0
+        table.timestamp = stamps
+        assert_same_features(*features_both_ways(RICH_SPEC, table, histories))
+        assert_same_features(*features_both_ways(RICH_SPEC, table, {}))
+
+
+def test_small_batches_with_bad_rows_reject_them_as_numpy_does() -> None:
+    table = make_table(
+        ["a", "a", "b", "b"],
+        [T0, T0 + 1, T0 + 2, T0 + 3],
+        temperature=[20.0, np.nan, 30.0, 500.0],
+        pressure=[0.0, 1.0, np.inf, 2.0],  # the first: temperature / 0 is not finite
+    )
+    small, full = features_both_ways(RICH_SPEC, table, {})
+    assert full.rejections  # the case is exercised
+    assert_same_features(small, full)
+
+
+def test_example_spec_small_batches_equal_numpy() -> None:
+    from tests.support import plant_readings
+    from zaindari.contract import parse_payload
+    from zaindari.example_model import example_spec_text
+    from zaindari.features import SensorTable
+
+    spec = load_spec(example_spec_text())
+    readings = parse_payload(plant_readings(0)[:400]).readings
+    history = compute_features(spec, SensorTable.from_readings(readings[:300], spec.sensor_names)).histories
+    for begin in range(300, 400, 3):
+        table = SensorTable.from_readings(readings[begin : begin + 3], spec.sensor_names)
+        assert_same_features(*features_both_ways(spec, table, history))
+
+
+def test_small_drift_summaries_equal_the_numpy_counts() -> None:
+    from zaindari import drift
+    from zaindari.drift import Baseline, summarize_table
+
+    rng = np.random.default_rng(3)
+    baseline = Baseline(
+        model_name="m",
+        features=["f0", "f1", "f2"],
+        edges=[[-1.0, 0.0, 1.0], [0.5], [-0.0, 2.0, 4.0, 8.0]],
+        counts=[[1, 1, 1, 1], [1, 1], [1, 1, 1, 1, 1]],
+        score_edges=[0.1, 0.2],
+        score_counts=[1, 1, 1],
+        rows=4,
+        sensors={"temperature": (0.0, 100.0), "pressure": (None, 5.0), "absent": (0.0, None)},
+        feature_sensors={"f0": ["temperature"], "f1": ["pressure"], "f2": []},
+    )
+    for trial in range(300):
+        n = int(rng.integers(1, drift.SMALL_SUMMARY + 1))
+        stamps = T0 + 3590.0 + rng.uniform(0, 20, n)  # across an hour boundary
+        temperature = rng.uniform(-20, 120, n)
+        temperature[rng.random(n) < 0.2] = np.nan
+        pressure = rng.uniform(0, 8, n)
+        rows = np.flatnonzero(rng.random(n) < 0.8).astype(np.intp)
+        matrix = rng.normal(size=(len(rows), 3)).astype(np.float32)
+        matrix[rng.random(matrix.shape) < 0.1] = np.nan
+        matrix[rng.random(matrix.shape) < 0.1] = np.inf
+        matrix[rng.random(matrix.shape) < 0.1] = 0.0
+        score = rng.uniform(0, 0.3, len(rows))
+        score[rng.random(len(rows)) < 0.1] = np.nan
+        kwargs: dict[str, Any] = dict(
+            model_version="m:1",
+            devices=np.array(rng.choice(["b", "a", "c"], n), dtype=object),
+            timestamps=stamps,
+            sensors={"temperature": temperature, "pressure": pressure},
+            rows=rows,
+            matrix=matrix,
+            score=score,
+            alerts=rng.random(len(rows)) < 0.3,
+        )
+        small = summarize_table(baseline, **kwargs)
+        saved = drift.SMALL_SUMMARY
+        drift.SMALL_SUMMARY = 0
+        try:
+            full = summarize_table(baseline, **kwargs)
+        finally:
+            drift.SMALL_SUMMARY = saved
+        assert [s.to_dict() for s in small] == [s.to_dict() for s in full], trial
+        assert small == full
