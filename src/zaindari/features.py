@@ -396,10 +396,11 @@ def _window_features(
     sources = spec.window_sources
     keep = spec.history_size
     small = m <= SMALL_BATCH
-    if small:  # the same stable order as lexsort by (device, timestamp)
-        order: Any = sorted(range(m), key=lambda r: (str(devices[r]), float(stamps[r])))
+    order_l: list[int]  # rows by (device, timestamp), stably
+    if small:  # the same stable order as lexsort's, without numpy's per-call cost
+        order_l = sorted(range(m), key=lambda r: (str(devices[r]), float(stamps[r])))
     else:
-        order = np.lexsort((stamps, devices.astype(str))) if m else np.zeros(0, dtype=np.intp)
+        order_l = np.lexsort((stamps, devices.astype(str))).tolist() if m else []
 
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
     cursor = 0
@@ -420,7 +421,6 @@ def _window_features(
         return start
 
     # the per-row walk on Python lists: numpy item access costs ~4x a list's
-    order_l: list[int] = order.tolist()
     device_of: list[Any] = devices.tolist()
     stamp_of: list[float] = stamps.tolist()
     value_of = {s: columns[s].tolist() for s in sources}
