@@ -141,6 +141,7 @@ CREATE TABLE IF NOT EXISTS device_state (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready lake objects)
     seq INTEGER PRIMARY KEY,
+    key TEXT,                              -- the object's lake key (read without decoding the row)
     data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS drift_open (  -- per window, the drift row new summaries are added to
@@ -286,6 +287,31 @@ class EdgeBuffer:
         if "version" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
                 db.execute("ALTER TABLE device_state ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        self._objects_schema(db)
+
+    def _objects_schema(self, db: sqlite3.Connection) -> None:
+        """Object rows keep their key beside their bytes (``outbox_blobs.key``, read through its
+        index): a buffer made before gets the column, filled from each row, in one transaction."""
+        if not any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox_blobs)")):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # another process may have migrated it while this one waited for the lock
+                if not any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox_blobs)")):
+                    db.execute("ALTER TABLE outbox_blobs ADD COLUMN key TEXT")
+                    rows = db.execute(
+                        "SELECT o.seq, o.body FROM outbox o JOIN outbox_blobs b ON b.seq = o.seq "
+                        "WHERE o.kind = 'object'"
+                    ).fetchall()
+                    db.executemany(
+                        "UPDATE outbox_blobs SET key = ? WHERE seq = ?",
+                        [(_decode(body)["key"], seq) for seq, body in rows],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        # in an old buffer the column comes after the bytes, in their pages: read through this index
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
 
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = False) -> Iterator[None]:
@@ -992,7 +1018,6 @@ class EdgeBuffer:
             return 0
         deleted = 0
         with self._write() as db:
-            self._objects_schema(db)
             low, high = self._plan(db) or (0, -1)
             for begin in range(0, len(wanted), 500):
                 chunk = wanted[begin : begin + 500]
@@ -1038,22 +1063,6 @@ class EdgeBuffer:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         return None if row is None else _decode(row[0])
 
-    def _objects_schema(self, db: sqlite3.Connection) -> None:
-        """Migrate a buffer made before object rows kept their key beside their bytes (in the
-        caller's transaction: rolled back with it, done again by the next call)."""
-        if any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox_blobs)")):
-            return
-        db.execute("ALTER TABLE outbox_blobs ADD COLUMN key TEXT")
-        # read through this index only: the column itself comes after the bytes, in their pages
-        db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
-        rows = db.execute(
-            "SELECT o.seq, o.body FROM outbox o JOIN outbox_blobs b ON b.seq = o.seq WHERE o.kind = 'object'"
-        ).fetchall()
-        db.executemany(
-            "UPDATE outbox_blobs SET key = ? WHERE seq = ?",
-            [(_decode(body)["key"], seq) for seq, body in rows],
-        )
-
     def _insert_object(
         self,
         db: sqlite3.Connection,
@@ -1065,7 +1074,6 @@ class EdgeBuffer:
         items: int,
         day: str = "",
     ) -> int:
-        self._objects_schema(db)
         meta = _encode({"key": key, "content_type": content_type, "size": size})
         cursor = db.execute(
             "INSERT INTO outbox (kind, day, items, bytes, created_at, body) VALUES ('object', ?, ?, ?, ?, ?)",
@@ -1115,7 +1123,6 @@ class EdgeBuffer:
     def _compact_oldest_file_scores(self, db: sqlite3.Connection, plan: tuple[int, int] | None) -> int:
         """Replace the oldest score object of a file by its hourly per-device summaries, in its
         place in the log; returns the bytes freed (0: none left)."""
-        self._objects_schema(db)
         low, high = plan if plan else (0, -1)
         row = db.execute(
             "SELECT o.seq, o.bytes FROM outbox_blobs b JOIN outbox o ON o.seq = b.seq "
