@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from tests.support import ROOT, fit_example_bundle, plant_readings
@@ -309,3 +310,32 @@ def test_a_buffer_made_before_object_keys_were_kept_beside_their_bytes_is_migrat
     assert sorted(uplink.blobs) == keys
     summaries = [r for k, rows in uplink.objects.items() if k.startswith("summaries/edge/") for r in rows]
     assert sum(s["readings"] for s in summaries) == 239
+
+
+def test_near_the_bound_every_output_the_shipped_manifest_lists_ships_and_every_row_is_counted(
+    tmp_path: Path, bundle: ModelBundle, historian_csv: bytes
+) -> None:
+    # Given the bytes a file takes in an unbounded buffer (its objects, manifest and alerts)
+    whole = EdgeBuffer(tmp_path / "whole.db")
+    score(whole, bundle, tmp_path / "spool0", historian_csv)
+    size, alerts = whole.stats().bytes, whole.stats().items["alert"]
+    assert alerts >= 1
+    # When it is scored into buffers whose bound falls anywhere in its last few kilobytes (where
+    # making room for its alerts could compact its own scores)
+    for n, cut in enumerate(range(0, 6000, 500)):
+        buffer = EdgeBuffer(tmp_path / f"edge{n}.db", max_bytes=size - cut)
+        manifest = score(buffer, bundle, tmp_path / f"spool{n}", historian_csv)
+        compacted = buffer.stats().compacted_readings
+        uplink = ship(buffer)
+        # Then the manifest that ships names only objects that ship, and each scored row is in a
+        # shipped score object or counted in a summary, once
+        shipped = json.loads(uplink.blobs[f"manifests/{manifest.source_id}.json"])
+        sent = set(uplink.blobs) | set(uplink.objects)
+        assert set(shipped["outputs"]) <= sent, cut
+        kept_rows = sum(
+            pq.read_table(io.BytesIO(blob)).num_rows
+            for k, blob in uplink.blobs.items()
+            if k.startswith("scores/")
+        )
+        assert kept_rows + compacted == manifest.rows_scored == 239, cut
+        assert len(uplink.alerts) == alerts, cut

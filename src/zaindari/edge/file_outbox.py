@@ -12,11 +12,13 @@ kind ``object``), which its one shipper sends to S3 in sequence order, under tho
   (:class:`~zaindari.local_ports.LocalFileSink`, as :class:`~zaindari.infra.file_ports.S3FileSink`
   does on Lambda), so memory holds one chunk, not the file.
 * **One transaction per file (or part).** :meth:`commit` only closes the staged files;
-  :meth:`write_manifest` then copies them into the buffer (a megabyte at a time), with the
-  quarantine record of a file set aside whole, the manifest itself (last, as in the cloud: it says
-  the run is complete), the file's alerts (:func:`~zaindari.file_drops.file_alerts`: one per
-  device and rule, ``Zaindari Alert`` on EventBridge and the plant's channels) and the file's entry
-  in the box's list of files, all in **one** SQLite transaction. A process killed before it commits
+  :meth:`write_manifest` then puts into the buffer the file's alerts
+  (:func:`~zaindari.file_drops.file_alerts`: one per device and rule, ``Zaindari Alert`` on
+  EventBridge and the plant's channels; first, so that the room each alert makes never compacts
+  this file's own objects), the staged objects (copied a megabyte at a time), the quarantine record
+  of a file set aside whole, the manifest itself (last of the objects, as in the cloud: it says the
+  run is complete) and the file's entry in the box's list of files, all in **one** SQLite
+  transaction. A process killed before it commits
   leaves nothing in the log (its spool folder is removed when the next process starts); after it,
   everything. A file posted again is found in that list (:meth:`read_manifest`: the content's hash
   is in the source id), and its objects keep their names, so even a file scored twice lands once.
@@ -211,6 +213,10 @@ class BufferedFileSink:
         try:
             sizes = {k: p.stat().st_size for k, p in staged}
             with self.buffer.transaction():
+                # alerts first: each makes room for itself (alerts are never dropped), which may
+                # compact older score objects, never this file's, not appended yet. (They read the
+                # manifest's status and alert summaries, not its outputs.)
+                self._alerts.publish(file_alerts(manifest, key))
                 kept = list(others)
                 if scores and not self.buffer.make_room(sum(sizes[k] for k, _ in scores)):
                     self.buffer.append_compacted_scores([p for _, p in scores])
@@ -242,7 +248,6 @@ class BufferedFileSink:
                 shipped = manifest if outputs == manifest.outputs else _with_outputs(manifest, outputs)
                 body = shipped.model_dump(mode="json")
                 self._append_json(key, body)
-                self._alerts.publish(file_alerts(shipped, key))
                 self.buffer.record_file(key, shipped.status, body)
         except OSError as exc:
             raise PortError(f"edge spool {self.spool}: cannot publish {manifest.source_id}: {exc}") from exc
