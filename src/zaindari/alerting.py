@@ -376,15 +376,12 @@ def evaluate_alerts(
     if policy.learned.enabled:
         compiled.append(_compile_learned(spec, thresholds, score))
 
-    # Python lists once per rule: the walks below read them row by row, and a numpy item access
-    # costs ~0.1 us a time (each row's values are the same objects either way)
-    walks = [_Walk(c.fire.tolist(), c.hold.tolist(), c.severity.tolist()) for c in compiled]
     row_rules: list[list[str]] = [[] for _ in range(n)]
     row_severity: list[str | None] = [None] * n
-    for c, walk in zip(compiled, walks, strict=True):
-        for i in np.flatnonzero(c.fire).tolist():
+    for c in compiled:
+        for i in np.flatnonzero(c.fire):
             row_rules[i].append(c.rule_id)
-            sev = walk.severity[i]
+            sev = c.severity[i]
             current = row_severity[i]
             if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
                 row_severity[i] = sev
@@ -398,26 +395,22 @@ def evaluate_alerts(
     order = np.lexsort((timestamps, device_arr.astype(str))) if n else np.zeros(0, dtype=np.intp)
     order = order[~late[order]]
     boundaries = np.flatnonzero(device_arr[order][1:] != device_arr[order][:-1]) + 1
-    seconds = timestamps.tolist()
     for rows in np.split(order, boundaries) if len(order) else []:
         device = str(device_arr[rows[0]])
         state = out_states.setdefault(device, AlertState())
-        row_list: list[int] | None = None
-        for c, walk in zip(compiled, walks, strict=True):
+        for c in compiled:
             rule_state = state.rules.get(c.rule_id) or RuleState()
             if rule_state.is_idle() and not c.fire[rows].any():
                 continue
-            if row_list is None:
-                row_list = rows.tolist()
-            for i in row_list:
-                event = _step(rule_state, c, walk, i, seconds)
+            for i in rows:
+                event = _step(rule_state, c, int(i), timestamps)
                 if event is not None:
                     alerts.append(
                         _make_alert(
                             event,
                             rule_state,
                             c,
-                            i,
+                            int(i),
                             device,
                             spec,
                             signature,
@@ -445,31 +438,22 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class _Walk:
-    """A compiled rule's per-row arrays as Python lists (what :func:`_step` reads row by row)."""
-
-    fire: list[bool]
-    hold: list[bool]
-    severity: list[str | None]
-
-
 def _step(
-    state: RuleState, c: _Compiled, walk: _Walk, i: int, seconds: list[float]
+    state: RuleState, c: _Compiled, i: int, timestamps: FloatArray
 ) -> Literal["raised", "escalated", "resolved"] | None:
     """Advance one rule on one reading; returns the alert kind it emits, if any."""
     if not state.active:
-        state.streak = state.streak + 1 if walk.fire[i] else 0
+        state.streak = state.streak + 1 if c.fire[i] else 0
         if state.streak >= c.for_consecutive:
             state.active = True
             state.clear_streak = 0
-            state.severity = str(walk.severity[i])
-            state.started_at = _iso(seconds[i])
+            state.severity = str(c.severity[i])
+            state.started_at = _iso(float(timestamps[i]))
             return "raised"
         return None
-    if walk.hold[i]:
+    if c.hold[i]:
         state.clear_streak = 0
-        sev = walk.severity[i]
+        sev = c.severity[i]
         if (
             sev is not None
             and state.severity is not None
