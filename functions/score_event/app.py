@@ -56,8 +56,9 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Zain
 @functools.cache
 def scoring() -> EventScoring:
     """The use case, built once per container (clients, model session)."""
-    # botocore skips its client-side parameter check: the ports' calls are fixed and tested (AwsConfig)
-    return build_event_scoring(settings, client_factory(validate_parameters=False))
+    # botocore skips its client-side parameter check (the ports' calls are fixed and tested) and
+    # makes the User-Agent header once, not twice per request (AwsConfig)
+    return build_event_scoring(settings, client_factory(validate_parameters=False, fixed_user_agent=True))
 
 
 def trigger_of(event: Any) -> str:
