@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import boto3.session
@@ -294,6 +295,37 @@ class TestAwsConfigFromEnv:
 
         assert client_factory({}).config.validate_parameters is True
         assert client_factory({}, validate_parameters=False).config.validate_parameters is False
+
+    def test_a_fixed_user_agent_is_botocores_own_string_made_once(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from zaindari.infra.aws import ClientFactory
+
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+            monkeypatch.setenv(name, value)
+
+        sent: list[str] = []
+
+        class Stop(Exception):
+            pass
+
+        def capture(request: Any, **_: Any) -> None:
+            sent.append(request.headers["User-Agent"].decode())
+            raise Stop
+
+        headers: dict[bool, str] = {}
+        for fixed in (False, True):
+            config = AwsConfig(region="eu-west-1", endpoint_url="http://127.0.0.1:9", fixed_user_agent=fixed)
+            client = ClientFactory(config, botocore_only=True).client("s3")
+            client.meta.events.register("before-send", capture)
+            with pytest.raises(Stop):
+                client.list_buckets()
+            headers[fixed] = sent[-1]
+        assert AwsConfig().botocore_config().user_agent is None  # off by default
+        # the same SDK, OS, language and retry-mode parts; only the per-request feature ids are gone
+        assert headers[True].startswith("Botocore/") and "cfg/retry-mode#standard" in headers[True]
+        assert " m/" in headers[False] and " m/" not in headers[True]
+        assert set(headers[True].split()) <= set(headers[False].split())
 
 
 class TestCli:

@@ -30,7 +30,8 @@ __all__ = ["alert_inboxes", "app", "bundle_dir", "env", "readings"]  # fixtures,
 @pytest.fixture
 def faults(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> FaultInjector:
     """Faults on the very clients the function builds (its factory is made here, then handed over)."""
-    factory = client_factory(validate_parameters=False)  # as the function builds its own
+    # as the function builds its own
+    factory = client_factory(validate_parameters=False, fixed_user_agent=True)
     monkeypatch.setattr(app, "client_factory", lambda **_: factory)
     return FaultInjector(factory)
 

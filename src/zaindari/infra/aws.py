@@ -65,6 +65,11 @@ class AwsConfig(BaseModel):
         the ports turn into ``PortError``). ``score_event`` turns it off for its fixed, tested calls
         (~0.1 ms of CPU per request on the scoring path): a wrong parameter there would then fail
         as a plain ``KeyError``/``TypeError`` in botocore, or as AWS's ``ValidationException``.
+    fixed_user_agent
+        Off by default. On, the ``User-Agent`` header is botocore's own string made once (SDK,
+        OS, language, retry mode), passed as ``Config(user_agent=...)``, instead of being built
+        twice per request (~35 us each, ~0.7 ms per batch of ``score_event``'s ~10 requests); it
+        then lacks only the per-request feature ids (``m/...``) botocore reports to AWS.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,6 +80,7 @@ class AwsConfig(BaseModel):
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
     validate_parameters: bool = True
+    fixed_user_agent: bool = False
 
     @field_validator("endpoint_url", mode="before")
     @classmethod
@@ -128,7 +134,7 @@ class AwsConfig(BaseModel):
         # Without this, AWS_ENDPOINT_URL in the environment would override endpoint_url=None.
         # (Passed as **kwargs: botocore-stubs do not know this botocore >= 1.31 option yet.)
         endpoint_options: dict[str, Any] = {"ignore_configured_endpoint_urls": self.endpoint_url is None}
-        return Config(
+        config = Config(
             parameter_validation=self.validate_parameters,
             region_name=self.region,
             connect_timeout=self.connect_timeout_s,
@@ -138,6 +144,12 @@ class AwsConfig(BaseModel):
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             **endpoint_options,
         )
+        if self.fixed_user_agent:
+            from botocore.useragent import UserAgentString
+
+            agent = UserAgentString.from_environment().with_client_config(config).to_string()
+            config = config.merge(Config(user_agent=agent))
+        return config
 
 
 class RequestCounter:

@@ -230,16 +230,19 @@ class SnsEventBridgeAlertSink:
 
     def publish(self, alerts: Sequence[Alert]) -> set[str]:
         failed: set[str] = set()
+        # each alert's JSON once, for both channels
+        bodies = [alert.model_dump_json() for alert in alerts] if self.topic_arn or self.event_bus else []
         if self.topic_arn:
-            failed |= self._sns(alerts)
+            failed |= self._sns(alerts, bodies)
         if self.event_bus:
-            failed |= self._events(alerts)
+            failed |= self._events(alerts, bodies)
         return failed
 
-    def _sns(self, alerts: Sequence[Alert]) -> set[str]:
+    def _sns(self, alerts: Sequence[Alert], bodies: Sequence[str]) -> set[str]:
         client = self.factory.client("sns")
         failed: set[str] = set()
-        for chunk in _chunks(alerts, 10):
+        for start in range(0, len(alerts), 10):
+            chunk = alerts[start : start + 10]
             entries = []
             for i, alert in enumerate(chunk):
                 subject = f"[{alert.severity}] {alert.kind}: {alert.rule_id} on {alert.device_id}"
@@ -247,7 +250,7 @@ class SnsEventBridgeAlertSink:
                     {
                         "Id": str(i),
                         "Subject": subject[:100],
-                        "Message": alert.model_dump_json(),
+                        "Message": bodies[start + i],
                         "MessageAttributes": {
                             "severity": {"DataType": "String", "StringValue": alert.severity},
                             "kind": {"DataType": "String", "StringValue": alert.kind},
@@ -264,19 +267,20 @@ class SnsEventBridgeAlertSink:
             failed.update(chunk[int(f["Id"])].dedup_key for f in response.get("Failed", []))
         return failed
 
-    def _events(self, alerts: Sequence[Alert]) -> set[str]:
+    def _events(self, alerts: Sequence[Alert], bodies: Sequence[str]) -> set[str]:
         client = self.factory.client("events")
         failed: set[str] = set()
-        for chunk in _chunks(alerts, 10):
-            entries = [
+        for start in range(0, len(alerts), 10):
+            chunk = alerts[start : start + 10]
+            entries: list[dict[str, Any]] = [
                 {
                     "Source": EVENT_SOURCE,
                     "DetailType": ALERT_DETAIL_TYPE,
-                    "Detail": alert.model_dump_json(),
+                    "Detail": body,
                     "EventBusName": self.event_bus,
                     "Resources": [],
                 }
-                for alert in chunk
+                for body in bodies[start : start + 10]
             ]
             try:
                 response = client.put_events(Entries=entries)

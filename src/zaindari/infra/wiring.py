@@ -29,10 +29,13 @@ __all__ = [
 ]
 
 
-def client_factory(env: dict[str, str] | None = None, *, validate_parameters: bool = True) -> ClientFactory:
+def client_factory(
+    env: dict[str, str] | None = None, *, validate_parameters: bool = True, fixed_user_agent: bool = False
+) -> ClientFactory:
     """AWS clients from the standard configuration (``AWS_ENDPOINT_URL`` selects moto/LocalStack).
 
-    ``validate_parameters=False`` skips botocore's client-side parameter check (see
+    ``validate_parameters=False`` skips botocore's client-side parameter check and
+    ``fixed_user_agent=True`` makes the User-Agent header once (see
     :class:`~zaindari.infra.aws.AwsConfig`): for a hot path whose calls are fixed and tested.
     """
     import os
@@ -40,6 +43,8 @@ def client_factory(env: dict[str, str] | None = None, *, validate_parameters: bo
     config = AwsConfig.from_env(env if env is not None else dict(os.environ))
     if not validate_parameters:
         config = config.model_copy(update={"validate_parameters": False})
+    if fixed_user_agent:
+        config = config.model_copy(update={"fixed_user_agent": True})
     return ClientFactory(config, botocore_only=True)
 
 
