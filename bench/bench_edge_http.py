@@ -42,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import info_line, result_row
 from _setup import ROOT, FreshReadings
+from tests.edge_support import edge_serve_env
 from tests.support import fit_example_bundle, start_server, stop_server, zaindari_cli
 
 from zaindari.bundle import load_bundle
@@ -151,17 +152,8 @@ def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]
 @contextlib.contextmanager
 def edge_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
     """``zaindari edge serve`` on a free port, warmed up; yields (process, port)."""
-    secrets = tmp / "secrets"
-    secrets.mkdir()
-    (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
+    env = edge_serve_env(tmp, bundle_dir, TOKEN, data="edge-data")  # first model from MODEL_PATH
     port = free_port()
-    env = {
-        "ZAINDARI_MODEL_PATH": str(bundle_dir),
-        "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
-        "ZAINDARI_EDGE_DATA_DIR": str(tmp / "edge-data"),
-        "ZAINDARI_EDGE_BUFFER_PATH": str(tmp / "edge-data" / "buffer.db"),
-        "ZAINDARI_EDGE_MODEL_DIR": str(tmp / "edge-data" / "models"),  # first model from MODEL_PATH
-    }
     process = start_server(
         [
             *zaindari_cli(),

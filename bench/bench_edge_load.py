@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import info_line, result_row
 from _setup import FreshReadings
 from bench_edge_http import TOKEN, children, load
+from tests.edge_support import edge_serve_env
 from tests.support import fit_example_bundle, start_server, stop_server, zaindari_cli
 
 from zaindari.infra.http_server import free_port
@@ -63,19 +64,10 @@ def main() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="zaindari-bench-edge-load-") as tmp_name:
         tmp = Path(tmp_name)
         bundle_dir = fit_example_bundle(tmp / "bundle")
-        secrets = tmp / "secrets"
-        secrets.mkdir()
-        (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
         # enough fresh readings for the whole run at ~1,000 req/s (wrk cycles them after that)
         bodies = [json.dumps(r).encode() for r in FreshReadings(seed=7).take(int(SECONDS * 1000) + 20_000)]
         port = free_port()
-        env = {
-            "ZAINDARI_MODEL_PATH": str(bundle_dir),
-            "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
-            "ZAINDARI_EDGE_DATA_DIR": str(tmp / "edge-data"),
-            "ZAINDARI_EDGE_BUFFER_PATH": str(tmp / "edge-data" / "buffer.db"),
-            "ZAINDARI_EDGE_MODEL_DIR": str(tmp / "edge-data" / "models"),
-        }
+        env = edge_serve_env(tmp, bundle_dir, TOKEN, data="edge-data")
         process = start_server(
             [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", str(CONNECTIONS)],
             env,

@@ -17,6 +17,22 @@ from zaindari.infra.http_server import free_port
 from zaindari.registry_events import ModelUpdate
 
 
+def edge_serve_env(root: Path, bundle_dir: Path, token: str, *, data: str = "data") -> dict[str, str]:
+    """The environment of a ``zaindari edge serve`` whose files are all under ``root``: the bearer
+    ``token`` in ``root/secrets``, buffer and model store in ``root/<data>``, the first model
+    installed from ``bundle_dir``."""
+    secrets = root / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "zaindari-edge-token").write_text(token + "\n")
+    return {
+        "ZAINDARI_MODEL_PATH": str(bundle_dir),
+        "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
+        "ZAINDARI_EDGE_DATA_DIR": str(root / data),
+        "ZAINDARI_EDGE_BUFFER_PATH": str(root / data / "buffer.db"),
+        "ZAINDARI_EDGE_MODEL_DIR": str(root / data / "models"),
+    }
+
+
 def golden_readings(readings: list[dict[str, Any]], per_device: int = 20) -> list[dict[str, Any]]:
     """Normal operation on the plant's four devices: the first ``per_device`` readings of each."""
     out: list[dict[str, Any]] = []

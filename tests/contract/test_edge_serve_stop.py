@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.edge_support import edge_serve_env
 from tests.functions.test_score_event import bundle_dir  # noqa: F401 (fixture)
 from tests.support import http_call, plant_readings, start_server, zaindari_cli
 from zaindari.edge.buffer import EdgeBuffer
@@ -23,17 +24,8 @@ TOKEN = "edge-stop-token"
 
 
 def _serve(root: Path, bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
-    secrets = root / "secrets"
-    secrets.mkdir(exist_ok=True)
-    (secrets / "zaindari-edge-token").write_text(TOKEN + "\n")
+    env = edge_serve_env(root, bundle, TOKEN)
     port = free_port()
-    env = {
-        "ZAINDARI_MODEL_PATH": str(bundle),
-        "ZAINDARI_EDGE_SECRETS_DIR": str(secrets),
-        "ZAINDARI_EDGE_DATA_DIR": str(root / "data"),
-        "ZAINDARI_EDGE_BUFFER_PATH": str(root / "data" / "buffer.db"),
-        "ZAINDARI_EDGE_MODEL_DIR": str(root / "data" / "models"),
-    }
     url = f"http://127.0.0.1:{port}"
     process = start_server(
         [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],

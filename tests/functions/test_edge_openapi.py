@@ -19,7 +19,7 @@ import schemathesis
 from hypothesis import given
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.edge_support import free_port
+from tests.edge_support import edge_serve_env, free_port
 from tests.support import fit_example_bundle, http_call, start_server, stop_server, zaindari_cli
 
 TOKEN = "edge-schema-token"
@@ -29,15 +29,9 @@ TOKEN = "edge-schema-token"
 def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("edge-openapi")
     bundle_dir = fit_example_bundle(root / "bundle")
-    (root / "secrets").mkdir()
-    (root / "secrets" / "zaindari-edge-token").write_text(TOKEN + "\n")
     port = free_port()
     env = {
-        "ZAINDARI_MODEL_PATH": str(bundle_dir),
-        "ZAINDARI_EDGE_SECRETS_DIR": str(root / "secrets"),
-        "ZAINDARI_EDGE_DATA_DIR": str(root / "data"),
-        "ZAINDARI_EDGE_BUFFER_PATH": str(root / "data" / "buffer.db"),
-        "ZAINDARI_EDGE_MODEL_DIR": str(root / "data" / "models"),
+        **edge_serve_env(root, bundle_dir, TOKEN),
         "ZAINDARI_MAX_PAYLOAD_BYTES": "65536",
         "ZAINDARI_EDGE_MAX_FILE_BYTES": "262144",
     }
