@@ -685,3 +685,48 @@ def test_scores_are_partitioned_by_the_reading_date(
         )
         assert set(part["timestamp"].dt.strftime("%Y-%m-%d")) == {day}
         assert (part["device_id"] == "plant-1-press-101").all() == (day == "2024-01-02")
+
+
+def test_nested_and_binary_columns_are_kept_as_json_or_quarantined_never_dropped(
+    bundle: ModelBundle, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Given a Parquet drop whose kept columns are a list, a struct, a map and bytes, and whose
+    # optional identifiers ``site`` (a struct) and ``line`` (a list) cannot be text
+    n = 40
+    table = pa.Table.from_pandas(frame.head(n).drop(columns=["site", "line"]), preserve_index=False)
+    tags = [[i, i + 1] if i % 4 else None for i in range(n)]
+    meta = [{"a": i, "b": f"x{i}"} for i in range(n)]
+    attrs = [[("k", float("nan") if i == 1 else 0.5)] for i in range(n)]
+    blob = [b"\xff\xfe" if i == 5 else f"b{i}".encode() for i in range(n)]
+    site = [{"name": "north"} if i == 3 else None for i in range(n)]
+    line = [["line-1", "line-2"] if i == 7 else None for i in range(n)]
+    table = (
+        table.append_column("tags", pa.array(tags, pa.list_(pa.int64())))
+        .append_column("meta", pa.array(meta))
+        .append_column("attrs", pa.array(attrs, pa.map_(pa.string(), pa.float64())))
+        .append_column("blob", pa.array(blob, pa.binary()))
+        .append_column("site", pa.array(site))
+        .append_column("line", pa.array(line, pa.list_(pa.string())))
+    )
+    data = io.BytesIO()
+    pq.write_table(table, data)
+    options = FileScoringOptions(keep_columns=("tags", "meta", "attrs", "blob"))
+
+    # When it is scored
+    manifest = run(bundle, data.getvalue(), "nested.parquet", tmp_path, options=options)
+
+    # Then every row is scored or quarantined with the column and the reason
+    assert_accounted(manifest, tmp_path)
+    bad = quarantined(tmp_path)
+    assert sorted(bad) == [3, 5, 7]
+    assert bad[3]["reason"] == "site: must be a string, got {'name': 'north'}"
+    assert bad[5]["reason"] == "blob: holds bytes that are not UTF-8 text: b'\\xff\\xfe'"
+    assert bad[7]["reason"] == "line: must be a string, got ['line-1', 'line-2']"
+    assert bad[3]["record"]["site"] == {"name": "north"}  # the raw row, whole
+    # and the kept columns carry their values as JSON text (nulls stay null)
+    scores = scores_of(tmp_path).set_index("row")
+    assert scores.loc[2, "tags"] == "[2,3]" and scores.loc[4, "tags"] is None
+    assert scores.loc[2, "meta"] == '{"a":2,"b":"x2"}'
+    assert scores.loc[1, "attrs"] == '[["k","nan"]]' and scores.loc[2, "attrs"] == '[["k",0.5]]'
+    assert scores.loc[2, "blob"] == "b2"
+    assert [json.loads(t) for t in scores["meta"]] == [meta[i] for i in scores.index]
