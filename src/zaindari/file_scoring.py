@@ -27,8 +27,10 @@ Guarantees:
   the worst rows, never one alert per row.
 
 Extra columns (not named by the spec) pass through: whole in quarantined rows, and into the
-scores only when listed in ``FileScoringOptions.keep_columns`` (as text), so the scores table keeps
-one schema for the catalog whatever the drops carry. Parts are scored independently: a part starts
+scores only when listed in ``FileScoringOptions.keep_columns`` (as text; lists, structs and maps as
+JSON), so the scores table keeps one schema for the catalog whatever the drops carry. A value that
+has no text form (bytes that are not UTF-8; a list or struct as ``mode``, ``asset``, ``line`` or
+``site``, which must be text) is its row's problem: the row is quarantined with the reason. Parts are scored independently: a part starts
 with empty device history, so windows do not span part boundaries (totals and row numbers match
 the whole file; the first readings of each device in a part score with partial windows).
 """
@@ -54,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zaindari.alerting import LEARNED_RULE_ID, Alert
 from zaindari.bundle import ModelBundle
@@ -287,7 +289,8 @@ class FileScoringOptions(BaseModel):
     worst_rows
         Rows kept per alert summary.
     keep_columns
-        Extra columns copied into the scores (as text).
+        Extra columns copied into the scores, as text (nested values as JSON); not a name the
+        scores have already, nor ``date`` (their partition).
     threads
         onnxruntime intra-op threads.
     read_ahead
@@ -305,6 +308,16 @@ class FileScoringOptions(BaseModel):
     keep_columns: tuple[str, ...] = ()
     threads: int = Field(default=1, ge=1)
     read_ahead: int = Field(default=1, ge=0, le=8)
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _not_a_scores_column(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        taken = sorted({n for n in value if n in SCORES_SCHEMA.names or n == "date"})
+        if taken:
+            raise ValueError(f"{taken} would be a second column of that name in the scores")
+        if len(set(value)) != len(value):
+            raise ValueError("a column is named twice")
+        return value
 
 
 # ----------------------------------------------------------------------------- validation
