@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
-from tests.support import LambdaContext, fit_example_bundle, load_function, sqs_event
+from tests.support import LambdaContext, load_function, sqs_event
 from zaindari.drift import WindowSummary
 from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
@@ -54,11 +54,6 @@ def event(name: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")
