@@ -33,6 +33,8 @@ import pytest
 
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.support import LambdaContext, load_function, sqs_event
+from tests.unit.test_file_scoring import NESTED_KEEP, nested_drop, quarantined, run, scores_of
+from zaindari.bundle import ModelBundle
 from zaindari.drift import WindowSummary
 from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
@@ -737,3 +739,34 @@ def test_the_glue_job_runs_locally_and_records_a_truncated_file_as_failed(
     assert manifest.status == "failed" and manifest.rows_in == 0
     assert (lake / "quarantine" / "files" / source_id / "cut.csv.gz").read_bytes() == cut
     assert not (lake / "scores").exists() or not list((lake / "scores").rglob("*.parquet"))
+
+
+@pytest.mark.spark
+def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
+    spark: Any, bundle: ModelBundle, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # here, after the Spark tests above (a cold session's first mapInPandas job costs ~15 s)
+    data = nested_drop(simulate_plant(PlantConfig.small(seed=0)).historian_frame())
+    expected = run(bundle, data, "nested.parquet", tmp_path / "function", options=NESTED_KEEP)
+    (tmp_path / "nested.parquet").write_bytes(data)
+
+    manifest = score_file_on_spark(
+        spark,
+        str(tmp_path / "nested.parquet"),
+        FileSource(key="drops/nested.parquet", etag="e1"),
+        bundle_dir,
+        str(tmp_path / "spark"),
+        partitions=2,
+        options=NESTED_KEEP,
+    )
+
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
+        expected.rows_in,
+        expected.rows_scored,
+        expected.rows_quarantined,
+    )
+    ours, theirs = quarantined(tmp_path / "spark"), quarantined(tmp_path / "function")
+    assert sorted(ours) == [3, 5, 7]  # the struct site, the bytes that are not UTF-8, the list line
+    assert {r: q["reason"] for r, q in ours.items()} == {r: q["reason"] for r, q in theirs.items()}
+    kept = ["row", *NESTED_KEEP.keep_columns]
+    pd.testing.assert_frame_equal(scores_of(tmp_path / "spark")[kept], scores_of(tmp_path / "function")[kept])

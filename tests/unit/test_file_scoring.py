@@ -36,7 +36,6 @@ from zaindari.file_scoring import (
     plan_parts,
     validate_chunk,
 )
-from zaindari.file_scoring_spark import score_file_on_spark
 from zaindari.local_ports import LocalFileSink
 from zaindari.pipeline import score_table
 from zaindari.ports import PortError
@@ -733,32 +732,3 @@ def test_kept_columns_may_not_shadow_the_scores_columns() -> None:
         FileScoringOptions(keep_columns=("score", "date", "seq"))
     with pytest.raises(ValueError, match="named twice"):
         FileScoringOptions(keep_columns=("seq", "seq"))
-
-
-@pytest.mark.spark
-def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
-    spark: Any, bundle: ModelBundle, bundle_dir: Path, frame: pd.DataFrame, tmp_path: Path
-) -> None:
-    data = nested_drop(frame)
-    expected = run(bundle, data, "nested.parquet", tmp_path / "function", options=NESTED_KEEP)
-    (tmp_path / "nested.parquet").write_bytes(data)
-
-    manifest = score_file_on_spark(
-        spark,
-        str(tmp_path / "nested.parquet"),
-        FileSource(key="drops/nested.parquet", etag="e1"),
-        bundle_dir,
-        str(tmp_path / "spark"),
-        partitions=2,
-        options=NESTED_KEEP,
-    )
-
-    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
-        expected.rows_in,
-        expected.rows_scored,
-        expected.rows_quarantined,
-    )
-    ours, theirs = quarantined(tmp_path / "spark"), quarantined(tmp_path / "function")
-    assert {r: q["reason"] for r, q in ours.items()} == {r: q["reason"] for r, q in theirs.items()}
-    kept = ["row", *NESTED_KEEP.keep_columns]
-    pd.testing.assert_frame_equal(scores_of(tmp_path / "spark")[kept], scores_of(tmp_path / "function")[kept])
