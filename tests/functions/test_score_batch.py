@@ -174,6 +174,17 @@ def ledger_item(aws: EmbeddedAws, stack: Provisioned, source_id: str) -> dict[st
     return item
 
 
+def drop_source(stack: Provisioned, obj: dict[str, Any]) -> FileSource:
+    """The drop an S3 notification's ``object`` names, as score_batch names it (its source id)."""
+    return FileSource(
+        key=obj["key"],
+        bucket=stack.name("RawBucket"),
+        etag=obj["eTag"],
+        version_id=obj["versionId"],
+        size=obj["size"],
+    )
+
+
 def only_outcome(response: dict[str, Any]) -> dict[str, Any]:
     assert len(response["outcomes"]) == 1, response
     outcome: dict[str, Any] = response["outcomes"][0]
@@ -352,13 +363,7 @@ def test_a_crashed_runs_claim_is_taken_over_once_its_lease_runs_out(
 ) -> None:
     s3_event = seeded(aws, "s3_object_created_csv.json")
     obj = s3_event["Records"][0]["s3"]["object"]
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     ledger = app.drops().ledger
     held = ledger.claim(source, route="inline", owner="crashed-run", now=1000.0, lease_until=4e9)  # alive
     assert held.claimed
@@ -486,13 +491,7 @@ def test_a_drop_above_the_spark_size_goes_to_the_glue_job_and_its_state_change_c
     assert only_outcome(invoke(app, s3_event))["status"] == "busy"  # the job has it
 
     # the job writes the file's outputs and manifest (here: the same use case, through the S3 sink)
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     from zaindari.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
@@ -638,13 +637,7 @@ def test_spark_scores_a_drop_exactly_as_the_function_does(
     assert function["status"] == "scored"
     expected = manifest_of(aws, stack, function)
     obj = event["Records"][0]["s3"]["object"]
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     local = tmp_path / name
     local.write_bytes(data)
 
