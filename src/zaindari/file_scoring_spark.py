@@ -68,7 +68,8 @@ __all__ = ["OUTPUT_DDL", "score_file_on_spark"]
 _KIND, _PAYLOAD, _DATE, _PIECE_ROW, _DEVICE_KEY, _TEXT = "kind", "payload", "date", "_row", "_device", "_text"
 
 #: What ``mapInPandas`` yields per partition: score rows, quarantined rows, one manifest and (for a
-#: bundle with a drift baseline) one row of window summaries.
+#: bundle with a drift baseline) one row of window summaries. With ``keep_columns``, those columns
+#: follow the scores' (:func:`_output_ddl`).
 OUTPUT_DDL = (
     "kind string, source_key string, source_version string, row long, device_id string, asset string, "
     "line string, site string, timestamp timestamp, mode string, score double, severity string, "
