@@ -20,6 +20,7 @@ from typing import Any
 from _report import info_line, result_row
 from _setup import REGION, ROOT, start_local_aws  # noqa: F401 (ROOT puts the repo on sys.path)
 from tests.registry_support import labelled_metrics, registry_bundle
+from tests.support import fit_example_bundle
 
 from zaindari.infra.model_store import ModelSource
 from zaindari.infra.provision import seed_model_bundle
@@ -57,8 +58,9 @@ def _measure(server: Any) -> list[dict[str, Any]]:
     registry = build_model_registry(
         Settings(lake_bucket=lake, registry_table=table, model_cache_dir=str(work / "reg")), factory
     )
+    example = fit_example_bundle(work / "cache")
     for run in ("run-1", "run-2"):
-        folder = registry_bundle(work / "cache", work / run, metrics=labelled_metrics(0.9))
+        folder = registry_bundle(example, work / run, metrics=labelled_metrics(0.9))
         uri = f"s3://{lake}/models/plant-anomaly/candidates/{run}/"
         seed_model_bundle(factory, uri, folder)
         registry.register_version(uri)

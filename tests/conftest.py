@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Spark session per run, the example spec, and paths."""
+"""Shared fixtures: one local Spark session and one example model bundle per run, and paths."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,8 +20,40 @@ settings.register_profile(
 settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+if TYPE_CHECKING:
+    from zaindari.bundle import ModelBundle
+
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The example model bundle (``tests.support.fit_example_bundle``), fitted once per run.
+
+    Every module that scores with the example model shares it: read it, never change it (a test
+    that edits a bundle works on its own copy or variant). A module needing another bundle (other
+    training data, a drift baseline) defines its own ``bundle_dir`` and ``bundle``, which win.
+    At the end of the run the folder is checked: a test that changed it fails the run here.
+    """
+    from tests.support import fit_example_bundle
+    from zaindari.bundle import load_bundle
+
+    folder = fit_example_bundle(tmp_path_factory.mktemp("example-bundle"))
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    yield folder
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == files, (
+        "a test added or removed files of the shared example bundle"
+    )
+    load_bundle(folder)  # checks every file against the manifest's hashes
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir: Path) -> ModelBundle:
+    """The example model bundle of :func:`bundle_dir`, loaded once per run."""
+    from zaindari.bundle import load_bundle
+
+    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from typing import Any
 
 from zaindari.bundle import MODEL_FILE, load_bundle, write_bundle
 from zaindari.contract import Reading, parse_readings
-from zaindari.example_model import example_model_bundle
 from zaindari.simulate import PlantConfig, simulate_plant
 
 PASSED_PARITY: dict[str, Any] = {
@@ -28,7 +27,7 @@ def labelled_metrics(auc: float, detection: float = 0.8, false_alarm: float = 0.
 
 
 def registry_bundle(
-    cache: Path,
+    example_dir: Path,
     out: Path,
     *,
     metrics: dict[str, Any] | None = None,
@@ -36,11 +35,12 @@ def registry_bundle(
     threshold_scale: float = 1.0,
     lineage: dict[str, Any] | None = None,
 ) -> Path:
-    """The example model as a new bundle at ``out`` with these extras (``None`` leaves one out).
+    """The example model (its bundle at ``example_dir``: the ``bundle_dir`` fixture) as a new bundle
+    at ``out`` with these extras (``None`` leaves one out).
 
     ``threshold_scale`` multiplies the learned thresholds: below 1 the model alerts more often.
     """
-    base = load_bundle(example_model_bundle(cache))
+    base = load_bundle(example_dir)
     extras: dict[str, Any] = {"lineage.json": lineage or {"training_set": "s3://lake/training/run-1/"}}
     if metrics is not None:
         extras["metrics.json"] = metrics

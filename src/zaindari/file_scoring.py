@@ -27,8 +27,10 @@ Guarantees:
   the worst rows, never one alert per row.
 
 Extra columns (not named by the spec) pass through: whole in quarantined rows, and into the
-scores only when listed in ``FileScoringOptions.keep_columns`` (as text), so the scores table keeps
-one schema for the catalog whatever the drops carry. Parts are scored independently: a part starts
+scores only when listed in ``FileScoringOptions.keep_columns`` (as text; lists, structs and maps as
+JSON), so the scores table keeps one schema for the catalog whatever the drops carry. A value that
+has no text form (bytes that are not UTF-8; a list or struct as ``mode``, ``asset``, ``line`` or
+``site``, which must be text) is its row's problem: the row is quarantined with the reason. Parts are scored independently: a part starts
 with empty device history, so windows do not span part boundaries (totals and row numbers match
 the whole file; the first readings of each device in a part score with partial windows).
 """
@@ -39,6 +41,7 @@ import contextlib
 import gc
 import hashlib
 import itertools
+import json
 import queue
 import re
 import threading
@@ -53,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zaindari.alerting import LEARNED_RULE_ID, Alert
 from zaindari.bundle import ModelBundle
@@ -76,6 +79,7 @@ from zaindari.file_reading import (
     plan_parts,
     read_chunks,
 )
+from zaindari.jsonable import finite, json_default
 from zaindari.pipeline import DeviceState, TableScores, score_table
 from zaindari.ports import FileSink, PortError, RejectedRecord
 from zaindari.spec import SEVERITY_RANK, ModelSpec
@@ -285,7 +289,8 @@ class FileScoringOptions(BaseModel):
     worst_rows
         Rows kept per alert summary.
     keep_columns
-        Extra columns copied into the scores (as text).
+        Extra columns copied into the scores, as text (nested values as JSON); not a name the
+        scores have already, nor ``date`` (their partition).
     threads
         onnxruntime intra-op threads.
     read_ahead
@@ -303,6 +308,16 @@ class FileScoringOptions(BaseModel):
     keep_columns: tuple[str, ...] = ()
     threads: int = Field(default=1, ge=1)
     read_ahead: int = Field(default=1, ge=0, le=8)
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _not_a_scores_column(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        taken = sorted({n for n in value if n in SCORES_SCHEMA.names or n == "date"})
+        if taken:
+            raise ValueError(f"{taken} would be a second column of that name in the scores")
+        if len(set(value)) != len(value):
+            raise ValueError("a column is named twice")
+        return value
 
 
 # ----------------------------------------------------------------------------- validation
@@ -351,7 +366,8 @@ class ValidChunk:
     """The rows of a chunk that passed validation, ready for :func:`score_table`.
 
     ``positions`` are their positions in the chunk's batch; ``micros`` the timestamps of every
-    row of the chunk (epoch microseconds, UTC); ``devices`` the trimmed device ids of every row.
+    row of the chunk (epoch microseconds, UTC); ``devices`` the trimmed device ids of every row;
+    ``kept`` the ``keep_columns`` the chunk has, as text, for every row.
     """
 
     table: SensorTable
@@ -360,6 +376,7 @@ class ValidChunk:
     devices: Coded
     modes: Coded | None
     identity: dict[str, Coded]
+    kept: dict[str, pa.Array]  # the file's keep_columns as text, every row of the chunk
     rejected: list[tuple[int, str, tuple[dict[str, str], ...]]]  # (batch position, reason, errors)
 
 
@@ -587,37 +604,87 @@ def _sensor_values(
     return np.full(n, np.nan)
 
 
-def _text_column(column: pa.Array | None) -> pa.Array | None:
-    if column is None:
-        return None
+def _text_values(column: pa.Array, name: str, problems: _Problems, *, nested_as_json: bool) -> pa.Array:
+    """``column`` as one text value per row; a value with no faithful text form is its row's problem.
+
+    Scalars are written by Arrow's cast (numbers, booleans, dates, timestamps, UTF-8 bytes). A
+    nested value (list, struct, map) is written as compact JSON when ``nested_as_json`` (maps as
+    ``[key, value]`` pairs, non-finite floats as text, as quarantined records are written);
+    otherwise it is refused, as the telemetry contract refuses an identifier that is not a string.
+    Bytes that are not UTF-8 (inside a nested value too) are refused: text would not keep them. A
+    refused value is null here and a problem of its row (``name: reason``), so the row is
+    quarantined whole with that reason instead of losing the value.
+    """
     column = _as_text(column)
-    if _is_text(column.type):
+    t = column.type
+    if _is_text(t):
         return column
+    if pa.types.is_nested(t):
+        if nested_as_json:
+            return _each_as_text(column, name, problems, _compact_json)
+        problems.add(~_mask(column.is_null()), name, lambda i: f"must be a string, got {_value(column, i)}")
+        return pa.nulls(len(column), pa.string())
     try:
         return pc.cast(column, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.nulls(len(column), pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # bytes that are not all UTF-8, odd types
+        return _each_as_text(column, name, problems, _scalar_text)
 
 
-def _coded(column: pa.Array | None) -> Coded | None:
-    """An identifier column (mode, asset, line, site) as :class:`Coded` text, if the file has it."""
+def _utf8_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")  # strict: UnicodeDecodeError refuses the value
+    return json_default(value)
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(finite(value), default=_utf8_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def _scalar_text(value: Any) -> str:
+    return bytes(value).decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _each_as_text(column: pa.Array, name: str, problems: _Problems, write: Callable[[Any], str]) -> pa.Array:
+    """The slow path of :func:`_text_values`, value by value, for the types Arrow cannot cast."""
+    values: list[str | None] = []
+    refused = np.zeros(len(column), dtype=bool)
+    for i, value in enumerate(column.to_pylist()):
+        if value is None:
+            values.append(None)
+            continue
+        try:
+            values.append(write(value))
+        except UnicodeDecodeError:
+            refused[i] = True
+            values.append(None)
+    problems.add(refused, name, lambda i: f"holds bytes that are not UTF-8 text: {_value(column, i)}")
+    return pa.array(values, pa.string())
+
+
+def _identifier(column: pa.Array | None, name: str, problems: _Problems) -> Coded | None:
+    """An identifier column (mode, asset, line, site) as :class:`Coded` text, if the file has it.
+
+    A value that is not text (a list, a struct, bytes that are not UTF-8) is a problem of its row.
+    """
     if column is None:
         return None
     t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if _is_text(t) or pa.types.is_integer(t):
         return Coded.of(column)
-    text = _text_column(column)
-    return None if text is None else Coded.of(text)
+    return Coded.of(_text_values(column, name, problems, nested_as_json=False))
 
 
-def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
+def validate_chunk(chunk: RawChunk, spec: ModelSpec, keep_columns: Sequence[str] = ()) -> ValidChunk:
     """Check every row of a chunk as the telemetry contract checks a reading, vectorised.
 
     A row is valid when its device id is present (text, at most 128 printable characters), its
     timestamp is ISO 8601 with an offset or epoch milliseconds (naive timestamps are errors) from
-    2000 on, and each sensor value present is a number (text that reads as a number in CSV and
-    Parquet; a JSON string is not a number, as for events). Missing and out-of-range sensors and
-    derived checks are left to :func:`~zaindari.pipeline.score_table` (its rejections).
+    2000 on, each sensor value present is a number (text that reads as a number in CSV and
+    Parquet; a JSON string is not a number, as for events), its mode, asset, line and site are
+    text (or integers) when present, and each of ``keep_columns`` it has can be written as text
+    (nested values become JSON; bytes that are not UTF-8 cannot). Missing and out-of-range
+    sensors and derived checks are left to :func:`~zaindari.pipeline.score_table` (its
+    rejections).
     """
     batch = chunk.batch
     n = int(batch.num_rows)
@@ -635,6 +702,17 @@ def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
         mask = np.zeros(n, dtype=bool)
         mask[position] = True
         problems.add(mask, f"sensors.{name}" if name in sensors else name, message)
+    modes = _identifier(column(ids.mode), ids.mode or "mode", problems)
+    identity = {
+        name: coded
+        for name in IDENTITY_COLUMNS
+        if (coded := _identifier(column(name), name, problems)) is not None
+    }
+    kept = {
+        name: _text_values(col, name, problems, nested_as_json=True)
+        for name in keep_columns
+        if (col := column(name)) is not None
+    }
     bad = problems.bad()
     positions = np.flatnonzero(~bad).astype(np.intp)
     rejected = []
@@ -642,7 +720,6 @@ def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
         errors = problems.errors(i)
         rejected.append((i, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors))
 
-    modes = _coded(column(ids.mode))
     every = len(positions) == n  # the common case: no copy of the columns
     table = SensorTable(
         device_id=devices.objects(None if every else positions),
@@ -654,8 +731,7 @@ def validate_chunk(chunk: RawChunk, spec: ModelSpec) -> ValidChunk:
             else np.full(len(positions), None, dtype=object)
         ),
     )
-    identity = {name: coded for name in IDENTITY_COLUMNS if (coded := _coded(column(name))) is not None}
-    return ValidChunk(table, positions, micros, devices, modes, identity, rejected)
+    return ValidChunk(table, positions, micros, devices, modes, identity, kept, rejected)
 
 
 # ----------------------------------------------------------------------------- alerts
@@ -996,9 +1072,10 @@ class FileScoring:
                 max_line_bytes=self.options.max_line_bytes,
                 on_columns=progress.columns.extend,
             )
+            keep = self.options.keep_columns
             # reading, parsing and validating (Arrow and numpy, mostly outside the GIL) run ahead
             # on another thread while this one scores and writes
-            prepared = ((chunk, validate_chunk(chunk, bundle.spec)) for chunk in chunks)
+            prepared = ((chunk, validate_chunk(chunk, bundle.spec, keep)) for chunk in chunks)
             for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
                 self._score_chunk(bundle, run, chunk, valid, states, tally, progress)
         except PortError:
@@ -1241,9 +1318,8 @@ class FileScoring:
             text(bundle.spec.alert_policy.rule_set_version),
         ]
         schema = SCORES_SCHEMA
-        names = chunk.batch.schema.names
         for name in self.options.keep_columns:
-            col = _text_column(chunk.batch.column(names.index(name))) if name in names else None
+            col = valid.kept.get(name)
             columns.append(pa.nulls(m, strings) if col is None else col.take(take))
             schema = schema.append(pa.field(name, strings))
         return pa.Table.from_arrays(columns, schema=schema)

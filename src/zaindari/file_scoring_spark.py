@@ -68,14 +68,27 @@ __all__ = ["OUTPUT_DDL", "score_file_on_spark"]
 _KIND, _PAYLOAD, _DATE, _PIECE_ROW, _DEVICE_KEY, _TEXT = "kind", "payload", "date", "_row", "_device", "_text"
 
 #: What ``mapInPandas`` yields per partition: score rows, quarantined rows, one manifest and (for a
-#: bundle with a drift baseline) one row of window summaries.
+#: bundle with a drift baseline) one row of window summaries. With ``keep_columns``, those columns
+#: follow the scores' (:func:`_output_ddl`).
 OUTPUT_DDL = (
     "kind string, source_key string, source_version string, row long, device_id string, asset string, "
     "line string, site string, timestamp timestamp, mode string, score double, severity string, "
     "alert boolean, rules array<string>, late boolean, model_version string, rule_set_version string, "
     "date string, payload string"
 )
-_OUTPUT_COLUMNS = [_KIND, *SCORES_SCHEMA.names, _DATE, _PAYLOAD]
+
+
+def _output_columns(keep_columns: Sequence[str]) -> list[str]:
+    """The columns of :data:`OUTPUT_DDL`, with ``FileScoringOptions.keep_columns`` after the scores'."""
+    return [_KIND, *SCORES_SCHEMA.names, *keep_columns, _DATE, _PAYLOAD]
+
+
+def _output_ddl(keep_columns: Sequence[str]) -> str:
+    """:data:`OUTPUT_DDL` with the kept columns (text, as the function writes them) before ``date``."""
+    kept = "".join(f"`{name.replace('`', '``')}` string, " for name in keep_columns)
+    return OUTPUT_DDL.replace("date string, payload string", f"{kept}date string, payload string")
+
+
 # file errors Spark reports from the JVM while reading (the message is all Python gets)
 _READ_ERRORS = {
     "Unexpected end of input stream": "truncated gzip file: the compressed stream ends before its end marker",
@@ -167,6 +180,10 @@ class _Job:
     options: FileScoringOptions
     started_at: datetime
     summaries: bool = True
+    #: Parquet columns of nested types (lists, structs, maps) and their Arrow types as Spark read
+    #: them: pandas hands their values over as Python objects, whose type Arrow would otherwise
+    #: guess (a map as a struct, NaN inside as null)
+    nested: tuple[tuple[str, pa.DataType], ...] = ()
 
 
 def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> Iterator[Any]:
@@ -195,12 +212,13 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
             kind = FileFormat(kind=job.fmt.kind)  # the piece is never compressed
             scoring.score_file(stream, job.source, part=FilePart(index=partition, count=1), fmt=kind)
     manifest = sink.manifests[-1]
+    columns = _output_columns(job.options.keep_columns)
     for table in sink.scores:
         frame = table.set_column(2, "row", pa.array(file_rows[table.column("row").to_numpy()])).to_pandas()
         frame.insert(0, _KIND, "score")
         frame[_DATE] = frame["timestamp"].dt.strftime("%Y-%m-%d")
         frame[_PAYLOAD] = None
-        yield frame[_OUTPUT_COLUMNS]
+        yield frame[columns]
     if sink.rejected:
         lines = [
             json.dumps(
@@ -210,7 +228,7 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
             )
             for r in sink.rejected
         ]
-        yield _payload_frame(pd, "quarantine", lines)
+        yield _payload_frame(pd, "quarantine", lines, columns)
     alerts = [
         a.model_copy(
             update={"worst_rows": [w.model_copy(update={"row": int(file_rows[w.row])}) for w in a.worst_rows]}
@@ -219,9 +237,12 @@ def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> It
     ]
     manifest = manifest.model_copy(update={"alerts": alerts})
     if windows is not None and windows.summaries:  # computed from the same feature matrix and scores
-        yield _payload_frame(pd, "summaries", [json.dumps([w.to_dict() for w in windows.summaries])])
+        yield _payload_frame(pd, "summaries", [json.dumps([w.to_dict() for w in windows.summaries])], columns)
     yield _payload_frame(
-        pd, "manifest", [json.dumps({"partition": partition, "manifest": manifest.model_dump(mode="json")})]
+        pd,
+        "manifest",
+        [json.dumps({"partition": partition, "manifest": manifest.model_dump(mode="json")})],
+        columns,
     )
 
 
@@ -229,8 +250,8 @@ def _file_row(file_rows: Any, index: int | None) -> int | None:
     return None if index is None else int(file_rows[index])
 
 
-def _payload_frame(pd: Any, kind: str, payloads: list[str]) -> Any:
-    frame = pd.DataFrame({c: pd.Series([None] * len(payloads), dtype=object) for c in _OUTPUT_COLUMNS})
+def _payload_frame(pd: Any, kind: str, payloads: list[str], columns: list[str]) -> Any:
+    frame = pd.DataFrame({c: pd.Series([None] * len(payloads), dtype=object) for c in columns})
     frame[_KIND] = kind
     frame[_PAYLOAD] = payloads
     for name in ("row",):
@@ -255,6 +276,9 @@ def _spool(job: _Job, batches: Iterator[Any], piece: Path, rows: list[Any]) -> N
                 for name in job.aware_timestamps:  # Spark hands UTC instants over as naive values
                     data[name] = data[name].dt.tz_localize("UTC")
                 table = pa.Table.from_pandas(data, preserve_index=False)
+                for name, kind in job.nested:
+                    values = pa.array(data[name].tolist(), type=kind, from_pandas=False)
+                    table = table.set_column(table.schema.get_field_index(name), name, values)
                 if writer is None:
                     writer = pq.ParquetWriter(piece, table.schema)
                 writer.write_table(table.cast(writer.schema))
@@ -416,6 +440,7 @@ def score_file_on_spark(
         The merged manifest, as written to ``manifests/<source_id>.json``.
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_type
 
     options = options or FileScoringOptions()
     started = datetime.now(UTC)
@@ -439,6 +464,7 @@ def score_file_on_spark(
     device = spec.identifiers.asset
     header: str | None = None
     aware: tuple[str, ...] = ()
+    nested: tuple[tuple[str, pa.DataType], ...] = ()
     names: list[str] = []
     try:
         if fmt.kind == "parquet":
@@ -446,6 +472,11 @@ def score_file_on_spark(
             names = frame.columns
             check_columns(names, spec)
             aware = tuple(f.name for f in frame.schema.fields if f.dataType.typeName() == "timestamp")
+            nested = tuple(
+                (f.name, to_arrow_type(f.dataType))
+                for f in frame.schema.fields
+                if f.dataType.typeName() in ("array", "map", "struct")
+            )
             rows = frame.select("*", F.col("_metadata.row_index").alias(_PIECE_ROW)).withColumn(
                 _DEVICE_KEY, F.col(f"`{device}`").cast("string")
             )
@@ -476,7 +507,7 @@ def score_file_on_spark(
                     F.col(_TEXT),
                     F.get_json_object(F.col(_TEXT), path).alias(_DEVICE_KEY),
                 )
-        job = _Job(source, fmt, header, aware, options, started, summaries)
+        job = _Job(source, fmt, header, aware, options, started, summaries, nested)
         files = spark.sparkContext.broadcast(_bundle_files(bundle_dir))
 
         def score(batches: Iterator[Any]) -> Iterator[Any]:
@@ -486,7 +517,7 @@ def score_file_on_spark(
         scored = (
             rows.repartition(n, F.col(_DEVICE_KEY))
             .sortWithinPartitions(_DEVICE_KEY, _PIECE_ROW)
-            .mapInPandas(score, OUTPUT_DDL)
+            .mapInPandas(score, _output_ddl(options.keep_columns))
             .persist()
         )
         try:
@@ -520,7 +551,7 @@ def score_file_on_spark(
         )
         for key, group in summary_objects(windows, source="files", name=source.source_id).items():
             out.write_bytes(key, summaries_json(group))  # before the scores, as the function does
-        outputs = _publish(out, scored, source, started, staged)
+        outputs = _publish(out, scored, source, started, staged, options.keep_columns)
         scored.unpersist()
     except FileError as exc:
         return failed(str(exc))
@@ -577,12 +608,14 @@ def _merged(
     return merged.model_copy(update={"devices": sum(p.devices for p in parts), "format": fmt_name})
 
 
-def _publish(out: _Lake, scored: Any, source: FileSource, started: datetime, staged: str) -> list[str]:
-    """Write the scores and quarantined rows with Spark, then move them to their lake names."""
+def _publish(
+    out: _Lake, scored: Any, source: FileSource, started: datetime, staged: str, keep_columns: Sequence[str]
+) -> list[str]:
+    """Write the scores (and kept columns) and quarantined rows with Spark, then move them into place."""
     from pyspark.sql import functions as F
 
     out.delete(staged, recursive=True)
-    score_columns = [F.col(f"`{name}`") for name in SCORES_SCHEMA.names]
+    score_columns = [F.col(f"`{name.replace('`', '``')}`") for name in [*SCORES_SCHEMA.names, *keep_columns]]
     (
         scored.where(F.col(_KIND) == "score")
         .select(*score_columns, F.col(_DATE))

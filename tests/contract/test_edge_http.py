@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.functions.conftest import EmbeddedAws, aws, drain, free_tcp_port, local_aws  # noqa: F401 (fixtures)
-from tests.functions.test_score_event import alert_inboxes, app, bundle_dir, env, hot  # noqa: F401 (fixtures)
+from tests.functions.test_score_event import alert_inboxes, app, env, hot  # noqa: F401 (fixtures)
 from tests.support import (
     ROOT,
     LambdaContext,
@@ -61,7 +61,7 @@ class EdgeServer:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:  # noqa: F811
+def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
     root = tmp_path_factory.mktemp("edge")
     secrets = root / "secrets"
     secrets.mkdir()
@@ -202,7 +202,7 @@ def test_model_sync_reports_the_model_in_use_and_refuses_what_is_not_an_update(e
     assert edge.call("model-sync", b"not json")[0] == 400
 
 
-def test_edge_serve_refuses_to_start_without_its_token_secret(tmp_path: Path, bundle_dir: Path) -> None:  # noqa: F811
+def test_edge_serve_refuses_to_start_without_its_token_secret(tmp_path: Path, bundle_dir: Path) -> None:
     import os
     import subprocess
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.edge_support import edge_serve_env
-from tests.functions.test_score_event import bundle_dir  # noqa: F401 (fixture)
 from tests.support import http_call, plant_readings, start_server, zaindari_cli
 from zaindari.edge.buffer import EdgeBuffer
 from zaindari.infra.http_server import free_port
@@ -54,7 +53,7 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_server_answers_its_request_in_flight_and_keeps_it(
     tmp_path: Path,
-    bundle_dir: Path,  # noqa: F811
+    bundle_dir: Path,
     stop: signal.Signals,
 ) -> None:
     # Given a server, and a request whose body is half sent (so it is in flight for sure)

@@ -12,11 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.contract.test_edge_http import EdgeServer, edge
-from tests.functions.test_score_event import bundle_dir
 from tests.hostile import hostile_bodies
 from tests.support import http_call, plant_readings
 
-__all__ = ["bundle_dir", "edge"]  # fixtures, used by name
+__all__ = ["edge"]  # fixtures, used by name
 
 
 @pytest.fixture(scope="module")

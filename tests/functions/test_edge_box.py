@@ -32,8 +32,8 @@ from tests.edge_support import (
     update_for,
 )
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
-from tests.support import fit_example_bundle, http_call, plant_readings, start_server, zaindari_cli
-from zaindari.bundle import ModelBundle, load_bundle
+from tests.support import http_call, plant_readings, start_server, zaindari_cli
+from zaindari.bundle import ModelBundle
 from zaindari.demo.edge import Link
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.buffer import ACK_DETAIL_TYPE
@@ -47,16 +47,6 @@ pytestmark = pytest.mark.aws
 
 BUCKET = "zaindari-lake"
 HOUR = slice(1080, 1320)  # 04:30 to 05:30 of the small plant: two faults develop, alerts fire
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from tests.edge_crash import POINTS, CrashHarness, CrashReport
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
 from tests.functions.test_edge_box import _NO_AWS, box_env, create_bucket, lake_json, lake_rows, provision_box
-from tests.support import fit_example_bundle, plant_readings
+from tests.support import plant_readings
 from zaindari.demo.edge import Link
 from zaindari.drift import SUMMARY_WINDOW_SECONDS
 from zaindari.edge.box import EdgeBox
@@ -32,11 +32,6 @@ pytestmark = pytest.mark.aws
 
 RUNS = int(os.environ.get("ZAINDARI_KILL9_RUNS", "12"))
 BROKEN_DEVICE = "plant-1-press-999"
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def crash_feed(size: int = 4) -> tuple[list[dict[str, Any]], list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,15 +21,14 @@ from hypothesis import given
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.edge_support import edge_serve_env, free_port
-from tests.support import fit_example_bundle, http_call, start_server, stop_server, zaindari_cli
+from tests.support import http_call, start_server, stop_server, zaindari_cli
 
 TOKEN = "edge-schema-token"
 
 
 @pytest.fixture(scope="module")
-def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def edge_url(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[str]:
     root = tmp_path_factory.mktemp("edge-openapi")
-    bundle_dir = fit_example_bundle(root / "bundle")
     port = free_port()
     env = {
         **edge_serve_env(root, bundle_dir, TOKEN),

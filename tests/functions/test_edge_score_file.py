@@ -23,7 +23,6 @@ from tests.functions.test_edge_box import (
     TOKEN,
     box_env,
     box_report,
-    bundle_dir,  # noqa: F401 (fixture)
     create_bucket,
     provision_box,
     readings,  # noqa: F401 (fixture)
@@ -87,7 +86,7 @@ def lake_object(aws: EmbeddedAws, key: str) -> bytes:
 def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_cloud_keys(
     aws: EmbeddedAws,
     tmp_path: Path,
-    bundle_dir: Path,  # noqa: F811
+    bundle_dir: Path,
     readings: list[dict[str, Any]],  # noqa: F811
 ) -> None:
     # Given an installed box served over HTTP, configured to ship but with its link down, and two

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from tests.functions.conftest import EmbeddedAws
-from tests.functions.test_score_event import bundle_dir, env, lake_rows, readings
+from tests.functions.test_score_event import env, lake_rows, readings
 from tests.support import LambdaContext, bodies_of, load_function, sqs_event
 from zaindari.bundle import BundleError
 from zaindari.infra.model_store import ModelSource
 
-__all__ = ["bundle_dir", "env", "readings"]  # fixtures, used by name
+__all__ = ["env", "readings"]  # fixtures, used by name
 
 MODELS = "zaindari-test-models"
 PREFIX = "plant-anomaly/1/"

@@ -13,7 +13,6 @@ from tests.functions.conftest import EmbeddedAws
 from tests.functions.test_score_batch import (  # the same stack and helpers as the function tests
     app,
     assert_accounted,
-    bundle_dir,
     drop,
     invoke,
     only_outcome,
@@ -24,7 +23,7 @@ from tests.functions.test_score_batch import (  # the same stack and helpers as 
 from zaindari.infra.provision import Provisioned
 from zaindari.infra.wiring import client_factory
 
-__all__ = ["app", "bundle_dir", "plant_csv", "stack"]  # fixtures, used by name
+__all__ = ["app", "plant_csv", "stack"]  # fixtures, used by name
 
 ROWS = 1440
 

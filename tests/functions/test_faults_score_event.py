@@ -15,7 +15,6 @@ from tests.functions.conftest import EmbeddedAws, drain
 from tests.functions.test_score_event import (  # the same resources and helpers as the function tests
     alert_inboxes,
     app,
-    bundle_dir,
     env,
     hot,
     lake_rows,
@@ -24,7 +23,7 @@ from tests.functions.test_score_event import (  # the same resources and helpers
 from tests.support import LambdaContext, bodies_of, sqs_event
 from zaindari.infra.wiring import client_factory
 
-__all__ = ["alert_inboxes", "app", "bundle_dir", "env", "readings"]  # fixtures, used by name
+__all__ = ["alert_inboxes", "app", "env", "readings"]  # fixtures, used by name
 
 
 @pytest.fixture

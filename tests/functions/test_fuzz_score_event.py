@@ -25,28 +25,17 @@ from tests.hostile import hostile_bodies, hostile_document, kinesis_data
 from tests.support import (
     LambdaContext,
     eventbridge_event,
-    fit_example_bundle,
     http_event,
     kinesis_event,
     load_function,
     plant_readings,
     sqs_event,
 )
-from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
 from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
 
 FAULTS = st.sampled_from([None, None, None, "lake", "state", "rejects", "alerts"])
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,15 @@ import schemathesis
 from hypothesis import given
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.support import fit_example_bundle, load_function
-from zaindari.bundle import load_bundle
+from tests.support import load_function
+from zaindari.bundle import ModelBundle
 from zaindari.event_scoring import EventScoring
 from zaindari.infra.http_gateway import serve_lambda_http
 from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
 
 
 @pytest.fixture(scope="module")
-def score_event_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    bundle_dir: Path = fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-    bundle = load_bundle(bundle_dir)
+def score_event_app(bundle_dir: Path, bundle: ModelBundle) -> Iterator[ModuleType]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ZAINDARI_MODEL_PATH", str(bundle_dir))
         mp.setenv("POWERTOOLS_TRACE_DISABLED", "true")

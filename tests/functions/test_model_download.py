@@ -9,10 +9,10 @@ from typing import Any
 
 from tests.functions.conftest import EmbeddedAws
 from tests.functions.test_faults_model import model_uri
-from tests.functions.test_score_event import bundle_dir, env
+from tests.functions.test_score_event import env
 from zaindari.infra.model_store import download_bundle
 
-__all__ = ["bundle_dir", "env", "model_uri"]  # fixtures, used by name
+__all__ = ["env", "model_uri"]  # fixtures, used by name
 
 
 def test_a_bundle_downloads_its_files_at_once_and_whole(

@@ -49,11 +49,6 @@ EVENT_TYPES = (
 )
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("example-model")
-
-
 @pytest.fixture
 def env(aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     """The resources the template declares for register_model and deploy_model."""
@@ -150,9 +145,9 @@ def trained_event(bundle_uri: str) -> dict[str, Any]:
     return event
 
 
-def candidate(aws: EmbeddedAws, cache: Path, tmp_path: Path, run: str, **kw: Any) -> str:
+def candidate(aws: EmbeddedAws, bundle_dir: Path, tmp_path: Path, run: str, **kw: Any) -> str:
     """A training run's bundle at ``s3://<lake>/models/<model>/candidates/<run>/``."""
-    folder = registry_bundle(cache, tmp_path / run, **kw)
+    folder = registry_bundle(bundle_dir, tmp_path / run, **kw)
     uri = f"s3://{LAKE}/models/{MODEL}/candidates/{run}/"
     seed_model_bundle(aws.factory, uri, folder)
     return uri
@@ -181,7 +176,7 @@ def functions(
 
 def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     aws: EmbeddedAws,
-    cache: Path,
+    bundle_dir: Path,
     tmp_path: Path,
     inboxes: dict[str, str],
     recent_traffic: None,
@@ -194,7 +189,7 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     sm = aws.factory.client("sagemaker")
 
     # Given a first training run: registered and promoted (no champion yet) from the Glue event
-    uri1 = candidate(aws, cache, tmp_path, "run-1", metrics=labelled_metrics(0.90))
+    uri1 = candidate(aws, bundle_dir, tmp_path, "run-1", metrics=labelled_metrics(0.90))
     first = register.lambda_handler(glue_training_run(aws, uri1), LambdaContext("register_model"))
     assert (first["status"], first["version"]) == ("promoted", 1)
     [registered] = drain(aws, inboxes["Zaindari Model Registered"])
@@ -235,7 +230,7 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     assert update.model == MODEL and update.artifact_uri.startswith("s3://")
 
     # A second run as good as the first (same thresholds: same shadow alert rate) is promoted too
-    uri2 = candidate(aws, cache, tmp_path, "run-2", metrics=labelled_metrics(0.91))
+    uri2 = candidate(aws, bundle_dir, tmp_path, "run-2", metrics=labelled_metrics(0.91))
     second = register.lambda_handler(trained_event(uri2), LambdaContext("register_model"))
     assert (second["status"], second["version"]) == ("promoted", 2)
     assert second["gate"]["numbers"]["shadow"]["readings"] == 600
@@ -248,7 +243,7 @@ def test_register_gate_promote_deploy_and_roll_back_leave_an_audit_trail(
     assert packages(aws) == {"1": "Rejected", "2": "Approved"}  # v1 is archived now
 
     # A worse challenger stays in staging, with the reason recorded
-    uri3 = candidate(aws, cache, tmp_path, "run-3", metrics=labelled_metrics(0.70))
+    uri3 = candidate(aws, bundle_dir, tmp_path, "run-3", metrics=labelled_metrics(0.70))
     third = register.lambda_handler(trained_event(uri3), LambdaContext("register_model"))
     assert (third["status"], third["version"]) == ("kept_in_staging", 3)
     assert "auc: challenger 0.7 is lower than the champion's 0.91" in third["reason"]
@@ -313,7 +308,7 @@ def _break_onnx(folder: Path) -> None:
 )
 def test_a_damaged_bundle_is_refused_with_an_alert_and_nothing_registered(
     aws: EmbeddedAws,
-    cache: Path,
+    bundle_dir: Path,
     tmp_path: Path,
     inboxes: dict[str, str],
     functions: tuple[ModuleType, ModuleType],
@@ -321,7 +316,7 @@ def test_a_damaged_bundle_is_refused_with_an_alert_and_nothing_registered(
     expected: str,
 ) -> None:
     register, _ = functions
-    folder = registry_bundle(cache, tmp_path / "bad", metrics=labelled_metrics(0.9))
+    folder = registry_bundle(bundle_dir, tmp_path / "bad", metrics=labelled_metrics(0.9))
     damage(folder)
     uri = f"s3://{LAKE}/models/{MODEL}/candidates/bad/"
     seed_model_bundle(aws.factory, uri, folder)
@@ -348,7 +343,7 @@ def test_events_of_other_jobs_or_failed_runs_are_ignored(functions: tuple[Module
 
 
 def test_score_event_follows_production_without_a_restart(
-    aws: EmbeddedAws, cache: Path, tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    aws: EmbeddedAws, bundle_dir: Path, tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given score_event reading its model through the registry alias, re-read on every call
     aws.factory.client("dynamodb").create_table(
@@ -363,7 +358,7 @@ def test_score_event_follows_production_without_a_restart(
     lifecycle = build_model_lifecycle(Settings.from_env(dict(env)), aws.factory)
     # v2 alerts more (lower thresholds) yet passes: the shadow check is off in this test
     for run, scale in (("run-a", 1.0), ("run-b", 0.5)):
-        uri = candidate(aws, cache, tmp_path, run, metrics=labelled_metrics(0.9), threshold_scale=scale)
+        uri = candidate(aws, bundle_dir, tmp_path, run, metrics=labelled_metrics(0.9), threshold_scale=scale)
         lifecycle.registry.register_version(uri)
     lifecycle.registry.promote(
         MODEL, 1, policy=lifecycle.policy.model_copy(update={"alert_rate_bound": None})
@@ -396,12 +391,12 @@ def test_score_event_follows_production_without_a_restart(
 
 
 def test_an_emr_serverless_training_run_is_registered_from_its_output_argument(
-    aws: EmbeddedAws, cache: Path, tmp_path: Path, functions: tuple[ModuleType, ModuleType]
+    aws: EmbeddedAws, bundle_dir: Path, tmp_path: Path, functions: tuple[ModuleType, ModuleType]
 ) -> None:
     register, _ = functions
     emr = aws.factory.client("emr-serverless")
     app = emr.create_application(name="zaindari", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
-    uri = candidate(aws, cache, tmp_path, "run-emr", metrics=labelled_metrics(0.9))
+    uri = candidate(aws, bundle_dir, tmp_path, "run-emr", metrics=labelled_metrics(0.9))
 
     def run(name: str) -> dict[str, Any]:
         run_id = emr.start_job_run(

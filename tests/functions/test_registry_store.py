@@ -34,11 +34,6 @@ BUCKET = "zaindari-lake"
 SAME_RATES = ShadowResult(1000, 1000, 1000, 0.05, 0.05)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("example-model")
-
-
 @pytest.fixture
 def store(aws: EmbeddedAws) -> DynamoRegistryStore:
     create_registry_table(aws.factory, TABLE)
@@ -53,14 +48,14 @@ def registry(aws: EmbeddedAws, store: DynamoRegistryStore, tmp_path: Path) -> Mo
     return ModelRegistry(store, S3ArtifactStore(aws.factory, BUCKET, tmp_path / "downloads"))
 
 
-def _bundle(cache: Path, tmp_path: Path, name: str, auc: float, **kw: float) -> Path:
-    return registry_bundle(cache, tmp_path / name, metrics=labelled_metrics(auc), **kw)
+def _bundle(bundle_dir: Path, tmp_path: Path, name: str, auc: float, **kw: float) -> Path:
+    return registry_bundle(bundle_dir, tmp_path / name, metrics=labelled_metrics(auc), **kw)
 
 
 def test_register_copies_the_bundle_to_the_lake_and_numbers_versions(
-    aws: EmbeddedAws, registry: ModelRegistry, store: DynamoRegistryStore, cache: Path, tmp_path: Path
+    aws: EmbeddedAws, registry: ModelRegistry, store: DynamoRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    first = registry.register_version(str(_bundle(cache, tmp_path, "a", 0.9)))
+    first = registry.register_version(str(_bundle(bundle_dir, tmp_path, "a", 0.9)))
     # a bundle already in S3 (where the training job writes it) registers as well
     second = registry.register_version(first.artifact_uri)
 
@@ -77,9 +72,9 @@ def test_register_copies_the_bundle_to_the_lake_and_numbers_versions(
 
 
 def test_version_numbers_and_alias_moves_are_conditional(
-    registry: ModelRegistry, store: DynamoRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: DynamoRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    version = registry.register_version(str(_bundle(cache, tmp_path, "a", 0.9)))
+    version = registry.register_version(str(_bundle(bundle_dir, tmp_path, "a", 0.9)))
 
     # two writers never get the same number, nor overwrite a stored version
     assert [store.reserve_version(MODEL) for _ in range(3)] == [2, 3, 4]
@@ -100,13 +95,13 @@ def test_version_numbers_and_alias_moves_are_conditional(
 
 
 def test_gate_promote_refuse_and_rollback_leave_a_full_history(
-    registry: ModelRegistry, store: DynamoRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: DynamoRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    champion_path = _bundle(cache, tmp_path, "champ", 0.90)
+    champion_path = _bundle(bundle_dir, tmp_path, "champ", 0.90)
     v1 = registry.register_version(str(champion_path)).version
     assert registry.promote(MODEL, v1).promoted
-    worse = registry.register_version(str(_bundle(cache, tmp_path, "worse", 0.80))).version
-    better_path = _bundle(cache, tmp_path, "better", 0.93)
+    worse = registry.register_version(str(_bundle(bundle_dir, tmp_path, "worse", 0.80))).version
+    better_path = _bundle(bundle_dir, tmp_path, "better", 0.93)
     better = registry.register_version(str(better_path)).version
 
     refused = registry.promote(MODEL, worse, policy=GatePolicy(tolerance=0.01), shadow=SAME_RATES)
@@ -140,9 +135,9 @@ def test_gate_promote_refuse_and_rollback_leave_a_full_history(
 
 
 def test_invalid_bundles_are_refused_and_nothing_is_stored(
-    aws: EmbeddedAws, registry: ModelRegistry, store: DynamoRegistryStore, cache: Path, tmp_path: Path
+    aws: EmbeddedAws, registry: ModelRegistry, store: DynamoRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    tampered = _bundle(cache, tmp_path, "tampered", 0.9)
+    tampered = _bundle(bundle_dir, tmp_path, "tampered", 0.9)
     (tampered / "spec.yaml").write_text((tampered / "spec.yaml").read_text() + "\n# edited\n")
 
     with pytest.raises(RegistryError, match=r"spec\.yaml: sha256"):
@@ -180,11 +175,11 @@ def _cli(aws: EmbeddedAws, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_registers_promotes_rolls_back_and_prints_tables(
-    aws: EmbeddedAws, store: DynamoRegistryStore, cache: Path, tmp_path: Path
+    aws: EmbeddedAws, store: DynamoRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     readings = tmp_path / "recent.jsonl"
     readings.write_text("\n".join(json.dumps(r.to_record()) for r in recent_readings()[:600]))
-    paths = [_bundle(cache, tmp_path, n, auc) for n, auc in (("v1", 0.9), ("v2", 0.8), ("v3", 0.91))]
+    paths = [_bundle(bundle_dir, tmp_path, n, auc) for n, auc in (("v1", 0.9), ("v2", 0.8), ("v3", 0.91))]
     for path in paths:
         done = _cli(aws, "register", MODEL, str(path))
         assert done.returncode == 0, done.stderr

@@ -55,7 +55,7 @@ def _run(sdk_python: Path, aws: EmbeddedAws, home: Path, *args: str) -> subproce
 
 
 def test_the_sdk_deploys_the_production_package_to_a_serverless_endpoint(
-    aws: EmbeddedAws, sdk_python: Path, tmp_path: Path
+    aws: EmbeddedAws, sdk_python: Path, bundle_dir: Path, tmp_path: Path
 ) -> None:
     # Given a model whose version 1 is production, mirrored to the SageMaker Model Registry
     aws.factory.client("s3").create_bucket(
@@ -67,7 +67,7 @@ def test_the_sdk_deploys_the_production_package_to_a_serverless_endpoint(
         sagemaker_image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/zaindari-serving:1",
     )
     lifecycle = build_model_lifecycle(settings, aws.factory)
-    bundle = registry_bundle(tmp_path / "cache", tmp_path / "run-1", metrics=labelled_metrics(0.9))
+    bundle = registry_bundle(bundle_dir, tmp_path / "run-1", metrics=labelled_metrics(0.9))
     assert lifecycle.register_trained_bundle(str(bundle)).status == "promoted"
 
     # When a data scientist asks for a model without production, then deploys this one (one

@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.functions.conftest import EmbeddedAws, drain, subscribe_alert_inboxes
-from tests.support import LambdaContext, fit_example_bundle, load_function, sqs_event
+from tests.support import LambdaContext, load_function, sqs_event
+from tests.unit.test_file_scoring import NESTED_KEEP, nested_drop, quarantined, run, scores_of
+from zaindari.bundle import ModelBundle
 from zaindari.drift import WindowSummary
 from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
 from zaindari.file_scoring_spark import score_file_on_spark
@@ -54,11 +56,6 @@ def event(name: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +172,17 @@ def ledger_item(aws: EmbeddedAws, stack: Provisioned, source_id: str) -> dict[st
         TableName=stack.name("FileRunsTable"), Key={"source_id": {"S": source_id}}, ConsistentRead=True
     )["Item"]
     return item
+
+
+def drop_source(stack: Provisioned, obj: dict[str, Any]) -> FileSource:
+    """The drop an S3 notification's ``object`` names, as score_batch names it (its source id)."""
+    return FileSource(
+        key=obj["key"],
+        bucket=stack.name("RawBucket"),
+        etag=obj["eTag"],
+        version_id=obj["versionId"],
+        size=obj["size"],
+    )
 
 
 def only_outcome(response: dict[str, Any]) -> dict[str, Any]:
@@ -355,13 +363,7 @@ def test_a_crashed_runs_claim_is_taken_over_once_its_lease_runs_out(
 ) -> None:
     s3_event = seeded(aws, "s3_object_created_csv.json")
     obj = s3_event["Records"][0]["s3"]["object"]
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     ledger = app.drops().ledger
     held = ledger.claim(source, route="inline", owner="crashed-run", now=1000.0, lease_until=4e9)  # alive
     assert held.claimed
@@ -489,13 +491,7 @@ def test_a_drop_above_the_spark_size_goes_to_the_glue_job_and_its_state_change_c
     assert only_outcome(invoke(app, s3_event))["status"] == "busy"  # the job has it
 
     # the job writes the file's outputs and manifest (here: the same use case, through the S3 sink)
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     from zaindari.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
@@ -641,13 +637,7 @@ def test_spark_scores_a_drop_exactly_as_the_function_does(
     assert function["status"] == "scored"
     expected = manifest_of(aws, stack, function)
     obj = event["Records"][0]["s3"]["object"]
-    source = FileSource(
-        key=obj["key"],
-        bucket=stack.name("RawBucket"),
-        etag=obj["eTag"],
-        version_id=obj["versionId"],
-        size=obj["size"],
-    )
+    source = drop_source(stack, obj)
     local = tmp_path / name
     local.write_bytes(data)
 
@@ -742,3 +732,34 @@ def test_the_glue_job_runs_locally_and_records_a_truncated_file_as_failed(
     assert manifest.status == "failed" and manifest.rows_in == 0
     assert (lake / "quarantine" / "files" / source_id / "cut.csv.gz").read_bytes() == cut
     assert not (lake / "scores").exists() or not list((lake / "scores").rglob("*.parquet"))
+
+
+@pytest.mark.spark
+def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
+    spark: Any, bundle: ModelBundle, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # here, after the Spark tests above (a cold session's first mapInPandas job costs ~15 s)
+    data = nested_drop(simulate_plant(PlantConfig.small(seed=0)).historian_frame())
+    expected = run(bundle, data, "nested.parquet", tmp_path / "function", options=NESTED_KEEP)
+    (tmp_path / "nested.parquet").write_bytes(data)
+
+    manifest = score_file_on_spark(
+        spark,
+        str(tmp_path / "nested.parquet"),
+        FileSource(key="drops/nested.parquet", etag="e1"),
+        bundle_dir,
+        str(tmp_path / "spark"),
+        partitions=2,
+        options=NESTED_KEEP,
+    )
+
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
+        expected.rows_in,
+        expected.rows_scored,
+        expected.rows_quarantined,
+    )
+    ours, theirs = quarantined(tmp_path / "spark"), quarantined(tmp_path / "function")
+    assert sorted(ours) == [3, 5, 7]  # the struct site, the bytes that are not UTF-8, the list line
+    assert {r: q["reason"] for r, q in ours.items()} == {r: q["reason"] for r, q in theirs.items()}
+    kept = ["row", *NESTED_KEEP.keep_columns]
+    pd.testing.assert_frame_equal(scores_of(tmp_path / "spark")[kept], scores_of(tmp_path / "function")[kept])

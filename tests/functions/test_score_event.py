@@ -15,7 +15,6 @@ from tests.support import (
     LambdaContext,
     bodies_of,
     eventbridge_event,
-    fit_example_bundle,
     http_event,
     kinesis_event,
     load_function,
@@ -26,11 +25,6 @@ from tests.support import (
 LAKE = "zaindari-test-lake"
 TABLE = "zaindari-test-state"
 REGION = "eu-west-1"
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

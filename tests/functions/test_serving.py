@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    fit_example_bundle,
     http_call,
     plant_readings,
     start_server,
@@ -24,11 +23,6 @@ from tests.support import (
 from zaindari.bundle import load_bundle
 from zaindari.contract import parse_payload
 from zaindari.pipeline import score_readings
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

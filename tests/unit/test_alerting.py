@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zaindari.alerting import LEARNED_RULE_ID, AlertState, evaluate_alerts
-from zaindari.bundle import FeatureStats, LearnedThresholds, OutputSpec, Signature, TensorSpec
+from zaindari.bundle import FeatureStats, LearnedThresholds, ModelBundle, OutputSpec, Signature, TensorSpec
 from zaindari.spec import ModelSpec, load_spec
 
 SPEC_YAML = """
@@ -307,19 +307,13 @@ def test_alert_state_round_trips_through_json() -> None:
     assert restored.active_rules == ["hot"]
 
 
-def test_a_table_without_modes_still_alerts_and_mode_rules_do_not_fire() -> None:
+def test_a_table_without_modes_still_alerts_and_mode_rules_do_not_fire(bundle: ModelBundle) -> None:
     # file drops may carry no mode column: score_table passes no mode per row
-    import tempfile
-    from pathlib import Path
-
     import numpy as np
 
-    from zaindari.bundle import load_bundle
-    from zaindari.example_model import example_model_bundle
     from zaindari.features import SensorTable
     from zaindari.pipeline import score_table
 
-    bundle = load_bundle(example_model_bundle(Path(tempfile.mkdtemp())))
     n = 4
     table = SensorTable(
         device_id=np.array(["d"] * n, dtype=object),

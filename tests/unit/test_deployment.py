@@ -86,10 +86,9 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    cache = tmp_path_factory.mktemp("cache")
+def bundles(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> list[Path]:
     out = tmp_path_factory.mktemp("bundles")
-    return [registry_bundle(cache, out / f"run-{i}", metrics=labelled_metrics(0.9)) for i in (1, 2)]
+    return [registry_bundle(bundle_dir, out / f"run-{i}", metrics=labelled_metrics(0.9)) for i in (1, 2)]
 
 
 def lifecycle(notes: Notes, mirror: Mirror, edge: Edge, endpoint: Any = None) -> ModelLifecycle:
@@ -260,12 +259,12 @@ def test_sagemaker_create_then_update_requests_match_the_api() -> None:
 
 
 def test_a_redelivered_training_event_registers_nothing_twice(
-    bundles: list[Path], tmp_path_factory: pytest.TempPathFactory
+    bundles: list[Path], bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     notes, mirror, edge = Notes(), Mirror(), Edge()
     flow = lifecycle(notes, mirror, edge)
     worse = registry_bundle(
-        tmp_path_factory.mktemp("cache"),
+        bundle_dir,
         tmp_path_factory.mktemp("worse") / "run-3",
         metrics=labelled_metrics(0.7),
     )

@@ -10,18 +10,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
-
-from tests.support import fit_example_bundle, plant_readings
-from zaindari.bundle import ModelBundle, load_bundle
+from tests.support import plant_readings
+from zaindari.bundle import ModelBundle
 from zaindari.edge.wiring import BatchingEventScoring
 from zaindari.event_scoring import EventScoring, HttpAnswer
 from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(fit_example_bundle(tmp_path_factory.mktemp("bundle")))
 
 
 def rounds() -> list[list[str]]:

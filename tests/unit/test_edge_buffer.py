@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import fit_example_bundle, plant_readings
+from tests.support import plant_readings
 from zaindari.alerting import Alert
-from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.edge.box import buffered_scoring
 from zaindari.edge.buffer import (
     ACK_DETAIL_TYPE,
@@ -30,11 +30,6 @@ from zaindari.edge.buffer import (
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.ports import PortError
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(fit_example_bundle(tmp_path_factory.mktemp("bundle")))
 
 
 @pytest.fixture(scope="module")

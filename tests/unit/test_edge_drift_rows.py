@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, fit_example_bundle, plant_readings
+from tests.support import ROOT, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
-from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.drift import WindowSummary, merge_windows
 from zaindari.edge.box import buffered_scoring
 from zaindari.edge.buffer import (
@@ -28,16 +28,6 @@ from zaindari.edge.buffer import (
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.ports import PortError
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,24 +19,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support import ROOT, fit_example_bundle, plant_readings
+from tests.support import ROOT, plant_readings
 from tests.unit.test_edge_buffer import RecordingUplink
-from zaindari.bundle import ModelBundle, load_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.edge.buffer import BufferedLake, BufferedSummaries, EdgeBuffer, Shipper, SqliteStateStore
 from zaindari.edge.file_outbox import BufferedFileSink, posted_source
 from zaindari.edge.local_alerts import LocalAlerts
 from zaindari.event_scoring import EventScoring, InboundRecord
 from zaindari.file_scoring import FileManifest, FileScoring, FileSource
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
 
 
 @pytest.fixture(scope="module")

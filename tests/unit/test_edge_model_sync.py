@@ -18,8 +18,8 @@ from tests.edge_support import (
     golden_readings,
     update_for,
 )
-from tests.support import fit_example_bundle, plant_readings
-from zaindari.bundle import BundleError, ModelBundle, load_bundle
+from tests.support import plant_readings
+from zaindari.bundle import BundleError, ModelBundle
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.buffer import EdgeBuffer
 from zaindari.edge.model_sync import (
@@ -35,40 +35,30 @@ from zaindari.registry_events import ModelUpdate
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_example_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def base(base_dir: Path) -> ModelBundle:
-    return load_bundle(base_dir)
-
-
-@pytest.fixture(scope="module")
 def readings() -> list[dict[str, Any]]:
     return plant_readings()
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory: pytest.TempPathFactory, base: ModelBundle) -> dict[str, Path]:
+def variants(tmp_path_factory: pytest.TempPathFactory, bundle: ModelBundle) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("variants")
-    model, signature = erroring_model(base, feature="temperature", above=100.0)
+    model, signature = erroring_model(bundle, feature="temperature", above=100.0)
     return {
-        "v2": bundle_variant(base, root / "v2", version="2"),
+        "v2": bundle_variant(bundle, root / "v2", version="2"),
         "alarming": bundle_variant(
-            base, root / "alarming", version="3", thresholds=alarming_thresholds(base)
+            bundle, root / "alarming", version="3", thresholds=alarming_thresholds(bundle)
         ),
-        "erroring": bundle_variant(base, root / "erroring", version="4", model=model, signature=signature),
+        "erroring": bundle_variant(bundle, root / "erroring", version="4", model=model, signature=signature),
     }
 
 
 @pytest.fixture
-def sync(tmp_path: Path, base_dir: Path, readings: list[dict[str, Any]]) -> ModelSync:
+def sync(tmp_path: Path, bundle_dir: Path, readings: list[dict[str, Any]]) -> ModelSync:
     store = LocalModelStore(tmp_path / "models")
     write_golden(store.golden_path, golden_readings(readings))
     events: list[dict[str, Any]] = []
     sync = ModelSync(store, LocalBundleFetcher(), rollback_after_errors=3, on_event=events.append)
-    sync.seed(base_dir, version="1")
+    sync.seed(bundle_dir, version="1")
     sync.events = events  # type: ignore[attr-defined]
     return sync
 
@@ -143,16 +133,16 @@ def test_model_failing_its_smoke_test_never_serves(sync: ModelSync, variants: di
 
 
 def test_smoke_test_fails_on_missing_golden_inputs_and_sensors_the_model_needs(
-    base: ModelBundle, readings: list[dict[str, Any]]
+    bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
-    assert not smoke_test(base, []).passed
+    assert not smoke_test(bundle, []).passed
     without_pressure = [
         {**r, "sensors": {k: v for k, v in r["sensors"].items() if k != "pressure"}}
         for r in golden_readings(readings, 5)
     ]
-    result = smoke_test(base, without_pressure)
+    result = smoke_test(bundle, without_pressure)
     assert not result.passed and "cannot score" in result.reason
-    passed = smoke_test(base, golden_readings(readings))
+    passed = smoke_test(bundle, golden_readings(readings))
     assert passed.passed and passed.scored == 80 and passed.alert_rate <= 0.2
 
 
@@ -196,12 +186,12 @@ class _LinkDown:
 
 
 def test_update_received_offline_waits_for_the_link_and_survives_a_restart(
-    tmp_path: Path, base_dir: Path, variants: dict[str, Path], readings: list[dict[str, Any]]
+    tmp_path: Path, bundle_dir: Path, variants: dict[str, Path], readings: list[dict[str, Any]]
 ) -> None:
     store = LocalModelStore(tmp_path / "models")
     write_golden(store.golden_path, golden_readings(readings))
     link = _LinkDown()
-    ModelSync(store, link).seed(base_dir, version="1")
+    ModelSync(store, link).seed(bundle_dir, version="1")
     outcome = ModelSync(store, link).request(update_for(variants["v2"], str(variants["v2"]), "2"))
     assert (outcome.status, outcome.serving) == ("pending", "1")
     # a restarted process finds the pending update and applies it once the link is back

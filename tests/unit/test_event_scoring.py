@@ -13,19 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import fit_example_bundle, plant_readings
-from zaindari.bundle import ModelBundle, load_bundle
+from tests.support import plant_readings
+from zaindari.bundle import ModelBundle
 from zaindari.contract import ContractLimits, Reading, parse_reading
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport, reading_key_hash
 from zaindari.memory_ports import MemoryAlertSink, MemoryLake, MemoryRejectSink, MemoryStateStore
 from zaindari.pipeline import DeviceState
 
 # ------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(fit_example_bundle(tmp_path_factory.mktemp("bundle")))
 
 
 @pytest.fixture(scope="module")

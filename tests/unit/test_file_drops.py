@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from zaindari.alerting import Alert
-from zaindari.bundle import ModelBundle, load_bundle
-from zaindari.example_model import example_model_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.file_drops import (
     DropConfig,
     DropLedger,
@@ -148,11 +147,6 @@ class FlakyAlerts:
 
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(example_model_bundle(tmp_path_factory.mktemp("models")))
 
 
 @pytest.fixture(scope="module")

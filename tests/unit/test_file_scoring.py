@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zaindari.bundle import ModelBundle, load_bundle
-from zaindari.example_model import example_model_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.features import SensorTable
 from zaindari.file_reading import RawChunk, read_chunks
 from zaindari.file_scoring import (
@@ -47,11 +46,6 @@ SENSORS = ["temperature", "vibration_rms", "motor_current", "pressure", "speed",
 
 
 # ----------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(example_model_bundle(tmp_path_factory.mktemp("models")))
 
 
 @pytest.fixture(scope="module")
@@ -685,3 +679,56 @@ def test_scores_are_partitioned_by_the_reading_date(
         )
         assert set(part["timestamp"].dt.strftime("%Y-%m-%d")) == {day}
         assert (part["device_id"] == "plant-1-press-101").all() == (day == "2024-01-02")
+
+
+NESTED_KEEP = FileScoringOptions(keep_columns=("tags", "meta", "attrs", "blob"))
+
+
+def nested_drop(frame: pd.DataFrame, n: int = 40) -> bytes:
+    """A Parquet drop whose extra columns are a list, a struct, a map and bytes, and whose optional
+    identifiers ``site`` (a struct at row 3) and ``line`` (a list at row 7) cannot be text."""
+    table = pa.Table.from_pandas(frame.head(n).drop(columns=["site", "line"]), preserve_index=False)
+    columns = {
+        "tags": pa.array([[i, i + 1] if i % 4 else None for i in range(n)], pa.list_(pa.int64())),
+        "meta": pa.array([{"a": i, "b": f"x{i}"} for i in range(n)]),
+        "attrs": pa.array(
+            [[("k", float("nan") if i == 1 else 0.5)] for i in range(n)], pa.map_(pa.string(), pa.float64())
+        ),
+        "blob": pa.array([b"\xff\xfe" if i == 5 else f"b{i}".encode() for i in range(n)], pa.binary()),
+        "site": pa.array([{"name": "north"} if i == 3 else None for i in range(n)]),
+        "line": pa.array([["line-1", "line-2"] if i == 7 else None for i in range(n)], pa.list_(pa.string())),
+    }
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    data = io.BytesIO()
+    pq.write_table(table, data)
+    return data.getvalue()
+
+
+def test_nested_and_binary_columns_are_kept_as_json_or_quarantined_never_dropped(
+    bundle: ModelBundle, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    manifest = run(bundle, nested_drop(frame), "nested.parquet", tmp_path, options=NESTED_KEEP)
+
+    # every row is scored or quarantined with the column and the reason
+    assert_accounted(manifest, tmp_path)
+    bad = quarantined(tmp_path)
+    assert sorted(bad) == [3, 5, 7]
+    assert bad[3]["reason"] == "site: must be a string, got {'name': 'north'}"
+    assert bad[5]["reason"] == "blob: holds bytes that are not UTF-8 text: b'\\xff\\xfe'"
+    assert bad[7]["reason"] == "line: must be a string, got ['line-1', 'line-2']"
+    assert bad[3]["record"]["site"] == {"name": "north"}  # the raw row, whole
+    # the kept columns carry their values as JSON text (nulls stay null)
+    scores = scores_of(tmp_path).set_index("row")
+    assert scores.loc[2, "tags"] == "[2,3]" and scores.loc[4, "tags"] is None
+    assert scores.loc[2, "meta"] == '{"a":2,"b":"x2"}'
+    assert scores.loc[1, "attrs"] == '[["k","nan"]]' and scores.loc[2, "attrs"] == '[["k",0.5]]'
+    assert scores.loc[2, "blob"] == "b2"
+    assert [json.loads(t)["a"] for t in scores["meta"]] == scores.index.tolist()
+
+
+def test_kept_columns_may_not_shadow_the_scores_columns() -> None:
+    with pytest.raises(ValueError, match=r"\['date', 'score'\] would be a second column"):
+        FileScoringOptions(keep_columns=("score", "date", "seq"))
+    with pytest.raises(ValueError, match="named twice"):
+        FileScoringOptions(keep_columns=("seq", "seq"))

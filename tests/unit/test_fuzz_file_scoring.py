@@ -26,18 +26,12 @@ from hypothesis import strategies as st
 
 from tests.hostile import ODD_NUMBER, ODD_TEXT, ODD_TIMESTAMP, WRONG_TYPE, hostile_reading
 from tests.support import plant_readings
-from zaindari.bundle import ModelBundle, load_bundle
-from zaindari.example_model import example_model_bundle
+from zaindari.bundle import ModelBundle
 from zaindari.file_scoring import FileManifest, FileScoring, FileScoringOptions, FileSource
 from zaindari.local_ports import LocalFileSink
 
 SENSORS = ["temperature", "vibration_rms", "motor_current", "pressure", "speed", "torque"]
 SMALL_CHUNKS = FileScoringOptions(chunk_bytes=4096, chunk_rows=7)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    return load_bundle(example_model_bundle(tmp_path_factory.mktemp("models")))
 
 
 @pytest.fixture(scope="module")

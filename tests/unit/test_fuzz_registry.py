@@ -32,25 +32,24 @@ BAD = ["tampered", "no_metrics", "failed_parity", "not_onnx"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> None:
+def bundles(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> None:
     """Bundles built once: three good ones of different quality, and broken ones."""
-    cache = tmp_path_factory.mktemp("example-model")
     root = tmp_path_factory.mktemp("bundles")
     for name, auc in zip(GOOD, (0.90, 0.95, 0.80), strict=True):
-        BUNDLES[name] = registry_bundle(cache, root / name, metrics=labelled_metrics(auc))
-    tampered = registry_bundle(cache, root / "tampered", metrics=labelled_metrics(0.9))
+        BUNDLES[name] = registry_bundle(bundle_dir, root / name, metrics=labelled_metrics(auc))
+    tampered = registry_bundle(bundle_dir, root / "tampered", metrics=labelled_metrics(0.9))
     data = bytearray((tampered / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / "model.onnx").write_bytes(bytes(data))
     BUNDLES["tampered"] = tampered
-    BUNDLES["no_metrics"] = registry_bundle(cache, root / "no_metrics", metrics=None)
+    BUNDLES["no_metrics"] = registry_bundle(bundle_dir, root / "no_metrics", metrics=None)
     BUNDLES["failed_parity"] = registry_bundle(
-        cache,
+        bundle_dir,
         root / "failed_parity",
         metrics=labelled_metrics(0.9),
         parity={"passed": False, "max_abs_diff": 1.0},
     )
-    not_onnx = registry_bundle(cache, root / "not_onnx", metrics=labelled_metrics(0.9))
+    not_onnx = registry_bundle(bundle_dir, root / "not_onnx", metrics=labelled_metrics(0.9))
     _rewrite_with_valid_hashes(not_onnx, "model.onnx", b"\x80\x04\x95 not a model: a pickle header")
     BUNDLES["not_onnx"] = not_onnx
 

@@ -27,11 +27,6 @@ MODEL = "plant-anomaly"
 SAME_RATES = ShadowResult(1000, 1000, 1000, 0.05, 0.06)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("example-model")
-
-
 @pytest.fixture
 def store() -> MemoryRegistryStore:
     return MemoryRegistryStore()
@@ -43,9 +38,9 @@ def registry(store: MemoryRegistryStore, tmp_path: Path) -> ModelRegistry:
 
 
 def _register(
-    registry: ModelRegistry, cache: Path, tmp_path: Path, name: str, auc: float, **kw: object
+    registry: ModelRegistry, bundle_dir: Path, tmp_path: Path, name: str, auc: float, **kw: object
 ) -> int:
-    path = registry_bundle(cache, tmp_path / name, metrics=labelled_metrics(auc), **kw)  # type: ignore[arg-type]
+    path = registry_bundle(bundle_dir, tmp_path / name, metrics=labelled_metrics(auc), **kw)  # type: ignore[arg-type]
     return registry.register_version(str(path), actor="test").version
 
 
@@ -54,9 +49,9 @@ def _production(store: MemoryRegistryStore) -> int | None:
 
 
 def test_versions_are_monotonic_and_registered_under_staging(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    numbers = [_register(registry, cache, tmp_path, f"b{i}", 0.9) for i in range(3)]
+    numbers = [_register(registry, bundle_dir, tmp_path, f"b{i}", 0.9) for i in range(3)]
 
     assert numbers == [1, 2, 3]
     assert store.aliases(MODEL) == {"staging": 3}
@@ -76,9 +71,9 @@ def test_versions_are_monotonic_and_registered_under_staging(
 
 
 def test_first_version_is_promoted_without_a_champion(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    v1 = _register(registry, cache, tmp_path, "b1", 0.9)
+    v1 = _register(registry, bundle_dir, tmp_path, "b1", 0.9)
 
     decision = registry.promote(MODEL, v1, shadow=None, policy=GatePolicy(alert_rate_bound=0.02))
 
@@ -89,10 +84,10 @@ def test_first_version_is_promoted_without_a_champion(
 
 @pytest.mark.parametrize("auc", [0.90, 0.95, 0.895])
 def test_gate_accepts_a_better_or_equal_challenger_within_tolerance(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path, auc: float
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path, auc: float
 ) -> None:
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "champ", 0.90))
-    challenger = _register(registry, cache, tmp_path, "chall", auc)
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "champ", 0.90))
+    challenger = _register(registry, bundle_dir, tmp_path, "chall", auc)
 
     decision = registry.promote(MODEL, challenger, policy=GatePolicy(tolerance=0.01), shadow=SAME_RATES)
 
@@ -106,10 +101,10 @@ def test_gate_accepts_a_better_or_equal_challenger_within_tolerance(
 
 
 def test_worse_challenger_is_refused_with_its_numbers_and_stays_in_staging(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "champ", 0.90))
-    challenger = _register(registry, cache, tmp_path, "chall", 0.80)
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "champ", 0.90))
+    challenger = _register(registry, bundle_dir, tmp_path, "chall", 0.80)
 
     decision = registry.promote(MODEL, challenger, policy=GatePolicy(tolerance=0.01), shadow=SAME_RATES)
 
@@ -152,11 +147,11 @@ def test_classification_compares_f1_and_auc_and_a_missing_figure_refuses() -> No
 
 
 def test_alert_rate_beyond_the_bound_is_refused(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    champion_path = registry_bundle(cache, tmp_path / "champ", metrics=labelled_metrics(0.9))
+    champion_path = registry_bundle(bundle_dir, tmp_path / "champ", metrics=labelled_metrics(0.9))
     chatty_path = registry_bundle(
-        cache, tmp_path / "chatty", metrics=labelled_metrics(0.95), threshold_scale=0.3
+        bundle_dir, tmp_path / "chatty", metrics=labelled_metrics(0.95), threshold_scale=0.3
     )
     registry.promote(MODEL, registry.register_version(str(champion_path)).version)
     chatty = registry.register_version(str(chatty_path)).version
@@ -179,11 +174,11 @@ def test_alert_rate_beyond_the_bound_is_refused(
 
 
 def test_manual_approval_waits_then_promotes_with_the_approver(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     policy = GatePolicy(manual_approval=True)
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "champ", 0.90), approved_by="ops")
-    challenger = _register(registry, cache, tmp_path, "chall", 0.92)
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "champ", 0.90), approved_by="ops")
+    challenger = _register(registry, bundle_dir, tmp_path, "chall", 0.92)
 
     waiting = registry.promote(MODEL, challenger, policy=policy, shadow=SAME_RATES)
     approved = registry.promote(MODEL, challenger, policy=policy, shadow=SAME_RATES, approved_by="alice")
@@ -195,10 +190,10 @@ def test_manual_approval_waits_then_promotes_with_the_approver(
 
 
 def test_worse_challenger_is_refused_even_with_approval(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "champ", 0.90))
-    challenger = _register(registry, cache, tmp_path, "chall", 0.70)
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "champ", 0.90))
+    challenger = _register(registry, bundle_dir, tmp_path, "chall", 0.70)
 
     decision = registry.promote(MODEL, challenger, shadow=SAME_RATES, approved_by="alice")
 
@@ -206,10 +201,10 @@ def test_worse_challenger_is_refused_even_with_approval(
 
 
 def test_rollback_to_previous_then_to_a_named_version(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     for i in range(3):
-        registry.promote(MODEL, _register(registry, cache, tmp_path, f"b{i}", 0.9), shadow=SAME_RATES)
+        registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, f"b{i}", 0.9), shadow=SAME_RATES)
     assert _production(store) == 3
 
     back = registry.rollback(MODEL, reason="false alarms on line 2", actor="alice")
@@ -230,18 +225,18 @@ def test_rollback_to_previous_then_to_a_named_version(
 
 
 def test_rollback_without_an_earlier_production_version_is_refused(
-    registry: ModelRegistry, cache: Path, tmp_path: Path
+    registry: ModelRegistry, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "b1", 0.9))
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "b1", 0.9))
 
     with pytest.raises(RegistryError, match="no earlier production version"):
         registry.rollback(MODEL, reason="oops")
 
 
 def test_set_alias_moves_are_recorded_and_conflicts_detected(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    _register(registry, cache, tmp_path, "b1", 0.9)
+    _register(registry, bundle_dir, tmp_path, "b1", 0.9)
 
     entry = registry.set_alias(MODEL, "canary-line-2", 1, reason="trial on line 2", actor="bob")
 
@@ -255,9 +250,9 @@ def test_set_alias_moves_are_recorded_and_conflicts_detected(
 
 
 def test_bundle_with_a_wrong_hash_is_refused(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    path = registry_bundle(cache, tmp_path / "tampered", metrics=labelled_metrics(0.9))
+    path = registry_bundle(bundle_dir, tmp_path / "tampered", metrics=labelled_metrics(0.9))
     thresholds = json.loads((path / "thresholds.json").read_text())
     thresholds["levels"]["warning"] *= 10
     (path / "thresholds.json").write_text(json.dumps(thresholds))
@@ -268,9 +263,9 @@ def test_bundle_with_a_wrong_hash_is_refused(
 
 
 def test_bundle_with_a_broken_onnx_file_is_refused(
-    registry: ModelRegistry, cache: Path, tmp_path: Path
+    registry: ModelRegistry, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    path = registry_bundle(cache, tmp_path / "broken", metrics=labelled_metrics(0.9))
+    path = registry_bundle(bundle_dir, tmp_path / "broken", metrics=labelled_metrics(0.9))
     (path / "model.onnx").write_bytes(b"not an onnx graph")
     manifest = json.loads((path / "MANIFEST.json").read_text())
     manifest["files"]["model.onnx"] = hashlib.sha256(b"not an onnx graph").hexdigest()  # hashes fine
@@ -292,23 +287,25 @@ def test_bundle_with_a_broken_onnx_file_is_refused(
     ],
 )
 def test_bundle_without_metrics_or_parity_is_refused(
-    registry: ModelRegistry, cache: Path, tmp_path: Path, kwargs: dict[str, object], reason: str
+    registry: ModelRegistry, bundle_dir: Path, tmp_path: Path, kwargs: dict[str, object], reason: str
 ) -> None:
-    path = registry_bundle(cache, tmp_path / "incomplete", **kwargs)  # type: ignore[arg-type]
+    path = registry_bundle(bundle_dir, tmp_path / "incomplete", **kwargs)  # type: ignore[arg-type]
 
     with pytest.raises(RegistryError, match=reason):
         registry.register_version(str(path))
 
 
-def test_bundle_of_another_model_is_refused(registry: ModelRegistry, cache: Path, tmp_path: Path) -> None:
-    path = registry_bundle(cache, tmp_path / "b", metrics=labelled_metrics(0.9))
+def test_bundle_of_another_model_is_refused(
+    registry: ModelRegistry, bundle_dir: Path, tmp_path: Path
+) -> None:
+    path = registry_bundle(bundle_dir, tmp_path / "b", metrics=labelled_metrics(0.9))
 
     with pytest.raises(RegistryError, match="not 'pump-rul'"):
         registry.register_version(str(path), model="pump-rul")
 
 
 def test_registration_racing_another_keeps_staging_on_the_newest(
-    store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     class RacingStore(MemoryRegistryStore):
         """Another writer registers version 2 between this writer's read and write of staging."""
@@ -328,7 +325,7 @@ def test_registration_racing_another_keeps_staging_on_the_newest(
     registry = ModelRegistry(racing, LocalArtifactStore(tmp_path / "lake"))
 
     version = registry.register_version(
-        str(registry_bundle(cache, tmp_path / "b", metrics=labelled_metrics(0.9)))
+        str(registry_bundle(bundle_dir, tmp_path / "b", metrics=labelled_metrics(0.9)))
     )
 
     assert version.version == 1
@@ -336,13 +333,13 @@ def test_registration_racing_another_keeps_staging_on_the_newest(
 
 
 def test_gate_records_whether_both_versions_were_evaluated_on_the_same_data(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     same = {"data": {"content_hash": "abc", "assets": {"held_out": ["press-3"]}}}
     other = {"data": {"content_hash": "def", "assets": {"held_out": ["press-1"]}}}
-    registry.promote(MODEL, _register(registry, cache, tmp_path, "a", 0.9, lineage=same))
-    on_same = _register(registry, cache, tmp_path, "b", 0.9, lineage=same)
-    on_other = _register(registry, cache, tmp_path, "c", 0.9, lineage=other)
+    registry.promote(MODEL, _register(registry, bundle_dir, tmp_path, "a", 0.9, lineage=same))
+    on_same = _register(registry, bundle_dir, tmp_path, "b", 0.9, lineage=same)
+    on_other = _register(registry, bundle_dir, tmp_path, "c", 0.9, lineage=other)
 
     first = registry.promote(MODEL, on_other, shadow=SAME_RATES, policy=GatePolicy(manual_approval=True))
     second = registry.promote(MODEL, on_same, shadow=SAME_RATES, policy=GatePolicy(manual_approval=True))
@@ -363,8 +360,8 @@ def _known_fault_log() -> MaintenanceLog:
     return MaintenanceLog(tuple(MaintenanceWindow(device_id=f.device_id, start=f.onset) for f in faults))
 
 
-def test_shadow_rates_count_known_fault_readings_apart(cache: Path, tmp_path: Path) -> None:
-    champion = load_bundle(registry_bundle(cache, tmp_path / "champ", metrics=labelled_metrics(0.9)))
+def test_shadow_rates_count_known_fault_readings_apart(bundle_dir: Path, tmp_path: Path) -> None:
+    champion = load_bundle(registry_bundle(bundle_dir, tmp_path / "champ", metrics=labelled_metrics(0.9)))
     readings = recent_readings()
     log = _known_fault_log()
     inside = sum(1 for r in readings if log.covers(r.device_id, r.timestamp))
@@ -386,12 +383,14 @@ def test_shadow_rates_count_known_fault_readings_apart(cache: Path, tmp_path: Pa
 
 
 def test_a_challenger_deaf_to_known_faults_is_refused_where_the_plain_rate_hides_it(
-    registry: ModelRegistry, store: MemoryRegistryStore, cache: Path, tmp_path: Path
+    registry: ModelRegistry, store: MemoryRegistryStore, bundle_dir: Path, tmp_path: Path
 ) -> None:
     # Given a champion, and a challenger whose learned thresholds are ten times higher (what
     # fitting a model on fault rows does: the faults look normal to it; the expert rules remain)
-    champion_path = registry_bundle(cache, tmp_path / "champ", metrics=labelled_metrics(0.9))
-    deaf_path = registry_bundle(cache, tmp_path / "deaf", metrics=labelled_metrics(0.9), threshold_scale=10.0)
+    champion_path = registry_bundle(bundle_dir, tmp_path / "champ", metrics=labelled_metrics(0.9))
+    deaf_path = registry_bundle(
+        bundle_dir, tmp_path / "deaf", metrics=labelled_metrics(0.9), threshold_scale=10.0
+    )
     registry.promote(MODEL, registry.register_version(str(champion_path)).version)
     deaf = registry.register_version(str(deaf_path)).version
     champion_bundle, deaf_bundle, readings = (
@@ -428,15 +427,15 @@ def test_a_challenger_deaf_to_known_faults_is_refused_where_the_plain_rate_hides
 )
 def test_known_faults_anchor_detection_so_fewer_alarms_elsewhere_can_pass(
     registry: ModelRegistry,
-    cache: Path,
+    bundle_dir: Path,
     tmp_path: Path,
     normal: tuple[float, float],
     fault: tuple[float, float] | None,
     refused_for: str | None,
 ) -> None:
-    champion = _register(registry, cache, tmp_path, "champ", 0.9)
+    champion = _register(registry, bundle_dir, tmp_path, "champ", 0.9)
     registry.promote(MODEL, champion)
-    challenger = _register(registry, cache, tmp_path, "chall", 0.9)
+    challenger = _register(registry, bundle_dir, tmp_path, "chall", 0.9)
     shadow = (
         ShadowResult(2000, 2000, 2000, *normal, 500, *fault)
         if fault
