@@ -125,6 +125,11 @@ def _score_batch(event: dict[str, Any], context: "LambdaContext", trigger: str) 
     # the records to retry with their reasons (usually none): the handler keeps only these, not the
     # report, which the processor (kept for the container's life) would hold until the next batch
     retry = {rid: report.retry_reasons.get(rid, "retry") for rid in report.retry_ids}
+    if not retry:
+        # nothing to hand back (every record scored, rejected to the dead letters, or a duplicate):
+        # the response the processor gives when no record failed, without its walk over the batch
+        # (a data class and two handler calls per record: ~1 ms per 1,000 records)
+        return {"batchItemFailures": []}
 
     def record_handler(record: Any) -> None:
         record_id = record.message_id if trigger == "sqs" else record.kinesis.sequence_number

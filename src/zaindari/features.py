@@ -80,18 +80,16 @@ class SensorTable:
 
     @classmethod
     def from_readings(cls, readings: Sequence[Reading], sensor_names: Sequence[str]) -> SensorTable:
-        n = len(readings)
-        # filled as Python lists: a numpy item assignment costs ~4x a list's
-        columns: dict[str, list[float]] = {name: [math.nan] * n for name in sensor_names}
-        for i, r in enumerate(readings):
-            for name, value in r.sensors.items():
-                col = columns.get(name)
-                if col is not None:
-                    col[i] = value
+        # one Python list per column, made by a comprehension (a numpy item assignment costs ~4x
+        # a list's, and a loop over each reading's sensors ~1.2x these)
+        nan = math.nan
+        values = [r.sensors for r in readings]
         return cls(
             device_id=np.array([r.device_id for r in readings], dtype=object),
             timestamp=np.array([r.timestamp.timestamp() for r in readings], dtype=np.float64),
-            sensors={name: np.array(col, dtype=np.float64) for name, col in columns.items()},
+            sensors={
+                name: np.array([v.get(name, nan) for v in values], dtype=np.float64) for name in sensor_names
+            },
             mode=np.array([r.mode for r in readings], dtype=object),
         )
 

@@ -27,6 +27,7 @@ __all__ = [
     "ClientFactory",
     "RequestCounter",
     "count_requests",
+    "form_encode_once",
 ]
 
 
@@ -203,6 +204,28 @@ class RequestCounter:
         return f"RequestCounter(total={self.total}, by_operation={self.by_operation})"
 
 
+def _utf8(value: Any) -> Any:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def form_encode_once(request: Any, **_: Any) -> None:
+    """A query-protocol request's body (SNS, SQS query...) form-encoded once, before it is signed.
+
+    botocore keeps such a body as a dict of parameters and form-encodes it each time it is read:
+    once to sign it, once to send it (``urllib.parse.quote`` at ~30 ns per character: ~0.4 ms
+    for an SNS ``PublishBatch`` of ten alerts). This writes the text botocore itself makes
+    (``AWSRequestPreparer._prepare_body``: UTF-8 keys and values, ``urlencode(doseq=True)``),
+    so the request signed and sent is the same, byte for byte. Registered first on
+    ``request-created``, the event botocore signs requests on; presigned URLs never pass there
+    (their signer moves the body's parameters into the query string and needs the dict).
+    """
+    from urllib.parse import urlencode
+
+    data = request.data
+    if isinstance(data, dict):
+        request.data = urlencode([(_utf8(k), _utf8(v)) for k, v in data.items()], doseq=True)
+
+
 def count_requests(client: Any, counter: RequestCounter) -> Any:
     """Make ``counter`` count every request sent by ``client`` (a boto3 client); returns ``client``."""
     client.meta.events.register("before-send", counter._on_before_send)
@@ -220,7 +243,8 @@ class ClientFactory:
         The boto3 session to build from. Default: a new ``boto3.session.Session`` with the
         standard credential chain. Pass one to pin credentials (e.g. dummy ones for moto).
 
-    Every client made here counts its requests in :attr:`request_counter`.
+    Every client made here counts its requests in :attr:`request_counter`; a query-protocol
+    client (SNS) form-encodes each request body once (:func:`form_encode_once`).
     """
 
     def __init__(
@@ -271,6 +295,11 @@ class ClientFactory:
                         region_name=self.config.region,
                         endpoint_url=self.config.endpoint_url,
                         config=self.config.botocore_config(),
+                    )
+                service = made.meta.service_model
+                if service.protocol == "query":  # before the signer, which botocore registers here
+                    made.meta.events.register_first(
+                        f"request-created.{service.service_id.hyphenize()}", form_encode_once
                     )
                 self._clients[service_name] = count_requests(made, self.request_counter)
             return self._clients[service_name]
