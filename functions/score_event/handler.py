@@ -26,7 +26,12 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
     if refused:
         return refused
     if event.method == "GET":
-        return json_response(200, {"status": "ok", "model_version": scoring().model_version()})
+        batching = scoring()
+        groups = {str(size): count for size, count in sorted(batching.group_sizes.items())}
+        # groups: how many groups of each size (concurrent requests scored together) since the start
+        return json_response(
+            200, {"status": "ok", "model_version": batching.model_version(), "groups": groups}
+        )
     if event.method != "POST":
         return json_response(
             405, {"message": "POST readings, or GET the model version"}, {"Allow": "GET, POST"}

@@ -139,6 +139,13 @@ CREATE TABLE IF NOT EXISTS device_state (
     updated_at REAL NOT NULL,
     version INTEGER NOT NULL DEFAULT 0      -- bumped by every write (optimistic concurrency)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_seen (  -- each device's remembered reading keys, oldest first
+    device_id TEXT NOT NULL,
+    n INTEGER NOT NULL,                     -- the key's position in the device's sequence of keys
+    key TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (device_id, n)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready lake objects)
     seq INTEGER PRIMARY KEY,
     key TEXT,                              -- the object's lake key (read without decoding the row)
@@ -287,6 +294,11 @@ class EdgeBuffer:
         if "version" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
                 db.execute("ALTER TABLE device_state ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        # a state's remembered keys in device_seen, rows seen_from .. seen_next - 1 (NULL: in its JSON)
+        for column in ("seen_from INTEGER", "seen_next INTEGER", "seen_last TEXT"):
+            if column.split()[0] not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute(f"ALTER TABLE device_state ADD COLUMN {column}")
         self._objects_schema(db)
 
     def _objects_schema(self, db: sqlite3.Connection) -> None:
@@ -905,14 +917,26 @@ class EdgeBuffer:
             for begin in range(0, len(missing), 500):
                 chunk = missing[begin : begin + 500]
                 marks = ",".join("?" * len(chunk))
-                for device, state, version in db.execute(
-                    f"SELECT device_id, state, version FROM device_state WHERE device_id IN ({marks})", chunk
-                ):
-                    out[device] = (
+                for device, state, version, seen_from, seen_next in db.execute(
+                    "SELECT device_id, state, version, seen_from, seen_next FROM device_state "
+                    f"WHERE device_id IN ({marks})",
+                    chunk,
+                ).fetchall():
+                    loaded = (
                         DeviceState.from_json(state)
                         if state[:1] == b"{"
                         else DeviceState.from_dict(orjson.loads(zlib.decompress(state)))
                     )
+                    if seen_next is not None:  # its keys are rows of device_seen
+                        loaded.seen = [
+                            (str(key), float(ts))
+                            for key, ts in db.execute(
+                                "SELECT key, ts FROM device_seen WHERE device_id = ? AND n >= ? AND n < ? "
+                                "ORDER BY n",
+                                (device, seen_from, seen_next),
+                            )
+                        ]
+                    out[device] = loaded
                     versions[device] = version  # as read with the state (it may have moved)
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
@@ -924,16 +948,52 @@ class EdgeBuffer:
 
     def save_states(self, states: Mapping[str, DeviceState]) -> None:
         """Write device states without waiting for the disk (see the module docstring), each
-        with its version bumped."""
+        with its version bumped.
+
+        A state's remembered reading keys (up to the deduplication memory, ~17 KB of JSON at 512)
+        are rows of ``device_seen``, not part of its JSON: a write adds the keys remembered since
+        the last one (found after the last key written, ``seen_last``) and the row keeps the range
+        of positions that make up the list (``seen_from``, ``seen_next``); keys forgotten are
+        deleted 64 at a time. So a group's transaction writes a few hundred bytes of state per
+        device, not the whole memory. A state whose keys do not continue the stored ones (another
+        list altogether) has them all rewritten."""
         now = time.time()
         kept: dict[str, tuple[int, DeviceState]] = {}
         with self._write(durable=False) as db:
             for device, state in states.items():
+                seen = state.seen
+                row = db.execute(
+                    "SELECT seen_from, seen_next, seen_last FROM device_state WHERE device_id = ?", (device,)
+                ).fetchone()
+                stored: tuple[int, int, str | None] | None = (
+                    (int(row[0]), int(row[1]), row[2]) if row is not None and row[1] is not None else None
+                )
+                start = None if stored is None else _continues(seen, stored[2], stored[1] - stored[0])
+                base = 0 if stored is None else stored[1]
+                old_from: int | None = None
+                if start is None or stored is None:  # not a continuation: every key written again
+                    db.execute("DELETE FROM device_seen WHERE device_id = ?", (device,))
+                    new_keys = seen
+                else:
+                    new_keys, old_from = seen[start:], stored[0]
+                if new_keys:
+                    db.executemany(
+                        "INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)",
+                        [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)],
+                    )
+                next_n = base + len(new_keys)
+                first_n = next_n - len(seen)
+                if old_from is not None and first_n // 64 != old_from // 64:
+                    db.execute("DELETE FROM device_seen WHERE device_id = ? AND n < ?", (device, first_n))
+                bare = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
                 (version,) = db.execute(
-                    "INSERT INTO device_state (device_id, state, updated_at, version) VALUES (?, ?, ?, 1) "
+                    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, "
+                    "seen_last) VALUES (?, ?, ?, 1, ?, ?, ?) "
                     "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
-                    "updated_at = excluded.updated_at, version = device_state.version + 1 RETURNING version",
-                    (device, state.to_json().encode(), now),
+                    "updated_at = excluded.updated_at, version = device_state.version + 1, "
+                    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, "
+                    "seen_last = excluded.seen_last RETURNING version",
+                    (device, bare.to_json().encode(), now, first_n, next_n, seen[-1][0] if seen else None),
                 ).fetchone()
                 kept[device] = (int(version), state.successor(state.history, state.alerts))
         txn: _Transaction | None = getattr(self._local, "txn", None)
@@ -1140,6 +1200,17 @@ class EdgeBuffer:
         self._bump(db, "bytes", -size)
         _, added = self._insert_file_summaries(db, [BytesIO(data)], [seq])
         return size - added or 1  # negative for a tiny object: its summaries are bigger
+
+
+def _continues(seen: Sequence[tuple[str, float]], last: str | None, stored: int) -> int | None:
+    """Where the keys not stored yet start in ``seen``, when it continues the stored list (of
+    ``stored`` keys ending with ``last``); None when it does not."""
+    if last is None:
+        return 0 if stored == 0 else None
+    for i in range(len(seen) - 1, -1, -1):  # the new keys are the last few: search from the end
+        if seen[i][0] == last:
+            return i + 1 if i + 1 <= stored else None
+    return None
 
 
 def _drift_json(meta: Mapping[str, Any], summary: WindowSummary) -> bytes:

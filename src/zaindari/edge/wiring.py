@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -161,6 +162,8 @@ class BatchingEventScoring:
         self._pending: list[tuple[InboundRecord, Future[ScoringReport]]] = []
         self._pending_lock = threading.Lock()
         self._scoring_lock = threading.Lock()
+        #: groups scored since the start, by their number of requests (score-event's GET shows it)
+        self.group_sizes: Counter[int] = Counter()
 
     def answer_http(self, body: bytes | str, request_id: str, source: str = "http") -> HttpAnswer:
         """As :meth:`EventScoring.answer_http`; ``request_id`` must be unique among concurrent calls."""
@@ -183,6 +186,7 @@ class BatchingEventScoring:
                     group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 if not group:
                     continue
+                self.group_sizes[len(group)] += 1
                 try:
                     report = self.score_records([r for r, _ in group])
                 except BaseException as exc:  # a bug, not bad input: every request of the group sees it
