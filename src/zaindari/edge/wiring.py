@@ -134,10 +134,14 @@ class BatchingEventScoring:
 
     Device state is read, updated and written back per scoring call, so two calls must not run at
     once (each would start from the same state, and windows and alert state would lose one). One
-    call runs at a time; the requests that arrive meanwhile wait and are then scored together in
-    the next call: one contract pass per request, but one state read, one ONNX run, one buffer
-    transaction (one fsync) for the whole group (a group commit). Each request gets its own part
-    of the report. HTTP parsing, authentication and the contract check stay outside the lock.
+    thread of the process (the scorer, started at the first request) makes the calls: each
+    request's thread parses its body (the contract check, authentication and HTTP stay on it),
+    queues the readings and waits for its own answer; the scorer takes everything queued as one
+    group: one state read, one ONNX run, one buffer transaction (one fsync) for the whole group (a
+    group commit), and the requests that arrive meanwhile form the next group. Each request gets
+    its own part of the report. Each waiting thread is woken once, when its group is done (a
+    thread scoring a group itself, as before, woke the others one after the other through a lock,
+    and one whose answer was ready could wait out the next group behind it).
 
     Parameters
     ----------
@@ -160,8 +164,9 @@ class BatchingEventScoring:
         self.score_records = score_records or scoring.score_records
         self.max_batch = max_batch
         self._pending: list[tuple[InboundRecord, Future[ScoringReport]]] = []
-        self._pending_lock = threading.Lock()
-        self._scoring_lock = threading.Lock()
+        self._queued = threading.Condition(threading.Lock())
+        self._scorer: threading.Thread | None = None
+        self._scorer_pid = 0
         #: groups scored since the start, by their number of requests (score-event's GET shows it)
         self.group_sizes: Counter[int] = Counter()
 
@@ -176,26 +181,33 @@ class BatchingEventScoring:
     def score(self, record: InboundRecord) -> ScoringReport:
         """Score ``record`` with whatever else is waiting; returns the report of its group."""
         future: Future[ScoringReport] = Future()
-        with self._pending_lock:
+        with self._queued:
+            if self._scorer is None or self._scorer_pid != os.getpid():  # none yet, or a forked copy
+                self._scorer = threading.Thread(
+                    target=self._score_groups, name="zaindari-scorer", daemon=True
+                )
+                self._scorer_pid = os.getpid()
+                self._scorer.start()
             self._pending.append((record, future))
-        while not future.done():
-            with self._scoring_lock:
-                if future.done():
-                    break
-                with self._pending_lock:
-                    group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                if not group:
-                    continue
-                self.group_sizes[len(group)] += 1
-                try:
-                    report = self.score_records([r for r, _ in group])
-                except BaseException as exc:  # a bug, not bad input: every request of the group sees it
-                    for _, waiting in group:
-                        waiting.set_exception(exc)
-                else:
-                    for _, waiting in group:
-                        waiting.set_result(report)
+            self._queued.notify()
         return future.result()
+
+    def _score_groups(self) -> None:
+        """The scorer thread: score what is queued, one group at a time, for the process's life."""
+        while True:
+            with self._queued:
+                while not self._pending:
+                    self._queued.wait()
+                group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self.group_sizes[len(group)] += 1
+            try:
+                report = self.score_records([r for r, _ in group])
+            except BaseException as exc:  # a bug, not bad input: every request of the group sees it
+                for _, waiting in group:
+                    waiting.set_exception(exc)
+            else:
+                for _, waiting in group:
+                    waiting.set_result(report)
 
     def model_version(self) -> str:
         return self.scoring.model().model_version
