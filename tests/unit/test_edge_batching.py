@@ -93,3 +93,34 @@ def test_concurrent_requests_scored_together_answer_as_one_by_one(bundle: ModelB
     assert any(a.body.get("alerts") for a in answers[0]), "the hot device raises alerts"
     # and the 7 valid requests were scored in fewer calls (each call reads states once)
     assert states.calls < reference_states.calls
+
+
+def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle) -> None:
+    # Given a group commit whose scoring does not wait for the disk, and whose flush (settle) is held
+    flushed = threading.Event()
+    settles: list[int] = []
+
+    def settle() -> None:
+        assert flushed.wait(10)
+        settles.append(len(settles))
+
+    batching = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=settle)
+    body = rounds()[1][0]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(batching.answer_http, body, "r1")
+        # When the group is scored but not yet on disk
+        time.sleep(0.3)
+        # Then its request is not answered
+        assert not answer.done()
+        # and once the flush returns, it is, with its scores
+        flushed.set()
+        assert answer.result(10).status == 200 and answer.result().body["scores"]
+    assert settles == [0]
+
+    # and when the flush fails, the requests of the groups it covered get the error (not a 200)
+    def broken() -> None:
+        raise OSError("disk gone")
+
+    failing = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=broken)
+    with pytest.raises(OSError, match="disk gone"):
+        failing.answer_http(rounds()[1][1], "r2")

@@ -550,3 +550,22 @@ def test_remembered_keys_are_written_as_they_come_and_read_back_whole_after_trim
     assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("x1", 1.0), ("x2", 2.0)]
     # and a state row holds no keys itself (a few hundred bytes)
     assert writer._db().execute("SELECT length(state) FROM device_state").fetchone()[0] < 300
+
+
+def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synced(tmp_path: Path) -> None:
+    # Given a durable buffer (synchronous=FULL)
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    # When a transaction commits without waiting for the disk
+    with buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 1})
+    # Then another handle (another process) sees it at once, sync() flushes it, and the
+    # connection is back to waiting for the disk for the next one
+    assert EdgeBuffer(tmp_path / "buffer.db").bodies("ack") == [{"n": 1}]
+    buffer.sync()
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # and so it is after one that fails (nothing of it kept)
+    with pytest.raises(RuntimeError), buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 2})
+        raise RuntimeError("the model failed")
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert buffer.bodies("ack") == [{"n": 1}]

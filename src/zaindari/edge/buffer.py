@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
 import sqlite3
 import threading
@@ -191,6 +192,8 @@ class _Transaction:
     states: dict[str, tuple[int, DeviceState]] = field(default_factory=dict)
     #: the cross-process write lock file held for it (see :meth:`EdgeBuffer._lock_writers`)
     lock: IO[bytes] | None = None
+    #: committed without waiting for the disk (``transaction(durable=False)``; :meth:`EdgeBuffer.sync`)
+    relaxed: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ class EdgeBuffer:
         db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
 
     @contextlib.contextmanager
-    def transaction(self, *, immediate: bool = False) -> Iterator[None]:
+    def transaction(self, *, immediate: bool = False, durable: bool = True) -> Iterator[None]:
         """Everything this thread writes inside is one transaction, committed (one fsync) at the
         end: a group commit. Each write inside is a savepoint: one that fails is undone alone
         and raises :class:`PortError` as it would on its own, the others stay. If the commit
@@ -337,11 +340,17 @@ class EdgeBuffer:
         inside before it (:meth:`load_states`) are checked then: if another process wrote one
         since, :class:`StateConflict` is raised (and nothing is kept). Under ``immediate``, states
         are read under the lock, so no conflict can arise.
+
+        ``durable=False`` commits without waiting for the disk: the transaction is committed (other
+        connections see it; a killed process keeps it) but a power cut may take it until
+        :meth:`sync` returns. A caller that answers for what it wrote calls :meth:`sync` first;
+        meanwhile the next transaction can be written (the edge server scores the next group
+        while the disk flushes this one).
         """
         if getattr(self._local, "txn", None) is not None:
             yield
             return
-        txn = _Transaction()
+        txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
         self._local.txn = txn
         db = self._db()
         try:
@@ -353,6 +362,7 @@ class EdgeBuffer:
             if txn.begun:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+                self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise
         self._local.txn = None
@@ -365,6 +375,7 @@ class EdgeBuffer:
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         finally:
+            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
         if txn.states:
             with self._states_lock:
@@ -374,8 +385,11 @@ class EdgeBuffer:
         """Take the write lock for ``txn`` and check the device states it read before."""
         self._lock_writers(txn)
         try:
+            if txn.relaxed:  # (SQLite refuses to change it inside a transaction)
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         txn.begun = True
@@ -384,6 +398,30 @@ class EdgeBuffer:
             changed = sorted(d for d, v in txn.read_versions.items() if now.get(d, 0) != v)
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
+
+    def _restore_synchronous(self, txn: _Transaction, db: sqlite3.Connection) -> None:
+        if txn.relaxed:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    def sync(self) -> None:
+        """Flush to disk every transaction committed so far (``transaction(durable=False)``):
+        one ``fsync`` of the write-ahead log, which holds them in order (a checkpoint has
+        already synced what it copied out of it). Raises :class:`PortError` when the disk fails."""
+        if self.synchronous != "FULL":
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no log: nothing committed since the last checkpoint
+            return
+        except OSError as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def _lock_writers(self, txn: _Transaction) -> None:
         """Queue for the write lock on a file lock (``<buffer>.write.lock``) before SQLite's own:
