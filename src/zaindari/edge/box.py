@@ -348,6 +348,9 @@ class EdgeBox:
         """One round of the background work: local alert queues, then the buffer to the cloud,
         then a model update that waited for the link."""
         if self.local is not None and self.buffer.stats().local_alerts_pending:
+            # a group committed without waiting for the disk may have queued some (settle sends
+            # them too): none leaves the box before it is on disk
+            self.buffer.sync()
             self.local.deliver()
         if self.shipper is None:
             return None
