@@ -21,7 +21,9 @@ request was answered has forgotten its readings, so an answered batch must be on
 one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). The edge box
 scores each group of requests inside :meth:`EdgeBuffer.transaction`: everything the group writes,
 device state included, is one transaction and one fsync (a group commit), so a crash keeps all of
-it or none. Outside a transaction, device state alone is committed without waiting for the disk:
+it or none. The edge server commits a group without waiting for the disk
+(``transaction(durable=False)``) and answers it after :meth:`EdgeBuffer.sync` (one fsync of the
+log for every group committed meanwhile), scoring the next group in between. Outside a transaction, device state alone is committed without waiting for the disk:
 the next durable commit persists it (the WAL is written in order), and if a power cut takes the
 last state write, the readings the devices send again are recognised by the keys the log keeps
 with their scores and alerts (nothing is buffered twice); windows and alert hysteresis then miss
