@@ -124,3 +124,25 @@ def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle)
     failing = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=broken)
     with pytest.raises(OSError, match="disk gone"):
         failing.answer_http(rounds()[1][1], "r2")
+
+
+def test_request_ids_are_unique_across_threads_and_processes() -> None:
+    import os
+
+    from zaindari.edge.http import RequestIds
+
+    # Given one source of request ids, drawn from by 8 threads at once
+    ids = RequestIds()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        drawn = list(pool.map(lambda _: ids.next(), range(4000)))
+    # Then none repeats
+    assert len(set(drawn)) == len(drawn)
+    # and a forked process (a server worker) draws from its own prefix
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    assert child[:8] != drawn[0][:8] and child not in drawn

@@ -14,7 +14,10 @@ roll out before the old one is removed). A missing or empty secret fails the col
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ __all__ = [
     "Event",
     "Headers",
     "HttpEvent",
+    "RequestIds",
     "Response",
     "guard",
     "json_response",
@@ -79,6 +83,22 @@ class Context:
     """The template's context: the host (container) answering."""
 
     hostname: str = "localhost"
+
+
+class RequestIds:
+    """Request ids unique within a process and across its forks and restarts: a random prefix
+    drawn per process, then a counter (``<8 hex><n in hex>``); a ``uuid4`` per request cost a
+    system call and an object."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():  # first use, or a forked worker: its own prefix
+            self._prefix, self._pid = uuid.uuid4().hex[:8], os.getpid()
+        return f"{self._prefix}{next(self._count):x}"
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,7 +174,7 @@ class BatchingEventScoring:
         self.score_records = score_records or scoring.score_records
         self.settle = settle
         self.max_batch = max_batch
-        self._pending: list[tuple[InboundRecord, Future[ScoringReport]]] = []
+        self._pending: list[tuple[InboundRecord, _Answer]] = []
         self._queued = threading.Condition(threading.Lock())
         self._unsettled: list[tuple[_Group, ScoringReport | None, BaseException | None]] = []
         self._scored = threading.Condition(threading.Lock())
@@ -215,7 +214,7 @@ class BatchingEventScoring:
     def score(self, record: InboundRecord, *, arriving: bool = False) -> ScoringReport:
         """Score ``record`` with whatever else is waiting; returns the report of its group.
         ``arriving``: counted in ``_arriving`` (by :meth:`answer_http`, while it parsed)."""
-        future: Future[ScoringReport] = Future()
+        future = _Answer()
         with self._queued:
             if arriving:
                 self._arriving -= 1
@@ -291,15 +290,35 @@ class BatchingEventScoring:
         return self.scoring.model().model_version
 
 
-_Group = list[tuple[InboundRecord, "Future[ScoringReport]"]]
+class _Answer:
+    """One request's report, waited for by its thread: a lock held until the report is set (one
+    futex wait and one wake; a ``concurrent.futures.Future`` made a condition and a lock per wait)."""
+
+    __slots__ = ("_done", "error", "report")
+
+    def __init__(self) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self.report: ScoringReport | None = None
+        self.error: BaseException | None = None
+
+    def set(self, report: ScoringReport | None, error: BaseException | None) -> None:
+        self.report, self.error = report, error
+        self._done.release()
+
+    def result(self) -> ScoringReport:
+        self._done.acquire()
+        if self.error is not None or self.report is None:
+            raise self.error or RuntimeError("no report")
+        return self.report
+
+
+_Group = list[tuple[InboundRecord, _Answer]]
 
 
 def _answer(group: _Group, report: ScoringReport | None, error: BaseException | None) -> None:
     for _, waiting in group:
-        if error is not None or report is None:
-            waiting.set_exception(error or RuntimeError("no report"))
-        else:
-            waiting.set_result(report)
+        waiting.set(report, error)
 
 
 def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventScoring:
