@@ -146,3 +146,21 @@ def test_request_ids_are_unique_across_threads_and_processes() -> None:
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     assert child[:8] != drawn[0][:8] and child not in drawn
+
+
+def test_wsgi_headers_are_read_from_the_environ_case_insensitively() -> None:
+    from zaindari.edge.http import WsgiHeaders
+
+    # Given a WSGI environ (its headers as HTTP_*, the body's type and length as CGI variables)
+    environ = {"HTTP_AUTHORIZATION": "Bearer t", "HTTP_X_CALL_ID": "c1", "CONTENT_TYPE": "application/json"}
+    headers = WsgiHeaders(environ, 12)
+    # Then any spelling of a name finds it, a missing one is missing, and the length is the body's
+    assert headers["authorization"] == headers["Authorization"] == "Bearer t"
+    assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
+    assert headers["Content-Length"] == "12" and headers["content-type"] == "application/json"
+    assert dict(headers) == {
+        "authorization": "Bearer t",
+        "x-call-id": "c1",
+        "content-type": "application/json",
+        "content-length": "12",
+    }

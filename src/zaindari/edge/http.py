@@ -33,6 +33,7 @@ __all__ = [
     "HttpEvent",
     "RequestIds",
     "Response",
+    "WsgiHeaders",
     "guard",
     "json_response",
     "read_tokens",
@@ -65,6 +66,36 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class WsgiHeaders(Mapping[str, str]):
+    """A WSGI request's headers, looked up case-insensitively (as :class:`Headers`) in its environ
+    when asked: a handler reads two or three of them, so none is copied up front.
+    ``Content-Length`` is ``length`` (the body read), ``Content-Type`` empty when not sent."""
+
+    __slots__ = ("_environ", "_length")
+
+    def __init__(self, environ: Mapping[str, Any], length: int) -> None:
+        self._environ = environ
+        self._length = length
+
+    def __getitem__(self, key: str) -> str:
+        name = key.upper().replace("-", "_")
+        if name == "CONTENT_LENGTH":
+            return str(self._length)
+        if name == "CONTENT_TYPE":
+            return str(self._environ.get("CONTENT_TYPE", ""))
+        return str(self._environ["HTTP_" + name])
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._environ:
+            if name.startswith("HTTP_") and name not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                yield name[5:].replace("_", "-").lower()
+        yield "content-type"
+        yield "content-length"
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass(frozen=True)
