@@ -18,7 +18,9 @@ request in flight on each, for SECONDS after a warm-up; every request a differen
 
 Targets (issue 8): edge requests/s >= 3x mlflow's, edge p99 below mlflow's, peak RSS of the edge
 scoring process (the worker, VmHWM) <= 200 MB. Environment: BENCH_EDGE_SECONDS (8),
-BENCH_EDGE_CLIENTS (connection counts, default "8,32"; the targets apply to the first).
+BENCH_EDGE_CLIENTS (connection counts, default "8,32,64"; the targets apply to the first).
+The edge's group sizes at each level (how many concurrent requests were scored together, from
+score-event's ``GET``) are printed with its figures.
 
 Two more figures make the requests/s readable on a shared machine: the CPU each server spends per
 request (user + system time of all its processes over the run, from ``/proc``, divided by the
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import info_line, result_row
 from _setup import ROOT, FreshReadings
 from tests.edge_support import edge_serve_env
-from tests.support import fit_example_bundle, start_server, stop_server, zaindari_cli
+from tests.support import fit_example_bundle, http_call, start_server, stop_server, zaindari_cli
 
 from zaindari.bundle import load_bundle
 from zaindari.contract import parse_payload
@@ -54,7 +56,7 @@ NAME = "edge_http"
 SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "8"))
 WARMUP_SECONDS = 2.0
 #: keep-alive connections (concurrent requests): the targets apply to the first level
-LEVELS = tuple(int(x) for x in os.environ.get("BENCH_EDGE_CLIENTS", "8,32").split(","))
+LEVELS = tuple(int(x) for x in os.environ.get("BENCH_EDGE_CLIENTS", "8,32,64").split(","))
 WRK_THREADS = 2
 #: granian worker processes of the edge server (``zaindari edge serve --workers``), sharing its buffer
 WORKERS = int(os.environ.get("BENCH_EDGE_WORKERS", "1"))
@@ -114,12 +116,31 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def measured(
     pids: list[int], port: int, path: str, bodies: list[bytes], headers: dict[str, str], connections: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """:func:`load` for SECONDS, plus the servers' CPU time per request (µs)."""
     before = cpu_seconds(pids)
     figures = load(port, path, bodies, headers, SECONDS, connections)
     figures["cpu_us"] = (cpu_seconds(pids) - before) / max(figures["requests"], 1) * 1e6
     return figures
+
+
+def group_sizes(port: int, headers: dict[str, str]) -> dict[int, int]:
+    """The edge's groups scored so far, by size (score-event's ``GET``)."""
+    status, _, body = http_call(f"http://127.0.0.1:{port}/function/score-event", headers=headers)
+    assert status == 200, body
+    return {int(k): int(v) for k, v in json.loads(body)["groups"].items()}
+
+
+def histogram(before: dict[int, int], after: dict[int, int]) -> dict[str, Any]:
+    """Groups scored between two :func:`group_sizes`: their count by size, and the mean size
+    weighted by request (the group an average request was in)."""
+    groups = {g: after.get(g, 0) - before.get(g, 0) for g in sorted(after)}
+    groups = {g: n for g, n in groups.items() if n}
+    requests = sum(g * n for g, n in groups.items())
+    return {
+        "groups": groups,
+        "request_weighted_mean": sum(g * g * n for g, n in groups.items()) / max(requests, 1),
+    }
 
 
 HELLO_APP = """
@@ -208,7 +229,7 @@ def mlflow_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
 
 def run_both(
     tmp: Path, bundle_dir: Path, bodies: list[bytes], vectors: list[bytes]
-) -> tuple[list[dict[str, float]], list[dict[str, float]], list[float], float, float]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float], float, float]:
     """Both servers up at once, measured in turn at each level (edge, then mlflow), so that a
     change of the machine's load during the run falls on both: (edge figures, mlflow figures,
     each edge worker's peak RSS, edge parent peak RSS, mlflow peak RSS)."""
@@ -223,7 +244,9 @@ def run_both(
         at_edge, at_mlflow = [], []
         for k, c in enumerate(LEVELS):
             fresh = bodies[200 + k * share : 200 + (k + 1) * share]
+            before = group_sizes(edge_port, edge_headers)
             at_edge.append(measured(edge_pids, edge_port, path, fresh, edge_headers, c))
+            at_edge[-1]["groups"] = histogram(before, group_sizes(edge_port, edge_headers))
             at_mlflow.append(measured(ml_pids, ml_port, "/invocations", vectors[200:], mlflow_headers, c))
         worker_peaks = [peak_rss_mib(p) for p in children(edge.pid)]
         parent_peak = peak_rss_mib(edge.pid)
@@ -253,7 +276,9 @@ def main() -> list[dict[str, Any]]:
         tmp = Path(tmp_name)
         bundle_dir = fit_example_bundle(tmp / "bundle")
         bundle = load_bundle(bundle_dir)
-        readings = FreshReadings().take(60_000)
+        # every level its own readings, more than it can send (a wrk thread past the end sends its
+        # first ones again, dead-lettered as too late to deduplicate: not what is measured)
+        readings = FreshReadings().take(200 + 40_000 * len(LEVELS))
         bodies = [json.dumps(r).encode() for r in readings]
         parsed = parse_payload(readings[:2000]).readings
         features = compute_features(bundle.spec, SensorTable.from_readings(parsed, bundle.spec.sensor_names))
@@ -290,6 +315,8 @@ def main() -> list[dict[str, Any]]:
                        passed=at_edge["p99"] < at_mlflow["p99"] if checked else None),
             result_row(NAME, f"edge server CPU per request, {where}", at_edge["cpu_us"], "µs",
                        baseline=at_mlflow["cpu_us"], ratio=at_edge["cpu_us"] / at_mlflow["cpu_us"]),
+            result_row(NAME, f"edge requests per scoring group (request-weighted mean), {where}",
+                       at_edge["groups"]["request_weighted_mean"], "requests"),
         ]  # fmt: skip
     for server, ceiling in ceilings.items():
         rows += [

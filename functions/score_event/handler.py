@@ -4,15 +4,15 @@ model model-sync installed) -> the same JSON body; GET -> the model version."""
 
 import functools
 import logging
-import uuid
 from typing import Any
 
-from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
+from zaindari.edge.http import HttpEvent, RequestIds, guard, json_response, read_tokens
 from zaindari.edge.wiring import BatchingEventScoring, build_edge_event_scoring, edge_settings
 
 settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
 tokens = read_tokens(settings)
 logger = logging.getLogger("zaindari.edge.score_event")
+_request_ids = RequestIds()
 
 
 @functools.cache
@@ -26,13 +26,18 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
     if refused:
         return refused
     if event.method == "GET":
-        return json_response(200, {"status": "ok", "model_version": scoring().model_version()})
+        batching = scoring()
+        groups = {str(size): count for size, count in sorted(batching.group_sizes.items())}
+        # groups: how many groups of each size (concurrent requests scored together) since the start
+        return json_response(
+            200, {"status": "ok", "model_version": batching.model_version(), "groups": groups}
+        )
     if event.method != "POST":
         return json_response(
             405, {"message": "POST readings, or GET the model version"}, {"Allow": "GET, POST"}
         )
     # unique per request: concurrent requests are scored together and answered by record id
-    request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{uuid.uuid4().hex[:12]}"
+    request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{_request_ids.next()}"
     try:
         answer = scoring().answer_http(event.body, request_id)
     except Exception as exc:  # the model failed (it counts toward its rollback): nothing was stored

@@ -86,3 +86,74 @@ def test_concurrent_requests_scored_together_answer_as_one_by_one(bundle: ModelB
     assert any(a.body.get("alerts") for a in answers[0]), "the hot device raises alerts"
     # and the 7 valid requests were scored in fewer calls (each call reads states once)
     assert states.calls < reference_states.calls
+
+
+def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle) -> None:
+    # Given a group commit whose scoring does not wait for the disk, and whose flush (settle) is held
+    flushed = threading.Event()
+    settles: list[int] = []
+
+    def settle() -> None:
+        assert flushed.wait(10)
+        settles.append(len(settles))
+
+    batching = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=settle)
+    body = rounds()[1][0]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(batching.answer_http, body, "r1")
+        # When the group is scored but not yet on disk
+        time.sleep(0.3)
+        # Then its request is not answered
+        assert not answer.done()
+        # and once the flush returns, it is, with its scores
+        flushed.set()
+        assert answer.result(10).status == 200 and answer.result().body["scores"]
+    assert settles == [0]
+
+    # and when the flush fails, the requests of the groups it covered get the error (not a 200)
+    def broken() -> None:
+        raise OSError("disk gone")
+
+    failing = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=broken)
+    with pytest.raises(OSError, match="disk gone"):
+        failing.answer_http(rounds()[1][1], "r2")
+
+
+def test_request_ids_are_unique_across_threads_and_processes() -> None:
+    import os
+
+    from zaindari.edge.http import RequestIds
+
+    # Given one source of request ids, drawn from by 8 threads at once
+    ids = RequestIds()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        drawn = list(pool.map(lambda _: ids.next(), range(4000)))
+    # Then none repeats
+    assert len(set(drawn)) == len(drawn)
+    # and a forked process (a server worker) draws from its own prefix
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    assert child[:8] != drawn[0][:8] and child not in drawn
+
+
+def test_wsgi_headers_are_read_from_the_environ_case_insensitively() -> None:
+    from zaindari.edge.http import WsgiHeaders
+
+    # Given a WSGI environ (its headers as HTTP_*, the body's type and length as CGI variables)
+    environ = {"HTTP_AUTHORIZATION": "Bearer t", "HTTP_X_CALL_ID": "c1", "CONTENT_TYPE": "application/json"}
+    headers = WsgiHeaders(environ, 12)
+    # Then any spelling of a name finds it, a missing one is missing, and the length is the body's
+    assert headers["authorization"] == headers["Authorization"] == "Bearer t"
+    assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
+    assert headers["Content-Length"] == "12" and headers["content-type"] == "application/json"
+    assert dict(headers) == {
+        "authorization": "Bearer t",
+        "x-call-id": "c1",
+        "content-type": "application/json",
+        "content-length": "12",
+    }

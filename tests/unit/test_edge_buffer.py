@@ -515,3 +515,52 @@ def test_a_buffer_made_before_state_versions_is_upgraded_and_keeps_its_states(tm
     buffer.save_states({"d1": DeviceState(seen=[("k1", 1.0), ("k2", 2.0)])})
     assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("k1", 1.0), ("k2", 2.0)]
     assert buffer._versions(buffer._db(), ["d1"]) == {"d1": 1}
+
+
+def test_remembered_keys_are_written_as_they_come_and_read_back_whole_after_trims(tmp_path: Path) -> None:
+    from zaindari.pipeline import DeviceState
+
+    # Given a device remembering at most 100 keys, saved after every few new ones (groups),
+    # past its memory several times, then once with a list that does not continue the stored one
+    path = tmp_path / "buffer.db"
+    writer = EdgeBuffer(path)
+    state = DeviceState()
+    rng = random.Random(5)
+    n = 0
+    while n < 700:
+        step = rng.randint(1, 9)
+        state.remember_all([(f"k{i}", float(i)) for i in range(n, n + step)], 100)
+        n += step
+        writer.save_states({"d1": state})
+        # Then another handle (another process: nothing in its memory) reads the same keys
+        if rng.random() < 0.2:
+            read = EdgeBuffer(path).load_states(["d1"])["d1"]
+            assert read.seen == state.seen and read.evicted_until == state.evicted_until
+    assert len(state.seen) == 100 and state.evicted_until == float(n - 101)
+    # and forgotten keys are deleted: the table holds the memory and less than one trim step more
+    rows = writer._db().execute("SELECT count(*) FROM device_seen WHERE device_id = 'd1'").fetchone()[0]
+    assert 100 <= rows < 100 + 64
+    other = DeviceState(seen=[("x1", 1.0), ("x2", 2.0)])
+    writer.save_states({"d1": other})
+    assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("x1", 1.0), ("x2", 2.0)]
+    # and a state row holds no keys itself (a few hundred bytes)
+    assert writer._db().execute("SELECT length(state) FROM device_state").fetchone()[0] < 300
+
+
+def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synced(tmp_path: Path) -> None:
+    # Given a durable buffer (synchronous=FULL)
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    # When a transaction commits without waiting for the disk
+    with buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 1})
+    # Then another handle (another process) sees it at once, sync() flushes it, and the
+    # connection is back to waiting for the disk for the next one
+    assert EdgeBuffer(tmp_path / "buffer.db").bodies("ack") == [{"n": 1}]
+    buffer.sync()
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # and so it is after one that fails (nothing of it kept)
+    with pytest.raises(RuntimeError), buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 2})
+        raise RuntimeError("the model failed")
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert buffer.bodies("ack") == [{"n": 1}]

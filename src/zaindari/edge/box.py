@@ -184,6 +184,7 @@ class EdgeBox:
         )
         #: groups scored again because another worker process changed one of their device states
         self.conflicts = 0
+        self._undelivered = False  # alerts of batches scored with durable=False, not yet settled
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -238,7 +239,7 @@ class EdgeBox:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def score_records(self, records: Sequence[InboundRecord]) -> ScoringReport:
+    def score_records(self, records: Sequence[InboundRecord], *, durable: bool = True) -> ScoringReport:
         """Score a batch (the ``score_event`` use case) and watch the model on live traffic.
 
         Everything the batch writes to the buffer (dead letters, scores, drift summaries, alerts,
@@ -246,17 +247,21 @@ class EdgeBox:
         commit; the plant's alert channels are sent to after it): a crash keeps all of it or
         none. If the commit fails, every record is answered ``retry``.
 
+        ``durable=False``: committed without waiting for the disk; the caller must call
+        :meth:`settle` before it answers for the batch (which also sends its plant alerts), and
+        may score the next batch meanwhile.
+
         A batch whose scoring raises, or that yields a non-finite score, counts as a model error
         (nothing of it is stored); when that rolls the model back, the batch is scored again with
         the restored model.
         """
         try:
-            report = self._score_in_one_transaction(records)
+            report = self._score_in_one_transaction(records, durable)
         except Exception as exc:
             outcome = self.sync.record_batch(False, f"{type(exc).__name__}: {exc}")
             if outcome is not None and outcome.status == "rolled_back":
                 log.error("model %s rolled back: %s", outcome.version, outcome.reason)
-                return self._score_in_one_transaction(records)
+                return self._score_in_one_transaction(records, durable)
             raise
         bad = sum(1 for row in report.scored if not math.isfinite(float(row["score"])))
         outcome = self.sync.record_batch(bad == 0, f"{bad} non-finite scores")
@@ -266,17 +271,28 @@ class EdgeBox:
             self._wake.set()  # only the shipper has work from a batch (plant alerts went out above)
         return report
 
-    def _score_in_one_transaction(self, records: Sequence[InboundRecord]) -> ScoringReport:
+    def settle(self) -> None:
+        """Make every batch scored with ``durable=False`` so far durable (one fsync of the
+        buffer's log), then send the plant's alerts they raised. Raises
+        :class:`~zaindari.ports.PortError` when the disk fails (the batches must not be answered)."""
+        self.buffer.sync()
+        if self._undelivered:
+            self._undelivered = False
+            self.alerts.deliver()
+
+    def _score_in_one_transaction(
+        self, records: Sequence[InboundRecord], durable: bool = True
+    ) -> ScoringReport:
         try:
             try:
-                with self.buffer.transaction():
+                with self.buffer.transaction(durable=durable):
                     report = self.scoring.score_records(records)
             except StateConflict:
                 # another worker process of the box wrote a state this group read (the same
                 # device in both at once): nothing was kept; score it again, reading the states
                 # under the write lock this time
                 self.conflicts += 1
-                with self.buffer.transaction(immediate=True):
+                with self.buffer.transaction(immediate=True, durable=durable):
                     report = self.scoring.score_records(records)
         except PortError as exc:  # the commit failed: nothing of the batch was kept
             report = ScoringReport(model_version=None)
@@ -285,7 +301,10 @@ class EdgeBox:
                 report.retry_reasons[record.record_id] = f"edge buffer: {exc}"
             return report
         if report.alerts:
-            self.alerts.deliver()
+            if durable:
+                self.alerts.deliver()
+            else:  # once they are on disk (settle)
+                self._undelivered = True
         return report
 
     # -- model sync ---------------------------------------------------------------------------
@@ -329,6 +348,9 @@ class EdgeBox:
         """One round of the background work: local alert queues, then the buffer to the cloud,
         then a model update that waited for the link."""
         if self.local is not None and self.buffer.stats().local_alerts_pending:
+            # a group committed without waiting for the disk may have queued some (settle sends
+            # them too): none leaves the box before it is on disk
+            self.buffer.sync()
             self.local.deliver()
         if self.shipper is None:
             return None

@@ -21,7 +21,9 @@ request was answered has forgotten its readings, so an answered batch must be on
 one fsync per commit, not per reading (``bench/bench_edge_buffer.py`` measures both). The edge box
 scores each group of requests inside :meth:`EdgeBuffer.transaction`: everything the group writes,
 device state included, is one transaction and one fsync (a group commit), so a crash keeps all of
-it or none. Outside a transaction, device state alone is committed without waiting for the disk:
+it or none. The edge server commits a group without waiting for the disk
+(``transaction(durable=False)``) and answers it after :meth:`EdgeBuffer.sync` (one fsync of the
+log for every group committed meanwhile), scoring the next group in between. Outside a transaction, device state alone is committed without waiting for the disk:
 the next durable commit persists it (the WAL is written in order), and if a power cut takes the
 last state write, the readings the devices send again are recognised by the keys the log keeps
 with their scores and alerts (nothing is buffered twice); windows and alert hysteresis then miss
@@ -53,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
 import sqlite3
 import threading
@@ -139,6 +142,13 @@ CREATE TABLE IF NOT EXISTS device_state (
     updated_at REAL NOT NULL,
     version INTEGER NOT NULL DEFAULT 0      -- bumped by every write (optimistic concurrency)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_seen (  -- each device's remembered reading keys, oldest first
+    device_id TEXT NOT NULL,
+    n INTEGER NOT NULL,                     -- the key's position in the device's sequence of keys
+    key TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (device_id, n)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_blobs (  -- the bytes of 'object' rows (ready lake objects)
     seq INTEGER PRIMARY KEY,
     key TEXT,                              -- the object's lake key (read without decoding the row)
@@ -184,6 +194,8 @@ class _Transaction:
     states: dict[str, tuple[int, DeviceState]] = field(default_factory=dict)
     #: the cross-process write lock file held for it (see :meth:`EdgeBuffer._lock_writers`)
     lock: IO[bytes] | None = None
+    #: committed without waiting for the disk (``transaction(durable=False)``; :meth:`EdgeBuffer.sync`)
+    relaxed: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,6 +299,11 @@ class EdgeBuffer:
         if "version" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
                 db.execute("ALTER TABLE device_state ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        # a state's remembered keys in device_seen, rows seen_from .. seen_next - 1 (NULL: in its JSON)
+        for column in ("seen_from INTEGER", "seen_next INTEGER", "seen_last TEXT"):
+            if column.split()[0] not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute(f"ALTER TABLE device_state ADD COLUMN {column}")
         self._objects_schema(db)
 
     def _objects_schema(self, db: sqlite3.Connection) -> None:
@@ -314,7 +331,7 @@ class EdgeBuffer:
         db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
 
     @contextlib.contextmanager
-    def transaction(self, *, immediate: bool = False) -> Iterator[None]:
+    def transaction(self, *, immediate: bool = False, durable: bool = True) -> Iterator[None]:
         """Everything this thread writes inside is one transaction, committed (one fsync) at the
         end: a group commit. Each write inside is a savepoint: one that fails is undone alone
         and raises :class:`PortError` as it would on its own, the others stay. If the commit
@@ -325,11 +342,17 @@ class EdgeBuffer:
         inside before it (:meth:`load_states`) are checked then: if another process wrote one
         since, :class:`StateConflict` is raised (and nothing is kept). Under ``immediate``, states
         are read under the lock, so no conflict can arise.
+
+        ``durable=False`` commits without waiting for the disk: the transaction is committed (other
+        connections see it; a killed process keeps it) but a power cut may take it until
+        :meth:`sync` returns. A caller that answers for what it wrote calls :meth:`sync` first;
+        meanwhile the next transaction can be written (the edge server scores the next group
+        while the disk flushes this one).
         """
         if getattr(self._local, "txn", None) is not None:
             yield
             return
-        txn = _Transaction()
+        txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
         self._local.txn = txn
         db = self._db()
         try:
@@ -341,6 +364,7 @@ class EdgeBuffer:
             if txn.begun:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+                self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise
         self._local.txn = None
@@ -353,6 +377,7 @@ class EdgeBuffer:
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         finally:
+            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
         if txn.states:
             with self._states_lock:
@@ -362,8 +387,11 @@ class EdgeBuffer:
         """Take the write lock for ``txn`` and check the device states it read before."""
         self._lock_writers(txn)
         try:
+            if txn.relaxed:  # (SQLite refuses to change it inside a transaction)
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         txn.begun = True
@@ -372,6 +400,30 @@ class EdgeBuffer:
             changed = sorted(d for d, v in txn.read_versions.items() if now.get(d, 0) != v)
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
+
+    def _restore_synchronous(self, txn: _Transaction, db: sqlite3.Connection) -> None:
+        if txn.relaxed:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    def sync(self) -> None:
+        """Flush to disk every transaction committed so far (``transaction(durable=False)``):
+        one ``fsync`` of the write-ahead log, which holds them in order (a checkpoint has
+        already synced what it copied out of it). Raises :class:`PortError` when the disk fails."""
+        if self.synchronous != "FULL":
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no log: nothing committed since the last checkpoint
+            return
+        except OSError as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def _lock_writers(self, txn: _Transaction) -> None:
         """Queue for the write lock on a file lock (``<buffer>.write.lock``) before SQLite's own:
@@ -905,14 +957,26 @@ class EdgeBuffer:
             for begin in range(0, len(missing), 500):
                 chunk = missing[begin : begin + 500]
                 marks = ",".join("?" * len(chunk))
-                for device, state, version in db.execute(
-                    f"SELECT device_id, state, version FROM device_state WHERE device_id IN ({marks})", chunk
-                ):
-                    out[device] = (
+                for device, state, version, seen_from, seen_next in db.execute(
+                    "SELECT device_id, state, version, seen_from, seen_next FROM device_state "
+                    f"WHERE device_id IN ({marks})",
+                    chunk,
+                ).fetchall():
+                    loaded = (
                         DeviceState.from_json(state)
                         if state[:1] == b"{"
                         else DeviceState.from_dict(orjson.loads(zlib.decompress(state)))
                     )
+                    if seen_next is not None:  # its keys are rows of device_seen
+                        loaded.seen = [
+                            (str(key), float(ts))
+                            for key, ts in db.execute(
+                                "SELECT key, ts FROM device_seen WHERE device_id = ? AND n >= ? AND n < ? "
+                                "ORDER BY n",
+                                (device, seen_from, seen_next),
+                            )
+                        ]
+                    out[device] = loaded
                     versions[device] = version  # as read with the state (it may have moved)
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
@@ -924,16 +988,52 @@ class EdgeBuffer:
 
     def save_states(self, states: Mapping[str, DeviceState]) -> None:
         """Write device states without waiting for the disk (see the module docstring), each
-        with its version bumped."""
+        with its version bumped.
+
+        A state's remembered reading keys (up to the deduplication memory, ~17 KB of JSON at 512)
+        are rows of ``device_seen``, not part of its JSON: a write adds the keys remembered since
+        the last one (found after the last key written, ``seen_last``) and the row keeps the range
+        of positions that make up the list (``seen_from``, ``seen_next``); keys forgotten are
+        deleted 64 at a time. So a group's transaction writes a few hundred bytes of state per
+        device, not the whole memory. A state whose keys do not continue the stored ones (another
+        list altogether) has them all rewritten."""
         now = time.time()
         kept: dict[str, tuple[int, DeviceState]] = {}
         with self._write(durable=False) as db:
             for device, state in states.items():
+                seen = state.seen
+                row = db.execute(
+                    "SELECT seen_from, seen_next, seen_last FROM device_state WHERE device_id = ?", (device,)
+                ).fetchone()
+                stored: tuple[int, int, str | None] | None = (
+                    (int(row[0]), int(row[1]), row[2]) if row is not None and row[1] is not None else None
+                )
+                start = None if stored is None else _continues(seen, stored[2], stored[1] - stored[0])
+                base = 0 if stored is None else stored[1]
+                old_from: int | None = None
+                if start is None or stored is None:  # not a continuation: every key written again
+                    db.execute("DELETE FROM device_seen WHERE device_id = ?", (device,))
+                    new_keys = seen
+                else:
+                    new_keys, old_from = seen[start:], stored[0]
+                if new_keys:
+                    db.executemany(
+                        "INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)",
+                        [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)],
+                    )
+                next_n = base + len(new_keys)
+                first_n = next_n - len(seen)
+                if old_from is not None and first_n // 64 != old_from // 64:
+                    db.execute("DELETE FROM device_seen WHERE device_id = ? AND n < ?", (device, first_n))
+                bare = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
                 (version,) = db.execute(
-                    "INSERT INTO device_state (device_id, state, updated_at, version) VALUES (?, ?, ?, 1) "
+                    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, "
+                    "seen_last) VALUES (?, ?, ?, 1, ?, ?, ?) "
                     "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
-                    "updated_at = excluded.updated_at, version = device_state.version + 1 RETURNING version",
-                    (device, state.to_json().encode(), now),
+                    "updated_at = excluded.updated_at, version = device_state.version + 1, "
+                    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, "
+                    "seen_last = excluded.seen_last RETURNING version",
+                    (device, bare.to_json().encode(), now, first_n, next_n, seen[-1][0] if seen else None),
                 ).fetchone()
                 kept[device] = (int(version), state.successor(state.history, state.alerts))
         txn: _Transaction | None = getattr(self._local, "txn", None)
@@ -1140,6 +1240,17 @@ class EdgeBuffer:
         self._bump(db, "bytes", -size)
         _, added = self._insert_file_summaries(db, [BytesIO(data)], [seq])
         return size - added or 1  # negative for a tiny object: its summaries are bigger
+
+
+def _continues(seen: Sequence[tuple[str, float]], last: str | None, stored: int) -> int | None:
+    """Where the keys not stored yet start in ``seen``, when it continues the stored list (of
+    ``stored`` keys ending with ``last``); None when it does not."""
+    if last is None:
+        return 0 if stored == 0 else None
+    for i in range(len(seen) - 1, -1, -1):  # the new keys are the last few: search from the end
+        if seen[i][0] == last:
+            return i + 1 if i + 1 <= stored else None
+    return None
 
 
 def _drift_json(meta: Mapping[str, Any], summary: WindowSummary) -> bytes:

@@ -14,7 +14,10 @@ roll out before the old one is removed). A missing or empty secret fails the col
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,9 @@ __all__ = [
     "Event",
     "Headers",
     "HttpEvent",
+    "RequestIds",
     "Response",
+    "WsgiHeaders",
     "guard",
     "json_response",
     "read_tokens",
@@ -63,6 +68,36 @@ class Headers(Mapping[str, str]):
         return len(self._items)
 
 
+class WsgiHeaders(Mapping[str, str]):
+    """A WSGI request's headers, looked up case-insensitively (as :class:`Headers`) in its environ
+    when asked: a handler reads two or three of them, so none is copied up front.
+    ``Content-Length`` is ``length`` (the body read), ``Content-Type`` empty when not sent."""
+
+    __slots__ = ("_environ", "_length")
+
+    def __init__(self, environ: Mapping[str, Any], length: int) -> None:
+        self._environ = environ
+        self._length = length
+
+    def __getitem__(self, key: str) -> str:
+        name = key.upper().replace("-", "_")
+        if name == "CONTENT_LENGTH":
+            return str(self._length)
+        if name == "CONTENT_TYPE":
+            return str(self._environ.get("CONTENT_TYPE", ""))
+        return str(self._environ["HTTP_" + name])
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._environ:
+            if name.startswith("HTTP_") and name not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                yield name[5:].replace("_", "-").lower()
+        yield "content-type"
+        yield "content-length"
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass(frozen=True)
 class Event:
     """A request as the ``python3-http`` template describes it (built by the edge server and tests)."""
@@ -79,6 +114,22 @@ class Context:
     """The template's context: the host (container) answering."""
 
     hostname: str = "localhost"
+
+
+class RequestIds:
+    """Request ids unique within a process and across its forks and restarts: a random prefix
+    drawn per process, then a counter (``<8 hex><n in hex>``); a ``uuid4`` per request cost a
+    system call and an object."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():  # first use, or a forked worker: its own prefix
+            self._prefix, self._pid = uuid.uuid4().hex[:8], os.getpid()
+        return f"{self._prefix}{next(self._count):x}"
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:

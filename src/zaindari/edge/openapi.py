@@ -74,7 +74,7 @@ def edge_openapi() -> dict[str, Any]:
             "telemetry",
             {
                 "200": _json(
-                    "Liveness and the model version",
+                    "Liveness, the model version, and how many groups of each size (requests scored together) since the start",
                     {"type": "object", "required": ["status", "model_version"]},
                 )
             },

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from zaindari.edge.http import Context, Event, Headers
+from zaindari.edge.http import Context, Event, WsgiHeaders
 
 __all__ = ["EDGE_FUNCTIONS", "EdgeApp", "load_handlers"]
 
@@ -127,10 +127,7 @@ class EdgeApp:
         body: bytes = environ["wsgi.input"].read(length) if length else b""
         event = Event(
             body=body,
-            headers=Headers(
-                [(k[5:].replace("_", "-"), v) for k, v in environ.items() if k.startswith("HTTP_")]
-                + [("Content-Type", environ.get("CONTENT_TYPE", "")), ("Content-Length", str(length))]
-            ),
+            headers=WsgiHeaders(environ, length),
             method=environ.get("REQUEST_METHOD", "GET"),
             query=dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)),
             path="/" + (parts[3] if len(parts) > 3 else ""),
