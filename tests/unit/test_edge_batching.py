@@ -10,6 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from tests.support import plant_readings
 from zaindari.bundle import ModelBundle
 from zaindari.edge.wiring import BatchingEventScoring
