@@ -799,9 +799,7 @@ def test_spark_keeps_columns_named_like_its_own_as_the_function_does(
     )
 
     assert manifest.status == expected.status == "scored"
-    assert (
-        (manifest.rows_in, manifest.rows_scored) == (expected.rows_in, expected.rows_scored) == (40, 40)
-    )
+    assert (manifest.rows_in, manifest.rows_scored) == (expected.rows_in, expected.rows_scored) == (40, 40)
     for lake in ("spark", "function"):
         for f in (tmp_path / lake / "scores").rglob("*.parquet"):
             assert pq.read_schema(f).names == [*SCORES_SCHEMA.names, *extra[:4]]
