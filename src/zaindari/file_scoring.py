@@ -85,6 +85,7 @@ from zaindari.ports import FileSink, PortError, RejectedRecord
 from zaindari.spec import SEVERITY_RANK, ModelSpec
 
 __all__ = [
+    "RESERVED_PREFIX",
     "SCORES_SCHEMA",
     "AlertSummary",
     "FileError",
@@ -114,6 +115,10 @@ _LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _UTC_US = pa.timestamp("us", tz="UTC")
 _NUMERIC_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _NAIVE_ISO = r"^\d{4}-?\d{2}-?\d{2}([T ]\d{2}(:?\d{2}(:?\d{2}([.,]\d+)?)?)?)?$"
+
+#: Names of internal columns (Spark's, in :mod:`zaindari.file_scoring_spark`) start with this, so
+#: no column of a drop clashes with them; ``FileScoringOptions.keep_columns`` may not use it.
+RESERVED_PREFIX = "__zaindari_"
 
 #: The scores table, one row per scored row (Hive partition ``date=YYYY-MM-DD`` added by the sink
 #: from ``timestamp``). Columns of ``FileScoringOptions.keep_columns`` follow, as text.
@@ -289,8 +294,10 @@ class FileScoringOptions(BaseModel):
     worst_rows
         Rows kept per alert summary.
     keep_columns
-        Extra columns copied into the scores, as text (nested values as JSON); not a name the
-        scores have already, nor ``date`` (their partition).
+        Extra columns copied into the scores, as text (nested values as JSON). Names are compared
+        ignoring case (as Spark and the Glue catalog compare them): a kept name may not be one the
+        scores have already, nor ``date`` (their partition), nor appear twice, nor start with
+        :data:`RESERVED_PREFIX`.
     threads
         onnxruntime intra-op threads.
     read_ahead
@@ -311,12 +318,26 @@ class FileScoringOptions(BaseModel):
 
     @field_validator("keep_columns")
     @classmethod
-    def _not_a_scores_column(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        taken = sorted({n for n in value if n in SCORES_SCHEMA.names or n == "date"})
+    def _kept_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # names are compared ignoring case: Spark resolves columns that way, and the Glue catalog
+        # (Athena) lowercases them, so `Score` next to `score` is one column twice there
+        if any(not n.strip() for n in value):
+            raise ValueError("a kept column needs a name (not empty or blank)")
+        scores = {n.lower() for n in (*SCORES_SCHEMA.names, "date")}
+        taken = sorted({n for n in value if n.lower() in scores})
         if taken:
-            raise ValueError(f"{taken} would be a second column of that name in the scores")
-        if len(set(value)) != len(value):
-            raise ValueError("a column is named twice")
+            raise ValueError(
+                f"{taken} would be a second column of that name in the scores (names are compared ignoring case)"
+            )
+        reserved = sorted({n for n in value if n.lower().startswith(RESERVED_PREFIX)})
+        if reserved:
+            raise ValueError(
+                f"{reserved}: names starting with {RESERVED_PREFIX!r} are reserved for internal columns"
+            )
+        lowered = [n.lower() for n in value]
+        twice = sorted({n for n in value if lowered.count(n.lower()) > 1})
+        if twice:
+            raise ValueError(f"a column is named twice (names are compared ignoring case): {twice}")
         return value
 
 

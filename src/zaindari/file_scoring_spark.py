@@ -51,6 +51,7 @@ from zaindari.bundle import ModelBundle, load_bundle
 from zaindari.drift import WindowSummary, merge_windows, summaries_json, summary_objects
 from zaindari.file_reading import FileError, FileFormat, check_columns, detect_format
 from zaindari.file_scoring import (
+    RESERVED_PREFIX,
     SCORES_SCHEMA,
     FileManifest,
     FilePart,
@@ -65,16 +66,21 @@ from zaindari.ports import RejectedRecord
 
 __all__ = ["OUTPUT_DDL", "score_file_on_spark"]
 
-_KIND, _PAYLOAD, _DATE, _PIECE_ROW, _DEVICE_KEY, _TEXT = "kind", "payload", "date", "_row", "_device", "_text"
+# Spark's own columns carry the reserved prefix, so no column of a drop (nor a kept one, which
+# FileScoringOptions refuses with that prefix) is ambiguous next to them: Spark resolves names
+# ignoring case. ``date`` is the scores' partition, which keep_columns may not name either.
+_KIND, _PAYLOAD, _TEXT = (f"{RESERVED_PREFIX}{name}" for name in ("kind", "payload", "text"))
+_PIECE_ROW, _DEVICE_KEY = f"{RESERVED_PREFIX}row", f"{RESERVED_PREFIX}device"
+_DATE = "date"
 
 #: What ``mapInPandas`` yields per partition: score rows, quarantined rows, one manifest and (for a
 #: bundle with a drift baseline) one row of window summaries. With ``keep_columns``, those columns
 #: follow the scores' (:func:`_output_ddl`).
 OUTPUT_DDL = (
-    "kind string, source_key string, source_version string, row long, device_id string, asset string, "
+    f"{_KIND} string, source_key string, source_version string, row long, device_id string, asset string, "
     "line string, site string, timestamp timestamp, mode string, score double, severity string, "
     "alert boolean, rules array<string>, late boolean, model_version string, rule_set_version string, "
-    "date string, payload string"
+    f"date string, {_PAYLOAD} string"
 )
 
 
@@ -86,7 +92,8 @@ def _output_columns(keep_columns: Sequence[str]) -> list[str]:
 def _output_ddl(keep_columns: Sequence[str]) -> str:
     """:data:`OUTPUT_DDL` with the kept columns (text, as the function writes them) before ``date``."""
     kept = "".join(f"`{name.replace('`', '``')}` string, " for name in keep_columns)
-    return OUTPUT_DDL.replace("date string, payload string", f"{kept}date string, payload string")
+    tail = f"date string, {_PAYLOAD} string"
+    return OUTPUT_DDL.replace(tail, kept + tail)
 
 
 # file errors Spark reports from the JVM while reading (the message is all Python gets)
@@ -184,6 +191,9 @@ class _Job:
     #: them: pandas hands their values over as Python objects, whose type Arrow would otherwise
     #: guess (a map as a struct, NaN inside as null)
     nested: tuple[tuple[str, pa.DataType], ...] = ()
+    #: a Parquet drop's column names: Spark carries its columns as ``__zaindari_c<i>`` (a name
+    #: like ``x.y`` trips pyspark's ``mapInPandas``, and none can clash with Spark's own columns)
+    columns: tuple[str, ...] = ()
 
 
 def _score_partition(job: _Job, bundle_files: Any, batches: Iterator[Any]) -> Iterator[Any]:
@@ -273,6 +283,7 @@ def _spool(job: _Job, batches: Iterator[Any], piece: Path, rows: list[Any]) -> N
                     continue
                 rows.append(frame[_PIECE_ROW].to_numpy(dtype=np.int64))
                 data = frame.drop(columns=[_PIECE_ROW, _DEVICE_KEY])
+                data.columns = list(job.columns)
                 for name in job.aware_timestamps:  # Spark hands UTC instants over as naive values
                     data[name] = data[name].dt.tz_localize("UTC")
                 table = pa.Table.from_pandas(data, preserve_index=False)
@@ -477,8 +488,20 @@ def score_file_on_spark(
                 for f in frame.schema.fields
                 if f.dataType.typeName() in ("array", "map", "struct")
             )
-            rows = frame.select("*", F.col("_metadata.row_index").alias(_PIECE_ROW)).withColumn(
-                _DEVICE_KEY, F.col(f"`{device}`").cast("string")
+            if hasattr(frame, "metadataColumn"):  # Spark 4: found even when the drop has a `_metadata` column
+                row_index = frame.metadataColumn("_metadata").getField("row_index")
+            elif "_metadata" in {name.lower() for name in names}:  # it hides Spark 3's file metadata
+                return failed(
+                    "a column named `_metadata` hides the file's row numbers from Spark 3.5 (Spark 4 reads it)",
+                    names,
+                )
+            else:
+                row_index = F.col("_metadata.row_index")
+            internal = [f"{RESERVED_PREFIX}c{i}" for i in range(len(names))]
+            rows = (
+                frame.select("*", row_index)
+                .toDF(*internal, _PIECE_ROW)  # renamed by position: no name is resolved
+                .withColumn(_DEVICE_KEY, F.col(internal[names.index(device)]).cast("string"))
             )
         else:
             lines = spark.read.text(input_uri)
@@ -507,7 +530,7 @@ def score_file_on_spark(
                     F.col(_TEXT),
                     F.get_json_object(F.col(_TEXT), path).alias(_DEVICE_KEY),
                 )
-        job = _Job(source, fmt, header, aware, options, started, summaries, nested)
+        job = _Job(source, fmt, header, aware, options, started, summaries, nested, tuple(names))
         files = spark.sparkContext.broadcast(_bundle_files(bundle_dir))
 
         def score(batches: Iterator[Any]) -> Iterator[Any]:

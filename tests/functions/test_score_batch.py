@@ -36,7 +36,14 @@ from tests.support import LambdaContext, load_function, sqs_event
 from tests.unit.test_file_scoring import NESTED_KEEP, nested_drop, quarantined, run, scores_of
 from zaindari.bundle import ModelBundle
 from zaindari.drift import WindowSummary
-from zaindari.file_scoring import SCORES_SCHEMA, FileManifest, FileScoring, FileSource, plan_parts
+from zaindari.file_scoring import (
+    SCORES_SCHEMA,
+    FileManifest,
+    FileScoring,
+    FileScoringOptions,
+    FileSource,
+    plan_parts,
+)
 from zaindari.file_scoring_spark import score_file_on_spark
 from zaindari.infra.file_ports import S3FileSink
 from zaindari.infra.local_drops import seed_drop_objects
@@ -763,3 +770,40 @@ def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
     assert {r: q["reason"] for r, q in ours.items()} == {r: q["reason"] for r, q in theirs.items()}
     kept = ["row", *NESTED_KEEP.keep_columns]
     pd.testing.assert_frame_equal(scores_of(tmp_path / "spark")[kept], scores_of(tmp_path / "function")[kept])
+
+
+@pytest.mark.spark
+def test_spark_keeps_columns_named_like_its_own_as_the_function_does(
+    spark: Any, bundle: ModelBundle, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # payload and kind were Spark's own column names (AMBIGUOUS_REFERENCE), x.y tripped
+    # mapInPandas and _metadata hid the Parquet row numbers; __zaindari_row only passes through
+    frame = simulate_plant(PlantConfig.small(seed=0)).historian_frame().head(40)
+    extra = ("payload", "kind", "x.y", "_metadata", "__zaindari_row")
+    for name in extra:
+        frame[name] = [f"{name}-{i}" for i in range(len(frame))]
+    data = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data)
+    (tmp_path / "named.parquet").write_bytes(data.getvalue())
+    options = FileScoringOptions(keep_columns=extra[:4])
+    expected = run(bundle, data.getvalue(), "named.parquet", tmp_path / "function", options=options)
+
+    manifest = score_file_on_spark(
+        spark,
+        str(tmp_path / "named.parquet"),
+        FileSource(key="drops/named.parquet", etag="e1"),
+        bundle_dir,
+        str(tmp_path / "spark"),
+        partitions=2,
+        options=options,
+    )
+
+    assert manifest.status == expected.status == "scored"
+    assert (manifest.rows_in, manifest.rows_scored) == (expected.rows_in, expected.rows_scored) == (40, 40)
+    for lake in ("spark", "function"):
+        for f in (tmp_path / lake / "scores").rglob("*.parquet"):
+            assert pq.read_schema(f).names == [*SCORES_SCHEMA.names, *extra[:4]]
+    kept = ["row", *extra[:4]]
+    ours = scores_of(tmp_path / "spark")[kept]
+    pd.testing.assert_frame_equal(ours, scores_of(tmp_path / "function")[kept])
+    assert ours["x.y"].tolist() == [f"x.y-{i}" for i in range(40)]

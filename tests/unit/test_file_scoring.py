@@ -732,3 +732,15 @@ def test_kept_columns_may_not_shadow_the_scores_columns() -> None:
         FileScoringOptions(keep_columns=("score", "date", "seq"))
     with pytest.raises(ValueError, match="named twice"):
         FileScoringOptions(keep_columns=("seq", "seq"))
+    # ignoring case, as Spark resolves names and the Glue catalog (Athena) stores them
+    with pytest.raises(ValueError, match=r"\['DATE', 'Score'\] would be a second column .* ignoring case"):
+        FileScoringOptions(keep_columns=("Score", "DATE", "seq"))
+    with pytest.raises(ValueError, match=r"named twice .*: \['Payload', 'payload'\]"):
+        FileScoringOptions(keep_columns=("payload", "Payload"))
+    with pytest.raises(ValueError, match="'__zaindari_' are reserved"):
+        FileScoringOptions(keep_columns=("__Zaindari_kind",))
+    with pytest.raises(ValueError, match="needs a name"):
+        FileScoringOptions(keep_columns=(" ",))
+    # plausible telemetry names are kept: Spark's own columns carry the reserved prefix
+    kept = ("payload", "kind", "_row", "x.y")
+    assert FileScoringOptions(keep_columns=kept).keep_columns == kept
