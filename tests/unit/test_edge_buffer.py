@@ -4,6 +4,7 @@ in order, resends a failed batch under the same names, and backs off."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -663,3 +664,68 @@ def test_keys_older_code_wrote_into_a_newer_buffer_are_kept(tmp_path: Path) -> N
     assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)]
     (raw,) = again._db().execute("SELECT state FROM device_state WHERE device_id = 'd1'").fetchone()
     assert json.loads(raw)["seen"] == []
+
+
+def test_plant_alerts_are_on_disk_before_they_leave_the_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zaindari.edge.local_alerts import LocalAlerts
+
+    # Given a plant alert queued by a group committed without waiting for the disk
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    with buffer.transaction(durable=False):
+        BufferedAlerts(buffer, local_channels=["plant"]).publish([_alert(1)])
+    events: list[str] = []
+    synced = _count_fsyncs(monkeypatch)
+
+    class Plant:
+        name = "plant"
+
+        def send(self, alert: Alert) -> None:
+            events.append(f"send {alert.alert_id} after {len(synced)} fsyncs")
+
+        def close(self) -> None:
+            return None
+
+    # When it is delivered
+    report = LocalAlerts(buffer, [Plant()]).deliver()
+    # Then the log holding it was fsynced (after it was read) before it was sent
+    assert report.delivered == {"plant": 1}
+    assert events == ["send a0001 after 1 fsyncs"]
+    assert synced[0] == str(tmp_path / "buffer.db-wal")
+    # and with nothing queued, delivery costs no fsync
+    LocalAlerts(buffer, [Plant()]).deliver()
+    assert len(synced) == 1
+
+
+def test_healthz_answers_503_while_the_processs_buffer_is_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import os
+    from types import SimpleNamespace
+
+    from zaindari.edge import wiring
+    from zaindari.edge.server import EdgeApp
+
+    # Given the edge server's app, and this process's box on a buffer
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    monkeypatch.setattr(wiring, "_boxes", {os.getpid(): SimpleNamespace(buffer=buffer)})
+    app = EdgeApp({}, max_body_bytes=1024)
+
+    def healthz() -> tuple[str, dict[str, Any]]:
+        got: list[str] = []
+        body = app({"PATH_INFO": "/healthz", "wsgi.input": io.BytesIO()}, lambda s, h: got.append(s))
+        return got[0], json.loads(b"".join(body))
+
+    assert healthz()[0].startswith("200")
+    # When its fsync fails
+    with buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 1})
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(PortError):
+        buffer.sync()
+    # Then the liveness probe fails, saying why (and that a restart clears it)
+    status, body = healthz()
+    assert status.startswith("503") and body["status"] == "failed"
+    assert "Input/output error" in body["message"] and "restart the edge server" in body["message"]
