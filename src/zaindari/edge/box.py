@@ -248,8 +248,8 @@ class EdgeBox:
         none. If the commit fails, every record is answered ``retry``.
 
         ``durable=False``: committed without waiting for the disk; the caller must call
-        :meth:`settle` before it answers for the batch (which also sends its plant alerts), and
-        may score the next batch meanwhile.
+        :meth:`settle` before it answers for the batch (its plant alerts are sent after that, by
+        the background thread), and may score the next batch meanwhile.
 
         A batch whose scoring raises, or that yields a non-finite score, counts as a model error
         (nothing of it is stored); when that rolls the model back, the batch is scored again with

@@ -23,7 +23,8 @@ scores each group of requests inside :meth:`EdgeBuffer.transaction`: everything 
 device state included, is one transaction and one fsync (a group commit), so a crash keeps all of
 it or none. The edge server commits a group without waiting for the disk
 (``transaction(durable=False)``) and answers it after :meth:`EdgeBuffer.sync` (one fsync of the
-log for every group committed meanwhile), scoring the next group in between. Outside a transaction, device state alone is committed without waiting for the disk:
+log for every group committed meanwhile), scoring the next group in between. A failed
+fsync leaves the buffer refusing every write until the process restarts (:meth:`EdgeBuffer.sync`). Outside a transaction, device state alone is committed without waiting for the disk:
 the next durable commit persists it (the WAL is written in order), and if a power cut takes the
 last state write, the readings the devices send again are recognised by the keys the log keeps
 with their scores and alerts (nothing is buffered twice); windows and alert hysteresis then miss
