@@ -52,6 +52,7 @@ POINTS = {
     "ship.planned": ("EdgeBuffer.next_batch", "after"),  # the plan recorded, nothing sent
     "state.done": ("EdgeBuffer.save_states", "after"),  # state saved, the alerts not yet buffered
     "ship.marked": ("EdgeBuffer.mark_shipped", "after"),  # batch deleted, the next not planned
+    "settle": ("EdgeBox.settle", "before"),  # groups committed without an fsync, not answered
     "alert.write": ("BufferedAlerts.publish", "before"),  # alerts in the state outbox only
 }
 #: Phase names a thread records while inside these methods (innermost wins).
@@ -66,6 +67,7 @@ PHASES = {
     "Shipper._send": "ship-send",
     "EdgeBuffer.mark_shipped": "ship-mark",
     "EdgeBox.forward_once": "forward",
+    "EdgeBox.settle": "settle",
 }
 SLOT = 32  # bytes per thread slot in the phases file: 0 requests, 1 forwarder, 2 self-kill point
 
@@ -144,7 +146,7 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
     and returns 0 once the buffer is empty (3 if it did not empty in time)."""
     from zaindari.edge import box as box_module
     from zaindari.edge import buffer as buffer_module
-    from zaindari.edge.wiring import BatchingEventScoring
+    from zaindari.edge.wiring import batching_scoring
     from zaindari.settings import Settings
 
     work = Path(config["work"])
@@ -161,7 +163,7 @@ def _child(config: dict[str, Any], run: dict[str, Any]) -> int:
     box = box_module.EdgeBox.from_settings(settings, uplink=uplink, fetcher=fetcher)
     box.buffer.max_bytes = int(config["max_bytes"])  # small, so a box offline compacts (settings: >= 1 MiB)
     box.start(idle_seconds=0.1)
-    scoring = BatchingEventScoring(box.scoring, score_records=box.score_records)
+    scoring = batching_scoring(box)  # the server's pipeline: groups committed relaxed, settled, answered
     requests: list[str] = json.loads((work / "requests.json").read_text())
     rng = random.Random(run["seed"])
     fd = os.open(work / "answered.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -5,6 +5,7 @@ it pending; GET -> the version running, the pending update, refused and rolled-b
 
 import functools
 import json
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,10 +13,12 @@ from pydantic import ValidationError
 from zaindari.edge.box import EdgeBox
 from zaindari.edge.http import HttpEvent, guard, json_response, read_tokens
 from zaindari.edge.wiring import edge_box, edge_settings
+from zaindari.ports import PortError
 from zaindari.registry_events import ModelUpdate
 
 settings = edge_settings()  # bad configuration (or a missing token secret) fails the cold start
 tokens = read_tokens(settings)
+logger = logging.getLogger("zaindari.edge.model_sync")
 MAX_EVENT_BYTES = 64 * 1024  # a model-update event names a bundle; it never carries one
 #: HTTP status of each outcome: applied or already serving, waiting for the link, refused
 STATUS = {"applied": 200, "unchanged": 200, "pending": 202, "refused": 422, "rolled_back": 200}
@@ -50,5 +53,9 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
             for e in exc.errors(include_input=False, include_url=False)
         ]
         return json_response(400, {"message": "not a model-update event", "errors": errors})
-    outcome = box().apply_update(update)
+    try:
+        outcome = box().apply_update(update)
+    except PortError as exc:  # the box's buffer cannot record it (e.g. failed, until a restart)
+        logger.error("model update not taken: %s", exc)
+        return json_response(503, {"message": f"model update not taken; retry: {exc}"}, {"Retry-After": "5"})
     return json_response(STATUS[outcome.status], {**vars(outcome), "running": box().sync.status()})

@@ -40,7 +40,10 @@ def handle(event: HttpEvent, context: Any) -> dict[str, Any]:
     request_id = f"{event.headers.get('X-Call-Id') or 'http'}:{_request_ids.next()}"
     try:
         answer = scoring().answer_http(event.body, request_id)
-    except Exception as exc:  # the model failed (it counts toward its rollback): nothing was stored
+    except Exception as exc:
+        # the model failed (nothing of the group was stored; it counts toward its rollback), or
+        # the buffer's fsync failed (the group may or may not be on disk: the buffer refuses
+        # every write until the edge server restarts, so a request sent again is scored then)
         logger.exception("readings not scored")
         return json_response(
             503, {"message": f"scoring failed; retry: {type(exc).__name__}"}, {"Retry-After": "5"}

@@ -672,3 +672,77 @@ def test_update_with_presigned_urls_needs_no_credentials_and_a_tampered_manifest
     refused = box.apply_update(missing)
     box.close()
     assert refused.status == "refused" and "presigned URL was refused" in refused.reason
+
+
+def test_server_pipeline_answers_before_a_slow_plant_channel_and_a_failed_fsync_refuses_until_restart(
+    tmp_path: Path,
+    bundle_dir: Path,
+    readings: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zaindari.edge.wiring import batching_scoring
+    from zaindari.ports import PortError
+
+    # Given a box running the server's pipeline, whose plant webhook hangs until released
+    provision_box(tmp_path, bundle_dir, readings)
+    arrived, release = threading.Event(), threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            arrived.set()
+            release.wait(10)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    settings = Settings.from_env(box_env(tmp_path, _NO_AWS, ZAINDARI_EDGE_WEBHOOK_URL=url))
+    box = EdgeBox.from_settings(settings)
+    box.start(idle_seconds=30.0)  # only a wake makes a round soon
+    scoring = batching_scoring(box)
+    hot = json.dumps({"readings": readings[1080:1200]})
+    # When a group raises alerts
+    started = time.monotonic()
+    answer = scoring.answer_http(hot, "r1")
+    # Then it is answered while the webhook still hangs (delivery is not on the answers' path)
+    assert answer.status == 200 and answer.body["alerts"]
+    assert not release.is_set() and time.monotonic() - started < 5
+    # and the background thread, woken by the settle, sends them at once
+    assert arrived.wait(5)
+    release.set()
+    deadline = time.monotonic() + 10
+    while box.stats().local_alerts_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert box.stats().local_alerts_pending == 0
+
+    # When the fsync of the next group fails (EIO), the disk working again right after
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error (injected)")]
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    body = json.dumps({"readings": readings[1200:1206]})
+    with pytest.raises(PortError, match="Input/output error"):
+        scoring.answer_http(body, "r2")
+    # Then the request sent again is refused too (not answered "duplicate" from a group the
+    # disk may not hold), and so is every other, until the server restarts
+    with pytest.raises(PortError, match="restart the edge server"):
+        scoring.answer_http(body, "r3")
+    assert box.buffer.failed is not None
+    box.close()
+    restarted = EdgeBox.from_settings(settings)
+    again = batching_scoring(restarted).answer_http(body, "r4")
+    assert again.status == 200
+    assert len(again.body["scores"]) + again.body["duplicates"] == 6
+    restarted.close()
+    server.shutdown()
+    server.server_close()

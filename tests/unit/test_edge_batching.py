@@ -93,9 +93,11 @@ def test_concurrent_requests_scored_together_answer_as_one_by_one(bundle: ModelB
 def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle) -> None:
     # Given a group commit whose scoring does not wait for the disk, and whose flush (settle) is held
     flushed = threading.Event()
+    flushing = threading.Event()
     settles: list[int] = []
 
     def settle() -> None:
+        flushing.set()
         assert flushed.wait(10)
         settles.append(len(settles))
 
@@ -103,8 +105,8 @@ def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle)
     body = rounds()[1][0]
     with ThreadPoolExecutor(max_workers=1) as pool:
         answer = pool.submit(batching.answer_http, body, "r1")
-        # When the group is scored but not yet on disk
-        time.sleep(0.3)
+        # When the group is scored and being flushed, not yet on disk
+        assert flushing.wait(10)
         # Then its request is not answered
         assert not answer.done()
         # and once the flush returns, it is, with its scores
@@ -119,6 +121,41 @@ def test_answers_wait_for_their_group_to_be_settled_on_disk(bundle: ModelBundle)
     failing = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=broken)
     with pytest.raises(OSError, match="disk gone"):
         failing.answer_http(rounds()[1][1], "r2")
+
+
+def test_a_request_whose_body_fails_to_parse_does_not_hold_up_the_group_waiting_for_it(
+    bundle: ModelBundle,
+) -> None:
+    # Given a group that waits long for requests being parsed (join window 30 s), and a request
+    # whose parse is held, then raises
+    use_case = scoring(bundle, MemoryStateStore())
+    parsing, release = threading.Event(), threading.Event()
+    parse = use_case.parse_http
+
+    def held_parse(body: bytes | str) -> Any:
+        if body == "held":
+            parsing.set()
+            assert release.wait(10)
+            raise ValueError("broken body")
+        return parse(body)
+
+    use_case.parse_http = held_parse  # type: ignore[method-assign]
+    batching = BatchingEventScoring(use_case)
+    batching.join_seconds = 30.0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        broken = pool.submit(batching.answer_http, "held", "r1")
+        assert parsing.wait(10)
+        # When a valid request is queued while it is being parsed, and then its parse fails
+        valid = pool.submit(batching.answer_http, rounds()[1][0], "r2")
+        while not batching._pending:
+            time.sleep(0.001)
+        started = time.monotonic()
+        release.set()
+        # Then the group is scored at once, not after the join window
+        assert valid.result(10).status == 200
+        assert time.monotonic() - started < 5
+        with pytest.raises(ValueError, match="broken body"):
+            broken.result(10)
 
 
 def test_request_ids_are_unique_across_threads_and_processes() -> None:

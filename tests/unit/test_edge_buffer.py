@@ -4,6 +4,7 @@ in order, resends a failed batch under the same names, and backs off."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from zaindari.edge.buffer import (
     compact_scores,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError
 
 
@@ -497,8 +499,6 @@ def test_worker_processes_starting_at_once_install_the_first_model_once(
 def test_a_buffer_made_before_state_versions_is_upgraded_and_keeps_its_states(tmp_path: Path) -> None:
     import sqlite3
 
-    from zaindari.pipeline import DeviceState
-
     # Given a buffer file whose device_state table has no version column (an earlier release)
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -518,7 +518,6 @@ def test_a_buffer_made_before_state_versions_is_upgraded_and_keeps_its_states(tm
 
 
 def test_remembered_keys_are_written_as_they_come_and_read_back_whole_after_trims(tmp_path: Path) -> None:
-    from zaindari.pipeline import DeviceState
 
     # Given a device remembering at most 100 keys, saved after every few new ones (groups),
     # past its memory several times, then once with a list that does not continue the stored one
@@ -547,16 +546,20 @@ def test_remembered_keys_are_written_as_they_come_and_read_back_whole_after_trim
     assert writer._db().execute("SELECT length(state) FROM device_state").fetchone()[0] < 300
 
 
-def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synced(tmp_path: Path) -> None:
+def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a durable buffer (synchronous=FULL)
     buffer = EdgeBuffer(tmp_path / "buffer.db")
     # When a transaction commits without waiting for the disk
     with buffer.transaction(durable=False):
         buffer.append("ack", {"n": 1})
-    # Then another handle (another process) sees it at once, sync() flushes it, and the
-    # connection is back to waiting for the disk for the next one
+    # Then another handle (another process) sees it at once, sync() flushes it (one fsync, of
+    # the write-ahead log), and the connection is back to waiting for the disk for the next one
     assert EdgeBuffer(tmp_path / "buffer.db").bodies("ack") == [{"n": 1}]
+    synced = _count_fsyncs(monkeypatch)
     buffer.sync()
+    assert synced == [str(tmp_path / "buffer.db-wal")]
     assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     # and so it is after one that fails (nothing of it kept)
     with pytest.raises(RuntimeError), buffer.transaction(durable=False):
@@ -564,3 +567,165 @@ def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synce
         raise RuntimeError("the model failed")
     assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
     assert buffer.bodies("ack") == [{"n": 1}]
+
+
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:
+    """The files os.fsync is called on from now on (the real fsync runs; ``fail``: EIO instead)."""
+    import os
+
+    real = os.fsync
+    files: list[str] = []
+
+    def fsync(fd: int) -> None:
+        files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if fail:
+            raise OSError(5, "Input/output error (injected)")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return files
+
+
+def test_a_failed_sync_poisons_the_buffer_until_it_is_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a transaction committed without waiting for the disk, whose fsync fails (EIO)
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    with buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 1})
+    synced = _count_fsyncs(monkeypatch, fail=True)
+    with pytest.raises(PortError, match="restart the edge server"):
+        buffer.sync()
+    assert len(synced) == 1
+    # Then the buffer refuses everything that could answer from it, even once the disk works again
+    # (a later fsync that succeeds does not prove the pages of the failed one reached the disk)
+    monkeypatch.undo()
+    for attempt in (
+        buffer.sync,
+        lambda: buffer.append("ack", {"n": 2}),
+        lambda: buffer.save_states({"d1": DeviceState()}),
+        buffer.checkpoint,
+    ):
+        with pytest.raises(PortError, match=r"Input/output error.*restart the edge server"):
+            attempt()
+    with pytest.raises(PortError), buffer.transaction(durable=False):
+        pytest.fail("a failed buffer began a transaction")
+    assert buffer.failed is not None and "fsync" in buffer.failed
+    # and a new process's buffer on the same file works (it reads what the disk holds)
+    reopened = EdgeBuffer(tmp_path / "buffer.db")
+    reopened.append("ack", {"n": 3})
+    reopened.sync()
+    assert reopened.failed is None and {"n": 3} in reopened.bodies("ack")
+
+
+def test_a_write_that_cannot_begin_leaves_the_connection_waiting_for_the_disk(tmp_path: Path) -> None:
+    import sqlite3
+
+    # Given a buffer whose write lock another connection holds (and a short busy timeout)
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    buffer._db().execute("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(tmp_path / "buffer.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    # When a write that does not wait for the disk (device state) cannot begin
+    with pytest.raises(PortError, match="locked"):
+        buffer.save_states({"d1": DeviceState()})
+    other.execute("ROLLBACK")
+    # Then the connection is back to synchronous=FULL: later writes still wait for the disk
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_keys_older_code_wrote_into_a_newer_buffer_are_kept(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    # Given a state saved by this code (its keys as device_seen rows, none in its JSON)
+    path = tmp_path / "buffer.db"
+    buffer = EdgeBuffer(path)
+    buffer.save_states({"d1": DeviceState(seen=[("a", 1.0), ("b", 2.0)])})
+    # When code older than device_seen (a box rolled back) reads it (an empty key list in the
+    # JSON), remembers key "c" and writes its JSON, leaving the seen_* columns alone
+    db = sqlite3.connect(path, isolation_level=None)
+    (raw,) = db.execute("SELECT state FROM device_state WHERE device_id = 'd1'").fetchone()
+    older = json.loads(raw)
+    assert older["seen"] == []
+    older["seen"] = [["c", 3.0]]
+    db.execute(
+        "UPDATE device_state SET state = ?, version = version + 1 WHERE device_id = 'd1'",
+        (json.dumps(older).encode(),),
+    )
+    db.close()
+    # Then this code (a new process) knows every key: the rows', then the JSON's
+    loaded = EdgeBuffer(path).load_states(["d1"])["d1"]
+    assert loaded.seen == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
+    # and its next save stores them all as rows again (the JSON empty)
+    loaded.remember_all([("d", 4.0)], 512)
+    again = EdgeBuffer(path)
+    again.save_states({"d1": loaded})
+    assert EdgeBuffer(path).load_states(["d1"])["d1"].seen == [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)]
+    (raw,) = again._db().execute("SELECT state FROM device_state WHERE device_id = 'd1'").fetchone()
+    assert json.loads(raw)["seen"] == []
+
+
+def test_plant_alerts_are_on_disk_before_they_leave_the_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zaindari.edge.local_alerts import LocalAlerts
+
+    # Given a plant alert queued by a group committed without waiting for the disk
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    with buffer.transaction(durable=False):
+        BufferedAlerts(buffer, local_channels=["plant"]).publish([_alert(1)])
+    events: list[str] = []
+    synced = _count_fsyncs(monkeypatch)
+
+    class Plant:
+        name = "plant"
+
+        def send(self, alert: Alert) -> None:
+            events.append(f"send {alert.alert_id} after {len(synced)} fsyncs")
+
+        def close(self) -> None:
+            return None
+
+    # When it is delivered
+    report = LocalAlerts(buffer, [Plant()]).deliver()
+    # Then the log holding it was fsynced (after it was read) before it was sent
+    assert report.delivered == {"plant": 1}
+    assert events == ["send a0001 after 1 fsyncs"]
+    assert synced[0] == str(tmp_path / "buffer.db-wal")
+    # and with nothing queued, delivery costs no fsync
+    LocalAlerts(buffer, [Plant()]).deliver()
+    assert len(synced) == 1
+
+
+def test_healthz_answers_503_while_the_processs_buffer_is_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import os
+    from types import SimpleNamespace
+
+    from zaindari.edge import wiring
+    from zaindari.edge.server import EdgeApp
+
+    # Given the edge server's app, and this process's box on a buffer
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    monkeypatch.setattr(wiring, "_boxes", {os.getpid(): SimpleNamespace(buffer=buffer)})
+    app = EdgeApp({}, max_body_bytes=1024)
+
+    def healthz() -> tuple[str, dict[str, Any]]:
+        got: list[str] = []
+        body = app({"PATH_INFO": "/healthz", "wsgi.input": io.BytesIO()}, lambda s, h: got.append(s))
+        return got[0], json.loads(b"".join(body))
+
+    assert healthz()[0].startswith("200")
+    # When its fsync fails
+    with buffer.transaction(durable=False):
+        buffer.append("ack", {"n": 1})
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(PortError):
+        buffer.sync()
+    # Then the liveness probe fails, saying why (and that a restart clears it)
+    status, body = healthz()
+    assert status.startswith("503") and body["status"] == "failed"
+    assert "Input/output error" in body["message"] and "restart the edge server" in body["message"]

@@ -248,8 +248,8 @@ class EdgeBox:
         none. If the commit fails, every record is answered ``retry``.
 
         ``durable=False``: committed without waiting for the disk; the caller must call
-        :meth:`settle` before it answers for the batch (which also sends its plant alerts), and
-        may score the next batch meanwhile.
+        :meth:`settle` before it answers for the batch (its plant alerts are sent after that, by
+        the background thread), and may score the next batch meanwhile.
 
         A batch whose scoring raises, or that yields a non-finite score, counts as a model error
         (nothing of it is stored); when that rolls the model back, the batch is scored again with
@@ -273,12 +273,21 @@ class EdgeBox:
 
     def settle(self) -> None:
         """Make every batch scored with ``durable=False`` so far durable (one fsync of the
-        buffer's log), then send the plant's alerts they raised. Raises
-        :class:`~zaindari.ports.PortError` when the disk fails (the batches must not be answered)."""
+        buffer's log). Raises :class:`~zaindari.ports.PortError` when the disk fails (the batches
+        must not be answered; the buffer refuses every write from then on, see
+        :meth:`EdgeBuffer.sync`).
+
+        The plant's alerts they raised are not sent here (a slow channel or the box-wide alerts
+        lock would hold up every answer): the background thread (:meth:`start`) is woken to send
+        them at once. A box not started sends them here, its failures logged, not raised: the
+        batches are durable whatever a channel does."""
         self.buffer.sync()
         if self._undelivered:
             self._undelivered = False
-            self.alerts.deliver()
+            if self._thread is not None:
+                self._wake.set()
+            else:
+                self.deliver_local()
 
     def _score_in_one_transaction(
         self, records: Sequence[InboundRecord], durable: bool = True
@@ -302,7 +311,7 @@ class EdgeBox:
             return report
         if report.alerts:
             if durable:
-                self.alerts.deliver()
+                self.deliver_local()
             else:  # once they are on disk (settle)
                 self._undelivered = True
         return report
@@ -348,10 +357,7 @@ class EdgeBox:
         """One round of the background work: local alert queues, then the buffer to the cloud,
         then a model update that waited for the link."""
         if self.local is not None and self.buffer.stats().local_alerts_pending:
-            # a group committed without waiting for the disk may have queued some (settle sends
-            # them too): none leaves the box before it is on disk
-            self.buffer.sync()
-            self.local.deliver()
+            self.deliver_local()  # (on disk before they leave: LocalAlerts.deliver syncs first)
         if self.shipper is None:
             return None
         report = self.shipper.ship_once()
@@ -368,6 +374,13 @@ class EdgeBox:
                 report = self.shipper.ship_once()  # its ack
         return report
 
+    def deliver_local(self) -> None:
+        """Send the plant's queues; a failure is logged (the alerts stay queued for the next round)."""
+        try:
+            self.alerts.deliver()
+        except PortError as exc:
+            log.error("local alerts not delivered (they stay queued): %s", exc)
+
     def start(self, *, idle_seconds: float = 1.0) -> None:
         """Run :meth:`forward_once` in a background thread: at once after new work, every
         ``idle_seconds`` otherwise, and after the shipper's backoff while the link is down."""
@@ -377,6 +390,7 @@ class EdgeBox:
 
         def loop() -> None:
             while not self._stop.is_set():
+                self._wake.clear()  # before the round: work queued during it wakes the next one
                 try:
                     report = self.forward_once()
                 except Exception:  # the loop must outlive any one failure; the next round retries
@@ -386,7 +400,6 @@ class EdgeBox:
                 if report is not None and report.error and self.shipper is not None:
                     delay = self.shipper.next_delay()
                 self._wake.wait(delay)
-                self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="zaindari-edge-forward", daemon=True)
         self._thread.start()

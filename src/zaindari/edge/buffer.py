@@ -23,7 +23,8 @@ scores each group of requests inside :meth:`EdgeBuffer.transaction`: everything 
 device state included, is one transaction and one fsync (a group commit), so a crash keeps all of
 it or none. The edge server commits a group without waiting for the disk
 (``transaction(durable=False)``) and answers it after :meth:`EdgeBuffer.sync` (one fsync of the
-log for every group committed meanwhile), scoring the next group in between. Outside a transaction, device state alone is committed without waiting for the disk:
+log for every group committed meanwhile), scoring the next group in between. A failed
+fsync leaves the buffer refusing every write until the process restarts (:meth:`EdgeBuffer.sync`). Outside a transaction, device state alone is committed without waiting for the disk:
 the next durable commit persists it (the WAL is written in order), and if a power cut takes the
 last state write, the readings the devices send again are recognised by the keys the log keeps
 with their scores and alerts (nothing is buffered twice); windows and alert hysteresis then miss
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import random
@@ -113,6 +115,8 @@ RAW_PREFIX = "raw/telemetry"
 SCORES_PREFIX = "scores/events"
 QUARANTINE_PREFIX = "quarantine/events"
 SUMMARIES_PREFIX = "summaries/edge"
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -272,6 +276,8 @@ class EdgeBuffer:
         # each window's open drift row as this process last wrote it: slot -> (seq, token, body
         # without its summary, summary); used while the row's token is still the one written
         self._drift: dict[str, tuple[int, int, dict[str, Any], WindowSummary]] = {}
+        #: why the buffer refuses every write: a failed fsync (see :meth:`sync`); None: healthy
+        self.failed: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         self._migrate()
@@ -352,6 +358,7 @@ class EdgeBuffer:
         if getattr(self._local, "txn", None) is not None:
             yield
             return
+        self._check_failed()
         txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
         self._local.txn = txn
         db = self._db()
@@ -409,7 +416,16 @@ class EdgeBuffer:
     def sync(self) -> None:
         """Flush to disk every transaction committed so far (``transaction(durable=False)``):
         one ``fsync`` of the write-ahead log, which holds them in order (a checkpoint has
-        already synced what it copied out of it). Raises :class:`PortError` when the disk fails."""
+        already synced what it copied out of it). Raises :class:`PortError` when the disk fails.
+
+        A failed fsync poisons the buffer (as PostgreSQL does): the kernel may have dropped the
+        pages it could not write and a later fsync that succeeds proves nothing about them, yet
+        the transactions they hold are committed and visible here (their reading keys remembered,
+        the states cached). Answering a resent request ``duplicate`` from them would lose its
+        readings. So from then on every transaction and sync of this buffer raises
+        :class:`PortError` (score-event answers 503, retry) until the process restarts and
+        reopens the buffer: SQLite then reads what the disk really holds."""
+        self._check_failed()
         if self.synchronous != "FULL":
             return
         try:
@@ -421,9 +437,17 @@ class EdgeBuffer:
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise PortError(f"edge buffer {self.path}: {exc}") from exc
+            self.failed = f"fsync of {self.path}-wal failed: {exc}"
+            log.error(
+                "edge buffer %s: %s; it refuses every write now: restart the edge server", self.path, exc
+            )
+            raise PortError(f"edge buffer {self.path}: {exc}; restart the edge server") from exc
         finally:
             os.close(fd)
+
+    def _check_failed(self) -> None:
+        if self.failed is not None:
+            raise PortError(f"edge buffer {self.path}: {self.failed}; restart the edge server")
 
     def _lock_writers(self, txn: _Transaction) -> None:
         """Queue for the write lock on a file lock (``<buffer>.write.lock``) before SQLite's own:
@@ -486,6 +510,7 @@ class EdgeBuffer:
             with self._savepoint(txn) as db:
                 yield db
             return
+        self._check_failed()
         db = self._db()
         relaxed = not durable and self.synchronous == "FULL"
         try:
@@ -493,6 +518,9 @@ class EdgeBuffer:
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if relaxed:  # (a connection left at NORMAL would commit every later write relaxed)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"PRAGMA synchronous={self.synchronous}")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         try:
             yield db
@@ -529,7 +557,9 @@ class EdgeBuffer:
             raise
 
     def checkpoint(self) -> None:
-        """Copy the write-ahead log into the database file and empty it (a clean stop)."""
+        """Copy the write-ahead log into the database file and empty it (a clean stop); refused
+        on a failed buffer (:meth:`sync`): the restart reads the log as the disk holds it."""
+        self._check_failed()
         try:
             self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -968,7 +998,7 @@ class EdgeBuffer:
                         else DeviceState.from_dict(orjson.loads(zlib.decompress(state)))
                     )
                     if seen_next is not None:  # its keys are rows of device_seen
-                        loaded.seen = [
+                        rows = [
                             (str(key), float(ts))
                             for key, ts in db.execute(
                                 "SELECT key, ts FROM device_seen WHERE device_id = ? AND n >= ? AND n < ? "
@@ -976,6 +1006,10 @@ class EdgeBuffer:
                                 (device, seen_from, seen_next),
                             )
                         ]
+                        # keys in the JSON as well: code older than device_seen wrote this state
+                        # (a box rolled back past it), starting from the JSON's empty list; its
+                        # keys came after the rows'. Both are kept; the next save stores them as rows
+                        loaded.seen = _merge_seen(rows, loaded.seen) if loaded.seen else rows
                     out[device] = loaded
                     versions[device] = version  # as read with the state (it may have moved)
         except sqlite3.Error as exc:
@@ -1240,6 +1274,15 @@ class EdgeBuffer:
         self._bump(db, "bytes", -size)
         _, added = self._insert_file_summaries(db, [BytesIO(data)], [seq])
         return size - added or 1  # negative for a tiny object: its summaries are bigger
+
+
+def _merge_seen(
+    rows: list[tuple[str, float]], json_seen: Sequence[tuple[str, float]]
+) -> list[tuple[str, float]]:
+    """A state's remembered keys from its ``device_seen`` rows, then those in its JSON that the
+    rows do not hold (see :meth:`EdgeBuffer.load_states`)."""
+    known = {key for key, _ in rows}
+    return rows + [(key, ts) for key, ts in json_seen if key not in known]
 
 
 def _continues(seen: Sequence[tuple[str, float]], last: str | None, stored: int) -> int | None:

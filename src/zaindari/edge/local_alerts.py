@@ -208,6 +208,8 @@ class DeliveryReport:
 
     delivered: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: channels skipped: they failed lately and their retry time has not come
+    waiting: list[str] = field(default_factory=list)
 
 
 class LocalAlerts:
@@ -245,20 +247,31 @@ class LocalAlerts:
 
     def deliver(self, limit: int = 100) -> DeliveryReport:
         """Send what each channel has queued, oldest first; a channel stops at its first failure
-        and is skipped until its retry time."""
+        and is skipped until its retry time. The queued alerts are on disk before any is sent
+        (one :meth:`EdgeBuffer.sync` after reading them); raises
+        :class:`~zaindari.ports.PortError` when that or the queue's bookkeeping fails."""
         from zaindari.edge.buffer import buffered_alert
 
         report = DeliveryReport()
         # one delivery at a time keeps each queue in order and sends each alert once: across the
         # threads of this process, and across the box's server worker processes
         with self._lock, self.buffer.process_lock("alerts"):
-            for name, channel in self.channels.items():
+            queues: dict[str, list[tuple[int, Any]]] = {}
+            for name in self.channels:
                 if self.clock() < self._resume_at.get(name, 0.0):
-                    report.errors[name] = "waiting before the next attempt"
-                    continue
+                    report.waiting.append(name)
+                else:
+                    queues[name] = self.buffer.pending_local_alerts(name, limit)
+            if any(queues.values()):
+                # a group committed without waiting for the disk (the edge server's) may have
+                # queued some: every row read above was committed before the read, so this one
+                # fsync puts them all on disk before any leaves the box (PortError: it failed)
+                self.buffer.sync()
+            for name, pending in queues.items():
+                channel = self.channels[name]
                 delivered: list[int] = []
                 failed: dict[int, str] = {}
-                for seq, body in self.buffer.pending_local_alerts(name, limit):
+                for seq, body in pending:
                     try:
                         channel.send(buffered_alert(body))
                     except ChannelError as exc:

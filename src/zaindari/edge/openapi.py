@@ -66,7 +66,9 @@ def edge_openapi() -> dict[str, Any]:
     update = refs[(ModelUpdate, "validation")]
     too_large = _error("Body above the function's limit (or the server's, checked on Content-Length)")
     retry = _error(
-        "The model or the local folder failed: nothing was stored; retry", **{"Retry-After": "Seconds"}
+        "The model, the local folder or the box's buffer failed; retry (a request whose group's fsync"
+        " failed is refused until the server restarts, then scored or answered as a duplicate)",
+        **{"Retry-After": "Seconds"},
     )
     score_event = {
         "get": _operation(
@@ -132,6 +134,7 @@ def edge_openapi() -> dict[str, Any]:
                 "400": _error("Not JSON, or not a model-update event: the errors name each field"),
                 "413": too_large,
                 "422": _json("Refused (hashes, signature or smoke test): the old model keeps serving"),
+                "503": retry,
             },
             requestBody={"required": True, "content": {"application/json": {"schema": update}}},
         ),
@@ -156,7 +159,11 @@ def edge_openapi() -> dict[str, Any]:
                     "responses": {
                         "200": _json(
                             "The server is up", {"type": "object", "required": ["status", "functions"]}
-                        )
+                        ),
+                        "503": _json(
+                            "The box's buffer failed an fsync and refuses every write: restart the server",
+                            {"type": "object", "required": ["status", "message"]},
+                        ),
                     },
                 }
             },

@@ -6,7 +6,8 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 ``handle`` with ``path`` ``/anything`` (the watchdog strips the route too). A body above
 ``max_body_bytes`` (its ``Content-Length``) is refused with 413 before it is read; the handlers
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
-liveness probe, like the watchdog's ``/_/health``).
+liveness probe, like the watchdog's ``/_/health``; 503 once the process's edge buffer failed an
+fsync and refuses every write, see :meth:`zaindari.edge.buffer.EdgeBuffer.sync`: restart it).
 
 One worker process by default (granian, see :mod:`zaindari.infra.http_server`; ``--workers N``
 runs N over the one buffer: device states carry versions, see
@@ -106,6 +107,11 @@ class EdgeApp:
     def _respond(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         path: str = environ.get("PATH_INFO") or "/"
         if path == "/healthz":
+            from zaindari.edge.wiring import edge_box_failure
+
+            failure = edge_box_failure()  # the buffer refuses writes until a restart
+            if failure is not None:
+                return _json(503, {"status": "failed", "message": f"{failure}; restart the edge server"})
             return _json(200, {"status": "ok", "functions": sorted(self.handlers)})
         if path == "/openapi.json":  # the routes' schema (zaindari.edge.openapi), no token
             from zaindari.edge.openapi import edge_openapi_json

@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchingEventScoring",
+    "batching_scoring",
     "build_edge_event_scoring",
     "build_edge_file_scoring",
     "check_edge_settings",
     "edge_box",
+    "edge_box_failure",
     "edge_settings",
     "start_edge_box",
     "stop_edge_box",
@@ -96,6 +98,15 @@ def stop_edge_box() -> None:
         box = _boxes.pop(os.getpid(), None)
     if box is not None:
         box.close()
+
+
+def edge_box_failure() -> str | None:
+    """Why this process's box refuses every write (a failed fsync of its buffer, see
+    :meth:`~zaindari.edge.buffer.EdgeBuffer.sync`), or None (healthy, or no box yet): the edge
+    server's ``/healthz`` answers 503 with it, so a liveness probe restarts the server."""
+    with _box_lock:
+        box = _boxes.get(os.getpid())
+    return None if box is None else box.buffer.failed
 
 
 def check_edge_settings(settings: Settings) -> None:
@@ -198,18 +209,22 @@ class BatchingEventScoring:
             try:
                 readings = self.scoring.parse_http(body)
             except BaseException:
-                with self._queued:
-                    self._arriving -= 1
+                self._arrived()
                 raise
             if isinstance(readings, HttpAnswer):
-                with self._queued:
-                    self._arriving -= 1
+                self._arrived()
                 return readings
             report = self.score(InboundRecord(request_id, readings, source), arriving=True)
             return http_answer(report.for_record(request_id))
         finally:
             with self._queued:
                 self._in_flight -= 1
+
+    def _arrived(self) -> None:
+        """A request parsed that will not be queued: a group waiting for it stops waiting."""
+        with self._queued:
+            self._arriving -= 1
+            self._queued.notify()
 
     def score(self, record: InboundRecord, *, arriving: bool = False) -> ScoringReport:
         """Score ``record`` with whatever else is waiting; returns the report of its group.
@@ -219,10 +234,10 @@ class BatchingEventScoring:
             if arriving:
                 self._arriving -= 1
             if self._threads_pid != os.getpid():  # none yet, or a forked copy: this process's own
-                self._threads_pid = os.getpid()
                 self._start(self._score_groups, "zaindari-scorer")
                 if self.settle is not None:
                     self._start(self._settle_groups, "zaindari-settler")
+                self._threads_pid = os.getpid()  # (once they run: a failed start is tried again)
             self._pending.append((record, future))
             self._queued.notify()
         return future.result()
@@ -281,8 +296,9 @@ class BatchingEventScoring:
             failure: BaseException | None = None
             try:
                 self.settle()
-            except BaseException as exc:  # not on disk: answered as failed (sent again, they are duplicates)
-                failure = exc
+            except BaseException as exc:  # maybe not on disk: answered as failed, and the buffer
+                failure = exc  # refuses every write until a restart (EdgeBuffer.sync): a request sent
+                # again is not answered "duplicate" from a group the disk may not hold
             for group, report, error in done:
                 _answer(group, report, error or failure)
 
@@ -323,7 +339,13 @@ def _answer(group: _Group, report: ScoringReport | None, error: BaseException | 
 
 def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventScoring:
     """The edge's ``score-event``: the Lambda use case on the box's ports, requests batched."""
-    box = edge_box(settings)
+    return batching_scoring(edge_box(settings))
+
+
+def batching_scoring(box: EdgeBox) -> BatchingEventScoring:
+    """``score-event``'s pipeline on ``box``: each group committed without waiting for the disk,
+    answered after the box's :meth:`~zaindari.edge.box.EdgeBox.settle` (the kill -9 harness,
+    ``tests/edge_crash.py``, runs this same wiring)."""
     return BatchingEventScoring(
         box.scoring, score_records=functools.partial(box.score_records, durable=False), settle=box.settle
     )
@@ -343,7 +365,7 @@ def build_edge_file_scoring(settings: Settings) -> tuple[FileScoring, BufferedFi
         box.buffer,
         Path(settings.edge_data_dir) / "spool",
         local_channels=local.names if local is not None else (),
-        on_published=local.deliver if local is not None else None,
+        on_published=box.deliver_local if local is not None else None,
     )
     scoring = FileScoring(
         model=box.sync.current,
