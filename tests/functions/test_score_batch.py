@@ -741,6 +741,19 @@ def test_the_glue_job_runs_locally_and_records_a_truncated_file_as_failed(
     assert not (lake / "scores").exists() or not list((lake / "scores").rglob("*.parquet"))
 
 
+def spark_drop(spark: Any, tmp_path: Path, name: str, bundle_dir: Path, options: FileScoringOptions) -> Any:
+    """The manifest of ``tmp_path/name`` scored on Spark (2 partitions) into ``tmp_path/spark``."""
+    return score_file_on_spark(
+        spark,
+        str(tmp_path / name),
+        FileSource(key=f"drops/{name}", etag="e1"),
+        bundle_dir,
+        str(tmp_path / "spark"),
+        partitions=2,
+        options=options,
+    )
+
+
 @pytest.mark.spark
 def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
     spark: Any, bundle: ModelBundle, bundle_dir: Path, tmp_path: Path
@@ -750,15 +763,7 @@ def test_spark_keeps_and_refuses_nested_values_as_the_function_does(
     expected = run(bundle, data, "nested.parquet", tmp_path / "function", options=NESTED_KEEP)
     (tmp_path / "nested.parquet").write_bytes(data)
 
-    manifest = score_file_on_spark(
-        spark,
-        str(tmp_path / "nested.parquet"),
-        FileSource(key="drops/nested.parquet", etag="e1"),
-        bundle_dir,
-        str(tmp_path / "spark"),
-        partitions=2,
-        options=NESTED_KEEP,
-    )
+    manifest = spark_drop(spark, tmp_path, "nested.parquet", bundle_dir, NESTED_KEEP)
 
     assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
         expected.rows_in,
@@ -788,15 +793,7 @@ def test_spark_keeps_columns_named_like_its_own_as_the_function_does(
     options = FileScoringOptions(keep_columns=extra[:4])
     expected = run(bundle, data.getvalue(), "named.parquet", tmp_path / "function", options=options)
 
-    manifest = score_file_on_spark(
-        spark,
-        str(tmp_path / "named.parquet"),
-        FileSource(key="drops/named.parquet", etag="e1"),
-        bundle_dir,
-        str(tmp_path / "spark"),
-        partitions=2,
-        options=options,
-    )
+    manifest = spark_drop(spark, tmp_path, "named.parquet", bundle_dir, options)
 
     assert manifest.status == expected.status == "scored"
     assert (manifest.rows_in, manifest.rows_scored) == (expected.rows_in, expected.rows_scored) == (40, 40)
