@@ -105,6 +105,8 @@ _READ_ERRORS = {
     "is not a Parquet file": "not a readable Parquet file",
     "CORRUPT_FILE": "corrupt file",
     "FAILED_READ_FILE": "cannot read the file",
+    "COLUMN_ALREADY_EXISTS": "columns whose names differ only in case: Spark compares column names "
+    "ignoring case, so it cannot read them apart (rename one; the function scores such a file)",
 }
 
 
@@ -479,7 +481,13 @@ def score_file_on_spark(
     names: list[str] = []
     try:
         if fmt.kind == "parquet":
-            frame = spark.read.parquet(input_uri)
+            try:
+                frame = spark.read.parquet(input_uri)  # reads the footer: its schema errors come here
+            except Exception as exc:
+                error = _read_error(exc)
+                if error is None:
+                    raise
+                return failed(error)
             names = frame.columns
             check_columns(names, spec)
             aware = tuple(f.name for f in frame.schema.fields if f.dataType.typeName() == "timestamp")

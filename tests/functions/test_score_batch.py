@@ -804,3 +804,25 @@ def test_spark_keeps_columns_named_like_its_own_as_the_function_does(
     ours = scores_of(tmp_path / "spark")[kept]
     pd.testing.assert_frame_equal(ours, scores_of(tmp_path / "function")[kept])
     assert ours["x.y"].tolist() == [f"x.y-{i}" for i in range(40)]
+
+
+@pytest.mark.spark
+def test_spark_refuses_columns_named_alike_but_for_case_with_a_failed_manifest(
+    spark: Any, bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Spark compares column names ignoring case: `extra` and `EXTRA` cannot be read apart there
+    # (the function scores such a file); the drop gets a failed manifest saying why, not a crash
+    frame = simulate_plant(PlantConfig.small(seed=0)).historian_frame().head(10)
+    frame["extra"], frame["EXTRA"] = "a", "b"
+    data = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data)
+    (tmp_path / "cased.parquet").write_bytes(data.getvalue())
+
+    manifest = spark_drop(spark, tmp_path, "cased.parquet", bundle_dir, FileScoringOptions())
+
+    assert manifest.status == "failed"
+    assert manifest.error is not None and "differ only in case" in manifest.error
+    assert (
+        json.loads((tmp_path / "spark" / "manifests" / f"{manifest.source_id}.json").read_text())["status"]
+        == "failed"
+    )
