@@ -367,7 +367,7 @@ class EdgeBuffer:
         if getattr(self._local, "txn", None) is not None:
             yield
             return
-        self._check_failed()
+        self.check_failed()
         txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
         self._local.txn = txn
         db = self._db()
@@ -390,7 +390,7 @@ class EdgeBuffer:
             if self.failed is not None:  # poisoned while it was open (another thread's sync)
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-                self._check_failed()
+                self.check_failed()
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._poison_on_io_error(exc)
@@ -439,7 +439,7 @@ class EdgeBuffer:
         readings. So from then on every transaction and sync of this buffer raises
         :class:`PortError` (score-event answers 503, retry) until the process restarts and
         reopens the buffer: SQLite then reads what the disk really holds."""
-        self._check_failed()
+        self.check_failed()
         if self.synchronous != "FULL":
             return
         with self._wal_lock:
@@ -484,7 +484,8 @@ class EdgeBuffer:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_IOERR:
             self._poison(f"SQLite I/O error on {self.path}: {exc}")
 
-    def _check_failed(self) -> None:
+    def check_failed(self) -> None:
+        """Raise :class:`PortError` if the buffer is poisoned (:meth:`sync`)."""
         if self.failed is not None:
             raise PortError(f"edge buffer {self.path}: {self.failed}; restart the edge server")
 
@@ -549,7 +550,7 @@ class EdgeBuffer:
             with self._savepoint(txn) as db:
                 yield db
             return
-        self._check_failed()
+        self.check_failed()
         db = self._db()
         relaxed = not durable and self.synchronous == "FULL"
         try:
@@ -563,7 +564,7 @@ class EdgeBuffer:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         try:
             yield db
-            self._check_failed()  # poisoned while it was open: roll back (below), never commit
+            self.check_failed()  # poisoned while it was open: roll back (below), never commit
             db.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -601,7 +602,7 @@ class EdgeBuffer:
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database file and empty it (a clean stop); refused
         on a failed buffer (:meth:`sync`): the restart reads the log as the disk holds it."""
-        self._check_failed()
+        self.check_failed()
         try:
             self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
