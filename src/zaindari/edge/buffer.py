@@ -606,6 +606,7 @@ class EdgeBuffer:
         try:
             self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
+            self._poison_on_io_error(exc)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
 
     def close(self) -> None:
