@@ -147,7 +147,9 @@ def test_a_request_whose_body_fails_to_parse_does_not_hold_up_the_group_waiting_
         assert parsing.wait(10)
         # When a valid request is queued while it is being parsed, and then its parse fails
         valid = pool.submit(batching.answer_http, rounds()[1][0], "r2")
+        deadline = time.monotonic() + 10
         while not batching._pending:
+            assert time.monotonic() < deadline, "the valid request was never queued"
             time.sleep(0.001)
         started = time.monotonic()
         release.set()

@@ -729,3 +729,127 @@ def test_healthz_answers_503_while_the_processs_buffer_is_failed(
     status, body = healthz()
     assert status.startswith("503") and body["status"] == "failed"
     assert "Input/output error" in body["message"] and "restart the edge server" in body["message"]
+
+
+# An LD_PRELOAD shim failing the first fsync/fdatasync of a *-wal file once, after the file named by
+# $FSYNC_FAULT_ARM exists (removed then): the kernel reports a writeback error once, to one caller.
+_FSYNC_FAULT_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int maybe_fail(int fd) {
+  const char *arm = getenv("FSYNC_FAULT_ARM");
+  if (arm == NULL || access(arm, F_OK) != 0) return 0;
+  char p[64], t[4096]; snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(p, t, sizeof t - 1); if (n < 0) return 0; t[n] = 0;
+  if (n < 4 || strcmp(t + n - 4, "-wal") != 0) return 0;
+  if (unlink(arm) != 0) return 0;
+  errno = EIO; return 1;
+}
+int fsync(int fd) { static int (*r)(int); if (!r) r = dlsym(RTLD_NEXT, "fsync");
+  if (maybe_fail(fd)) return -1; return r(fd); }
+int fdatasync(int fd) { static int (*r)(int); if (!r) r = dlsym(RTLD_NEXT, "fdatasync");
+  if (maybe_fail(fd)) return -1; return r(fd); }
+"""
+
+_SQLITE_SAW_THE_ERROR = """
+import sys
+from zaindari.edge.buffer import EdgeBuffer
+from zaindari.ports import PortError
+buffer = EdgeBuffer(sys.argv[1])
+with buffer.transaction(durable=False):  # a group committed relaxed, not yet settled
+    buffer.append("ack", {"group": 1})
+open(sys.argv[2], "w").close()  # the next fsync of the log fails: SQLite's own, at a durable commit
+try:
+    buffer.append("ack", {"durable": True})
+    print("durable write: ok")
+except PortError as exc:
+    print("durable write: PortError", exc)
+print("failed:", buffer.failed)
+try:
+    buffer.sync()  # the settler of group 1
+    print("sync: ok")
+except PortError:
+    print("sync: PortError")
+"""
+
+
+def test_an_io_error_seen_by_sqlites_own_fsync_poisons_the_buffer(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is needed to build the fsync fault shim")
+    (tmp_path / "shim.c").write_text(_FSYNC_FAULT_SHIM)
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c"), "-ldl"],
+        check=True,
+    )
+    # Given a group committed without waiting for the disk, when the writeback error is reported to
+    # SQLite's fsync (a durable write of another thread) rather than to the settler's sync()
+    env = {**os.environ, "LD_PRELOAD": str(tmp_path / "shim.so"), "FSYNC_FAULT_ARM": str(tmp_path / "arm")}
+    run = subprocess.run(
+        [sys.executable, "-c", _SQLITE_SAW_THE_ERROR, str(tmp_path / "buffer.db"), str(tmp_path / "arm")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    # Then that write fails, the buffer is poisoned, and the settler's sync refuses (503, not 2xx)
+    lines = run.stdout.splitlines()
+    assert not (tmp_path / "arm").exists()  # the fault did fire
+    assert lines[0].startswith("durable write: PortError"), lines
+    assert lines[1].startswith("failed: SQLite I/O error"), lines
+    assert lines[2] == "sync: PortError", lines
+
+
+def test_sync_fsyncs_one_handle_on_the_log_opened_before_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    # Given a buffer just opened (the log exists once the schema is written)
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    held = buffer._wal_fd
+    assert held is not None and os.readlink(f"/proc/self/fd/{held}") == str(tmp_path / "buffer.db-wal")
+    # When groups are committed and synced
+    fds: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fds.append(fd), real(fd))[1])
+    for n in range(3):
+        with buffer.transaction(durable=False):
+            buffer.append("ack", {"n": n})
+        buffer.sync()
+    # Then every sync fsyncs that same handle (a writeback error reported to it before is not missed)
+    assert fds == [held, held, held]
+    buffer.close()
+    assert buffer._wal_fd is None
+
+
+def test_a_transaction_open_when_the_buffer_is_poisoned_is_not_committed(tmp_path: Path) -> None:
+    import threading
+
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    poison = threading.Thread(target=lambda: setattr(buffer, "failed", "fsync failed (test)"))
+    # Given a group transaction and a single write begun before the buffer is poisoned
+    with pytest.raises(PortError, match="restart the edge server"), buffer.transaction():
+        buffer.append("ack", {"group": 1})
+        poison.start()
+        poison.join()
+    buffer.failed = None  # (the state under test: healthy again for the single write)
+    with pytest.raises(PortError, match="restart the edge server"), buffer._write() as db:
+        buffer.failed = "fsync failed (test)"
+        db.execute("INSERT INTO meta (name, value) VALUES ('x', '1')")
+    # Then neither is committed (a new process sees nothing of them)
+    reopened = EdgeBuffer(tmp_path / "buffer.db")
+    assert reopened.bodies("ack") == []
+    assert reopened._db().execute("SELECT count(*) FROM meta WHERE name = 'x'").fetchone()[0] == 0

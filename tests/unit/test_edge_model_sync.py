@@ -19,9 +19,11 @@ from tests.edge_support import (
     update_for,
 )
 from tests.support import plant_readings
+from zaindari.alerting import Alert
 from zaindari.bundle import BundleError, ModelBundle
 from zaindari.edge.box import EdgeBox
-from zaindari.edge.buffer import EdgeBuffer
+from zaindari.edge.buffer import BufferedAlerts, EdgeBuffer
+from zaindari.edge.local_alerts import LocalAlerts
 from zaindari.edge.model_sync import (
     LocalBundleFetcher,
     LocalModelStore,
@@ -207,3 +209,87 @@ def test_box_without_a_model_says_so(tmp_path: Path) -> None:
     sync = ModelSync(LocalModelStore(tmp_path / "models"), LocalBundleFetcher())
     with pytest.raises(BundleError, match="no model installed"):
         sync.current()
+
+
+def test_update_on_a_failed_buffer_is_refused_before_the_model_is_touched(
+    tmp_path: Path, sync: ModelSync, variants: dict[str, Path]
+) -> None:
+    # Given a box whose buffer failed (a failed fsync: the state under test)
+    box = EdgeBox(buffer=EdgeBuffer(tmp_path / "edge.db"), sync=sync, box_id="b")
+    box.buffer.failed = "fsync of the log failed (test)"
+    # When an update comes, it is refused (model-sync answers 503) and the old model keeps serving
+    with pytest.raises(PortError, match="restart the edge server"):
+        box.apply_update(update_for(variants["v2"], str(variants["v2"]), "2"))
+    assert sync.current().version == "1"
+    assert [e for e in sync.events if e.get("version") == "2"] == []  # type: ignore[attr-defined]
+    box.close()
+
+
+class _Plant:
+    """A plant channel that takes every alert."""
+
+    name = "plant"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, alert: Alert) -> None:
+        self.sent.append(alert.alert_id)
+
+    def close(self) -> None:
+        return None
+
+
+def _queue_plant_alert(buffer: EdgeBuffer) -> None:
+    """Queue one plant alert as a group committed without waiting for the disk does (undelivered)."""
+    alert = Alert(
+        alert_id="a1",
+        kind="raised",
+        device_id="d1",
+        rule_id="model_score",
+        source="learned",
+        severity="warning",
+        message="score above its learned threshold",
+        timestamp="2024-01-01T00:01:00Z",
+        started_at="2024-01-01T00:00:00Z",
+        observed={"score": 2.0},
+        thresholds={"warning": 1.0},
+        model_version="m:1",
+        rule_set_version="r1",
+    )
+    with buffer.transaction(durable=False):
+        BufferedAlerts(buffer, local_channels=["plant"]).publish([alert])
+
+
+def test_close_sends_the_plant_alerts_still_queued(tmp_path: Path, sync: ModelSync) -> None:
+    plant = _Plant()
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    box = EdgeBox(buffer=buffer, sync=sync, box_id="b", local=LocalAlerts(buffer, [plant]))
+    # Given a plant alert queued by the last group before the stop (not yet delivered; no forward
+    # round runs: the box's thread is not started)
+    _queue_plant_alert(buffer)
+    # When the box stops, the alert goes out (once), not at the next start
+    box.close()
+    assert plant.sent == ["a1"]
+    assert buffer.stats().local_alerts_pending == 0
+
+
+def test_a_failed_buffer_stops_the_forward_loop_with_one_error_logged(
+    tmp_path: Path, sync: ModelSync, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    # Given a box with a plant alert queued and a buffer that failed (the state under test)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    box = EdgeBox(buffer=buffer, sync=sync, box_id="b", local=LocalAlerts(buffer, [_Plant()]))
+    _queue_plant_alert(buffer)
+    buffer.failed = "fsync of the log failed (test)"
+    # When its forward loop runs many rounds
+    with caplog.at_level(logging.ERROR, logger="zaindari.edge"):
+        box.start(idle_seconds=0.005)
+        time.sleep(0.2)
+        box.close()
+    # Then it said so once, not once a round
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "restart the edge server" in errors[0].getMessage()

@@ -319,7 +319,10 @@ class EdgeBox:
     # -- model sync ---------------------------------------------------------------------------
 
     def apply_update(self, update: ModelUpdate | Mapping[str, Any]) -> SyncOutcome:
-        """Take a model-update event (applied now if the bundle can be fetched, else pending)."""
+        """Take a model-update event (applied now if the bundle can be fetched, else pending).
+        Raises :class:`PortError` (model-sync answers 503) on a failed buffer, before touching the
+        model: its ack could not be recorded, so the swap would go unreported."""
+        self.buffer.check_failed()
         parsed = update if isinstance(update, ModelUpdate) else ModelUpdate.model_validate(update)
         return self.sync.request(parsed)
 
@@ -389,8 +392,17 @@ class EdgeBox:
         self._stop.clear()
 
         def loop() -> None:
+            told = False  # the failed buffer was logged (once: every later round would fail alike)
             while not self._stop.is_set():
                 self._wake.clear()  # before the round: work queued during it wakes the next one
+                if self._stop.is_set():  # (a stop set between the test above and the clear)
+                    break
+                if self.buffer.failed is not None:  # nothing to do until the process restarts
+                    if not told:
+                        log.error("edge forwarding stopped: %s; restart the edge server", self.buffer.failed)
+                        told = True
+                    self._wake.wait(idle_seconds)
+                    continue
                 try:
                     report = self.forward_once()
                 except Exception:  # the loop must outlive any one failure; the next round retries
@@ -419,6 +431,13 @@ class EdgeBox:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        # plant alerts of the last groups settled before the stop go out now, not at the next start
+        # (one bounded round: at most 100 per channel, a channel down or waiting is skipped)
+        if self.local is not None and self.buffer.failed is None:
+            try:
+                self.deliver_local()
+            except Exception:  # a stop must finish
+                log.exception("local alerts not delivered at close (they stay queued)")
         if self.local is not None:
             self.local.close()
         try:

@@ -117,6 +117,8 @@ QUARANTINE_PREFIX = "quarantine/events"
 SUMMARIES_PREFIX = "summaries/edge"
 
 log = logging.getLogger(__name__)
+#: SQLite's primary result code for an I/O error (``sqlite3.Error.sqlite_errorcode & 0xFF``)
+_SQLITE_IOERR = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -278,9 +280,16 @@ class EdgeBuffer:
         self._drift: dict[str, tuple[int, int, dict[str, Any], WindowSummary]] = {}
         #: why the buffer refuses every write: a failed fsync (see :meth:`sync`); None: healthy
         self.failed: str | None = None
+        # one long-lived handle on the write-ahead log, fsynced by sync(): Linux reports a
+        # writeback error once per open file, so a handle opened after SQLite's own fsync saw it
+        # would sync "successfully"; one open since before the error still sees it
+        self._wal_fd: int | None = None
+        self._wal_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         self._migrate()
+        with self._wal_lock, contextlib.suppress(OSError):
+            self._wal_handle()
         # names shipped objects with the sequence: a re-created database must not reuse them
         self.epoch = self._meta_default("epoch", uuid.uuid4().hex[:8])
 
@@ -358,7 +367,7 @@ class EdgeBuffer:
         if getattr(self._local, "txn", None) is not None:
             yield
             return
-        self._check_failed()
+        self.check_failed()
         txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
         self._local.txn = txn
         db = self._db()
@@ -378,8 +387,13 @@ class EdgeBuffer:
         if not txn.begun:
             return
         try:
+            if self.failed is not None:  # poisoned while it was open (another thread's sync)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                self.check_failed()
             db.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._poison_on_io_error(exc)
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
@@ -425,27 +439,53 @@ class EdgeBuffer:
         readings. So from then on every transaction and sync of this buffer raises
         :class:`PortError` (score-event answers 503, retry) until the process restarts and
         reopens the buffer: SQLite then reads what the disk really holds."""
-        self._check_failed()
+        self.check_failed()
         if self.synchronous != "FULL":
             return
-        try:
-            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        except FileNotFoundError:  # no log: nothing committed since the last checkpoint
-            return
-        except OSError as exc:
-            raise PortError(f"edge buffer {self.path}: {exc}") from exc
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            self.failed = f"fsync of {self.path}-wal failed: {exc}"
-            log.error(
-                "edge buffer %s: %s; it refuses every write now: restart the edge server", self.path, exc
-            )
-            raise PortError(f"edge buffer {self.path}: {exc}; restart the edge server") from exc
-        finally:
-            os.close(fd)
+        with self._wal_lock:
+            try:
+                fd = self._wal_handle()
+            except FileNotFoundError:  # no log: nothing committed since the last checkpoint
+                return
+            except OSError as exc:
+                raise PortError(f"edge buffer {self.path}: {exc}") from exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._poison(f"fsync of {self.path}-wal failed: {exc}")
+                raise PortError(f"edge buffer {self.path}: {exc}; restart the edge server") from exc
 
-    def _check_failed(self) -> None:
+    def _wal_handle(self) -> int:
+        """The long-lived handle on the write-ahead log (under ``_wal_lock``): opened once, opened
+        again only when the path names another file (the log was deleted and made anew, e.g. after
+        every connection closed). Raises ``FileNotFoundError`` when there is no log."""
+        wal = f"{self.path}-wal"
+        now = os.stat(wal)
+        if self._wal_fd is not None:
+            held = os.fstat(self._wal_fd)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return self._wal_fd
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        self._wal_fd = os.open(wal, os.O_RDONLY)
+        return self._wal_fd
+
+    def _poison(self, why: str) -> None:
+        if self.failed is None:
+            self.failed = why
+            log.error(
+                "edge buffer %s: %s; it refuses every write now: restart the edge server", self.path, why
+            )
+
+    def _poison_on_io_error(self, exc: sqlite3.Error) -> None:
+        """SQLite's own fsync (a durable commit, an auto-checkpoint) may be the one the kernel
+        reports a writeback error to, once: an I/O error from a commit or a write poisons the
+        buffer as a failed :meth:`sync` does."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_IOERR:
+            self._poison(f"SQLite I/O error on {self.path}: {exc}")
+
+    def check_failed(self) -> None:
+        """Raise :class:`PortError` if the buffer is poisoned (:meth:`sync`)."""
         if self.failed is not None:
             raise PortError(f"edge buffer {self.path}: {self.failed}; restart the edge server")
 
@@ -510,7 +550,7 @@ class EdgeBuffer:
             with self._savepoint(txn) as db:
                 yield db
             return
-        self._check_failed()
+        self.check_failed()
         db = self._db()
         relaxed = not durable and self.synchronous == "FULL"
         try:
@@ -524,11 +564,13 @@ class EdgeBuffer:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         try:
             yield db
+            self.check_failed()  # poisoned while it was open: roll back (below), never commit
             db.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                self._poison_on_io_error(exc)
                 raise PortError(f"edge buffer {self.path}: {exc}") from exc
             raise
         finally:
@@ -553,20 +595,27 @@ class EdgeBuffer:
                 db.execute("ROLLBACK TO part")
                 db.execute("RELEASE part")
             if isinstance(exc, sqlite3.Error):
+                self._poison_on_io_error(exc)
                 raise PortError(f"edge buffer {self.path}: {exc}") from exc
             raise
 
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database file and empty it (a clean stop); refused
         on a failed buffer (:meth:`sync`): the restart reads the log as the disk holds it."""
-        self._check_failed()
+        self.check_failed()
         try:
             self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
+            self._poison_on_io_error(exc)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
+        """Close this thread's connection (others close when their thread ends) and the handle
+        on the write-ahead log (opened again by the next :meth:`sync`)."""
+        with self._wal_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None:
             db.close()

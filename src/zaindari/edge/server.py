@@ -7,7 +7,8 @@ template does; a request to ``/function/score-event/anything`` reaches ``score-e
 ``max_body_bytes`` (its ``Content-Length``) is refused with 413 before it is read; the handlers
 apply their own, smaller, limits and authentication. ``GET /healthz`` answers without a token (a
 liveness probe, like the watchdog's ``/_/health``; 503 once the process's edge buffer failed an
-fsync and refuses every write, see :meth:`zaindari.edge.buffer.EdgeBuffer.sync`: restart it).
+fsync and refuses every write, see :meth:`zaindari.edge.buffer.EdgeBuffer.sync`: restart it; with
+``--workers N`` it reflects only the worker answering it, see docs/EDGE.md "Known limits").
 
 One worker process by default (granian, see :mod:`zaindari.infra.http_server`; ``--workers N``
 runs N over the one buffer: device states carry versions, see
