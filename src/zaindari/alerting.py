@@ -244,25 +244,6 @@ def _filled(n: int, value: str | None) -> npt.NDArray[np.object_]:
     return out
 
 
-#: Per spec (by identity, the spec kept in the value as for ``_RULE_FACTS``): each feature's raw
-#: sensors, which ``ModelSpec.feature_sensors`` works out anew from the spec on every call.
-_FEATURE_SENSORS: dict[int, tuple[ModelSpec, dict[str, list[str]]]] = {}
-
-
-def _feature_sensors(spec: ModelSpec, feature: str) -> list[str]:
-    """``spec.feature_sensors(feature)``, remembered (a new list each time: callers keep it)."""
-    cached = _FEATURE_SENSORS.get(id(spec))
-    if cached is None or cached[0] is not spec:
-        if len(_FEATURE_SENSORS) > 64:
-            _FEATURE_SENSORS.clear()
-        cached = (spec, {})
-        _FEATURE_SENSORS[id(spec)] = cached
-    sensors = cached[1].get(feature)
-    if sensors is None:
-        sensors = cached[1][feature] = spec.feature_sensors(feature)
-    return list(sensors)
-
-
 def _compile_expert(
     rule: ExpertRule, columns: Mapping[str, FloatArray], modes: npt.NDArray[np.object_], clear_after: int
 ) -> _Compiled:
@@ -344,7 +325,7 @@ def _contributors(
     return [
         Contributor(
             feature=features[i],
-            sensors=_feature_sensors(spec, features[i]),
+            sensors=spec.feature_sensors(features[i]),
             share=round(float(weights[i]) / total, 4),
             value=float(matrix_row[i]) if matrix_row is not None else float("nan"),
         )
@@ -547,7 +528,7 @@ def _make_alert(
             rate = columns.get(f"{f}__rate")
             if rate is not None:
                 observed[f"{f}.rate_per_second"] = float(rate[i])
-        sensors = sorted({s for f in c.features for s in _feature_sensors(spec, f)})
+        sensors = sorted({s for f in c.features for s in spec.feature_sensors(f)})
     ident = dict(identity[i]) if identity is not None else {}
     if state.alert_id is None:
         state.alert_id = _alert_id(device, c.rule_id, state.started_at)

@@ -339,7 +339,18 @@ class ModelSpec(_Strict):
         return names
 
     def feature_sensors(self, feature: str) -> list[str]:
-        """The raw sensors a feature is computed from (for alert explanations)."""
+        """The raw sensors a feature is computed from (for alert explanations); worked out once
+        per feature (the alert policy asks for each alert it explains)."""
+        known = self._feature_sources.get(feature)
+        if known is None:
+            known = self._feature_sources[feature] = self._sensors_of(feature)
+        return list(known)
+
+    @cached_property
+    def _feature_sources(self) -> dict[str, list[str]]:
+        return {}
+
+    def _sensors_of(self, feature: str) -> list[str]:
         sensors = set(self.sensor_names)
         if feature in sensors:
             return [feature]
@@ -348,7 +359,7 @@ class ModelSpec(_Strict):
                 return sorted(d.tree.names() & sensors)
         for w in self.windows:
             if feature in w.feature_names:
-                return self.feature_sensors(w.source)
+                return self._sensors_of(w.source)
         return []
 
     # -- io --------------------------------------------------------------------------------
