@@ -7,7 +7,8 @@ Use case: ``zaindari.file_scoring_spark.score_file_on_spark`` (``FileScoring`` p
 (as score_batch writes them) and ``manifests/<source_id>.json`` in the lake
 (a failed manifest and ``quarantine/files/`` for a file that cannot be scored); a JSON summary on
 stdout. Exit 0 when a manifest was written (scored or failed), 1 when the job itself failed (nothing
-is recorded: score_batch releases the drop on the job's state change, the next delivery retries).
+is recorded: score_batch releases the drop on the job's state change, the next delivery retries),
+2 for arguments it refuses (a local run given an s3:// lake, a refused ``--keep_columns`` list).
 
 Local: ``python glue_jobs/score_file.py --master 'local[*]' --input drop.csv --lake ./lake --model BUNDLE``
 """
@@ -36,6 +37,9 @@ ARGUMENTS = (
     JobArgument(
         "staging", "", "where Spark writes before files move into the lake (default <lake>/_staging/)"
     ),
+    JobArgument(
+        "keep_columns", "", "columns copied into the scores as text, comma-separated (score_batch's list)"
+    ),
 )
 
 
@@ -46,10 +50,15 @@ def _log(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, score the file, write its outputs; see the module docstring for exit codes."""
     from zaindari.bundle import BundleError
-    from zaindari.file_scoring import FileSource
+    from zaindari.file_scoring import FileScoringOptions, FileSource
     from zaindari.file_scoring_spark import score_file_on_spark
 
     args = parse_job_arguments(ARGUMENTS, argv, description=__doc__.splitlines()[0])
+    try:
+        options = FileScoringOptions.keeping(str(args.get("keep_columns") or ""), source="--keep_columns")
+    except ValueError as exc:
+        print(f"score_file failed: {exc}", file=sys.stderr)
+        return 2
     uri = str(args["input"])
     key = str(args.get("key") or "")
     bucket = str(args.get("bucket") or "")
@@ -94,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         str(args["lake"]),
         partitions=int(args["partitions"]) if args.get("partitions") else None,
         staging=args.get("staging") or None,
+        options=options,
     )
     summary = {
         "manifest": f"{str(args['lake']).rstrip('/')}/manifests/{manifest.source_id}.json",

@@ -340,6 +340,23 @@ class FileScoringOptions(BaseModel):
             raise ValueError(f"a column is named twice (names are compared ignoring case): {twice}")
         return value
 
+    @classmethod
+    def keeping(cls, columns: str, *, source: str = "keep_columns", **options: Any) -> FileScoringOptions:
+        """Options keeping ``columns``, a comma-separated list (``ZAINDARI_FILE_KEEP_COLUMNS``, the
+        Glue job's ``--keep_columns``; blanks around names are dropped, an empty list keeps none).
+
+        Raises
+        ------
+        ValueError
+            Naming ``source`` and what is wrong with the list (see ``keep_columns``).
+        """
+        names = tuple(n.strip() for n in columns.split(",")) if columns.strip() else ()
+        try:
+            return cls(keep_columns=names, **options)
+        except ValueError as exc:  # pydantic's ValidationError: one line per problem
+            problems = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [])()) or str(exc)
+            raise ValueError(f"{source} {columns!r}: {problems}") from None
+
 
 # ----------------------------------------------------------------------------- validation
 

@@ -141,6 +141,11 @@ class Settings(BaseModel):
     file_spool_dir: str = Field(
         default="/tmp/zaindari/spool", description="Where a run's outputs wait for commit (Lambda: /tmp)."
     )
+    file_keep_columns: str = Field(
+        default="",
+        description="Columns of a drop copied into its scores as text, comma-separated (e.g. `batch,operator`); "
+        "the Spark job gets the same list.",
+    )
     # -- model registry and promotion gate
     registry_table: str = Field(
         default="zaindari-model-registry",

@@ -48,6 +48,7 @@ from zaindari.file_scoring_spark import score_file_on_spark
 from zaindari.infra.file_ports import S3FileSink
 from zaindari.infra.local_drops import seed_drop_objects
 from zaindari.infra.provision import Provisioned, provision
+from zaindari.settings import SettingsError
 from zaindari.simulate import PlantConfig, simulate_plant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -514,6 +515,61 @@ def test_a_drop_above_the_spark_size_goes_to_the_glue_job_and_its_state_change_c
     assert len(drain(aws, inboxes["sns"])) == closed["alerts"] > 0
     assert only_outcome(invoke(app, s3_event))["status"] == "duplicate"
     assert only_outcome(invoke(app, state_change))["status"] == "ignored"  # a repeated state change
+
+
+def test_kept_columns_reach_the_functions_scores_and_the_glue_jobs_arguments(
+    aws: EmbeddedAws, stack: Provisioned, monkeypatch: pytest.MonkeyPatch, plant_csv: bytes
+) -> None:
+    monkeypatch.setenv("ZAINDARI_FILE_KEEP_COLUMNS", "seq, asset_tag")  # asset_tag: not in this file
+    monkeypatch.setenv("ZAINDARI_SPARK_BYTES", "40000")
+    app = load_function("score_batch")
+
+    inline = only_outcome(invoke(app, drop(aws, stack, "kept.csv", plant_csv[:39000])))
+    handed = only_outcome(invoke(app, drop(aws, stack, "big.csv", plant_csv)))
+
+    assert inline["status"] == "scored" and inline["route"] == "inline"
+    (key,) = [k for k in lake_keys(aws, stack, "scores/") if inline["source_id"] in k]
+    table = pq.read_table(io.BytesIO(lake_bytes(aws, stack, key)))
+    # every drop's scores have the same columns: one the file lacks is null
+    assert table.schema.names == [*SCORES_SCHEMA.names, "seq", "asset_tag"]
+    expected = pd.read_csv(io.BytesIO(plant_csv[:39000].rsplit(b"\n", 1)[0]))["seq"].astype(str).tolist()
+    assert sorted(zip(table["row"].to_pylist(), table["seq"].to_pylist(), strict=True)) == list(
+        enumerate(expected)
+    )
+    assert table["asset_tag"].null_count == len(table) == inline["rows_scored"] == len(expected)
+    assert handed["status"] == "spark"
+    run = aws.factory.client("glue").get_job_run(
+        JobName=stack.name("ScoreFileJob"), RunId=handed["job_run_id"]
+    )
+    assert run["JobRun"]["Arguments"]["--keep_columns"] == "seq,asset_tag"
+
+
+def test_a_refused_kept_columns_setting_fails_the_first_event_naming_it(
+    aws: EmbeddedAws, stack: Provisioned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZAINDARI_FILE_KEEP_COLUMNS", "seq,score")
+    app = load_function("score_batch")
+
+    with pytest.raises(
+        SettingsError, match=r"ZAINDARI_FILE_KEEP_COLUMNS 'seq,score': .*\['score'\] would be"
+    ):
+        invoke(app, seeded(aws, "s3_object_created_csv.json"))
+
+
+def test_the_glue_job_refuses_a_bad_kept_columns_list_before_starting_spark(tmp_path: Path) -> None:
+    from glue_jobs.score_file import main as score_file_job
+
+    argv = [
+        "--master",
+        "local[1]",
+        "--input",
+        str(tmp_path / "d.csv"),
+        "--lake",
+        str(tmp_path),
+        "--model",
+        "m",
+    ]
+    assert score_file_job([*argv, "--keep_columns", "seq,seq"]) == 2
 
 
 def test_a_failed_glue_run_releases_the_drop_for_the_next_delivery(

@@ -744,3 +744,19 @@ def test_kept_columns_may_not_shadow_the_scores_columns() -> None:
     # plausible telemetry names are kept: Spark's own columns carry the reserved prefix
     kept = ("payload", "kind", "_row", "x.y")
     assert FileScoringOptions(keep_columns=kept).keep_columns == kept
+
+
+def test_kept_columns_from_a_comma_separated_setting() -> None:
+    # ZAINDARI_FILE_KEEP_COLUMNS and the Glue job's --keep_columns: blanks around names dropped
+    assert FileScoringOptions.keeping(" seq , batch.id,operator ").keep_columns == (
+        "seq",
+        "batch.id",
+        "operator",
+    )
+    assert FileScoringOptions.keeping("").keep_columns == FileScoringOptions.keeping("  ").keep_columns == ()
+    assert FileScoringOptions.keeping("seq", threads=3).threads == 3
+    # a refused list names where it came from and why, in one line
+    with pytest.raises(ValueError, match=r"^ZAINDARI_FILE_KEEP_COLUMNS 'seq,Score': .*\['Score'\] would be"):
+        FileScoringOptions.keeping("seq,Score", source="ZAINDARI_FILE_KEEP_COLUMNS")
+    with pytest.raises(ValueError, match=r"^--keep_columns 'seq,,mode': .*needs a name"):
+        FileScoringOptions.keeping("seq,,mode", source="--keep_columns")

@@ -704,16 +704,24 @@ class GlueSparkRunner:
 
     The drop travels as job arguments: ``--input s3://bucket/key``, ``--etag``, ``--version`` (the
     version id), ``--size``; the job reads the model and the lake from its default arguments (``--model``,
-    ``--lake``), overridden here when given.
+    ``--lake``), overridden here when given; ``--keep_columns`` (comma-separated) when the function keeps
+    some (``ZAINDARI_FILE_KEEP_COLUMNS``), so both routes write the same scores columns.
     """
 
     def __init__(
-        self, factory: ClientFactory, job_name: str, *, model: str | None = None, lake: str | None = None
+        self,
+        factory: ClientFactory,
+        job_name: str,
+        *,
+        model: str | None = None,
+        lake: str | None = None,
+        keep_columns: Sequence[str] = (),
     ) -> None:
         self.factory = factory
         self.job_name = job_name
         self.model = model
         self.lake = lake
+        self.keep_columns = tuple(keep_columns)
 
     def start(self, source: FileSource) -> str:
         arguments = {
@@ -726,6 +734,8 @@ class GlueSparkRunner:
             arguments["--model"] = self.model
         if self.lake:
             arguments["--lake"] = self.lake
+        if self.keep_columns:
+            arguments["--keep_columns"] = ",".join(self.keep_columns)
         try:
             response = self.factory.client("glue").start_job_run(JobName=self.job_name, Arguments=arguments)
         except aws_errors() as exc:

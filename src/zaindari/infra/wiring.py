@@ -123,11 +123,17 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
     if not settings.model_path:
         raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
     sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
+    try:
+        options = FileScoringOptions.keeping(
+            settings.file_keep_columns, source="ZAINDARI_FILE_KEEP_COLUMNS", threads=settings.onnx_threads
+        )
+    except ValueError as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from None
     return DropScoring(
         scoring=FileScoring(
             model=model_source(settings, factory),
             sink=sink,
-            options=FileScoringOptions(threads=settings.onnx_threads),
+            options=options,
             summaries=_summary_store(settings, factory),
         ),
         objects=S3DropObjects(factory),
@@ -141,6 +147,7 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
                 settings.score_file_job,
                 model=settings.model_path,
                 lake=f"s3://{settings.lake_bucket}",
+                keep_columns=options.keep_columns,
             )
             if settings.spark_bytes
             else None
