@@ -158,28 +158,34 @@ class ScoringReport:
             return split
         parts: dict[str, _RecordPart] = {}
 
-        def part(record_id: str) -> _RecordPart:
-            found = parts.get(record_id)
-            if found is None:
-                found = parts[record_id] = _RecordPart([], [], [], 0)
-            return found
+        def part_of(record_id: str) -> _RecordPart:
+            part = parts.get(record_id)
+            if part is None:
+                part = parts[record_id] = _RecordPart([], [], [], 0)
+            return part
 
         owner_of: dict[tuple[str, str], str] = {}
         first_of_device: dict[str, str] = {}
         for row, owner in zip(scored, owners, strict=True):
-            part(owner).scored.append(row)
-            owner_of[(row["device_id"], row["timestamp"])] = owner  # (the last row of a key holds)
-            first_of_device.setdefault(row["device_id"], owner)
+            part = parts.get(owner)
+            if part is None:
+                part = parts[owner] = _RecordPart([], [], [], 0)
+            part.scored.append(row)
+            device = row["device_id"]
+            owner_of[(device, row["timestamp"])] = owner  # (the last row of a key holds)
+            if device not in first_of_device:
+                first_of_device[device] = owner
         for dead in rejected:
-            part(dead.record_id).rejected.append(dead)
+            part_of(dead.record_id).rejected.append(dead)
         for alert in alerts:
             owner_of_alert = owner_of.get(
                 (alert.device_id, alert.timestamp), first_of_device.get(alert.device_id)
             )
             if owner_of_alert is not None:
-                part(owner_of_alert).alerts.append(alert)
-        for owner, count in Counter(duplicates).items():
-            parts[owner] = part(owner)._replace(duplicates=count)
+                part_of(owner_of_alert).alerts.append(alert)
+        if duplicates:
+            for owner, count in Counter(duplicates).items():
+                parts[owner] = part_of(owner)._replace(duplicates=count)
         self.__dict__["_split"] = (scored, owners, rejected, alerts, duplicates, sizes, parts)
         return parts
 
