@@ -376,6 +376,12 @@ def _reason(errors: Iterable[dict[str, str]]) -> str:
     return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
 
 
+@functools.lru_cache(maxsize=16)
+def _skew(seconds: float) -> timedelta:
+    """``timedelta(seconds=seconds)``, made once per limit (~0.25 us per payload otherwise)."""
+    return timedelta(seconds=seconds)
+
+
 class _Checks(NamedTuple):
     """The receiver's checks, compared on a validated :class:`Reading` (one comparison each, where
     ``_reading_in_context()`` pays a Python call per field to make them while validating). A named
@@ -386,7 +392,7 @@ class _Checks(NamedTuple):
 
     @classmethod
     def of(cls, limits: ContractLimits, now: datetime | None) -> _Checks:
-        latest = None if now is None else now + timedelta(seconds=limits.max_future_skew_seconds)
+        latest = None if now is None else now + _skew(limits.max_future_skew_seconds)
         return cls(latest, limits.max_sensors)
 
     def passes(self, reading: Reading) -> bool:
