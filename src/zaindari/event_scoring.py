@@ -38,6 +38,7 @@ from zaindari.contract import (
     parse_payloads,
 )
 from zaindari.drift import SummaryStore
+from zaindari.jsonable import PlainJson
 from zaindari.pipeline import DeviceState, score_readings
 from zaindari.ports import AlertSink, LakeWriter, PortError, RejectedRecord, RejectSink, StateStore
 
@@ -108,32 +109,94 @@ class ScoringReport:
 
         An alert belongs to the record holding the reading that raised it (same device and
         timestamp); an alert redelivered from a device's outbox, to the first record of its device.
+
+        Each request of a group asks for its part: the report is split by record once, on the
+        first call (O(group)), and each call after that reads its part (O(1) in the group's size;
+        a scan per call made a group of g requests O(g^2)). A report changed after a call (a list
+        replaced or grown) is split again.
         """
-        owner_of = {
-            (r["device_id"], r["timestamp"]): o for r, o in zip(self.scored, self.scored_owners, strict=True)
-        }
-        first_of_device: dict[str, str] = {}
-        for row, owner in zip(self.scored, self.scored_owners, strict=True):
-            first_of_device.setdefault(row["device_id"], owner)
-        alerts = [
-            a
-            for a in self.alerts
-            if owner_of.get((a.device_id, a.timestamp), first_of_device.get(a.device_id)) == record_id
-        ]
+        part = self._parts().get(record_id)
+        scored, rejected, alerts, duplicates = part if part is not None else ((), (), (), 0)
+        status, reasons = self.status, self.retry_reasons
         return ScoringReport(
-            status={record_id: self.status[record_id]} if record_id in self.status else {},
-            retry_reasons={k: v for k, v in self.retry_reasons.items() if k == record_id},
-            scored=[r for r, o in zip(self.scored, self.scored_owners, strict=True) if o == record_id],
-            rejected=[r for r in self.rejected if r.record_id == record_id],
-            alerts=alerts,
-            duplicates=self.duplicate_owners.count(record_id),
+            status={record_id: status[record_id]} if record_id in status else {},
+            retry_reasons={record_id: reasons[record_id]} if record_id in reasons else {},
+            scored=list(scored),
+            rejected=list(rejected),
+            alerts=list(alerts),
+            duplicates=duplicates,
             model_version=self.model_version,
             lake_objects=self.lake_objects,
             work_seconds=self.work_seconds,
             io_seconds=self.io_seconds,
-            scored_owners=[record_id] * sum(o == record_id for o in self.scored_owners),
-            duplicate_owners=[o for o in self.duplicate_owners if o == record_id],
+            scored_owners=[record_id] * len(scored),
+            duplicate_owners=[record_id] * duplicates,
         )
+
+    def _parts(self) -> dict[str, _RecordPart]:
+        """Each record's rows, dead letters, alerts and duplicate count (see :meth:`for_record`),
+        kept on the report (in its ``__dict__``, not a field) with the lists it was made from."""
+        scored, owners, rejected, alerts, duplicates = (
+            self.scored,
+            self.scored_owners,
+            self.rejected,
+            self.alerts,
+            self.duplicate_owners,
+        )
+        sizes = (len(scored), len(owners), len(rejected), len(alerts), len(duplicates))
+        cached = self.__dict__.get("_split")
+        if (
+            cached is not None
+            and cached[0] is scored
+            and cached[1] is owners
+            and cached[2] is rejected
+            and cached[3] is alerts
+            and cached[4] is duplicates
+            and cached[5] == sizes
+        ):
+            split: dict[str, _RecordPart] = cached[6]
+            return split
+        parts: dict[str, _RecordPart] = {}
+
+        def part_of(record_id: str) -> _RecordPart:
+            part = parts.get(record_id)
+            if part is None:
+                part = parts[record_id] = _RecordPart([], [], [], 0)
+            return part
+
+        owner_of: dict[tuple[str, str], str] = {}
+        first_of_device: dict[str, str] = {}
+        for row, owner in zip(scored, owners, strict=True):
+            part = parts.get(owner)
+            if part is None:
+                part = parts[owner] = _RecordPart([], [], [], 0)
+            part.scored.append(row)
+            device = row["device_id"]
+            owner_of[(device, row["timestamp"])] = owner  # (the last row of a key holds)
+            if device not in first_of_device:
+                first_of_device[device] = owner
+        for dead in rejected:
+            part_of(dead.record_id).rejected.append(dead)
+        for alert in alerts:
+            owner_of_alert = owner_of.get(
+                (alert.device_id, alert.timestamp), first_of_device.get(alert.device_id)
+            )
+            if owner_of_alert is not None:
+                part_of(owner_of_alert).alerts.append(alert)
+        if duplicates:
+            for owner, count in Counter(duplicates).items():
+                parts[owner] = part_of(owner)._replace(duplicates=count)
+        self.__dict__["_split"] = (scored, owners, rejected, alerts, duplicates, sizes, parts)
+        return parts
+
+
+class _RecordPart(NamedTuple):
+    """One record's share of a :class:`ScoringReport` (see :meth:`ScoringReport.for_record`)."""
+
+    scored: list[dict[str, Any]]
+    rejected: list[RejectedRecord]
+    alerts: list[Alert]
+    duplicates: int
 
 
 #: The fields of each score an HTTP caller gets back (the lake row holds more).
@@ -537,19 +600,50 @@ def _preview(payload: Any, limit: int = 4096) -> str:
 
 def http_answer(report: ScoringReport) -> HttpAnswer:
     """The HTTP answer for a report of one request: 200 with scores, alerts, dead letters and the
-    duplicate count, or 503 with ``Retry-After`` when a downstream system failed."""
-    if report.retry_ids:
+    duplicate count, or 503 with ``Retry-After`` when a downstream system failed.
+
+    The usual 200 body (scores only, each field of its plain type, the score finite) is a
+    :class:`~zaindari.jsonable.PlainJson`, which the edge writes with orjson."""
+    status = report.status
+    if "retry" in status.values():
         return HttpAnswer(
             503, {"message": "a downstream service failed; retry"}, {"Retry-After": "5"}, report
         )
-    return HttpAnswer(
-        200,
-        {
-            "model_version": report.model_version,
-            "scores": [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored],
-            "alerts": [a.model_dump(mode="json") for a in report.alerts],
-            "rejected": [r.to_dict() for r in report.rejected],
-            "duplicates": report.duplicates,
-        },
-        report=report,
+    scores = [{k: row[k] for k in HTTP_SCORE_FIELDS} for row in report.scored]
+    alerts = [a.model_dump(mode="json") for a in report.alerts]
+    rejected = [r.to_dict() for r in report.rejected]
+    version, duplicates = report.model_version, report.duplicates
+    body = {
+        "model_version": version,
+        "scores": scores,
+        "alerts": alerts,
+        "rejected": rejected,
+        "duplicates": duplicates,
+    }
+    if (
+        not alerts
+        and not rejected
+        and type(duplicates) is int
+        and (version is None or type(version) is str)
+        and all(map(_plain_score, scores))
+    ):
+        body = PlainJson(body)
+    return HttpAnswer(200, body, report=report)
+
+
+def _plain_score(score: dict[str, Any]) -> bool:
+    """Whether an answer's score (:data:`HTTP_SCORE_FIELDS`) holds values of exactly their plain
+    JSON types, its score a finite float (see :class:`~zaindari.jsonable.PlainJson`)."""
+    value, seq, severity, rules = score["score"], score["seq"], score["severity"], score["rules"]
+    return (
+        type(value) is float
+        and value - value == 0.0  # finite (inf - inf and nan - nan are nan)
+        and type(score["device_id"]) is str
+        and type(score["timestamp"]) is str
+        and (seq is None or type(seq) is int)
+        and (severity is None or type(severity) is str)
+        and type(score["alert"]) is bool
+        and type(score["late"]) is bool
+        and type(rules) is list
+        and all(type(rule) is str for rule in rules)
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["decode_json", "finite", "json_default", "json_line"]
+__all__ = ["PlainJson", "decode_json", "finite", "json_default", "json_line", "json_text"]
 
 
 def decode_json(text: str | bytes) -> Any:
@@ -69,3 +69,29 @@ def json_line(row: Mapping[str, Any]) -> bytes:
         kept = {k: v for k, v in row.items() if k != "record"}
         kept["record"] = "not storable as JSON (nested too deeply): " + preview.repr(row.get("record"))
         return json.dumps(finite(kept), default=json_default, allow_nan=False).encode()
+
+
+class PlainJson(dict[str, Any]):
+    """A JSON object whose maker checked that it holds only JSON's own values, of exactly these
+    types: ``dict``, ``list``, ``str``, ``int``, ``bool``, ``None`` and finite ``float``. Anything
+    else (a float subclass such as numpy's, an enum, a datetime, NaN) is written differently by
+    orjson and the standard library; for this one, :func:`json_text` may use orjson."""
+
+    __slots__ = ()
+
+
+_ENCODER = json.JSONEncoder(default=json_default)  # what json.dumps(value, default=json_default) makes
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value, default=json_default)``; a :class:`PlainJson` through orjson (~0.3 us
+    instead of ~2.7 for a one-reading answer), which writes the same JSON value as compact text:
+    no spaces after ``:`` and ``,``, non-ASCII characters as UTF-8 instead of ``\\u`` escapes,
+    floats in their shortest form (``1e-07`` as ``1e-7``). What orjson refuses (a lone surrogate,
+    an integer beyond 64 bits) goes to the standard library."""
+    if type(value) is PlainJson:
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:  # (orjson.JSONEncodeError)
+            pass
+    return _ENCODER.encode(value)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from zaindari.jsonable import json_default
+from zaindari.jsonable import json_text
 from zaindari.settings import Settings, SettingsError
 
 __all__ = [
@@ -133,10 +132,10 @@ class RequestIds:
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
-    """A response whose body is JSON text."""
+    """A response whose body is JSON text (:func:`zaindari.jsonable.json_text`)."""
     return {
         "statusCode": status,
-        "body": json.dumps(body, default=json_default),
+        "body": json_text(body),
         "headers": {"Content-Type": "application/json", **(headers or {})},
     }
 
