@@ -9,8 +9,8 @@ requests in flight finish, ``on_worker_exit`` runs in the worker, and the parent
 ``granian`` (Rust, HTTP parsing and keep-alive outside the GIL) costs ~15 µs of CPU per request
 where gunicorn's ``gthread`` worker costs ~140 µs (``bench/bench_edge_http.py`` measures both's
 hello-world ceiling): on a 2-core edge box that is the difference between the server and the
-scoring being the limit. Under RSGI (:func:`serve_rsgi`) a worker runs one event loop (uvloop
-when installed) and the app's coroutines on it: no Python thread per request at all.
+scoring being the limit. Under RSGI (:func:`serve_rsgi`) a worker runs one asyncio event loop
+and the app's coroutines on it: no Python thread per request at all.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _serve_granian(
 ) -> None:
     import multiprocessing.util
 
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
 
@@ -161,6 +161,9 @@ def _serve_granian(
         log_level=LogLevels.warning,
         log_access=access_log,
         workers_kill_timeout=max(int(timeout), 1),
+        # the standard library's loop, whatever else is installed ("auto" takes uvloop when it is
+        # there): uvloop measured no gain on the edge server (docs/EDGE.md "Serving")
+        loop=Loops.asyncio,
     )
     server.serve(target_loader=load_in_worker)
 
