@@ -187,8 +187,9 @@ class EdgeApp:
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":  # no websockets here
             return
-        status, headers, data = await self._respond_rsgi(scope, protocol)
-        protocol.response_bytes(status, headers, data)
+        answer = await self._respond_rsgi(scope, protocol)
+        if answer is not None:
+            protocol.response_bytes(*answer)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls it in the worker, its loop made, before it serves."""
@@ -200,12 +201,16 @@ class EdgeApp:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def _respond_rsgi(self, scope: Any, protocol: Any) -> _Answer:
+    async def _respond_rsgi(self, scope: Any, protocol: Any) -> _Answer | None:
         headers = scope.headers
         route = self._route(scope.path, headers.get("content-length"), headers.get("transfer-encoding"))
         if not isinstance(route, _Route):
             return route
-        body: bytes = await protocol() if route.length else b""
+        try:
+            body: bytes = await protocol() if route.length else b""
+        except Exception as exc:  # granian's ProtocolClosed: the client left before its body came
+            logger.info("%s %s: body not received (%s): nothing to answer", scope.method, scope.path, exc)
+            return None
         event = Event(
             body=body,
             headers=RsgiHeaders(headers),
