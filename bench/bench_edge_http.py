@@ -4,7 +4,8 @@ Both servers serve the same ONNX model (the example bundle's ``model.onnx``; mlf
 with ``mlflow.onnx.save_model`` and serves it with ``--env-manager local`` from ``.tools/mlflow``,
 made by ``make tool-mlflow``). mlflow runs its default, one uvicorn worker process; the edge
 BENCH_EDGE_WORKERS granian worker processes (default 1; ``zaindari edge serve --workers N``,
-sharing the box's buffer; see zaindari.edge.server); both are up at once and
+sharing the box's buffer; see zaindari.edge.server) on BENCH_EDGE_INTERFACE (``rsgi``, the default
+of ``zaindari edge serve``: one event loop per worker, or ``wsgi``); both are up at once and
 measured in turn at each level, with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
 the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-alive connections, one
 request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
@@ -58,8 +59,12 @@ WARMUP_SECONDS = 2.0
 #: keep-alive connections (concurrent requests): the targets apply to the first level
 LEVELS = tuple(int(x) for x in os.environ.get("BENCH_EDGE_CLIENTS", "8,32,64").split(","))
 WRK_THREADS = 2
+#: readings each level may send (none twice): more than the edge answers in SECONDS
+PER_LEVEL = int(12_000 * SECONDS)
 #: granian worker processes of the edge server (``zaindari edge serve --workers``), sharing its buffer
 WORKERS = int(os.environ.get("BENCH_EDGE_WORKERS", "1"))
+#: granian interface of the edge server (``zaindari edge serve --interface``)
+INTERFACE = os.environ.get("BENCH_EDGE_INTERFACE", "rsgi")
 WRK_SCRIPT = Path(__file__).resolve().parent / "edge_http.lua"
 MLFLOW_BIN = ROOT / ".tools" / "mlflow" / "bin"
 TOKEN = "bench-token"
@@ -151,15 +156,32 @@ def app(environ, start_response):
 """
 
 
+HELLO_RSGI_APP = """
+async def app(scope, protocol):
+    await protocol()
+    protocol.response_bytes(200, [("Content-Type", "application/json")], b'{"ok":true}')
+"""
+
+#: the hello-world ceilings measured: granian RSGI (the edge's default), granian WSGI, gunicorn gthread
+CEILINGS = ("granian-rsgi", "granian-wsgi", "gunicorn")
+
+
 def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]:
-    """A hello-world WSGI app (reads the body, answers 11 bytes) behind ``serve_wsgi(server=...)``
-    with the edge's threads: what the HTTP server alone allows on this machine now."""
-    (tmp / "bench_hello.py").write_text(HELLO_APP)
+    """A hello-world app (reads the body, answers 11 bytes) behind ``serve_rsgi`` (``granian-rsgi``)
+    or ``serve_wsgi(server=...)`` with the edge's threads: what the HTTP server alone allows on
+    this machine now."""
+    (tmp / "bench_hello.py").write_text(HELLO_APP + HELLO_RSGI_APP.replace("def app", "def rsgi_app"))
     port = free_port()
+    if server == "granian-rsgi":
+        serve = f"serve_rsgi(bench_hello.rsgi_app, host='127.0.0.1', port={port})"
+    else:
+        serve = (
+            f"serve_wsgi(bench_hello.app, host='127.0.0.1', port={port}, threads={max(LEVELS)}, "
+            f"server={server.removeprefix('granian-')!r})"
+        )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import bench_hello; "
-        "from zaindari.infra.http_server import serve_wsgi; "
-        f"serve_wsgi(bench_hello.app, host='127.0.0.1', port={port}, threads={max(LEVELS)}, server={server!r})"
+        f"from zaindari.infra.http_server import serve_rsgi, serve_wsgi; {serve}"
     )
     process = start_server([sys.executable, "-c", code, str(tmp)], {}, f"http://127.0.0.1:{port}/")
     try:
@@ -184,6 +206,8 @@ def edge_server(tmp: Path, bundle_dir: Path) -> Iterator[Any]:
             str(port),
             "--threads",
             str(max(LEVELS)),
+            "--interface",
+            INTERFACE,
             *(["--workers", str(WORKERS)] if WORKERS != 1 else []),
         ],
         env,
@@ -240,7 +264,7 @@ def run_both(
         load(edge_port, path, bodies[:200], edge_headers, WARMUP_SECONDS, LEVELS[0])
         load(ml_port, "/invocations", vectors[:200], mlflow_headers, WARMUP_SECONDS, LEVELS[0])
         edge_pids, ml_pids = [edge.pid, *children(edge.pid)], [ml.pid, *children(ml.pid)]
-        share = (len(bodies) - 200) // len(LEVELS)  # every level sends readings never sent before
+        share = PER_LEVEL  # every level sends readings never sent before
         at_edge, at_mlflow = [], []
         for k, c in enumerate(LEVELS):
             fresh = bodies[200 + k * share : 200 + (k + 1) * share]
@@ -278,21 +302,25 @@ def main() -> list[dict[str, Any]]:
         bundle = load_bundle(bundle_dir)
         # every level its own readings, more than it can send (a wrk thread past the end sends its
         # first ones again, dead-lettered as too late to deduplicate: not what is measured)
-        readings = FreshReadings().take(200 + 40_000 * len(LEVELS))
+        # (PER_LEVEL: ~12,000 requests/s for SECONDS; drawn in chunks, kept as bytes, not dicts)
+        fresh = FreshReadings()
+        readings = fresh.take(2000)
         bodies = [json.dumps(r).encode() for r in readings]
-        parsed = parse_payload(readings[:2000]).readings
+        while len(bodies) < 200 + PER_LEVEL * len(LEVELS):
+            bodies += [json.dumps(r).encode() for r in fresh.take(20_000)]
+        parsed = parse_payload(readings).readings
         features = compute_features(bundle.spec, SensorTable.from_readings(parsed, bundle.spec.sensor_names))
         matrix = features.matrix(bundle.signature.features)
         name = bundle.signature.input.name
         vectors = [json.dumps({"inputs": {name: [row.tolist()]}}).encode() for row in matrix]
         info_line(
-            f"edge server: {WORKERS} worker process(es); wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
+            f"edge server: {WORKERS} worker process(es), {INTERFACE}; wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
         )
         edge, mlflow, worker_peaks, master_peak, mlflow_peak = run_both(tmp, bundle_dir, bodies, vectors)
         scored, rejected = buffered_outcomes(tmp)
         info_line(f"edge buffer after the run: {scored} readings scored, {rejected} dead-lettered")
-        ceilings = {server: run_ceiling(tmp, bodies, server) for server in ("granian", "gunicorn")}
+        ceilings = {server: run_ceiling(tmp, bodies, server) for server in CEILINGS}
         info_line(f"hello-world ceilings, {LEVELS[0]} connections: {ceilings}")
     rows: list[dict[str, Any]] = []
     for level, (at_edge, at_mlflow) in enumerate(zip(edge, mlflow, strict=True)):

@@ -390,23 +390,44 @@ def _build_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _edge_serve(args: argparse.Namespace) -> int:
-    from zaindari.edge.server import EdgeApp, load_handlers
+    from zaindari.edge.server import EdgeApp, load_functions
     from zaindari.edge.wiring import check_edge_settings, edge_settings, start_edge_box, stop_edge_box
-    from zaindari.infra.http_server import serve_wsgi
+    from zaindari.infra.http_server import serve_rsgi, serve_wsgi
     from zaindari.settings import SettingsError
 
     try:
         settings = edge_settings()
         check_edge_settings(settings)
-        handlers = load_handlers(args.functions)
+        functions = load_functions(args.functions)
     except (SettingsError, FileNotFoundError) as exc:
         print(f"zaindari edge serve: {exc}", file=sys.stderr)
         return 2
-    app = EdgeApp(handlers, max_body_bytes=max(settings.edge_max_file_bytes, settings.max_payload_bytes))
+    app = EdgeApp(
+        {name: module.handle for name, module in functions.items()},
+        max_body_bytes=max(settings.edge_max_file_bytes, settings.max_payload_bytes),
+        # RSGI: score-event's handle_async is awaited on the worker's event loop, the others'
+        # handle runs on --threads threads (zaindari.edge.server)
+        async_handlers={n: m.handle_async for n, m in functions.items() if hasattr(m, "handle_async")},
+        threads=args.threads,
+    )
     print(
-        f"edge functions {', '.join(sorted(handlers))} on http://{args.host}:{args.port}/function/<name>",
+        f"edge functions {', '.join(sorted(functions))} on http://{args.host}:{args.port}/function/<name>"
+        f" ({args.interface.upper()})",
         flush=True,
     )
+    # the box (buffer, shipper thread) lives in the worker; SIGTERM: requests answered, then the
+    # box flushed and closed
+    start, stop = start_edge_box, stop_edge_box
+    if args.interface == "rsgi":
+        serve_rsgi(
+            app,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            on_worker_start=start,
+            on_worker_exit=stop,
+        )
+        return 0
     serve_wsgi(
         app,
         host=args.host,
@@ -414,8 +435,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         name="zaindari-edge",
-        on_worker_start=start_edge_box,  # the box (buffer, shipper thread) lives in the worker
-        on_worker_exit=stop_edge_box,  # SIGTERM: requests answered, then the box flushed and closed
+        on_worker_start=start,
+        on_worker_exit=stop,
         server="granian",
     )
     return 0
@@ -435,7 +456,18 @@ def _build_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--port", type=int, default=8080, help="port (default 8080, like the OpenFaaS gateway)"
     )
     serve.add_argument(
-        "--threads", type=int, default=4, help="request threads of each worker process (default 4)"
+        "--threads",
+        type=int,
+        default=4,
+        help="threads of each worker process: wsgi: request threads; rsgi: threads running "
+        "score-file and model-sync (score-event runs on the event loop) (default 4)",
+    )
+    serve.add_argument(
+        "--interface",
+        choices=("rsgi", "wsgi"),
+        default="rsgi",
+        help="granian's interface: rsgi (its native one, one event loop per worker: score-event "
+        "costs no thread hand-off) or wsgi (a thread per request) (default rsgi; docs/EDGE.md)",
     )
     serve.add_argument(
         "--workers",

@@ -1,6 +1,7 @@
 """The edge server over real HTTP against the Lambda path: the same requests, the same answers.
 
-``zaindari edge serve`` runs ``functions/score_event/handler.py`` in its own process (gunicorn);
+``zaindari edge serve`` runs ``functions/score_event/handler.py`` in its own process (granian: its
+RSGI interface, the default, and the contract test once more on its WSGI interface);
 the Lambda path is ``functions/score_event/app.py`` on the embedded AWS (moto in server mode).
 Both get the ``events/`` HTTP bodies and a stream of simulated plant readings that raises and
 resolves alerts; scores, rejections and alerts must match, and so must the alerts delivered
@@ -62,6 +63,19 @@ class EdgeServer:
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
+    """``zaindari edge serve`` on its default interface (RSGI)."""
+    yield from _edge_server(tmp_path_factory, bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def edge_wsgi(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
+    """``zaindari edge serve --interface wsgi``, a box of its own."""
+    yield from _edge_server(tmp_path_factory, bundle_dir, "--interface", "wsgi")
+
+
+def _edge_server(
+    tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path, *options: str
+) -> Iterator[EdgeServer]:
     root = tmp_path_factory.mktemp("edge")
     secrets = root / "secrets"
     secrets.mkdir()
@@ -83,7 +97,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator
     }
     url = f"http://127.0.0.1:{port}"
     process = start_server(
-        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"], env_vars, f"{url}/healthz"
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2", *options],
+        env_vars,
+        f"{url}/healthz",
     )
     yield EdgeServer(url, root / "data")
     stop_server(process)
@@ -112,12 +128,15 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.parametrize("server", ["edge", "edge_wsgi"], ids=["rsgi", "wsgi"])
 def test_edge_server_answers_as_the_lambda_http_route(
-    edge: EdgeServer,
+    server: str,
+    request: pytest.FixtureRequest,
     app: ModuleType,  # noqa: F811
     aws: EmbeddedAws,  # noqa: F811
     alert_inboxes: dict[str, str],  # noqa: F811
 ) -> None:
+    edge: EdgeServer = request.getfixturevalue(server)
     # Given the same requests, sent to the Lambda handler and over HTTP to the edge server
     lambda_answers, edge_answers = [], []
     for body in _requests():

@@ -22,12 +22,12 @@ from zaindari.infra.http_server import free_port
 TOKEN = "edge-stop-token"
 
 
-def _serve(root: Path, bundle: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(root: Path, bundle: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
     env = edge_serve_env(root, bundle, TOKEN)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_server(
-        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],
+        [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2", *options],
         env,
         f"{url}/healthz",
         new_session=True,
@@ -50,14 +50,19 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("stop", "interface"),
+    [(signal.SIGTERM, "rsgi"), (signal.SIGINT, "rsgi"), (signal.SIGTERM, "wsgi")],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-wsgi"],
+)
 def test_a_stopped_server_answers_its_request_in_flight_and_keeps_it(
     tmp_path: Path,
     bundle_dir: Path,
     stop: signal.Signals,
+    interface: str,
 ) -> None:
     # Given a server, and a request whose body is half sent (so it is in flight for sure)
-    process, url = _serve(tmp_path, bundle_dir)
+    process, url = _serve(tmp_path, bundle_dir, "--interface", interface)
     readings = plant_readings()[300:340]
     body = json.dumps({"readings": readings}).encode()
     host, port = url.removeprefix("http://").split(":")
@@ -93,7 +98,7 @@ def test_a_stopped_server_answers_its_request_in_flight_and_keeps_it(
         assert buffer.stats().items["scores"] == len(readings)
     finally:
         buffer.close()
-    process, url = _serve(tmp_path, bundle_dir)
+    process, url = _serve(tmp_path, bundle_dir, "--interface", interface)
     try:
         more = json.dumps({"readings": plant_readings()[340:350]}).encode()
         status, _, data = http_call(

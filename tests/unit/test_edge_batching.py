@@ -198,3 +198,141 @@ def test_wsgi_headers_are_read_from_the_environ_case_insensitively() -> None:
         "content-type": "application/json",
         "content-length": "12",
     }
+
+
+# -- the event loop's way in (answer_http_async: the edge server's RSGI interface) ----------------
+
+
+def test_concurrent_coroutines_are_scored_as_one_group_on_the_loop_each_with_its_own_answer(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    # Given the answers of the requests scored one by one
+    one_by_one = scoring(bundle, MemoryStateStore())
+    expected = [
+        [one_by_one.answer_http(body, f"r{k}-{i}") for i, body in enumerate(r)]
+        for k, r in enumerate(rounds())
+    ]
+    # When each round's requests arrive on the loop at once (the group settled by a settler thread)
+    states = MemoryStateStore()
+    settled: list[threading.Thread] = []
+    batching = BatchingEventScoring(
+        scoring(bundle, states), settle=lambda: settled.append(threading.current_thread())
+    )
+
+    async def serve(k: int, requests: list[str]) -> list[HttpAnswer]:
+        return await asyncio.gather(
+            *(batching.answer_http_async(body, f"r{k}-{i}") for i, body in enumerate(requests))
+        )
+
+    answers = [asyncio.run(serve(k, requests)) for k, requests in enumerate(rounds())]
+
+    # Then every request gets the answer it would have got alone: status, scores, alerts
+    for got_round, want_round in zip(answers, expected, strict=True):
+        for got, want in zip(got_round, want_round, strict=True):
+            assert (got.status, got.body) == (want.status, want.body)
+    assert answers[0][1].status == 400 and any(a.body.get("alerts") for a in answers[0])
+    # scored as one group per round (the invalid request refused before it was queued), on the
+    # loop's thread, settled on another
+    assert batching.group_sizes == {3: 1, 4: 1}
+    assert settled and all(t is not threading.main_thread() for t in settled)
+
+
+def test_loop_answers_wait_for_their_settle_and_a_failed_settle_fails_every_group_it_covered(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    # Given a settle that holds the first flush until released and fails the next one
+    entered, release = threading.Event(), threading.Event()
+    flushes: list[int] = []
+
+    def settle() -> None:
+        flushes.append(len(flushes))
+        if len(flushes) == 1:
+            entered.set()
+            assert release.wait(10)
+            return
+        raise OSError("disk gone")
+
+    batching = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=settle)
+    batching.join_seconds = 0.0
+    bodies = rounds()[1]
+
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(batching.answer_http_async(bodies[0], "r0"))
+        # When the first group is scored and being flushed
+        assert await loop.run_in_executor(None, entered.wait, 10)
+        # and two more groups are scored meanwhile (the loop is not held by the flush)
+        later = []
+        for i in (1, 2):
+            later.append(asyncio.ensure_future(batching.answer_http_async(bodies[i], f"r{i}")))
+            while sum(batching.group_sizes.values()) < i + 1:
+                await asyncio.sleep(0.001)
+        # Then no request is answered before its group's flush returned
+        await asyncio.sleep(0.05)
+        assert not first.done() and not any(t.done() for t in later)
+        release.set()
+        return await asyncio.gather(first, *later, return_exceptions=True)
+
+    answered, *failed = asyncio.run(scenario())
+    assert isinstance(answered, HttpAnswer) and answered.status == 200 and answered.body["scores"]
+    # and the failed flush covered both later groups: each of their requests gets the error
+    assert flushes == [0, 1]
+    assert [type(e) for e in failed] == [OSError, OSError]
+
+
+def test_a_model_error_fails_its_groups_requests_on_the_loop_and_the_next_group_scores(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    # Given a model that fails once
+    use_case = scoring(bundle, MemoryStateStore())
+    failures = [RuntimeError("model broke")]
+
+    def score_records(records: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return use_case.score_records(records)
+
+    batching = BatchingEventScoring(use_case, score_records=score_records, settle=lambda: None)
+    bodies = rounds()[1]
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        # When two requests are scored as one group, then two more as the next
+        first = await asyncio.gather(
+            *(batching.answer_http_async(b, f"a{i}") for i, b in enumerate(bodies[:2])),
+            return_exceptions=True,
+        )
+        second = await asyncio.gather(
+            *(batching.answer_http_async(b, f"b{i}") for i, b in enumerate(bodies[2:]))
+        )
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    # Then each request of the failed group gets the error, and the next group is scored
+    assert [str(e) for e in first] == ["model broke", "model broke"]
+    assert [a.status for a in second] == [200, 200] and all(a.body["scores"] for a in second)
+    assert batching.group_sizes == {2: 2}
+
+
+def test_rsgi_headers_are_read_case_insensitively() -> None:
+    from zaindari.edge.http import RsgiHeaders
+
+    class Scoped:  # granian's RSGIHeaders: get() and keys(), names lower-cased, not iterable
+        def __init__(self, items: dict[str, str]) -> None:
+            self.items = items
+
+        def get(self, key: str, default: Any = None) -> Any:
+            return self.items.get(key, default)
+
+        def keys(self) -> list[str]:
+            return list(self.items)
+
+    headers = RsgiHeaders(Scoped({"authorization": "Bearer t", "x-call-id": "c1"}))
+    assert headers["Authorization"] == headers["authorization"] == "Bearer t"
+    assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
+    assert dict(headers) == {"authorization": "Bearer t", "x-call-id": "c1"} and len(headers) == 2

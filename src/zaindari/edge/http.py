@@ -188,3 +188,27 @@ def guard(event: HttpEvent, tokens: frozenset[str], max_bytes: int) -> Response 
     if size > max_bytes:
         return json_response(413, {"message": f"body is {size} bytes, above the limit of {max_bytes}"})
     return None
+
+
+class RsgiHeaders(Mapping[str, str]):
+    """An RSGI request's headers (granian's ``scope.headers``), looked up case-insensitively (as
+    :class:`Headers`) when asked, none copied up front; names are listed in lower case (HTTP/1.1
+    names arrive lower-cased from granian's parser). A repeated header gives its first value."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+
+    def __getitem__(self, key: str) -> str:
+        value = self._headers.get(key.lower())
+        if value is None:
+            raise KeyError(key)
+        return str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        # granian's headers are not iterable themselves: .keys() is a list
+        return iter(dict.fromkeys(k.lower() for k in self._headers.keys()))  # noqa: SIM118
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -1,5 +1,6 @@
-"""`zaindari edge serve`: the edge functions' ``handler.py`` behind a production WSGI server, with
-exactly the OpenFaaS ``python3-http`` contract and the gateway's routes (``/function/<name>``).
+"""`zaindari edge serve`: the edge functions' ``handler.py`` behind granian (a production HTTP
+server, Rust), with exactly the OpenFaaS ``python3-http`` contract and the gateway's routes
+(``/function/<name>``).
 
 For boxes without OpenFaaS. Each function folder's ``handler.py`` is imported once, as the
 template does; a request to ``/function/score-event/anything`` reaches ``score-event``'s
@@ -10,28 +11,43 @@ liveness probe, like the watchdog's ``/_/health``; 503 once the process's edge b
 fsync and refuses every write, see :meth:`zaindari.edge.buffer.EdgeBuffer.sync`: restart it; with
 ``--workers N`` it reflects only the worker answering it, see docs/EDGE.md "Known limits").
 
-One worker process by default (granian, see :mod:`zaindari.infra.http_server`; ``--workers N``
-runs N over the one buffer: device states carry versions, see
-:meth:`zaindari.edge.buffer.EdgeBuffer.transaction`), several threads: the three
-functions share the process's edge box (:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer,
-background shipper and model sync), and concurrent requests are scored together (see
-:class:`zaindari.edge.wiring.BatchingEventScoring`). SIGTERM or SIGINT: the requests in flight are
-answered, then the box is closed (:func:`zaindari.edge.wiring.stop_edge_box`), exit 0.
+Two interfaces over the same app (:class:`EdgeApp`), picked by ``--interface``:
+
+* ``rsgi`` (the default): granian's native interface. A worker runs one event loop; score-event's
+  ``handle_async`` is awaited on it and its readings are scored on the loop, in groups (see
+  :class:`zaindari.edge.wiring.BatchingEventScoring`), so a one-reading request costs no thread
+  hand-off (under WSGI each request's thread handed its readings to a scorer thread and slept
+  until a settler thread woke it: ~12 context switches per request, the largest part of the
+  server's cost per request; docs/EDGE.md "Serving"). score-file and model-sync, which have no
+  ``handle_async``, run their ``handle`` on ``--threads`` threads, off the loop.
+* ``wsgi``: the issue's "production WSGI server": the same granian, its WSGI interface, each
+  request on one of ``--threads`` threads calling ``handle``. Kept selectable: same routes and
+  answers, and the same ``handle`` that OpenFaaS calls.
+
+One worker process by default (see :mod:`zaindari.infra.http_server`; ``--workers N`` runs N over
+the one buffer: device states carry versions, see
+:meth:`zaindari.edge.buffer.EdgeBuffer.transaction`): the three functions share the process's edge
+box (:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer, background shipper and model sync).
+SIGTERM or SIGINT: the requests in flight are answered, then the box is closed
+(:func:`zaindari.edge.wiring.stop_edge_box`), exit 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from zaindari.edge.http import Context, Event, WsgiHeaders
+from zaindari.edge.http import Context, Event, RsgiHeaders, WsgiHeaders
 
-__all__ = ["EDGE_FUNCTIONS", "EdgeApp", "load_handlers"]
+__all__ = ["EDGE_FUNCTIONS", "EdgeApp", "load_functions", "load_handlers"]
 
 #: OpenFaaS function name -> folder under functions/ (one function, two runtimes).
 EDGE_FUNCTIONS = {"score-event": "score_event", "score-file": "score_batch", "model-sync": "model_sync"}
@@ -44,27 +60,36 @@ _REASONS = {
 logger = logging.getLogger("zaindari.edge.server")
 
 Handler = Callable[[Any, Any], Any]
+AsyncHandler = Callable[[Any, Any], Awaitable[Any]]
+_Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
-def load_handlers(functions_dir: str | Path, names: Mapping[str, str] | None = None) -> dict[str, Handler]:
+def load_functions(
+    functions_dir: str | Path, names: Mapping[str, str] | None = None
+) -> dict[str, ModuleType]:
     """Import each function's ``handler.py`` (its import-time settings checks run now)."""
     from zaindari.infra.lambda_local import import_function
 
     root = Path(functions_dir)
-    handlers: dict[str, Handler] = {}
+    modules: dict[str, ModuleType] = {}
     for name, folder in (names or EDGE_FUNCTIONS).items():
         path = root / folder / "handler.py"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no handler.py for the edge function {name!r}")
-        handlers[name] = import_function(path, f"edge_{folder}").handle
-    return handlers
+        modules[name] = import_function(path, f"edge_{folder}")
+    return modules
 
 
-def _json(status: int, body: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+def load_handlers(functions_dir: str | Path, names: Mapping[str, str] | None = None) -> dict[str, Handler]:
+    """Each function's ``handle`` (see :func:`load_functions`)."""
+    return {name: module.handle for name, module in load_functions(functions_dir, names).items()}
+
+
+def _json(status: int, body: Any) -> _Answer:
     return status, [("Content-Type", "application/json")], json.dumps(body).encode()
 
 
-def _format(response: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+def _format(response: Any) -> _Answer:
     """A handler's return value as the template formats it (a dict body as JSON, else text)."""
     if response is None:
         return 200, [], b""
@@ -83,8 +108,22 @@ def _format(response: Any) -> tuple[int, list[tuple[str, str]], bytes]:
     return status, pairs, data
 
 
+class _Route(NamedTuple):
+    """A request for a function: its name, the path after ``/function/<name>``, the body's length."""
+
+    name: str
+    path: str
+    length: int
+
+
 class EdgeApp:
-    """The WSGI app: routes ``/function/<name>[/path]`` to that function's ``handle(event, context)``.
+    """Routes ``/function/<name>[/path]`` to that function's handler: a WSGI app (``__call__``)
+    and an RSGI app (``__rsgi__``, granian's native interface; the default of ``zaindari edge
+    serve``) over the same routes, limits and answers.
+
+    Under RSGI a worker runs one event loop: a function with an ``async def handle_async(event,
+    context)`` (score-event) is awaited on it; the others' ``handle`` runs on a pool of
+    ``threads`` threads, never blocking the loop.
 
     Parameters
     ----------
@@ -92,12 +131,28 @@ class EdgeApp:
         Function name -> ``handle``.
     max_body_bytes
         Largest body read at all (the largest any function accepts).
+    async_handlers
+        Function name -> ``handle_async``, for the functions that have one (RSGI only).
+    threads
+        Threads running the ``handle`` of a function without ``handle_async`` (RSGI).
     """
 
-    def __init__(self, handlers: Mapping[str, Handler], *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        max_body_bytes: int,
+        async_handlers: Mapping[str, AsyncHandler] | None = None,
+        threads: int = 4,
+    ) -> None:
         self.handlers = dict(handlers)
+        self.async_handlers = dict(async_handlers or {})
         self.max_body_bytes = max_body_bytes
+        self.threads = threads
         self.context = Context(hostname=socket.gethostname())
+        self._executor: ThreadPoolExecutor | None = None  # made in the worker (after the fork)
+
+    # -- WSGI --------------------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         status, headers, data = self._respond(environ)
@@ -105,8 +160,85 @@ class EdgeApp:
         start_response(f"{status} {_REASONS.get(status, 'Status')}", headers)
         return [data]
 
-    def _respond(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
-        path: str = environ.get("PATH_INFO") or "/"
+    def _respond(self, environ: dict[str, Any]) -> _Answer:
+        route = self._route(
+            environ.get("PATH_INFO") or "/",
+            environ.get("CONTENT_LENGTH"),
+            environ.get("HTTP_TRANSFER_ENCODING"),
+        )
+        if not isinstance(route, _Route):
+            return route
+        body: bytes = environ["wsgi.input"].read(route.length) if route.length else b""
+        event = Event(
+            body=body,
+            headers=WsgiHeaders(environ, route.length),
+            method=environ.get("REQUEST_METHOD", "GET"),
+            query=dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)),
+            path=route.path,
+        )
+        try:
+            return _format(self.handlers[route.name](event, self.context))
+        except Exception:
+            logger.exception("function %s failed", route.name)
+            return _json(500, {"message": "internal error"})
+
+    # -- RSGI --------------------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":  # no websockets here
+            return
+        answer = await self._respond_rsgi(scope, protocol)
+        if answer is not None:
+            protocol.response_bytes(*answer)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls it in the worker, its loop made, before it serves."""
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="zaindari-edge-handler")
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls it in the worker once it stopped serving (its requests answered)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _respond_rsgi(self, scope: Any, protocol: Any) -> _Answer | None:
+        headers = scope.headers
+        route = self._route(scope.path, headers.get("content-length"), headers.get("transfer-encoding"))
+        if not isinstance(route, _Route):
+            return route
+        try:
+            body: bytes = await protocol() if route.length else b""
+        except Exception as exc:  # granian's ProtocolClosed: the client left before its body came
+            logger.info("%s %s: body not received (%s): nothing to answer", scope.method, scope.path, exc)
+            return None
+        event = Event(
+            body=body,
+            headers=RsgiHeaders(headers),
+            method=scope.method,
+            query=dict(parse_qsl(scope.query_string, keep_blank_values=True)),
+            path=route.path,
+        )
+        try:
+            handle_async = self.async_handlers.get(route.name)
+            if handle_async is not None:
+                return _format(await handle_async(event, self.context))
+            if self._executor is None:  # served without __rsgi_init__ (a test driving the app)
+                self.__rsgi_init__(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            return _format(
+                await loop.run_in_executor(self._executor, self.handlers[route.name], event, self.context)
+            )
+        except Exception:
+            logger.exception("function %s failed", route.name)
+            return _json(500, {"message": "internal error"})
+
+    # -- both --------------------------------------------------------------------------------------
+
+    def _route(
+        self, path: str, content_length: str | None, transfer_encoding: str | None
+    ) -> _Route | _Answer:
+        """The function a request is for, or the answer that needs no function (health, schema,
+        404, 400/411/413 from its headers, before its body is read)."""
         if path == "/healthz":
             from zaindari.edge.wiring import edge_box_failure
 
@@ -122,25 +254,13 @@ class EdgeApp:
         if len(parts) < 3 or parts[1] != "function" or parts[2] not in self.handlers:
             return _json(404, {"message": f"no function at {path}", "functions": sorted(self.handlers)})
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
+            length = int(content_length or 0)
         except ValueError:
             return _json(400, {"message": "Content-Length is not a number"})
         if length > self.max_body_bytes:
             return _json(
                 413, {"message": f"body is {length} bytes, above the limit of {self.max_body_bytes}"}
             )
-        if length == 0 and environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        if length == 0 and (transfer_encoding or "").lower() == "chunked":
             return _json(411, {"message": "send a Content-Length (chunked bodies are not accepted)"})
-        body: bytes = environ["wsgi.input"].read(length) if length else b""
-        event = Event(
-            body=body,
-            headers=WsgiHeaders(environ, length),
-            method=environ.get("REQUEST_METHOD", "GET"),
-            query=dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)),
-            path="/" + (parts[3] if len(parts) > 3 else ""),
-        )
-        try:
-            return _format(self.handlers[parts[2]](event, self.context))
-        except Exception:
-            logger.exception("function %s failed", parts[2])
-            return _json(500, {"message": "internal error"})
+        return _Route(parts[2], "/" + (parts[3] if len(parts) > 3 else ""), length)

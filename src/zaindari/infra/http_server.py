@@ -1,4 +1,5 @@
-"""Serving a WSGI app in production: gunicorn (the SageMaker server) or granian (the edge server).
+"""Serving an app in production: a WSGI app behind gunicorn (the SageMaker server) or granian, or
+an RSGI app (granian's native asyncio interface) behind granian (the edge server's default).
 
 Both build the app once in the parent before the worker process starts (gunicorn's
 ``preload_app``; granian forks its worker from the parent): a bad model or setting fails at start,
@@ -8,7 +9,8 @@ requests in flight finish, ``on_worker_exit`` runs in the worker, and the parent
 ``granian`` (Rust, HTTP parsing and keep-alive outside the GIL) costs ~15 µs of CPU per request
 where gunicorn's ``gthread`` worker costs ~140 µs (``bench/bench_edge_http.py`` measures both's
 hello-world ceiling): on a 2-core edge box that is the difference between the server and the
-scoring being the limit.
+scoring being the limit. Under RSGI (:func:`serve_rsgi`) a worker runs one asyncio event loop
+and the app's coroutines on it: no Python thread per request at all.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-__all__ = ["WsgiApp", "free_port", "serve_wsgi"]
+__all__ = ["WsgiApp", "free_port", "serve_rsgi", "serve_wsgi"]
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -60,7 +62,7 @@ def serve_wsgi(
     """
     if server == "granian":
         _serve_granian(
-            app, host, port, workers, threads, timeout, access_log, on_worker_start, on_worker_exit
+            app, "wsgi", host, port, workers, threads, timeout, access_log, on_worker_start, on_worker_exit
         )
         return
     from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
@@ -96,8 +98,31 @@ def serve_wsgi(
     _Server().run()
 
 
+def serve_rsgi(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    timeout: float = 60.0,
+    access_log: bool = False,
+    on_worker_start: Callable[[], None] | None = None,
+    on_worker_exit: Callable[[], None] | None = None,
+) -> None:
+    """Serve the RSGI ``app`` (an ``async __rsgi__(scope, protocol)``, with optional
+    ``__rsgi_init__(loop)`` / ``__rsgi_del__(loop)``, called in each worker before it serves and
+    after it stopped) with granian on ``host:port`` until SIGTERM/SIGINT (blocks).
+
+    As :func:`serve_wsgi` (``server="granian"``): the app built in the parent, ``on_worker_start``
+    run in each worker (on the thread of its event loop, the loop made and current), and on
+    SIGTERM/SIGINT the requests in flight answered, ``__rsgi_del__`` then ``on_worker_exit`` run
+    in the worker, the parent exits 0. Blocking work belongs in the app's own threads."""
+    _serve_granian(app, "rsgi", host, port, workers, 1, timeout, access_log, on_worker_start, on_worker_exit)
+
+
 def _serve_granian(
-    app: WsgiApp,
+    app: Any,
+    interface: Literal["wsgi", "rsgi"],
     host: str,
     port: int,
     workers: int,
@@ -109,11 +134,11 @@ def _serve_granian(
 ) -> None:
     import multiprocessing.util
 
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
 
-    def load_in_worker(_target: str) -> WsgiApp:
+    def load_in_worker(_target: str) -> Any:
         # runs in the worker process, after the fork and before it serves
         if on_worker_start is not None:
             on_worker_start()
@@ -127,13 +152,18 @@ def _serve_granian(
         target="zaindari",  # only a label: the app comes from load_in_worker
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.WSGI if interface == "wsgi" else Interfaces.RSGI,
         workers=workers,
         blocking_threads=threads,
-        backpressure=max(threads, 1),
+        # WSGI: as many requests at once as threads to run them; RSGI: granian's default (the
+        # backlog over the workers), requests wait as coroutines on the loop
+        backpressure=max(threads, 1) if interface == "wsgi" else None,
         log_level=LogLevels.warning,
         log_access=access_log,
         workers_kill_timeout=max(int(timeout), 1),
+        # the standard library's loop, whatever else is installed ("auto" takes uvloop when it is
+        # there): uvloop measured no gain on the edge server (docs/EDGE.md "Serving")
+        loop=Loops.asyncio,
     )
     server.serve(target_loader=load_in_worker)
 
