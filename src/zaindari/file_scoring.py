@@ -82,6 +82,7 @@ from zaindari.file_reading import (
 from zaindari.jsonable import finite, json_default
 from zaindari.pipeline import DeviceState, TableScores, score_table
 from zaindari.ports import FileSink, PortError, RejectedRecord
+from zaindari.settings import Settings, SettingsError
 from zaindari.spec import SEVERITY_RANK, ModelSpec
 
 __all__ = [
@@ -356,6 +357,23 @@ class FileScoringOptions(BaseModel):
         except ValueError as exc:  # pydantic's ValidationError: one line per problem
             problems = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [])()) or str(exc)
             raise ValueError(f"{source} {columns!r}: {problems}") from None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FileScoringOptions:
+        """The options of a function scoring files (``score_batch`` on Lambda, ``score-file`` at
+        the edge): ``ZAINDARI_FILE_KEEP_COLUMNS`` and ``ZAINDARI_ONNX_THREADS``.
+
+        Raises
+        ------
+        SettingsError
+            When the kept columns are refused (the function's cold start fails, naming the variable).
+        """
+        try:
+            return cls.keeping(
+                settings.file_keep_columns, source="ZAINDARI_FILE_KEEP_COLUMNS", threads=settings.onnx_threads
+            )
+        except ValueError as exc:
+            raise SettingsError(f"invalid configuration: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- validation

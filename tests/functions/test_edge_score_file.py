@@ -47,6 +47,7 @@ def historian_csv(rows: list[dict[str, Any]]) -> bytes:
     frame = frame.astype({"temperature": object})
     frame.loc[7, "temperature"] = "hot"
     frame.loc[11, "timestamp"] = "2024-01-01 04:35:00"
+    frame["batch"] = "B-0430"  # not scored; kept (ZAINDARI_FILE_KEEP_COLUMNS)
     return frame.to_csv(index=False).encode()
 
 
@@ -107,6 +108,7 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
         ZAINDARI_EDGE_DATA_DIR=str(tmp_path / "data"),
         ZAINDARI_EDGE_SHIP_BACKOFF_SECONDS="0.2",
         ZAINDARI_EDGE_SHIP_BACKOFF_MAX_SECONDS="1",
+        ZAINDARI_FILE_KEEP_COLUMNS="batch",
     )
     files = {
         "press-hall_0430.csv": historian_csv(readings[1080:1200]),
@@ -159,6 +161,10 @@ def test_files_posted_offline_reach_the_lake_and_eventbridge_once_under_the_clou
         scores = pd.read_parquet(io.BytesIO(lake_object(aws, f"scores/date=2024-01-01/{sid}.parquet")))
         assert len(scores) == manifest["rows_scored"] == scores["row"].nunique()
         assert set(scores["source_key"]) == {manifest["source"]["key"]}
+        # the kept column follows the scores' own, as score_batch writes it; null where a file lacks it
+        assert list(scores.columns)[-1] == "batch"
+        kept = {"B-0430"} if manifest["source"]["key"].endswith(".csv") else {None}
+        assert set(scores["batch"].replace({float("nan"): None})) == kept
         quarantined = [
             json.loads(line)
             for line in lake_object(aws, f"quarantine/date={_today()}/{sid}.jsonl").splitlines()

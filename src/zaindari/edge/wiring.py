@@ -520,7 +520,7 @@ def build_edge_file_scoring(settings: Settings) -> tuple[FileScoring, BufferedFi
     scoring = FileScoring(
         model=box.sync.current,
         sink=sink,
-        options=FileScoringOptions(threads=settings.onnx_threads),
+        options=FileScoringOptions.from_settings(settings),
         summaries=BufferedSummaries(box.buffer),
     )
     return scoring, sink

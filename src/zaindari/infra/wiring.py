@@ -123,12 +123,7 @@ def build_drop_scoring(settings: Settings, factory: ClientFactory) -> DropScorin
     if not settings.model_path:
         raise SettingsError("ZAINDARI_MODEL_PATH must name the model bundle (a folder or s3:// prefix)")
     sink = S3FileSink(factory, settings.lake_bucket, settings.file_spool_dir)
-    try:
-        options = FileScoringOptions.keeping(
-            settings.file_keep_columns, source="ZAINDARI_FILE_KEEP_COLUMNS", threads=settings.onnx_threads
-        )
-    except ValueError as exc:
-        raise SettingsError(f"invalid configuration: {exc}") from None
+    options = FileScoringOptions.from_settings(settings)
     return DropScoring(
         scoring=FileScoring(
             model=model_source(settings, factory),
