@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,30 @@ def test_model_erroring_on_live_traffic_is_rolled_back_and_not_applied_again(
     again = box.apply_update(erroring)
     assert again.status == "refused" and "rolled back before" in again.reason
     box.close()
+
+
+def test_a_scored_batch_does_not_wait_for_an_update_being_applied(sync: ModelSync) -> None:
+    # the edge server scores on its event loop: an update downloading and smoke-testing (holding
+    # the sync's lock for seconds) must not stall it; a failed batch below the count does not either
+    held, release = threading.Event(), threading.Event()
+
+    def applying() -> None:
+        with sync._lock:
+            held.set()
+            release.wait(10)
+
+    updater = threading.Thread(target=applying)
+    updater.start()
+    held.wait(5)
+    try:
+        counted = threading.Thread(target=lambda: (sync.record_batch(False, "x"), sync.record_batch(True)))
+        counted.start()
+        counted.join(2)
+        assert not counted.is_alive()
+        assert sync._errors == 0
+    finally:
+        release.set()
+        updater.join(5)
 
 
 class _LinkDown:

@@ -380,6 +380,7 @@ class ModelSync:
         self.on_event = on_event or (lambda _event: None)
         self.threads = threads
         self._lock = threading.RLock()
+        self._errors_lock = threading.Lock()  # the live error count (record_batch), never held long
         self._bundle: ModelBundle | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._errors = 0
@@ -574,14 +575,21 @@ class ModelSync:
     def record_batch(self, ok: bool, reason: str = "") -> SyncOutcome | None:
         """Count a live batch; after ``rollback_after_errors`` failed ones in a row, roll back.
 
-        Returns the rollback's outcome when one happened.
+        Returns the rollback's outcome when one happened. A batch that scored takes no lock:
+        :meth:`apply` holds the sync's lock through a download, its verification and smoke test,
+        and the edge server scores its groups on its event loop (waiting here stalled every
+        request for the whole update). Only a failed batch that reaches the count waits for it.
         """
-        with self._lock:
-            if ok:
-                self._errors = 0
-                return None
+        if ok:
+            self._errors = 0
+            return None
+        with self._errors_lock:
             self._errors += 1
-            if self._errors < self.rollback_after_errors or self.store.pointer().previous is None:
+            errors = self._errors
+        if errors < self.rollback_after_errors or self.store.pointer().previous is None:
+            return None
+        with self._lock:
+            if self._errors < self.rollback_after_errors:  # a batch scored, or rolled back, meanwhile
                 return None
             return self.rollback(
                 f"{self._errors} consecutive scoring errors on live traffic (last: {reason})"
