@@ -172,6 +172,26 @@ def test_requests_without_a_valid_token_are_refused_and_score_nothing(edge: Edge
     assert "unauthorised-device" not in json.dumps(edge.buffered("scores") + edge.buffered("reject"))
 
 
+@pytest.mark.parametrize("server", ["edge", "edge_wsgi"], ids=["rsgi", "wsgi"])
+def test_a_repeated_token_header_is_one_invalid_token_on_either_interface(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    edge: EdgeServer = request.getfixturevalue(server)
+    url = urlsplit(edge.url)
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.putrequest("GET", "/function/score-event")
+        connection.putheader("Authorization", f"Bearer {TOKEN}")  # valid: but two values are one
+        connection.putheader("Authorization", "Bearer wrong")  # header "Bearer <t>, Bearer wrong"
+        connection.endheaders()
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+
+
 def test_oversize_bodies_get_413(edge: EdgeServer) -> None:
     # above the function's limit (the handler), and above the server's (refused before reading)
     status, _, data = edge.call("score-event", b"[" + b" " * PAYLOAD_LIMIT + b"]")

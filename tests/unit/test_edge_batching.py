@@ -269,7 +269,9 @@ def test_loop_answers_wait_for_their_settle_and_a_failed_settle_fails_every_grou
         later = []
         for i in (1, 2):
             later.append(asyncio.ensure_future(batching.answer_http_async(bodies[i], f"r{i}")))
+            deadline = loop.time() + 10  # bounded: a regression fails here instead of hanging
             while sum(batching.group_sizes.values()) < i + 1:
+                assert loop.time() < deadline, "the loop scored no group while a flush ran"
                 await asyncio.sleep(0.001)
         # Then no request is answered before its group's flush returned
         await asyncio.sleep(0.05)
@@ -322,17 +324,25 @@ def test_a_model_error_fails_its_groups_requests_on_the_loop_and_the_next_group_
 def test_rsgi_headers_are_read_case_insensitively() -> None:
     from zaindari.edge.http import RsgiHeaders
 
-    class Scoped:  # granian's RSGIHeaders: get() and keys(), names lower-cased, not iterable
-        def __init__(self, items: dict[str, str]) -> None:
+    class Scoped:  # granian's RSGIHeaders: get(), get_all() and keys(), names lower-cased, not
+        # iterable; a value that is not UTF-8 text is None
+        def __init__(self, items: dict[str, list[str | None]]) -> None:
             self.items = items
 
         def get(self, key: str, default: Any = None) -> Any:
-            return self.items.get(key, default)
+            return self.items.get(key, [default])[0]
+
+        def get_all(self, key: str) -> list[str | None]:
+            return self.items.get(key, [])
 
         def keys(self) -> list[str]:
-            return list(self.items)
+            return [k for k, values in self.items.items() for _ in values]
 
-    headers = RsgiHeaders(Scoped({"authorization": "Bearer t", "x-call-id": "c1"}))
+    headers = RsgiHeaders(Scoped({"authorization": ["Bearer t"], "x-call-id": ["c1"]}))
     assert headers["Authorization"] == headers["authorization"] == "Bearer t"
     assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
     assert dict(headers) == {"authorization": "Bearer t", "x-call-id": "c1"} and len(headers) == 2
+    # as WSGI servers give them: a repeated header's values joined, one that is not text absent
+    odd = RsgiHeaders(Scoped({"authorization": ["Bearer t", "Bearer u"], "x-bin": [None]}))
+    assert odd["Authorization"] == "Bearer t, Bearer u" and odd.get("X-Bin") is None
+    assert dict(odd) == {"authorization": "Bearer t, Bearer u"}

@@ -29,6 +29,9 @@ class _Headers:
     def get(self, key: str, default: Any = None) -> Any:
         return self._items.get(key, default)
 
+    def get_all(self, key: str) -> list[str]:
+        return [self._items[key]] if key in self._items else []
+
     def keys(self) -> list[str]:
         return list(self._items)
 

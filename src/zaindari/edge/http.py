@@ -193,7 +193,9 @@ def guard(event: HttpEvent, tokens: frozenset[str], max_bytes: int) -> Response 
 class RsgiHeaders(Mapping[str, str]):
     """An RSGI request's headers (granian's ``scope.headers``), looked up case-insensitively (as
     :class:`Headers`) when asked, none copied up front; names are listed in lower case (HTTP/1.1
-    names arrive lower-cased from granian's parser). A repeated header gives its first value."""
+    names arrive lower-cased from granian's parser). As under WSGI: a repeated header gives its
+    values joined by ``", "`` (two ``Authorization`` headers are one invalid token on either
+    interface), and a header whose value is not text (granian gives none) is absent."""
 
     __slots__ = ("_headers",)
 
@@ -201,14 +203,15 @@ class RsgiHeaders(Mapping[str, str]):
         self._headers = headers
 
     def __getitem__(self, key: str) -> str:
-        value = self._headers.get(key.lower())
-        if value is None:
+        values = [v for v in self._headers.get_all(key.lower()) if v is not None]
+        if not values:
             raise KeyError(key)
-        return str(value)
+        return str(values[0]) if len(values) == 1 else ", ".join(map(str, values))
 
     def __iter__(self) -> Iterator[str]:
         # granian's headers are not iterable themselves: .keys() is a list
-        return iter(dict.fromkeys(k.lower() for k in self._headers.keys()))  # noqa: SIM118
+        names = dict.fromkeys(k.lower() for k in self._headers.keys())  # noqa: SIM118
+        return (name for name in names if self._headers.get(name) is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -267,7 +267,12 @@ class BatchingEventScoring:
         report of its group once the group is settled."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or another loop (a test's): a schedule of its own
-            self._loop, self._loop_call, self._loop_company = loop, None, 0
+            # records left queued by a loop that closed are dropped: nothing awaits their answers
+            # (never scored, never answered: their clients send them again)
+            self._loop, self._loop_call, self._loop_company, self._loop_pending = loop, None, 0, []
+        if self.settle is not None and self._settler_pid != os.getpid():
+            with self._queued:  # before queueing: a thread that cannot start fails this request
+                self._start_threads(scorer=False)
         future: asyncio.Future[ScoringReport] = loop.create_future()
         self._loop_pending.append((record, future))
         self._loop_load.enter()
@@ -349,10 +354,7 @@ class BatchingEventScoring:
         if self.settle is None:
             _resolve(group, report, error)
             return
-        if self._settler_pid != os.getpid():
-            with self._queued:
-                self._start_threads(scorer=False)
-        with self._scored:
+        with self._scored:  # (the settler runs: score_async started it before queueing)
             self._unsettled_on_loops.append(_LoopScored(loop, group, report, error))
             self._scored.notify()
 
