@@ -394,9 +394,12 @@ def compute_features(
         columns[derived.name] = values
 
     rows = np.flatnonzero(ok).astype(np.intp)
-    columns = {k: v[rows] for k, v in columns.items()}
-    devices = table.device_id[rows]
-    stamps = table.timestamp[rows]
+    if len(rows) == n:  # every row passed (the usual case): the columns as they are, not copies
+        devices, stamps = table.device_id, table.timestamp
+    else:
+        columns = {k: v[rows] for k, v in columns.items()}
+        devices = table.device_id[rows]
+        stamps = table.timestamp[rows]
     late = np.zeros(len(rows), dtype=bool)
 
     if spec.windows or spec.readings_since_start or spec.rate_sources:
