@@ -374,10 +374,10 @@ def compute_features(
     ok, rejections = _row_rejections(spec, table, base_row)
 
     n = len(table)
-    columns: dict[str, FloatArray] = {
-        name: np.asarray(table.sensors.get(name, np.full(n, np.nan)), dtype=np.float64)
-        for name in spec.sensor_names
-    }
+    columns: dict[str, FloatArray] = {}
+    for name in spec.sensor_names:
+        given = table.sensors.get(name)  # (a default argument would make a column of nan every time)
+        columns[name] = np.full(n, np.nan) if given is None else np.asarray(given, dtype=np.float64)
     for derived in spec.derived:
         values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
