@@ -869,3 +869,28 @@ def test_a_transaction_open_when_the_buffer_is_poisoned_is_not_committed(tmp_pat
     reopened = EdgeBuffer(tmp_path / "buffer.db")
     assert reopened.bodies("ack") == []
     assert reopened._db().execute("SELECT count(*) FROM meta WHERE name = 'x'").fetchone()[0] == 0
+
+
+def test_states_saved_in_a_group_keep_the_versions_their_rows_have(tmp_path: Path) -> None:
+    # Given a device with a state, one without, and one (migrated from an older buffer) at version 0
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    buffer.save_states({"d1": DeviceState(seen=[("a", 1.0)])})
+    buffer.save_states({"d3": DeviceState()})
+    buffer._db().execute("UPDATE device_state SET version = 0 WHERE device_id = 'd3'")
+    # When a group reads them, saves them (the versions known from the read: no RETURNING) and
+    # saves one again (an outbox cleared), and another group saves a state it did not read
+    for k in range(2):
+        with buffer.transaction():
+            states = buffer.load_states(["d1", "d2", "d3"])
+            states["d1"].remember(f"b{k}", 2.0 + k, 512)
+            buffer.save_states({"d1": states["d1"], "d2": DeviceState(), "d3": DeviceState()})
+            buffer.save_states({"d1": states["d1"]})
+    with buffer.transaction():
+        buffer.save_states({"d2": DeviceState(seen=[("c", 3.0)])})
+    # Then the versions kept in memory are the rows' (so another process's write is noticed and
+    # this process's own is not read again), and the keys are all there
+    rows = dict(buffer._db().execute("SELECT device_id, version FROM device_state").fetchall())
+    assert rows == {"d1": 5, "d2": 3, "d3": 2}
+    assert {d: buffer._states[d][0] for d in rows} == rows
+    read = EdgeBuffer(tmp_path / "buffer.db").load_states(["d1"])["d1"].seen
+    assert read == [("a", 1.0), ("b0", 2.0), ("b1", 3.0)]

@@ -178,6 +178,14 @@ _BUMP = (
 )
 
 
+# a device's state row (its version bumped; 1 for a new row)
+_SAVE_STATE = (
+    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, seen_last) "
+    "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
+    "updated_at = excluded.updated_at, version = device_state.version + 1, "
+    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, seen_last = excluded.seen_last"
+)
+
 # what append_drift reads of a window's slot: whether the write's key is in the log, the
 # shipper's plan, and the window's open drift row (seq, token, bytes; NULL bytes: none open)
 _DRIFT_SLOT = (
@@ -238,9 +246,9 @@ class _Transaction:
     deltas: dict[str, int] = field(default_factory=dict)
     #: keys appended in it (:meth:`EdgeBuffer._remember`), inserted into ``written`` at the commit
     keys: dict[str, None] = field(default_factory=dict)
-    #: device -> its row's ``(seen_from, seen_next, seen_last)`` as read or written in it (None: no
-    #: row, or keys in its JSON); valid while the row's version is the one checked at the lock
-    seen_rows: dict[str, _SeenRow] = field(default_factory=dict)
+    #: device -> its row's version and ``(seen_from, seen_next, seen_last)`` as read or written in
+    #: it (0 and None: no row); what the row holds once the versions read are checked at the lock
+    rows: dict[str, tuple[int, _SeenRow]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1138,10 +1146,10 @@ class EdgeBuffer:
             if not txn.begun:  # checked when the write lock is taken
                 for device in ids:
                     txn.read_versions.setdefault(device, versions.get(device, 0))
-            # each row's keys as read, for save_states: valid in this transaction, whose versions
-            # are checked at the lock (or were read under it)
+            # each row's version and keys as read, for save_states: what the row holds in this
+            # transaction, whose versions are checked at the lock (or were read under it)
             for device in ids:
-                txn.seen_rows.setdefault(device, seen_rows.get(device))
+                txn.rows.setdefault(device, (versions.get(device, 0), seen_rows.get(device)))
         return out
 
     def save_states(self, states: Mapping[str, DeviceState]) -> None:
@@ -1158,12 +1166,18 @@ class EdgeBuffer:
         now = time.time()
         kept: dict[str, tuple[int, DeviceState, _SeenRow]] = {}
         txn: _Transaction | None = getattr(self._local, "txn", None)
+        # what each row holds now: read (or written) in this transaction, else read here
+        known = {} if txn is None else {d: txn.rows[d] for d in states if d in txn.rows}
+        clear: list[tuple[str]] = []  # devices whose keys are all written again
+        added: list[tuple[str, int, str, float]] = []
+        forgotten: list[tuple[str, int]] = []
+        rows: list[tuple[str, bytes, float, int, int, str | None]] = []
         with self._write(durable=False) as db:
             for device, state in states.items():
                 seen = state.seen
                 stored: _SeenRow
-                if txn is not None and device in txn.seen_rows:  # read (or written) in this transaction
-                    stored = txn.seen_rows[device]
+                if device in known:
+                    stored = known[device][1]
                 else:
                     row = db.execute(
                         "SELECT seen_from, seen_next, seen_last FROM device_state WHERE device_id = ?",
@@ -1176,33 +1190,39 @@ class EdgeBuffer:
                 base = 0 if stored is None else stored[1]
                 old_from: int | None = None
                 if start is None or stored is None:  # not a continuation: every key written again
-                    db.execute("DELETE FROM device_seen WHERE device_id = ?", (device,))
+                    clear.append((device,))
                     new_keys = seen
                 else:
                     new_keys, old_from = seen[start:], stored[0]
-                if new_keys:
-                    db.executemany(
-                        "INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)",
-                        [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)],
-                    )
+                added += [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)]
                 next_n = base + len(new_keys)
                 first_n = next_n - len(seen)
                 if old_from is not None and first_n // 64 != old_from // 64:
-                    db.execute("DELETE FROM device_seen WHERE device_id = ? AND n < ?", (device, first_n))
+                    forgotten.append((device, first_n))
                 bare = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
-                (version,) = db.execute(
-                    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, "
-                    "seen_last) VALUES (?, ?, ?, 1, ?, ?, ?) "
-                    "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
-                    "updated_at = excluded.updated_at, version = device_state.version + 1, "
-                    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, "
-                    "seen_last = excluded.seen_last RETURNING version",
-                    (device, bare.to_json().encode(), now, first_n, next_n, seen[-1][0] if seen else None),
-                ).fetchone()
-                written: _SeenRow = (first_n, next_n, seen[-1][0] if seen else None)
-                kept[device] = (int(version), state.successor(state.history, state.alerts), written)
-                if txn is not None:
-                    txn.seen_rows[device] = written
+                last = seen[-1][0] if seen else None
+                rows.append((device, bare.to_json().encode(), now, first_n, next_n, last))
+                kept[device] = (0, state.successor(state.history, state.alerts), (first_n, next_n, last))
+            # one statement per table for all the devices (in this order: a device's keys written
+            # again are deleted before they are added, forgotten ones after)
+            if clear:
+                db.executemany("DELETE FROM device_seen WHERE device_id = ?", clear)
+            if added:
+                db.executemany("INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)", added)
+            if forgotten:
+                db.executemany("DELETE FROM device_seen WHERE device_id = ? AND n < ?", forgotten)
+            if len(known) == len(rows):  # every version known: each becomes its successor
+                db.executemany(_SAVE_STATE, rows)
+                versions = {device: known[device][0] + 1 for device, *_ in rows}
+            else:
+                versions = {
+                    row[0]: int(db.execute(_SAVE_STATE + " RETURNING version", row).fetchone()[0])
+                    for row in rows
+                }
+        for device, (_, copy, seen_row) in kept.items():
+            kept[device] = (versions[device], copy, seen_row)
+            if txn is not None:
+                txn.rows[device] = (versions[device], seen_row)
         if txn is not None:
             txn.states.update(kept)  # kept in memory once the transaction commits
         else:
