@@ -611,7 +611,7 @@ class EdgeBuffer:
 
         ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
         transaction): the next durable commit fsyncs the WAL, and this one with it, in order.
-        Inside :meth:`transaction`, a savepoint of it instead (committed with it).
+        Inside :meth:`transaction`, part of it (committed with it; one that fails breaks it).
         """
         txn: _Transaction | None = getattr(self._local, "txn", None)
         if txn is not None:
