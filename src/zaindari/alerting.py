@@ -46,6 +46,10 @@ __all__ = [
 ]
 
 LEARNED_RULE_ID = "model_score"
+#: Up to this many rows, :func:`evaluate_alerts` works on Python lists (the same alerts, flags and
+#: states as its numpy path, see ``tests/unit/test_small_batches.py``): an edge box evaluates
+#: groups of 1-8 readings, where numpy's per-call overhead was most of the ~100 us it took.
+SMALL_ALERTS = 8
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -150,6 +154,22 @@ class _Compiled:
     message: str
 
 
+@dataclass(frozen=True)
+class _CompiledRows:
+    """:class:`_Compiled` for a few rows: the same facts, the per-row flags as Python lists."""
+
+    rule_id: str
+    source: Literal["expert", "learned"]
+    fire: list[bool]
+    hold: list[bool]
+    severity: list[str | None]
+    for_consecutive: int
+    clear_after: int
+    features: tuple[str, ...]
+    thresholds: dict[str, float]
+    message: str
+
+
 def _compare(values: FloatArray, op: str, limit: float) -> BoolArray:
     if op == ">":
         return values > limit
@@ -186,6 +206,40 @@ def _condition(cond: Any, columns: Mapping[str, FloatArray], hold: bool) -> Bool
         out = _condition(cond.any[0], columns, hold)
         for c in cond.any[1:]:
             out = out | _condition(c, columns, hold)
+        return out
+    raise TypeError(f"unknown condition {cond!r}")
+
+
+def _condition_rows(cond: Any, column: Any, hold: bool) -> list[bool]:
+    """:func:`_condition` on Python floats (``column(name)``: a feature column as a list): the
+    same comparisons, so the same flags (``nan`` compares false in both)."""
+    if isinstance(cond, ThresholdCondition):
+        shift = cond.deadband if hold else 0.0
+        limit = cond.value - shift if cond.op in (">", ">=") else cond.value + shift
+        values = column(cond.feature)
+        if cond.op == ">":
+            return [v > limit for v in values]
+        if cond.op == ">=":
+            return [v >= limit for v in values]
+        if cond.op == "<":
+            return [v < limit for v in values]
+        return [v <= limit for v in values]
+    if isinstance(cond, RangeCondition):
+        shift = cond.deadband if hold else 0.0
+        low, high = cond.min + shift, cond.max - shift
+        return [v < low or v > high for v in column(cond.range)]
+    if isinstance(cond, RateCondition):
+        limit = cond.max_per_second
+        return [abs(v) > limit for v in column(f"{cond.rate_of_change}__rate")]
+    if isinstance(cond, AllOf):
+        out = _condition_rows(cond.all[0], column, hold)
+        for c in cond.all[1:]:
+            out = [a and b for a, b in zip(out, _condition_rows(c, column, hold), strict=True)]
+        return out
+    if isinstance(cond, AnyOf):
+        out = _condition_rows(cond.any[0], column, hold)
+        for c in cond.any[1:]:
+            out = [a or b for a, b in zip(out, _condition_rows(c, column, hold), strict=True)]
         return out
     raise TypeError(f"unknown condition {cond!r}")
 
@@ -270,6 +324,74 @@ def _compile_expert(
         features=features,
         thresholds=thresholds,
         message=message,
+    )
+
+
+def _compile_expert_rows(
+    rule: ExpertRule, column: Any, modes: Sequence[str], clear_after: int
+) -> _CompiledRows:
+    """:func:`_compile_expert` for a few rows (``modes``: ``""`` for none)."""
+    fire = _condition_rows(rule.when, column, hold=False)
+    hold = [h or f for h, f in zip(_condition_rows(rule.when, column, hold=True), fire, strict=True)]
+    if rule.modes is not None:
+        allowed = {str(m) for m in rule.modes}
+        in_mode = [str(m) in allowed for m in modes]
+        fire = [f and ok for f, ok in zip(fire, in_mode, strict=True)]
+        hold = [h and ok for h, ok in zip(hold, in_mode, strict=True)]
+    features, thresholds, message = _rule_facts(rule)
+    return _CompiledRows(
+        rule_id=rule.id,
+        source="expert",
+        fire=fire,
+        hold=hold,
+        severity=[rule.severity] * len(fire),
+        for_consecutive=rule.for_consecutive,
+        clear_after=clear_after,
+        features=features,
+        thresholds=thresholds,
+        message=message,
+    )
+
+
+def _compile_learned_rows(
+    spec: ModelSpec, thresholds: LearnedThresholds, score: Sequence[float]
+) -> _CompiledRows:
+    """:func:`_compile_learned` for a few rows."""
+    policy = spec.alert_policy.learned
+    levels = thresholds.ordered()
+    severity: list[str | None] = [None] * len(score)
+    if thresholds.direction == "above":
+        lowest = levels[0][1]
+        fire = [s >= lowest for s in score]
+        hold_at = lowest - abs(lowest) * policy.deadband_ratio
+        hold = [s >= hold_at for s in score]
+        for level, value in levels:
+            for i, s in enumerate(score):
+                if s >= value:
+                    severity[i] = level
+    else:
+        lowest = max(v for _, v in levels)
+        fire = [s <= lowest for s in score]
+        hold_at = lowest + abs(lowest) * policy.deadband_ratio
+        hold = [s <= hold_at for s in score]
+        for level, value in levels:
+            for i, s in enumerate(score):
+                if s <= value:
+                    severity[i] = level
+    for i, h in enumerate(hold):
+        if h and severity[i] is None:
+            severity[i] = levels[0][0]
+    return _CompiledRows(
+        rule_id=LEARNED_RULE_ID,
+        source="learned",
+        fire=fire,
+        hold=[h or f for h, f in zip(hold, fire, strict=True)],
+        severity=severity,
+        for_consecutive=policy.for_consecutive,
+        clear_after=spec.alert_policy.clear_after,
+        features=(),
+        thresholds={f"score.{k}": v for k, v in levels},
+        message=thresholds.method or "learned from data",
     )
 
 
@@ -378,6 +500,23 @@ def evaluate_alerts(
         worst severity, and every device's state after the batch.
     """
     n = len(score)
+    if n <= SMALL_ALERTS:
+        return _evaluate_rows(
+            spec=spec,
+            signature=signature,
+            thresholds=thresholds,
+            model_version=model_version,
+            columns=columns,
+            matrix=matrix,
+            score=score,
+            contributions=contributions,
+            devices=devices,
+            timestamps=timestamps,
+            modes=modes,
+            late=late,
+            identity=identity,
+            states=states,
+        )
     policy = spec.alert_policy
     mode_arr = np.array([m if m is not None else "" for m in modes], dtype=object)
     with np.errstate(invalid="ignore"):  # one context for every rule (nan features compare false)
@@ -452,13 +591,116 @@ def evaluate_alerts(
     return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
 
 
+def _evaluate_rows(
+    *,
+    spec: ModelSpec,
+    signature: Signature,
+    thresholds: LearnedThresholds,
+    model_version: str,
+    columns: Mapping[str, FloatArray],
+    matrix: FloatArray,
+    score: FloatArray,
+    contributions: FloatArray | None,
+    devices: Sequence[str],
+    timestamps: FloatArray,
+    modes: Sequence[str | None],
+    late: BoolArray,
+    identity: Sequence[Mapping[str, str | None]] | None,
+    states: Mapping[str, AlertState] | None,
+) -> AlertEvaluation:
+    """:func:`evaluate_alerts` for a few rows, on Python lists: the same steps in the same order
+    (rules compiled, per-row flags, each device's rows walked in time order)."""
+    n = len(score)
+    policy = spec.alert_policy
+    mode_list = [m if m is not None else "" for m in modes]
+    lists: dict[str, list[float]] = {}
+
+    def column(name: str) -> list[float]:
+        values = lists.get(name)
+        if values is None:
+            values = lists[name] = columns[name].tolist()
+        return values
+
+    compiled = [_compile_expert_rows(r, column, mode_list, policy.clear_after) for r in policy.rules]
+    if policy.learned.enabled:
+        compiled.append(_compile_learned_rows(spec, thresholds, score.tolist()))
+
+    row_rules: list[list[str]] = [[] for _ in range(n)]
+    row_severity: list[str | None] = [None] * n
+    for c in compiled:
+        for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)):
+            if not fired:
+                continue
+            row_rules[i].append(c.rule_id)
+            current = row_severity[i]
+            if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
+                row_severity[i] = sev
+
+    out_states = {
+        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
+        for d, s in (states or {}).items()
+    }
+    alerts: list[Alert] = []
+    device_of = [str(d) for d in devices]
+    stamps = timestamps.tolist()
+    late_rows = late.tolist()
+    # lexsort's order (device, then time, stable), late rows left out, cut where the device changes
+    order = [i for i in sorted(range(n), key=lambda i: (device_of[i], stamps[i])) if not late_rows[i]]
+    begin = 0
+    while begin < len(order):
+        device = device_of[order[begin]]
+        end = begin + 1
+        while end < len(order) and device_of[order[end]] == device:
+            end += 1
+        rows = order[begin:end]
+        begin = end
+        state = out_states.setdefault(device, AlertState())
+        for c in compiled:
+            rule_state = state.rules.get(c.rule_id) or RuleState()
+            fire = c.fire
+            if rule_state.is_idle() and not any(fire[i] for i in rows):
+                continue
+            for i in rows:
+                if not fire[i] and not rule_state.active and rule_state.streak == 0:
+                    continue  # idle and not firing: _step would leave it idle and emit nothing
+                event = _step(rule_state, c, fire[i], c.hold[i], c.severity[i], i, timestamps)
+                if event is not None:
+                    alerts.append(
+                        _make_alert(
+                            event,
+                            rule_state,
+                            c,
+                            i,
+                            device,
+                            spec,
+                            signature,
+                            model_version,
+                            columns,
+                            matrix,
+                            score,
+                            contributions,
+                            timestamps,
+                            mode_list,
+                            identity,
+                        )
+                    )
+                    if event == "resolved":
+                        rule_state = RuleState()
+            if rule_state.is_idle():
+                state.rules.pop(c.rule_id, None)
+            else:
+                state.rules[c.rule_id] = rule_state
+    alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
+    return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _step(
     state: RuleState,
-    c: _Compiled,
+    c: _Compiled | _CompiledRows,
     fire: bool,
     hold: bool,
     sev: str | None,
@@ -495,7 +737,7 @@ def _step(
 def _make_alert(
     kind: Literal["raised", "escalated", "resolved"],
     state: RuleState,
-    c: _Compiled,
+    c: _Compiled | _CompiledRows,
     i: int,
     device: str,
     spec: ModelSpec,
@@ -506,7 +748,7 @@ def _make_alert(
     score: FloatArray,
     contributions: FloatArray | None,
     timestamps: FloatArray,
-    modes: npt.NDArray[np.object_],
+    modes: npt.NDArray[np.object_] | Sequence[str],
     identity: Sequence[Mapping[str, str | None]] | None,
 ) -> Alert:
     assert state.started_at is not None

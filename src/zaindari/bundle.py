@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,9 +142,10 @@ class Manifest(_Strict):
     created_at: str
     version: str | None = None
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """One hash for the whole bundle: sha256 over the sorted file hashes."""
+        """One hash for the whole bundle: sha256 over the sorted file hashes (worked out once: a
+        frozen model; every scoring call asks for it)."""
         digest = hashlib.sha256()
         for name in sorted(self.files):
             digest.update(f"{name}={self.files[name]}\n".encode())

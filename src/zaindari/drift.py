@@ -121,6 +121,15 @@ class Baseline(BaseModel):
     def bins(self, feature_index: int) -> int:
         return len(self.edges[feature_index]) + 1
 
+    @functools.cached_property
+    def _layout(self) -> tuple[list[list[float]], list[int], list[tuple[int, int]]]:
+        """The bins of every feature, then the score's, laid end to end (for counting a few rows
+        in one list): their edges, each one's offset, and each one's ``(start, end)``."""
+        edges = [*self.edges, self.score_edges]
+        widths = [len(e) + 1 for e in edges]
+        offsets = [sum(widths[:j]) for j in range(len(widths))]
+        return edges, offsets, [(o, o + w) for o, w in zip(offsets, widths, strict=True)]
+
 
 def _edges(values: FloatArray, bins: int) -> list[float]:
     finite = values[np.isfinite(values)]
@@ -408,11 +417,9 @@ def _summarize_small(
                 out[at[w]] += 1
         sensor_missing[name], sensor_out[name] = missing, out
 
-    edges = [*baseline.edges, baseline.score_edges]
-    widths = [len(e) + 1 for e in edges]
-    offsets = [sum(widths[:j]) for j in range(len(widths))]
-    bins = [[0] * sum(widths) for _ in range(k)]
-    nonfinite = [[0] * len(widths) for _ in range(k)]
+    edges, offsets, bounds = baseline._layout
+    bins = [[0] * bounds[-1][1] for _ in range(k)]
+    nonfinite = [[0] * len(edges) for _ in range(k)]
     scored, alert_rows = [0] * k, [0] * k
     values = np.asarray(matrix, dtype=np.float64).tolist()
     scores = np.asarray(score, dtype=np.float64).tolist()
@@ -433,7 +440,6 @@ def _summarize_small(
         key = str(device)
         if key not in held or t > held[key]:
             held[key] = t
-    bounds = [(o, o + wd) for o, wd in zip(offsets, widths, strict=True)]
     out_summaries: list[WindowSummary] = []
     for w in range(k):
         start = starts[w] * window_seconds

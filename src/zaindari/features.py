@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -171,6 +171,12 @@ def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
         for i in range(lo, lo + n):
             res += values[i]
         return res
+    if n < 16:  # the usual window (10): the eight running sums are the first eight values
+        r0, r1, r2, r3, r4, r5, r6, r7 = values[lo : lo + 8]
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        for i in range(lo + 8, lo + n):
+            res += values[i]
+        return res
     if n <= 128:
         r = list(values[lo : lo + 8])
         body = n - n % 8
@@ -197,6 +203,24 @@ def _ewm_weights(alpha: float, size: int) -> tuple[float, ...]:
     return tuple(((1.0 - alpha) ** np.arange(size - 1, -1, -1, dtype=np.float64)).tolist())
 
 
+@lru_cache(maxsize=4096)  # (a window's empty places are a prefix: size + 1 patterns per size)
+def _slope_terms(valid: tuple[bool, ...]) -> tuple[tuple[float, ...], float]:
+    """A window's ``dx`` (position minus mean position, 0.0 where empty) and its sum of squares:
+    they depend on which places hold a value only (worked out once per pattern, as numpy does
+    them: the same sums in the same order)."""
+    count = float(sum(valid))
+    pos_mean = _row_sum([float(k) if ok else 0.0 for k, ok in enumerate(valid)]) / count
+    dx = [(k - pos_mean) if ok else 0.0 for k, ok in enumerate(valid)]
+    return tuple(dx), _row_sum([d * d for d in dx])
+
+
+@lru_cache(maxsize=4096)
+def _ewm_terms(alpha: float, valid: tuple[bool, ...]) -> tuple[tuple[float, ...], float]:
+    """A window's ewm weights (0.0 where empty) and their sum, once per ``alpha`` and pattern."""
+    weights = [w if ok else 0.0 for w, ok in zip(_ewm_weights(alpha, len(valid)), valid, strict=True)]
+    return tuple(weights), _row_sum(weights)
+
+
 def window_statistics_rows(
     windows: Sequence[Sequence[float]], stats: Sequence[str], alpha: float | None
 ) -> dict[str, list[float]]:
@@ -204,37 +228,41 @@ def window_statistics_rows(
 
     Each sum is taken over the whole row, empty places as 0.0, in numpy's pairwise order;
     ``min`` and ``max`` are left to numpy (its SIMD reductions pick between ``0.0`` and ``-0.0``
-    in their own way).
+    in their own way). What depends only on which places are empty (the slope's positions, the
+    ewm's weights) is worked out once per pattern.
     """
     out: dict[str, list[float]] = {stat: [] for stat in stats}
     extremes = [s for s in stats if s in ("min", "max")]
     for row in windows:
-        valid = [not math.isnan(x) for x in row]
+        valid = tuple([not math.isnan(x) for x in row])
         count = float(sum(valid))
-        filled = [x if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+        full = count == len(row)
+        filled = list(row) if full else [x if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
         mean = _row_sum(filled) / count
         for stat in stats:
             if stat == "mean":
                 out[stat].append(mean)
             elif stat == "std":
-                dev = [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+                dev = (
+                    [x - mean for x in row]
+                    if full
+                    else [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+                )
                 out[stat].append(math.sqrt(_row_sum([d * d for d in dev]) / count))
             elif stat == "slope":
-                pos_mean = _row_sum([float(k) if ok else 0.0 for k, ok in enumerate(valid)]) / count
-                dx = [(k - pos_mean) if ok else 0.0 for k, ok in enumerate(valid)]
-                dy = [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
-                sxx = _row_sum([d * d for d in dx])
+                dx, sxx = _slope_terms(valid)
+                dy = (
+                    [x - mean for x in row]
+                    if full
+                    else [(x - mean) if ok else 0.0 for x, ok in zip(row, valid, strict=True)]
+                )
                 out[stat].append(
                     _row_sum([a * b for a, b in zip(dx, dy, strict=True)]) / sxx if sxx > 0 else 0.0
                 )
             elif stat == "ewm":
                 assert alpha is not None  # the spec enforces it
-                weights = [
-                    w if ok else 0.0 for w, ok in zip(_ewm_weights(alpha, len(row)), valid, strict=True)
-                ]
-                out[stat].append(
-                    _row_sum([w * x for w, x in zip(weights, filled, strict=True)]) / _row_sum(weights)
-                )
+                weights, weight_sum = _ewm_terms(alpha, valid)
+                out[stat].append(_row_sum([w * x for w, x in zip(weights, filled, strict=True)]) / weight_sum)
             elif stat not in extremes:  # pragma: no cover - the spec's Literal type rules this out
                 raise ValueError(f"unknown window statistic {stat!r}")
     if extremes and windows:
@@ -346,10 +374,10 @@ def compute_features(
     ok, rejections = _row_rejections(spec, table, base_row)
 
     n = len(table)
-    columns: dict[str, FloatArray] = {
-        name: np.asarray(table.sensors.get(name, np.full(n, np.nan)), dtype=np.float64)
-        for name in spec.sensor_names
-    }
+    columns: dict[str, FloatArray] = {}
+    for name in spec.sensor_names:
+        given = table.sensors.get(name)  # (a default argument would make a column of nan every time)
+        columns[name] = np.full(n, np.nan) if given is None else np.asarray(given, dtype=np.float64)
     for derived in spec.derived:
         values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
@@ -366,9 +394,12 @@ def compute_features(
         columns[derived.name] = values
 
     rows = np.flatnonzero(ok).astype(np.intp)
-    columns = {k: v[rows] for k, v in columns.items()}
-    devices = table.device_id[rows]
-    stamps = table.timestamp[rows]
+    if len(rows) == n:  # every row passed (the usual case): the columns as they are, not copies
+        devices, stamps = table.device_id, table.timestamp
+    else:
+        columns = {k: v[rows] for k, v in columns.items()}
+        devices = table.device_id[rows]
+        stamps = table.timestamp[rows]
     late = np.zeros(len(rows), dtype=bool)
 
     if spec.windows or spec.readings_since_start or spec.rate_sources:

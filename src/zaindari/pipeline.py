@@ -120,7 +120,8 @@ class DeviceState:
         data = self._fields(self.seen)  # the (key, timestamp) tuples as they are: the same arrays
         outbox = data.pop("outbox")
         head = orjson.dumps(data).decode()
-        return f'{head[:-1]},"outbox":{json.dumps(outbox, separators=(",", ":"))}}}'
+        text = json.dumps(outbox, separators=(",", ":")) if outbox else "[]"  # (usually empty)
+        return f'{head[:-1]},"outbox":{text}}}'
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DeviceState:

@@ -288,34 +288,45 @@ class ModelSpec(_Strict):
     def sensor_names(self) -> list[str]:
         return [s.name for s in self.sensors]
 
+    # (window_sources, history_size and rate_sources are asked for by every scoring call: worked
+    # out once per spec, a frozen model, as feature_sensors is)
+
     @property
     def window_sources(self) -> list[str]:
         """Columns whose history must be kept per device (deduplicated, declared order)."""
+        return list(self._window_sources)
+
+    @cached_property
+    def _window_sources(self) -> tuple[str, ...]:
         out: list[str] = []
         for w in self.windows:
             if w.source not in out:
                 out.append(w.source)
-        for source in self.rate_sources:
+        for source in self._rate_sources:
             if source not in out:
                 out.append(source)
-        return out
+        return tuple(out)
 
-    @property
+    @cached_property
     def history_size(self) -> int:
         """Readings of history a device's state must keep (largest window minus the current one)."""
         sizes = [w.size - 1 for w in self.windows]
-        if self.rate_sources:
+        if self._rate_sources:
             sizes.append(1)
         return max(sizes, default=0)
 
     @property
     def rate_sources(self) -> list[str]:
+        return list(self._rate_sources)
+
+    @cached_property
+    def _rate_sources(self) -> tuple[str, ...]:
         out: list[str] = []
         for rule in self.alert_policy.rules:
             for ref in _condition_rates(rule.when):
                 if ref not in out:
                     out.append(ref)
-        return out
+        return tuple(out)
 
     @property
     def model_features(self) -> list[str]:

@@ -346,24 +346,35 @@ def test_only_one_shipper_at_a_time_sends(tmp_path: Path) -> None:
     assert shipper.ship_once().remaining == 0 and len(uplink.alerts) == 1
 
 
-def test_a_group_is_one_transaction_and_a_failed_write_inside_is_undone_alone(tmp_path: Path) -> None:
+def test_a_group_is_one_transaction_and_a_failed_write_inside_fails_all_of_it(tmp_path: Path) -> None:
     buffer, other = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
-    # Given a group whose second write fails (a statement SQLite refuses)
+    # Given a group of good writes
     with buffer.transaction():
-        buffer.append("ack", {"n": 1})
-        with pytest.raises(PortError), buffer._write() as db:
-            db.execute("INSERT INTO outbox (kind) VALUES ('ack')")  # NOT NULL columns missing
+        buffer.append("ack", {"n": 1}, keys=["k1"])
         buffer.append("ack", {"n": 2})
         # Then nothing of it is visible to another connection before the commit
         assert other.bodies("ack") == []
-    # and, committed, the good writes are all there and the failed one is not
+        # and a key appended in it is known to the rest of it (kept in memory until the commit)
+        assert buffer.append("ack", {"n": 1}, keys=["k1"]) is None
     assert other.bodies("ack") == [{"n": 1}, {"n": 2}]
+    assert other.stats().bytes == buffer.stats().bytes > 0  # the counters written at the commit
+
+    # When a write inside a group fails (a statement SQLite refuses), it raises as on its own
+    # and the whole group is undone at its end: PortError (every record of it answered retry)
+    before = other.stats().bytes
+    with pytest.raises(PortError, match="a write of the transaction failed"), buffer.transaction():
+        buffer.append("ack", {"n": 3}, keys=["k3"])
+        with pytest.raises(PortError), buffer._write() as db:
+            db.execute("INSERT INTO outbox (kind) VALUES ('ack')")  # NOT NULL columns missing
+        buffer.append("ack", {"n": 4})
+    assert other.bodies("ack") == [{"n": 1}, {"n": 2}] and other.stats().bytes == before
+    assert buffer.append("ack", {"n": 3}, keys=["k3"]) is not None  # its key was not kept either
 
     # When a group raises, none of it is kept
     with pytest.raises(RuntimeError), buffer.transaction():
-        buffer.append("ack", {"n": 3})
+        buffer.append("ack", {"n": 5})
         raise RuntimeError("the model failed")
-    assert other.bodies("ack") == [{"n": 1}, {"n": 2}]
+    assert other.bodies("ack") == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
 def test_device_states_written_by_another_process_are_read_not_the_ones_in_memory(
@@ -555,18 +566,22 @@ def test_a_transaction_committed_without_waiting_for_the_disk_is_seen_then_synce
     with buffer.transaction(durable=False):
         buffer.append("ack", {"n": 1})
     # Then another handle (another process) sees it at once, sync() flushes it (one fsync, of
-    # the write-ahead log), and the connection is back to waiting for the disk for the next one
+    # the write-ahead log), and the connection waits for the disk again for the next durable write
     assert EdgeBuffer(tmp_path / "buffer.db").bodies("ack") == [{"n": 1}]
     synced = _count_fsyncs(monkeypatch)
     buffer.sync()
     assert synced == [str(tmp_path / "buffer.db-wal")]
+    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, left as it is
+    buffer.append("ack", {"n": 2})
     assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     # and so it is after one that fails (nothing of it kept)
     with pytest.raises(RuntimeError), buffer.transaction(durable=False):
-        buffer.append("ack", {"n": 2})
+        buffer.append("ack", {"n": 3})
         raise RuntimeError("the model failed")
-    assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
-    assert buffer.bodies("ack") == [{"n": 1}]
+    with buffer.transaction():
+        buffer.append("ack", {"n": 4})
+        assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert buffer.bodies("ack") == [{"n": 1}, {"n": 2}, {"n": 4}]
 
 
 def _count_fsyncs(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:
@@ -630,7 +645,8 @@ def test_a_write_that_cannot_begin_leaves_the_connection_waiting_for_the_disk(tm
     with pytest.raises(PortError, match="locked"):
         buffer.save_states({"d1": DeviceState()})
     other.execute("ROLLBACK")
-    # Then the connection is back to synchronous=FULL: later writes still wait for the disk
+    # Then later durable writes still wait for the disk (each write sets the level it commits at)
+    buffer.append("ack", {"n": 1})
     assert buffer._db().execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
@@ -853,3 +869,28 @@ def test_a_transaction_open_when_the_buffer_is_poisoned_is_not_committed(tmp_pat
     reopened = EdgeBuffer(tmp_path / "buffer.db")
     assert reopened.bodies("ack") == []
     assert reopened._db().execute("SELECT count(*) FROM meta WHERE name = 'x'").fetchone()[0] == 0
+
+
+def test_states_saved_in_a_group_keep_the_versions_their_rows_have(tmp_path: Path) -> None:
+    # Given a device with a state, one without, and one (migrated from an older buffer) at version 0
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    buffer.save_states({"d1": DeviceState(seen=[("a", 1.0)])})
+    buffer.save_states({"d3": DeviceState()})
+    buffer._db().execute("UPDATE device_state SET version = 0 WHERE device_id = 'd3'")
+    # When a group reads them, saves them (the versions known from the read: no RETURNING) and
+    # saves one again (an outbox cleared), and another group saves a state it did not read
+    for k in range(2):
+        with buffer.transaction():
+            states = buffer.load_states(["d1", "d2", "d3"])
+            states["d1"].remember(f"b{k}", 2.0 + k, 512)
+            buffer.save_states({"d1": states["d1"], "d2": DeviceState(), "d3": DeviceState()})
+            buffer.save_states({"d1": states["d1"]})
+    with buffer.transaction():
+        buffer.save_states({"d2": DeviceState(seen=[("c", 3.0)])})
+    # Then the versions kept in memory are the rows' (so another process's write is noticed and
+    # this process's own is not read again), and the keys are all there
+    rows = dict(buffer._db().execute("SELECT device_id, version FROM device_state").fetchall())
+    assert rows == {"d1": 5, "d2": 3, "d3": 2}
+    assert {d: buffer._states[d][0] for d in rows} == rows
+    read = EdgeBuffer(tmp_path / "buffer.db").load_states(["d1"])["d1"].seen
+    assert read == [("a", 1.0), ("b0", 2.0), ("b1", 3.0)]

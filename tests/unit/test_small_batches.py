@@ -178,3 +178,119 @@ def test_small_drift_summaries_equal_the_numpy_counts() -> None:
             drift.SMALL_SUMMARY = saved
         assert [s.to_dict() for s in small] == [s.to_dict() for s in full], trial
         assert small == full
+
+
+@pytest.mark.parametrize("direction", ["above", "below"])
+def test_small_alert_evaluations_equal_the_numpy_path(direction: str) -> None:
+    import json
+
+    from zaindari import alerting
+    from zaindari.alerting import AlertState, RuleState, evaluate_alerts
+    from zaindari.bundle import LearnedThresholds, OutputSpec, Signature, TensorSpec
+
+    # Given the example spec's rules (threshold, all-of under modes, rate, range) and learned
+    # levels either way, on rows near every threshold, some nan, late, across devices and states
+    spec = load_spec(EXAMPLE_ALERT_SPEC)
+    names = spec.model_features
+    signature = Signature(
+        inputs=[TensorSpec(name="features", shape=[None, len(names)])],
+        features=names,
+        outputs=[OutputSpec(name="score", shape=[None], role="score")],
+    )
+    levels = {"warning": 0.5, "critical": 0.8} if direction == "above" else {"warning": 0.5, "critical": 0.2}
+    thresholds = LearnedThresholds(levels=levels, direction=direction, method="test")
+    rng = np.random.default_rng(11)
+    near = {"temperature": 95.0, "vibration_rms__mean_10": 7.1, "mech_power": 1.0, "pressure": 175.0}
+    spread = {"temperature": 5.0, "vibration_rms__mean_10": 0.5, "mech_power": 0.5, "pressure": 200.0}
+    rule_ids = [r.id for r in spec.alert_policy.rules] + [alerting.LEARNED_RULE_ID]
+
+    def evaluate(small: bool, inputs: dict[str, Any]) -> Any:
+        saved = alerting.SMALL_ALERTS
+        alerting.SMALL_ALERTS = saved if small else -1
+        try:
+            states = {d: AlertState.from_dict(s.to_dict()) for d, s in inputs["states"].items()}
+            return evaluate_alerts(**{**inputs, "states": states})
+        finally:
+            alerting.SMALL_ALERTS = saved
+
+    for trial in range(300):
+        n = int(rng.integers(1, alerting.SMALL_ALERTS + 1))
+        columns = {}
+        for name in names:
+            values = rng.normal(near.get(name, 0.0), spread.get(name, 1.0), n)
+            values[rng.random(n) < 0.15] = near.get(name, 0.0)  # on the threshold itself
+            values[rng.random(n) < 0.1] = np.nan
+            columns[name] = values
+        rate = rng.normal(0.0, 0.6, n)
+        rate[rng.random(n) < 0.2] = np.nan
+        columns["temperature__rate"] = rate
+        score = rng.uniform(0.0, 1.0, n)
+        score[rng.random(n) < 0.2] = rng.choice(list(levels.values()))
+        devices = [f"d{k}" for k in rng.integers(0, 3, n)]
+        states = {}
+        for device in ("d0", "d1"):
+            rules = {}
+            for rule in rng.choice(rule_ids, size=int(rng.integers(0, 3)), replace=False).tolist():
+                active = bool(rng.random() < 0.5)
+                rules[rule] = RuleState(
+                    active=active,
+                    streak=int(rng.integers(0, 3)),
+                    clear_streak=int(rng.integers(0, 2)) if active else 0,
+                    severity=str(rng.choice(["warning", "critical"])) if active else None,
+                    started_at="2024-01-01T00:00:00Z" if active else None,
+                )
+            states[device] = AlertState(rules)
+        inputs = dict(
+            spec=spec,
+            signature=signature,
+            thresholds=thresholds,
+            model_version="m:1",
+            columns=columns,
+            matrix=np.column_stack([columns[f] for f in names]),
+            score=score,
+            contributions=None,
+            devices=devices,
+            timestamps=T0 + rng.integers(0, 4, n).astype(np.float64),  # ties within a device
+            modes=[[None, "run", "heavy", "idle"][k] for k in rng.integers(0, 4, n)],
+            late=rng.random(n) < 0.15,
+            identity=[{"asset": f"a{i}", "line": None, "site": "s"} for i in range(n)],
+            states=states,
+        )
+        # When both paths evaluate them
+        small, full = evaluate(True, inputs), evaluate(False, inputs)
+        # Then the alerts, per-row flags and states are the same
+        dump = lambda e: json.dumps([a.model_dump(mode="json") for a in e.alerts])  # noqa: E731 (nan as NaN)
+        assert dump(small) == dump(full), trial
+        assert small.row_rules == full.row_rules and small.row_severity == full.row_severity, trial
+        assert {d: s.to_dict() for d, s in small.states.items()} == {
+            d: s.to_dict() for d, s in full.states.items()
+        }, trial
+
+
+EXAMPLE_ALERT_SPEC = """
+name: alerts-small
+sensors:
+  - {name: temperature}
+  - {name: vibration_rms}
+  - {name: pressure}
+  - {name: torque}
+  - {name: speed}
+derived:
+  - {name: mech_power, expr: "torque * speed / 9549"}
+windows:
+  - {source: vibration_rms, size: 10, stats: [mean]}
+alert_policy:
+  rule_set_version: "1"
+  clear_after: 2
+  learned: {enabled: true, for_consecutive: 2, deadband_ratio: 0.1, top_contributors: 2}
+  rules:
+    - {id: overheating, severity: critical, when: {feature: temperature, op: ">", value: 95, deadband: 3}, for_consecutive: 2}
+    - id: vibration_high_under_load
+      severity: warning
+      when: {all: [{feature: vibration_rms__mean_10, op: ">", value: 7.1}, {feature: mech_power, op: ">=", value: 1}]}
+      for_consecutive: 1
+      modes: [run, heavy]
+    - {id: cold, severity: warning, when: {any: [{feature: temperature, op: "<=", value: 92}, {feature: pressure, op: "<", value: -50}]}}
+    - {id: temperature_jump, severity: warning, when: {rate_of_change: temperature, max_per_second: 0.5}}
+    - {id: pressure_out_of_band, severity: warning, when: {range: pressure, min: 1, max: 350, deadband: 5}, for_consecutive: 2}
+"""

@@ -172,6 +172,37 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+_BUMP = (
+    "INSERT INTO meta (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + ?"
+)
+
+
+# a device's state row (its version bumped; 1 for a new row)
+_SAVE_STATE = (
+    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, seen_last) "
+    "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
+    "updated_at = excluded.updated_at, version = device_state.version + 1, "
+    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, seen_last = excluded.seen_last"
+)
+
+# what append_drift reads of a window's slot: whether the write's key is in the log, the
+# shipper's plan, and the window's open drift row (seq, token, bytes; NULL bytes: none open)
+_DRIFT_SLOT = (
+    "SELECT EXISTS (SELECT 1 FROM written WHERE key = ?), (SELECT value FROM meta WHERE name = 'plan'), "
+    "d.seq, d.token, o.bytes FROM (SELECT ? AS slot) AS s LEFT JOIN drift_open d ON d.slot = s.slot "
+    "LEFT JOIN outbox o ON o.seq = d.seq AND o.kind = 'drift'"
+)
+
+
+def _parse_plan(value: Any) -> tuple[int, int] | None:
+    """The shipper's plan (``meta`` row ``plan``: first and last sequence numbers), or None."""
+    if not value:
+        return None
+    low, high = (int(x) for x in str(value).split(":"))
+    return low, high
+
+
 def _encode(data: Any) -> bytes:
     return zlib.compress(orjson.dumps(data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY), 1)
 
@@ -188,6 +219,11 @@ class StateConflict(Exception):
     kept; score the group again with ``transaction(immediate=True)``."""
 
 
+#: a device state row's ``(seen_from, seen_next, seen_last)``: where its keys are in ``device_seen``
+#: (None: no row, or its keys are in its JSON)
+_SeenRow = tuple[int, int, str | None] | None
+
+
 @dataclass
 class _Transaction:
     """A thread's :meth:`EdgeBuffer.transaction` in progress."""
@@ -196,12 +232,23 @@ class _Transaction:
     #: device -> version of each device state read before the write lock (0: no state yet),
     #: checked when the lock is taken
     read_versions: dict[str, int] = field(default_factory=dict)
-    #: device states written in it, with their new versions: kept in memory at commit
-    states: dict[str, tuple[int, DeviceState]] = field(default_factory=dict)
+    #: device states written in it, with their new versions and key rows: kept in memory at commit
+    states: dict[str, tuple[int, DeviceState, _SeenRow]] = field(default_factory=dict)
     #: the cross-process write lock file held for it (see :meth:`EdgeBuffer._lock_writers`)
     lock: IO[bytes] | None = None
     #: committed without waiting for the disk (``transaction(durable=False)``; :meth:`EdgeBuffer.sync`)
     relaxed: bool = False
+    #: why a write inside failed (the transaction is rolled back at its end); None: none did
+    broken: str | None = None
+    #: counters of ``meta`` as read under the write lock, and what the transaction adds to them
+    #: (written once, at the commit)
+    counters: dict[str, int] = field(default_factory=dict)
+    deltas: dict[str, int] = field(default_factory=dict)
+    #: keys appended in it (:meth:`EdgeBuffer._remember`), inserted into ``written`` at the commit
+    keys: dict[str, None] = field(default_factory=dict)
+    #: device -> its row's version and ``(seen_from, seen_next, seen_last)`` as read or written in
+    #: it (0 and None: no row); what the row holds once the versions read are checked at the lock
+    rows: dict[str, tuple[int, _SeenRow]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -271,9 +318,9 @@ class EdgeBuffer:
         self.compact_chunk = compact_chunk
         self._local = threading.local()
         self._untrimmed = 0  # keys remembered since the key memory was last trimmed
-        # device states as last written by this process, with their versions: one is used while
-        # its row still has that version (no other process wrote it since)
-        self._states: dict[str, tuple[int, DeviceState]] = {}
+        # device states as last written by this process, with their versions and key rows: one is
+        # used while its row still has that version (no other process wrote it since)
+        self._states: dict[str, tuple[int, DeviceState, _SeenRow]] = {}
         self._states_lock = threading.Lock()
         # each window's open drift row as this process last wrote it: slot -> (seq, token, body
         # without its summary, summary); used while the row's token is still the one written
@@ -305,6 +352,7 @@ class EdgeBuffer:
             db.execute("PRAGMA foreign_keys=OFF")
             db.executescript(_SCHEMA)
             self._local.db = db
+            self._local.relaxed = False  # at the buffer's own synchronous level (_synchronous)
         return db
 
     def _migrate(self) -> None:
@@ -348,10 +396,15 @@ class EdgeBuffer:
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = False, durable: bool = True) -> Iterator[None]:
         """Everything this thread writes inside is one transaction, committed (one fsync) at the
-        end: a group commit. Each write inside is a savepoint: one that fails is undone alone
-        and raises :class:`PortError` as it would on its own, the others stay. If the commit
-        fails, nothing of it is kept and :class:`PortError` is raised. Nested calls join the
-        outer transaction.
+        end: a group commit. A write inside that fails raises :class:`PortError` as it would on
+        its own and breaks the transaction: at its end nothing of it is kept and
+        :class:`PortError` is raised (the caller answers every record of the group ``retry``).
+        If the commit fails, likewise. Nested calls join the outer transaction. (Each write
+        used to be a savepoint, undone alone: two statements more per write, ~8 per group,
+        for a case that at the edge, one SQLite file, fails the other writes too.)
+
+        The ``meta`` counters (the log's bytes...) and the keys appended (``written``) are kept
+        in memory while it is open and written once, just before the commit.
 
         The write lock is taken at the first write (``immediate``: at once). Device states read
         inside before it (:meth:`load_states`) are checked then: if another process wrote one
@@ -380,17 +433,21 @@ class EdgeBuffer:
             if txn.begun:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-                self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise
         self._local.txn = None
         if not txn.begun:
+            if txn.broken is not None:  # its first write could not take the write lock
+                raise PortError(f"edge buffer {self.path}: a write of the transaction failed: {txn.broken}")
             return
         try:
-            if self.failed is not None:  # poisoned while it was open (another thread's sync)
+            if self.failed is not None or txn.broken is not None:
+                # poisoned while it was open (another thread's sync), or a write inside failed
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 self.check_failed()
+                raise PortError(f"edge buffer {self.path}: a write of the transaction failed: {txn.broken}")
+            self._flush(txn, db)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._poison_on_io_error(exc)
@@ -398,7 +455,6 @@ class EdgeBuffer:
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         finally:
-            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
         if txn.states:
             with self._states_lock:
@@ -408,11 +464,9 @@ class EdgeBuffer:
         """Take the write lock for ``txn`` and check the device states it read before."""
         self._lock_writers(txn)
         try:
-            if txn.relaxed:  # (SQLite refuses to change it inside a transaction)
-                db.execute("PRAGMA synchronous=NORMAL")
+            self._synchronous(db, relaxed=txn.relaxed)
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._restore_synchronous(txn, db)
             self._unlock_writers(txn)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         txn.begun = True
@@ -422,10 +476,24 @@ class EdgeBuffer:
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
 
-    def _restore_synchronous(self, txn: _Transaction, db: sqlite3.Connection) -> None:
-        if txn.relaxed:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute(f"PRAGMA synchronous={self.synchronous}")
+    def _synchronous(self, db: sqlite3.Connection, *, relaxed: bool) -> None:
+        """Set this thread's connection to ``synchronous=NORMAL`` for a transaction committed
+        without waiting for the disk, or back to the buffer's own level for one that waits; left
+        as it is between transactions (the edge server's scorer commits every group relaxed: two
+        statements a group less). Only a write transaction commits, and each sets it first.
+        (SQLite refuses to change it inside a transaction.)"""
+        if getattr(self._local, "relaxed", False) == relaxed:
+            return
+        db.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else self.synchronous}")
+        self._local.relaxed = relaxed
+
+    def _flush(self, txn: _Transaction, db: sqlite3.Connection) -> None:
+        """Write what ``txn`` kept in memory: its keys appended and its counters."""
+        if txn.keys:
+            self._remember_now(db, list(txn.keys))
+        deltas = [(name, str(delta), delta) for name, delta in txn.deltas.items() if delta]
+        if deltas:
+            db.executemany(_BUMP, deltas)
 
     def sync(self) -> None:
         """Flush to disk every transaction committed so far (``transaction(durable=False)``):
@@ -543,24 +611,20 @@ class EdgeBuffer:
 
         ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
         transaction): the next durable commit fsyncs the WAL, and this one with it, in order.
-        Inside :meth:`transaction`, a savepoint of it instead (committed with it).
+        Inside :meth:`transaction`, part of it (committed with it; one that fails breaks it).
         """
         txn: _Transaction | None = getattr(self._local, "txn", None)
         if txn is not None:
-            with self._savepoint(txn) as db:
+            with self._joined(txn) as db:
                 yield db
             return
         self.check_failed()
         db = self._db()
         relaxed = not durable and self.synchronous == "FULL"
         try:
-            if relaxed:
-                db.execute("PRAGMA synchronous=NORMAL")
+            self._synchronous(db, relaxed=relaxed)
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if relaxed:  # (a connection left at NORMAL would commit every later write relaxed)
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute(f"PRAGMA synchronous={self.synchronous}")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         try:
             yield db
@@ -573,27 +637,20 @@ class EdgeBuffer:
                 self._poison_on_io_error(exc)
                 raise PortError(f"edge buffer {self.path}: {exc}") from exc
             raise
-        finally:
-            if relaxed:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute(f"PRAGMA synchronous={self.synchronous}")
 
     @contextlib.contextmanager
-    def _savepoint(self, txn: _Transaction) -> Iterator[sqlite3.Connection]:
+    def _joined(self, txn: _Transaction) -> Iterator[sqlite3.Connection]:
+        """A write inside :meth:`transaction`: the write lock taken at the first; one that fails
+        breaks the transaction (rolled back at its end, see :meth:`transaction`)."""
         db = self._db()
-        if not txn.begun:
-            self._begin(txn, db)
         try:
-            db.execute("SAVEPOINT part")
-        except sqlite3.Error as exc:
-            raise PortError(f"edge buffer {self.path}: {exc}") from exc
-        try:
+            if not txn.begun:
+                self._begin(txn, db)
             yield db
-            db.execute("RELEASE part")
+        except StateConflict:  # (from _begin: the caller scores the group again)
+            raise
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK TO part")
-                db.execute("RELEASE part")
+            txn.broken = txn.broken or f"{type(exc).__name__}: {exc}"
             if isinstance(exc, sqlite3.Error):
                 self._poison_on_io_error(exc)
                 raise PortError(f"edge buffer {self.path}: {exc}") from exc
@@ -631,20 +688,28 @@ class EdgeBuffer:
             row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return str(row[0])
 
+    def _counter(self, db: sqlite3.Connection, name: str) -> int:
+        """Counter ``name`` of ``meta``, with what this thread's transaction adds to it."""
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        if txn is not None and txn.begun:  # (under the write lock: no other writer moves it)
+            stored = txn.counters.get(name)
+            if stored is None:
+                stored = txn.counters[name] = self._stored_counter(db, name)
+            return stored + txn.deltas.get(name, 0)
+        return self._stored_counter(db, name)
+
     @staticmethod
-    def _counter(db: sqlite3.Connection, name: str) -> int:
+    def _stored_counter(db: sqlite3.Connection, name: str) -> int:
         row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    @staticmethod
-    def _bump(db: sqlite3.Connection, name: str, delta: int) -> int:
-        """Add ``delta`` to counter ``name``; returns its new value."""
-        row = db.execute(
-            "INSERT INTO meta (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + ? RETURNING value",
-            (name, str(delta), delta),
-        ).fetchone()
-        return int(row[0])
+    def _bump(self, db: sqlite3.Connection, name: str, delta: int) -> None:
+        """Add ``delta`` to counter ``name`` (inside :meth:`transaction`: at its commit)."""
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        if txn is not None and txn.begun:
+            txn.deltas[name] = txn.deltas.get(name, 0) + delta
+            return
+        db.execute(_BUMP, (name, str(delta), delta))
 
     # -- appending ------------------------------------------------------------------------
 
@@ -734,14 +799,13 @@ class EdgeBuffer:
         (summary,) = summaries
         slot = f"{source}|{summary.model_version}|{summary.baseline_id}|{summary.start}"
         with self._write(durable=False) as db:
-            if self._all_written(db, [key]):
+            # one statement: whether the write was added before, the shipper's plan, the window's row
+            written, plan, *found = db.execute(_DRIFT_SLOT, (key, slot)).fetchone()
+            txn: _Transaction | None = getattr(self._local, "txn", None)
+            if written or (txn is not None and key in txn.keys):
                 return []
-            low, high = self._plan(db) or (0, -1)
-            row = db.execute(
-                "SELECT d.seq, d.token, o.bytes FROM drift_open d JOIN outbox o ON o.seq = d.seq "
-                "WHERE d.slot = ? AND o.kind = 'drift'",
-                (slot,),
-            ).fetchone()
+            low, high = _parse_plan(plan) or (0, -1)
+            row = None if found[2] is None else found
             held = None
             if row is not None and not low <= row[0] <= high:  # not in flight: add to it
                 seq, token, size = (int(x) for x in row)
@@ -793,7 +857,10 @@ class EdgeBuffer:
         return bytes(row[0])
 
     def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+        txn: _Transaction | None = getattr(self._local, "txn", None)
         found: set[str] = set()
+        if txn is not None and txn.keys:  # appended in this transaction, not inserted yet
+            found.update(k for k in keys if k in txn.keys)
         for begin in range(0, len(keys), 500):
             chunk = list(keys[begin : begin + 500])
             marks = ",".join("?" * len(chunk))
@@ -804,8 +871,17 @@ class EdgeBuffer:
         return len(self._known(db, keys)) == len(set(keys))
 
     def _remember(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
+        """Remember appended keys (inside :meth:`transaction`: inserted at its commit, all of the
+        transaction's in one statement)."""
         if not keys:
             return
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        if txn is not None and txn.begun:
+            txn.keys.update(dict.fromkeys(keys))
+            return
+        self._remember_now(db, keys)
+
+    def _remember_now(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
         db.executemany("INSERT OR IGNORE INTO written (key) VALUES (?)", [(k,) for k in keys])
         # trimmed once per ~0.1 % of the memory's keys added by this process (a statement less
         # in nearly every group): the table holds at most that many keys beyond the memory
@@ -923,10 +999,7 @@ class EdgeBuffer:
     @staticmethod
     def _plan(db: sqlite3.Connection) -> tuple[int, int] | None:
         row = db.execute("SELECT value FROM meta WHERE name = 'plan'").fetchone()
-        if row is None or not row[0]:
-            return None
-        low, high = (int(x) for x in str(row[0]).split(":"))
-        return low, high
+        return None if row is None else _parse_plan(row[0])
 
     def next_batch(self, max_items: int) -> list[Entry]:
         """The rows to ship next, oldest first: the planned batch if one is in flight, else the
@@ -1026,21 +1099,26 @@ class EdgeBuffer:
         try:
             versions = self._versions(db, ids)
             missing: list[str] = []
+            seen_rows: dict[str, _SeenRow] = {}
             with self._states_lock:
                 for device, version in versions.items():
                     cached = self._states.get(device)
                     if cached is not None and cached[0] == version:
                         out[device] = cached[1].successor(cached[1].history, cached[1].alerts)
+                        seen_rows[device] = cached[2]
                     else:
                         missing.append(device)
             for begin in range(0, len(missing), 500):
                 chunk = missing[begin : begin + 500]
                 marks = ",".join("?" * len(chunk))
-                for device, state, version, seen_from, seen_next in db.execute(
-                    "SELECT device_id, state, version, seen_from, seen_next FROM device_state "
+                for device, state, version, seen_from, seen_next, seen_last in db.execute(
+                    "SELECT device_id, state, version, seen_from, seen_next, seen_last FROM device_state "
                     f"WHERE device_id IN ({marks})",
                     chunk,
                 ).fetchall():
+                    seen_rows[device] = (
+                        None if seen_next is None else (int(seen_from), int(seen_next), seen_last)
+                    )
                     loaded = (
                         DeviceState.from_json(state)
                         if state[:1] == b"{"
@@ -1064,9 +1142,14 @@ class EdgeBuffer:
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         txn: _Transaction | None = getattr(self._local, "txn", None)
-        if txn is not None and not txn.begun:  # checked when the write lock is taken
+        if txn is not None:
+            if not txn.begun:  # checked when the write lock is taken
+                for device in ids:
+                    txn.read_versions.setdefault(device, versions.get(device, 0))
+            # each row's version and keys as read, for save_states: what the row holds in this
+            # transaction, whose versions are checked at the lock (or were read under it)
             for device in ids:
-                txn.read_versions.setdefault(device, versions.get(device, 0))
+                txn.rows.setdefault(device, (versions.get(device, 0), seen_rows.get(device)))
         return out
 
     def save_states(self, states: Mapping[str, DeviceState]) -> None:
@@ -1081,45 +1164,65 @@ class EdgeBuffer:
         device, not the whole memory. A state whose keys do not continue the stored ones (another
         list altogether) has them all rewritten."""
         now = time.time()
-        kept: dict[str, tuple[int, DeviceState]] = {}
+        kept: dict[str, tuple[int, DeviceState, _SeenRow]] = {}
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        # what each row holds now: read (or written) in this transaction, else read here
+        known = {} if txn is None else {d: txn.rows[d] for d in states if d in txn.rows}
+        clear: list[tuple[str]] = []  # devices whose keys are all written again
+        added: list[tuple[str, int, str, float]] = []
+        forgotten: list[tuple[str, int]] = []
+        rows: list[tuple[str, bytes, float, int, int, str | None]] = []
         with self._write(durable=False) as db:
             for device, state in states.items():
                 seen = state.seen
-                row = db.execute(
-                    "SELECT seen_from, seen_next, seen_last FROM device_state WHERE device_id = ?", (device,)
-                ).fetchone()
-                stored: tuple[int, int, str | None] | None = (
-                    (int(row[0]), int(row[1]), row[2]) if row is not None and row[1] is not None else None
-                )
+                stored: _SeenRow
+                if device in known:
+                    stored = known[device][1]
+                else:
+                    row = db.execute(
+                        "SELECT seen_from, seen_next, seen_last FROM device_state WHERE device_id = ?",
+                        (device,),
+                    ).fetchone()
+                    stored = (
+                        (int(row[0]), int(row[1]), row[2]) if row is not None and row[1] is not None else None
+                    )
                 start = None if stored is None else _continues(seen, stored[2], stored[1] - stored[0])
                 base = 0 if stored is None else stored[1]
                 old_from: int | None = None
                 if start is None or stored is None:  # not a continuation: every key written again
-                    db.execute("DELETE FROM device_seen WHERE device_id = ?", (device,))
+                    clear.append((device,))
                     new_keys = seen
                 else:
                     new_keys, old_from = seen[start:], stored[0]
-                if new_keys:
-                    db.executemany(
-                        "INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)",
-                        [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)],
-                    )
+                added += [(device, base + i, key, ts) for i, (key, ts) in enumerate(new_keys)]
                 next_n = base + len(new_keys)
                 first_n = next_n - len(seen)
                 if old_from is not None and first_n // 64 != old_from // 64:
-                    db.execute("DELETE FROM device_seen WHERE device_id = ? AND n < ?", (device, first_n))
+                    forgotten.append((device, first_n))
                 bare = DeviceState(state.history, state.alerts, [], state.evicted_until, state.outbox)
-                (version,) = db.execute(
-                    "INSERT INTO device_state (device_id, state, updated_at, version, seen_from, seen_next, "
-                    "seen_last) VALUES (?, ?, ?, 1, ?, ?, ?) "
-                    "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, "
-                    "updated_at = excluded.updated_at, version = device_state.version + 1, "
-                    "seen_from = excluded.seen_from, seen_next = excluded.seen_next, "
-                    "seen_last = excluded.seen_last RETURNING version",
-                    (device, bare.to_json().encode(), now, first_n, next_n, seen[-1][0] if seen else None),
-                ).fetchone()
-                kept[device] = (int(version), state.successor(state.history, state.alerts))
-        txn: _Transaction | None = getattr(self._local, "txn", None)
+                last = seen[-1][0] if seen else None
+                rows.append((device, bare.to_json().encode(), now, first_n, next_n, last))
+                kept[device] = (0, state.successor(state.history, state.alerts), (first_n, next_n, last))
+            # one statement per table for all the devices (in this order: a device's keys written
+            # again are deleted before they are added, forgotten ones after)
+            if clear:
+                db.executemany("DELETE FROM device_seen WHERE device_id = ?", clear)
+            if added:
+                db.executemany("INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)", added)
+            if forgotten:
+                db.executemany("DELETE FROM device_seen WHERE device_id = ? AND n < ?", forgotten)
+            if len(known) == len(rows):  # every version known: each becomes its successor
+                db.executemany(_SAVE_STATE, rows)
+                versions = {device: known[device][0] + 1 for device, *_ in rows}
+            else:
+                versions = {
+                    row[0]: int(db.execute(_SAVE_STATE + " RETURNING version", row).fetchone()[0])
+                    for row in rows
+                }
+        for device, (_, copy, seen_row) in kept.items():
+            kept[device] = (versions[device], copy, seen_row)
+            if txn is not None:
+                txn.rows[device] = (versions[device], seen_row)
         if txn is not None:
             txn.states.update(kept)  # kept in memory once the transaction commits
         else:
