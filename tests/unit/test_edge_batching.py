@@ -346,3 +346,69 @@ def test_rsgi_headers_are_read_case_insensitively() -> None:
     odd = RsgiHeaders(Scoped({"authorization": ["Bearer t", "Bearer u"], "x-bin": [None]}))
     assert odd["Authorization"] == "Bearer t, Bearer u" and odd.get("X-Bin") is None
     assert dict(odd) == {"authorization": "Bearer t, Bearer u"}
+
+
+def test_a_loop_group_waits_off_the_loop_while_another_writer_holds_the_buffer(
+    tmp_path: Any, bundle_dir: Any
+) -> None:
+    # Given the server's pipeline on a real box, and a writer holding the buffer's write lock
+    # (score-file's manifest, the shipper, another worker) for 0.6 s
+    import asyncio
+
+    from zaindari.edge.box import EdgeBox
+    from zaindari.edge.buffer import EdgeBuffer
+    from zaindari.edge.model_sync import LocalBundleFetcher, LocalModelStore, ModelSync
+    from zaindari.edge.wiring import batching_scoring
+
+    sync = ModelSync(LocalModelStore(tmp_path / "models"), LocalBundleFetcher())
+    sync.seed(bundle_dir, version="1")
+    box = EdgeBox(buffer=EdgeBuffer(tmp_path / "edge.db"), sync=sync, box_id="b")
+    batching = batching_scoring(box)
+    readings = plant_readings()
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with box.buffer.transaction(immediate=True):
+            held.set()
+            release.wait(10)
+
+    async def scenario() -> tuple[float, list[HttpAnswer]]:
+        loop = asyncio.get_running_loop()
+        assert (await batching.answer_http_async(json.dumps(readings[0]), "warm")).status == 200
+        gaps: list[float] = []
+
+        async def heartbeat() -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        beat = asyncio.ensure_future(heartbeat())
+        threading.Thread(target=writer).start()
+        assert await loop.run_in_executor(None, held.wait, 10)
+        # When two groups of requests arrive while it writes
+        first = [
+            asyncio.ensure_future(batching.answer_http_async(json.dumps(readings[i]), f"a{i}"))
+            for i in (1, 2)
+        ]
+        await asyncio.sleep(0.3)
+        second = [asyncio.ensure_future(batching.answer_http_async(json.dumps(readings[3]), "b3"))]
+        await asyncio.sleep(0.3)
+        # Then the loop kept running (no stall on the lock), nothing was answered before the
+        # writer let go, and every request is answered once it did, in order
+        assert not any(t.done() for t in first + second)
+        release.set()
+        answers = await asyncio.gather(*first, *second)
+        beat.cancel()
+        return max(gaps), answers
+
+    try:
+        stall, answers = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert stall < 0.2
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert batching.group_sizes == {1: 2, 2: 1}
+    assert box.buffer.stats().items["scores"] == 4  # the warm-up's and the three held ones, once
+    box.close()

@@ -572,6 +572,24 @@ class EdgeBuffer:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         txn.lock = handle
 
+    def writers_busy(self) -> bool:
+        """Whether a writer (a thread or process of this box) holds the write lock now: a probe
+        that takes nothing (the lock taken and let go at once, or found held). The edge server's
+        event loop asks it before scoring a group on the loop (see
+        :class:`zaindari.edge.wiring.BatchingEventScoring`)."""
+        import fcntl
+
+        probe: IO[bytes] | None = getattr(self._local, "write_probe", None)
+        if probe is None:
+            probe = self.path.with_name(self.path.name + ".write.lock").open("ab")
+            self._local.write_probe = probe
+        try:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+        return False
+
     @staticmethod
     def _unlock_writers(txn: _Transaction) -> None:
         if txn.lock is not None:
@@ -677,10 +695,11 @@ class EdgeBuffer:
         if db is not None:
             db.close()
             self._local.db = None
-        lock: IO[bytes] | None = getattr(self._local, "write_lock", None)
-        if lock is not None:
-            lock.close()
-            self._local.write_lock = None
+        for name in ("write_lock", "write_probe"):
+            lock: IO[bytes] | None = getattr(self._local, name, None)
+            if lock is not None:
+                lock.close()
+                setattr(self._local, name, None)
 
     def _meta_default(self, name: str, value: str) -> str:
         with self._write() as db:

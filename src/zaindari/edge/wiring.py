@@ -12,6 +12,7 @@ starts, so a box restarted with a full buffer ships it without waiting for a req
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -180,6 +181,11 @@ class BatchingEventScoring:
         None: ``score_records`` is durable itself.
     max_batch
         Most requests scored in one call.
+    busy
+        Whether another writer holds the buffer's write lock now (the box's
+        :meth:`~zaindari.edge.buffer.EdgeBuffer.writers_busy`): the loop's group is then scored on
+        a thread of its own, so the loop keeps answering (health checks, settled groups) while it
+        waits, instead of stalling on the lock; None: always on the loop.
     """
 
     def __init__(
@@ -189,11 +195,15 @@ class BatchingEventScoring:
         score_records: Callable[[Sequence[InboundRecord]], ScoringReport] | None = None,
         settle: Callable[[], None] | None = None,
         max_batch: int = 256,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.scoring = scoring
         self.score_records = score_records or scoring.score_records
         self.settle = settle
         self.max_batch = max_batch
+        self.busy = busy
+        self._off_loop: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (pid, one thread)
+        self._loop_scoring = False  # a loop group is being scored off the loop (busy writers)
         self._score_lock = threading.Lock()  # one scoring call at a time, from either way in
         self._pending: list[tuple[InboundRecord, _Answer]] = []
         self._queued = threading.Condition(threading.Lock())
@@ -338,7 +348,7 @@ class BatchingEventScoring:
         loop = self._loop
         assert loop is not None
         self._loop_call = None
-        if not self._loop_pending:
+        if not self._loop_pending or self._loop_scoring:  # (an off-loop group reschedules when done)
             return
         if self._loop_company == 0:  # not waited yet: while busy lately, wait for company (_Load)
             company = self._loop_load.company(time.monotonic(), self.max_batch)
@@ -348,15 +358,52 @@ class BatchingEventScoring:
                 return
         self._loop_company = 0
         group, self._loop_pending = self._loop_pending[: self.max_batch], self._loop_pending[self.max_batch :]
+        records = [r for r, _ in group]
+        if self.busy is not None and self.busy():
+            # another writer (score-file's manifest, the shipper, another worker) holds the write
+            # lock: wait for it on a thread, the loop answering meanwhile; the next group after it
+            self._loop_scoring = True
+            done = self._off_loop_executor().submit(self._score_group, records)
+            done.add_done_callback(
+                lambda f: loop.call_soon_threadsafe(self._scored_off_loop, loop, group, f.result())
+            )
+            return
         if self._loop_pending:
             self._loop_call = loop.call_soon(self._score_loop_group)
-        report, error = self._score_group([r for r, _ in group])
+        self._hand_to_settler(loop, group, *self._score_group(records))
+
+    def _scored_off_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: _LoopGroup,
+        scored: tuple[ScoringReport | None, BaseException | None],
+    ) -> None:
+        """On the loop: a group scored off it is done; the next one is scheduled."""
+        self._loop_scoring = False
+        if self._loop_pending and self._loop_call is None:
+            self._loop_call = loop.call_soon(self._score_loop_group)
+        self._hand_to_settler(loop, group, *scored)
+
+    def _hand_to_settler(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: _LoopGroup,
+        report: ScoringReport | None,
+        error: BaseException | None,
+    ) -> None:
         if self.settle is None:
             _resolve(group, report, error)
             return
         with self._scored:  # (the settler runs: score_async started it before queueing)
             self._unsettled_on_loops.append(_LoopScored(loop, group, report, error))
             self._scored.notify()
+
+    def _off_loop_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """This process's thread for groups scored off the loop (a forked copy's does not run here)."""
+        if self._off_loop is None or self._off_loop[0] != os.getpid():
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zaindari-off-loop")
+            self._off_loop = (os.getpid(), pool)
+        return self._off_loop[1]
 
     def _score_group(self, records: list[InboundRecord]) -> tuple[ScoringReport | None, BaseException | None]:
         with self._score_lock:
@@ -499,7 +546,10 @@ def batching_scoring(box: EdgeBox) -> BatchingEventScoring:
     answered after the box's :meth:`~zaindari.edge.box.EdgeBox.settle` (the kill -9 harness,
     ``tests/edge_crash.py``, runs this same wiring)."""
     return BatchingEventScoring(
-        box.scoring, score_records=functools.partial(box.score_records, durable=False), settle=box.settle
+        box.scoring,
+        score_records=functools.partial(box.score_records, durable=False),
+        settle=box.settle,
+        busy=box.buffer.writers_busy,
     )
 
 
