@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -730,9 +731,14 @@ def test_server_pipeline_answers_before_a_slow_plant_channel_and_a_failed_fsync_
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    # (as under OpenFaaS: the watchdog's environment and the lock file its health check needs)
+    monkeypatch.setenv("fprocess", "python index.py")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / ".lock").write_bytes(b"")
     body = json.dumps({"readings": readings[1200:1206]})
     with pytest.raises(PortError, match="Input/output error"):
         scoring.answer_http(body, "r2")
+    assert not (tmp_path / ".lock").exists()  # /_/health answers 503: the orchestrator restarts it
     # Then the request sent again is refused too (not answered "duplicate" from a group the
     # disk may not hold), and so is every other, until the server restarts
     with pytest.raises(PortError, match="restart the edge server"):

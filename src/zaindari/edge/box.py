@@ -43,6 +43,7 @@ from zaindari.edge.buffer import (
     StateConflict,
     Uplink,
 )
+from zaindari.edge.http import watchdog_unhealthy
 from zaindari.edge.local_alerts import AlertChannel, LocalAlerts, MqttChannel, WebhookChannel
 from zaindari.edge.model_sync import (
     BundleFetcher,
@@ -221,6 +222,7 @@ class EdgeBox:
             max_bytes=settings.edge_buffer_max_bytes,
             synchronous=settings.edge_buffer_synchronous,
         )
+        buffer.on_failed = watchdog_unhealthy  # under OpenFaaS: its health check fails, a restart follows
         sync = ModelSync(
             LocalModelStore(settings.edge_model_dir),
             fetcher or LocalBundleFetcher(),

@@ -327,6 +327,8 @@ class EdgeBuffer:
         self._drift: dict[str, tuple[int, int, dict[str, Any], WindowSummary]] = {}
         #: why the buffer refuses every write: a failed fsync (see :meth:`sync`); None: healthy
         self.failed: str | None = None
+        #: called once with the reason when the buffer fails (e.g. to fail a health check)
+        self.on_failed: Callable[[str], object] | None = None
         # one long-lived handle on the write-ahead log, fsynced by sync(): Linux reports a
         # writeback error once per open file, so a handle opened after SQLite's own fsync saw it
         # would sync "successfully"; one open since before the error still sees it
@@ -544,6 +546,11 @@ class EdgeBuffer:
             log.error(
                 "edge buffer %s: %s; it refuses every write now: restart the edge server", self.path, why
             )
+            if self.on_failed is not None:
+                try:
+                    self.on_failed(why)
+                except Exception:  # the buffer refuses writes whatever the hook does
+                    log.exception("edge buffer %s: its on_failed hook failed", self.path)
 
     def _poison_on_io_error(self, exc: sqlite3.Error) -> None:
         """SQLite's own fsync (a durable commit, an auto-checkpoint) may be the one the kernel

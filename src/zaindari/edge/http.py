@@ -36,6 +36,7 @@ __all__ = [
     "guard",
     "json_response",
     "read_tokens",
+    "watchdog_unhealthy",
 ]
 
 Response = dict[str, Any]
@@ -129,6 +130,30 @@ class RequestIds:
         if self._pid != os.getpid():  # first use, or a forked worker: its own prefix
             self._prefix, self._pid = uuid.uuid4().hex[:8], os.getpid()
         return f"{self._prefix}{next(self._count):x}"
+
+
+def watchdog_unhealthy(why: str) -> bool:
+    """Under OpenFaaS's watchdog (``fprocess`` is set in a function's container), remove the lock
+    file its health check needs (``<tmp>/.lock``, written by the watchdog when it starts the
+    function): ``/_/health`` then answers 503 and the orchestrator's liveness probe restarts the
+    container. For what the process cannot mend itself (a failed edge buffer). Elsewhere (e.g.
+    ``zaindari edge serve``, whose own ``/healthz`` says it) nothing is done.
+
+    Returns whether the lock file was removed.
+    """
+    if not os.environ.get("fprocess"):  # noqa: SIM112 (the watchdog's own name, lower case)
+        return False
+    import logging
+    import tempfile
+
+    lock = Path(tempfile.gettempdir()) / ".lock"
+    try:
+        lock.unlink()
+    except OSError as exc:
+        logging.getLogger(__name__).warning("could not fail the watchdog's health check (%s): %s", lock, exc)
+        return False
+    logging.getLogger(__name__).error("%s; removed %s: the watchdog's /_/health answers 503", why, lock)
+    return True
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
