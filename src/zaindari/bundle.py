@@ -17,9 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from zaindari.spec import ModelSpec, Severity, SpecError, load_spec
+from zaindari.validation import CachedModel
 
 __all__ = [
     "MODEL_FILE",
@@ -51,7 +52,7 @@ class BundleError(ValueError):
     """A bundle is incomplete, tampered with, or inconsistent; the message says which file and why."""
 
 
-class _Strict(BaseModel):
+class _Strict(CachedModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

@@ -44,6 +44,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from zaindari.validation import CachedModel
+
 if TYPE_CHECKING:
     from zaindari.bundle import LearnedThresholds, ModelBundle
     from zaindari.spec import ModelSpec
@@ -87,7 +89,7 @@ FloatArray = npt.NDArray[np.float64]
 # ----------------------------------------------------------------------------- baseline
 
 
-class Baseline(BaseModel):
+class Baseline(CachedModel):
     """A model version's reference distributions, from its training data (``baseline.json``).
 
     ``edges[f]`` are the interior bin edges of feature ``features[f]`` (strictly increasing; bin ``i``

@@ -13,9 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from zaindari.expressions import Expr, ExpressionError, parse_expression
+from zaindari.validation import CachedModel
 
 __all__ = [
     "AlertPolicy",
@@ -48,7 +49,7 @@ class SpecError(ValueError):
     """A model spec is invalid; the message names the offending entry."""
 
 
-class _Strict(BaseModel):
+class _Strict(CachedModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

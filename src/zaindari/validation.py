@@ -6,9 +6,36 @@ this way: ``<field path>: <message>; ...`` (pydantic's ``Value error, `` prefix 
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import functools
+from collections.abc import Mapping
+from typing import Any, Self
 
-__all__ = ["validation_problems"]
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["CachedModel", "validation_problems"]
+
+
+class CachedModel(BaseModel):
+    """A frozen model whose ``functools.cached_property`` values (kept in its ``__dict__``) are
+    worked out again on a copy made with ``model_copy(update=...)``: pydantic copies the
+    ``__dict__``, so the copy would answer from the original's fields."""
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            for name in _cached_names(type(self)):
+                copy.__dict__.pop(name, None)
+        return copy
+
+
+@functools.cache
+def _cached_names(cls: type) -> tuple[str, ...]:
+    return tuple(
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, functools.cached_property)
+    )
 
 
 def validation_problems(exc: ValidationError, *, prefix: str = "", whole: str = "") -> str:

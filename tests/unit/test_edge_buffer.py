@@ -633,7 +633,7 @@ def test_a_failed_sync_poisons_the_buffer_until_it_is_reopened(
     assert reopened.failed is None and {"n": 3} in reopened.bodies("ack")
 
 
-def test_a_write_that_cannot_begin_leaves_the_connection_waiting_for_the_disk(tmp_path: Path) -> None:
+def test_after_a_write_that_cannot_begin_durable_writes_still_wait_for_the_disk(tmp_path: Path) -> None:
     import sqlite3
 
     # Given a buffer whose write lock another connection holds (and a short busy timeout)

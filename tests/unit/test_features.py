@@ -902,3 +902,33 @@ def test_spec_loads_from_json_text_too() -> None:
 
     assert isinstance(spec, ModelSpec)
     assert spec.model_features == ["t", "d"]
+
+
+def test_what_a_spec_works_out_once_is_worked_out_again_for_a_copy_with_changes() -> None:
+    # history_size, window_sources, rate_sources (and a bundle manifest's content hash, a
+    # baseline's layout) are remembered on the frozen model; pydantic's model_copy copies them
+    spec = load_spec(
+        """
+name: t
+sensors:
+  - {name: a}
+  - {name: b}
+windows:
+  - {source: a, size: 10, stats: [mean]}
+alert_policy:
+  rule_set_version: "1"
+  rules:
+    - {id: j, severity: warning, when: {rate_of_change: b, max_per_second: 0.5}}
+"""
+    )
+    assert (spec.history_size, spec.window_sources, spec.rate_sources) == (9, ["a", "b"], ["b"])
+    copy = spec.model_copy(
+        update={
+            "windows": [spec.windows[0].model_copy(update={"size": 30})],
+            "alert_policy": spec.alert_policy.model_copy(update={"rules": []}),
+        }
+    )
+    fresh = ModelSpec.model_validate(copy.model_dump())
+    assert (copy.history_size, copy.window_sources, copy.rate_sources) == (29, ["a"], [])
+    assert (fresh.history_size, fresh.window_sources, fresh.rate_sources) == (29, ["a"], [])
+    assert spec.history_size == 9 and spec.model_copy().rate_sources == ["b"]  # the original keeps its own

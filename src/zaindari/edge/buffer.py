@@ -672,7 +672,9 @@ class EdgeBuffer:
             if not txn.begun:
                 self._begin(txn, db)
             yield db
-        except StateConflict:  # (from _begin: the caller scores the group again)
+        except StateConflict as exc:  # (from _begin: the caller scores the group again; if a
+            # caller swallowed it, the transaction must not commit states read before the lock)
+            txn.broken = txn.broken or f"{type(exc).__name__}: {exc}"
             raise
         except BaseException as exc:
             txn.broken = txn.broken or f"{type(exc).__name__}: {exc}"
