@@ -124,6 +124,11 @@ class Baseline(CachedModel):
         return len(self.edges[feature_index]) + 1
 
     @functools.cached_property
+    def _edge_arrays(self) -> list[npt.NDArray[np.float64]]:
+        """Every feature's edges, then the score's, as float64 arrays (made once per baseline)."""
+        return [np.asarray(edges, dtype=np.float64) for edges in (*self.edges, self.score_edges)]
+
+    @functools.cached_property
     def _layout(self) -> tuple[list[list[float]], list[int], list[tuple[int, int]]]:
         """The bins of every feature, then the score's, laid end to end (for counting a few rows
         in one list): their edges, each one's offset, and each one's ``(start, end)``."""
@@ -504,7 +509,10 @@ def summarize_table(
             baseline, model_version, devices, timestamps, sensors, rows, matrix, score, alerts, window_seconds
         )
     window = np.floor_divide(timestamps, window_seconds).astype(np.int64)
-    starts, inv = np.unique(window, return_inverse=True)
+    if window[0] == window.min() == window.max():  # the usual batch: one window (no sort)
+        starts, inv = window[:1], np.zeros(n, dtype=np.intp)
+    else:
+        starts, inv = np.unique(window, return_inverse=True)
     k = len(starts)
     readings = np.bincount(inv, minlength=k)
 
@@ -537,8 +545,8 @@ def summarize_table(
     values = np.column_stack([np.asarray(matrix, dtype=np.float64), np.asarray(score, dtype=np.float64)])
     finite = np.isfinite(values)
     index = np.empty(values.shape, dtype=np.int64)
-    for j, edges in enumerate([*baseline.edges, baseline.score_edges]):
-        index[:, j] = np.searchsorted(np.asarray(edges, dtype=np.float64), values[:, j], side="right")
+    for j, edges in enumerate(baseline._edge_arrays):
+        index[:, j] = np.searchsorted(edges, values[:, j], side="right")
     flat = winv[:, None] * total + offsets[None, :] + index
     bins = np.bincount(flat[finite], minlength=k * total).reshape(k, total)
     nonfinite = np.bincount(
@@ -546,8 +554,12 @@ def summarize_table(
     )
     nonfinite = nonfinite.reshape(k, len(widths))
 
-    # each device's last reading per window
-    codes, device_index = np.unique(np.asarray(devices, dtype=object), return_inverse=True)
+    # each device's last reading per window (devices numbered in sorted order without sorting
+    # every row's name: a few distinct names per batch)
+    names = sorted(set(devices.tolist() if isinstance(devices, np.ndarray) else devices))
+    number = {name: i for i, name in enumerate(names)}
+    codes = np.asarray(names, dtype=object)
+    device_index = np.fromiter((number[d] for d in devices), dtype=np.intp, count=n)
     key = inv * len(codes) + device_index
     order = np.lexsort((timestamps, key))
     last = order[np.r_[key[order][1:] != key[order][:-1], True]]
