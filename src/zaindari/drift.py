@@ -124,9 +124,15 @@ class Baseline(CachedModel):
         return len(self.edges[feature_index]) + 1
 
     @functools.cached_property
-    def _edge_arrays(self) -> list[npt.NDArray[np.float64]]:
-        """Every feature's edges, then the score's, as float64 arrays (made once per baseline)."""
-        return [np.asarray(edges, dtype=np.float64) for edges in (*self.edges, self.score_edges)]
+    def _edge_matrix(self) -> npt.NDArray[np.float64]:
+        """Every feature's edges, then the score's, one row each, padded with ``inf`` to the
+        longest (made once per baseline): a finite value's bin is the number of its row's edges
+        at or below it (``searchsorted(..., side="right")``), counted for all columns at once."""
+        rows = [*self.edges, self.score_edges]
+        out = np.full((len(rows), max((len(e) for e in rows), default=0)), np.inf)
+        for j, edges in enumerate(rows):
+            out[j, : len(edges)] = edges
+        return out
 
     @functools.cached_property
     def _layout(self) -> tuple[list[list[float]], list[int], list[tuple[int, int]]]:
@@ -473,6 +479,10 @@ def _summarize_small(
     return out_summaries
 
 
+#: from this many scored rows, summarize_table bins by comparing with each edge, not by searching
+_COMPARE_ROWS = 4096
+
+
 def summarize_table(
     baseline: Baseline,
     *,
@@ -544,9 +554,17 @@ def summarize_table(
     total = int(sum(widths))
     values = np.column_stack([np.asarray(matrix, dtype=np.float64), np.asarray(score, dtype=np.float64)])
     finite = np.isfinite(values)
-    index = np.empty(values.shape, dtype=np.int64)
-    for j, edges in enumerate(baseline._edge_arrays):
-        index[:, j] = np.searchsorted(edges, values[:, j], side="right")
+    # each value's bin: how many of its column's edges are at or below it (a few edges per
+    # column: one comparison per edge across the table beats a binary search per value); the
+    # index of a value that is not finite is not used
+    if len(values) >= _COMPARE_ROWS:
+        index = np.zeros(values.shape, dtype=np.int64)
+        for edge in baseline._edge_matrix.T:
+            index += values >= edge
+    else:  # a small table: one binary search per column costs less than a pass per edge
+        index = np.empty(values.shape, dtype=np.int64)
+        for j, edges in enumerate(baseline._edge_matrix):
+            index[:, j] = np.searchsorted(edges, values[:, j], side="right")
     flat = winv[:, None] * total + offsets[None, :] + index
     bins = np.bincount(flat[finite], minlength=k * total).reshape(k, total)
     nonfinite = np.bincount(
