@@ -13,7 +13,7 @@ Late readings (see ``zaindari.features``) are flagged per row but do not drive t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -540,12 +540,26 @@ def evaluate_alerts(
         for d, s in (states or {}).items()
     }
     alerts: list[Alert] = []
+    for_device = _emitter(
+        alerts,
+        spec,
+        signature,
+        model_version,
+        columns,
+        matrix,
+        score,
+        contributions,
+        timestamps,
+        mode_arr,
+        identity,
+    )
     device_arr = np.asarray(devices, dtype=object)
     order = np.lexsort((timestamps, device_arr.astype(str))) if n else np.zeros(0, dtype=np.intp)
     order = order[~late[order]]
     boundaries = np.flatnonzero(device_arr[order][1:] != device_arr[order][:-1]) + 1
     for rows in np.split(order, boundaries) if len(order) else []:
         device = str(device_arr[rows[0]])
+        emit = for_device(device)
         state = out_states.setdefault(device, AlertState())
         row_list: list[int] | None = None
         for c in compiled:
@@ -557,36 +571,7 @@ def evaluate_alerts(
                 row_list = rows.tolist()
             # the device's rows as Python lists, once per rule that walks them
             fire, hold, severity = device_fire.tolist(), c.hold[rows].tolist(), c.severity[rows].tolist()
-            for j, i in enumerate(row_list):
-                if not fire[j] and not rule_state.active and rule_state.streak == 0:
-                    continue  # idle and not firing: _step would leave it idle and emit nothing
-                event = _step(rule_state, c, fire[j], hold[j], severity[j], i, timestamps)
-                if event is not None:
-                    alerts.append(
-                        _make_alert(
-                            event,
-                            rule_state,
-                            c,
-                            i,
-                            device,
-                            spec,
-                            signature,
-                            model_version,
-                            columns,
-                            matrix,
-                            score,
-                            contributions,
-                            timestamps,
-                            mode_arr,
-                            identity,
-                        )
-                    )
-                    if event == "resolved":
-                        rule_state = RuleState()
-            if rule_state.is_idle():
-                state.rules.pop(c.rule_id, None)
-            else:
-                state.rules[c.rule_id] = rule_state
+            _walk_rule(state, rule_state, c, row_list, fire, hold, severity, timestamps, emit)
     alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
     return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
 
@@ -641,6 +626,19 @@ def _evaluate_rows(
         for d, s in (states or {}).items()
     }
     alerts: list[Alert] = []
+    for_device = _emitter(
+        alerts,
+        spec,
+        signature,
+        model_version,
+        columns,
+        matrix,
+        score,
+        contributions,
+        timestamps,
+        mode_list,
+        identity,
+    )
     device_of = [str(d) for d in devices]
     stamps = timestamps.tolist()
     late_rows = late.tolist()
@@ -649,6 +647,7 @@ def _evaluate_rows(
     begin = 0
     while begin < len(order):
         device = device_of[order[begin]]
+        emit = for_device(device)
         end = begin + 1
         while end < len(order) and device_of[order[end]] == device:
             end += 1
@@ -660,38 +659,93 @@ def _evaluate_rows(
             fire = c.fire
             if rule_state.is_idle() and not any(fire[i] for i in rows):
                 continue
-            for i in rows:
-                if not fire[i] and not rule_state.active and rule_state.streak == 0:
-                    continue  # idle and not firing: _step would leave it idle and emit nothing
-                event = _step(rule_state, c, fire[i], c.hold[i], c.severity[i], i, timestamps)
-                if event is not None:
-                    alerts.append(
-                        _make_alert(
-                            event,
-                            rule_state,
-                            c,
-                            i,
-                            device,
-                            spec,
-                            signature,
-                            model_version,
-                            columns,
-                            matrix,
-                            score,
-                            contributions,
-                            timestamps,
-                            mode_list,
-                            identity,
-                        )
-                    )
-                    if event == "resolved":
-                        rule_state = RuleState()
-            if rule_state.is_idle():
-                state.rules.pop(c.rule_id, None)
-            else:
-                state.rules[c.rule_id] = rule_state
+            hold, severity = c.hold, c.severity
+            _walk_rule(
+                state, rule_state, c, rows, [fire[i] for i in rows], [hold[i] for i in rows],
+                [severity[i] for i in rows], timestamps, emit,
+            )  # fmt: skip
     alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
     return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
+
+
+_Emit = Callable[
+    [Literal["raised", "escalated", "resolved"], RuleState, "_Compiled | _CompiledRows", int], None
+]
+
+
+def _emitter(
+    alerts: list[Alert],
+    spec: ModelSpec,
+    signature: Signature,
+    model_version: str,
+    columns: Mapping[str, FloatArray],
+    matrix: FloatArray,
+    score: FloatArray,
+    contributions: FloatArray | None,
+    timestamps: FloatArray,
+    modes: npt.NDArray[np.object_] | Sequence[str],
+    identity: Sequence[Mapping[str, str | None]] | None,
+) -> Callable[[str], _Emit]:
+    """``for_device(device)(event, rule_state, c, i)`` appends that event's :class:`Alert` to ``alerts``."""
+
+    def for_device(device: str) -> _Emit:
+        def emit(
+            event: Literal["raised", "escalated", "resolved"],
+            rule_state: RuleState,
+            c: _Compiled | _CompiledRows,
+            i: int,
+        ) -> None:
+            alerts.append(
+                _make_alert(
+                    event,
+                    rule_state,
+                    c,
+                    i,
+                    device,
+                    spec,
+                    signature,
+                    model_version,
+                    columns,
+                    matrix,
+                    score,
+                    contributions,
+                    timestamps,
+                    modes,
+                    identity,
+                )
+            )
+
+        return emit
+
+    return for_device
+
+
+def _walk_rule(
+    state: AlertState,
+    rule_state: RuleState,
+    c: _Compiled | _CompiledRows,
+    rows: Sequence[int],
+    fire: Sequence[bool],
+    hold: Sequence[bool],
+    severity: Sequence[str | None],
+    timestamps: FloatArray,
+    emit: _Emit,
+) -> None:
+    """One rule's state machine over one device's ``rows`` (in time order; ``fire``, ``hold`` and
+    ``severity`` aligned with them), its events emitted, its state kept in ``state`` (dropped
+    when idle). Both alert paths (numpy and small groups) walk rules through here."""
+    for i, fired, held, sev in zip(rows, fire, hold, severity, strict=True):
+        if not fired and not rule_state.active and rule_state.streak == 0:
+            continue  # idle and not firing: _step would leave it idle and emit nothing
+        event = _step(rule_state, c, fired, held, sev, i, timestamps)
+        if event is not None:
+            emit(event, rule_state, c, i)
+            if event == "resolved":
+                rule_state = RuleState()
+    if rule_state.is_idle():
+        state.rules.pop(c.rule_id, None)
+    else:
+        state.rules[c.rule_id] = rule_state
 
 
 def _iso(ts: float) -> str:
