@@ -13,7 +13,7 @@ Late readings (see ``zaindari.features``) are flagged per row but do not drive t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -529,16 +529,11 @@ def evaluate_alerts(
     for c in compiled:
         fired = np.flatnonzero(c.fire)
         # Python ints and objects of the firing rows only (numpy item access costs ~0.1 us a time)
-        for i, sev in zip(fired.tolist(), c.severity[fired].tolist(), strict=True):
-            row_rules[i].append(c.rule_id)
-            current = row_severity[i]
-            if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
-                row_severity[i] = sev
+        _mark(
+            row_rules, row_severity, c.rule_id, zip(fired.tolist(), c.severity[fired].tolist(), strict=True)
+        )
 
-    out_states = {
-        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
-        for d, s in (states or {}).items()
-    }
+    out_states = _copied(states)
     alerts: list[Alert] = []
     for_device = _emitter(
         alerts,
@@ -613,18 +608,10 @@ def _evaluate_rows(
     row_rules: list[list[str]] = [[] for _ in range(n)]
     row_severity: list[str | None] = [None] * n
     for c in compiled:
-        for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)):
-            if not fired:
-                continue
-            row_rules[i].append(c.rule_id)
-            current = row_severity[i]
-            if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
-                row_severity[i] = sev
+        firing = ((i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired)
+        _mark(row_rules, row_severity, c.rule_id, firing)
 
-    out_states = {
-        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
-        for d, s in (states or {}).items()
-    }
+    out_states = _copied(states)
     alerts: list[Alert] = []
     for_device = _emitter(
         alerts,
@@ -666,6 +653,28 @@ def _evaluate_rows(
             )  # fmt: skip
     alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
     return AlertEvaluation(alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states)
+
+
+def _mark(
+    row_rules: list[list[str]],
+    row_severity: list[str | None],
+    rule_id: str,
+    firing: Iterable[tuple[int, str | None]],
+) -> None:
+    """Each firing row (position, severity) names the rule and keeps its highest severity."""
+    for i, sev in firing:
+        row_rules[i].append(rule_id)
+        current = row_severity[i]
+        if sev is not None and (current is None or SEVERITY_RANK[sev] > SEVERITY_RANK[current]):
+            row_severity[i] = sev
+
+
+def _copied(states: Mapping[str, AlertState] | None) -> dict[str, AlertState]:
+    """The devices' alert states, copied (the caller's are not changed)."""
+    return {
+        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
+        for d, s in (states or {}).items()
+    }
 
 
 _Emit = Callable[
