@@ -20,6 +20,19 @@ class CachedModel(BaseModel):
     worked out again on a copy made with ``model_copy(update=...)``: pydantic copies the
     ``__dict__``, so the copy would answer from the original's fields."""
 
+    def __eq__(self, other: object) -> bool:
+        # the fields alone: a cached value (a numpy array) must not take part (pydantic compares
+        # the whole __dict__ first, and two arrays there raise instead of comparing)
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        if type(self) is not type(other):
+            return False
+        return all(
+            self.__dict__.get(name) == other.__dict__.get(name) for name in type(self).model_fields
+        ) and (self.__pydantic_extra__ == other.__pydantic_extra__)
+
+    __hash__ = BaseModel.__hash__
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
         if update:

@@ -389,3 +389,14 @@ def test_a_fleet_gone_silent_alerts_people_but_triggers_no_retraining(fleet_bund
     assert subject == "Zaindari data quality: plant-anomaly"
     assert check.report is not None and check.report.silent_devices == sorted(DEVICES)
     assert any("24 device(s) silent" in issue for issue in message["issues"])
+
+
+def test_baselines_compare_by_their_fields_whatever_they_worked_out_and_cached() -> None:
+    fields: dict[str, Any] = dict(
+        model_name="m", features=["a"], edges=[[0.0, 1.0]], counts=[[1, 1, 1]], score_edges=[0.5],
+        score_counts=[1, 1], rows=3, sensors={}, feature_sensors={},
+    )  # fmt: skip
+    a, b = Baseline(**fields), Baseline(**fields)
+    assert a._edge_matrix.shape == b._edge_matrix.shape == (2, 2)  # both cached (numpy arrays)
+    assert a == b and a != Baseline(**{**fields, "rows": 4})
+    assert a.model_copy(update={"score_edges": [0.25]})._edge_matrix[1, 0] == 0.25

@@ -321,6 +321,55 @@ def test_a_model_error_fails_its_groups_requests_on_the_loop_and_the_next_group_
     assert batching.group_sizes == {2: 2}
 
 
+def test_a_group_that_cannot_go_off_the_loop_fails_and_a_closed_loops_group_blocks_no_other(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    # Given writers always busy, so each group is scored off the loop
+    release = threading.Event()
+    use_case = scoring(bundle, MemoryStateStore())
+
+    def slow(records: Any) -> Any:
+        release.wait(10)
+        return use_case.score_records(records)
+
+    batching = BatchingEventScoring(use_case, score_records=slow, settle=lambda: None, busy=lambda: True)
+    bodies = rounds()[1]
+
+    # When a loop closes while its group is scored off it
+    async def abandoned() -> None:
+        pending = asyncio.ensure_future(batching.answer_http_async(bodies[0], "a0"))
+        await asyncio.sleep(0.05)
+        pending.cancel()
+
+    asyncio.run(abandoned())
+    release.set()
+    time.sleep(0.1)  # (its group finishes after the loop closed: nothing waits for it)
+
+    # Then a new loop's groups are still scored
+    async def next_loop() -> HttpAnswer:
+        return await asyncio.wait_for(batching.answer_http_async(bodies[1], "b1"), 10)
+
+    assert asyncio.run(next_loop()).status == 200
+
+    # When no thread can be started for a group
+    def no_thread() -> Any:
+        raise RuntimeError("can't start new thread")
+
+    batching._off_loop_executor = no_thread  # type: ignore[method-assign]
+
+    async def refused() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(batching.answer_http_async(bodies[2], "c2"), return_exceptions=True), 10
+        )
+
+    # Then its requests fail (not hang), and the next group, writers free again, is scored
+    assert [str(e) for e in asyncio.run(refused())] == ["can't start new thread"]
+    batching.busy = lambda: False
+    assert asyncio.run(next_loop()).status == 200
+
+
 def test_rsgi_headers_are_read_case_insensitively() -> None:
     from zaindari.edge.http import RsgiHeaders
 

@@ -581,7 +581,8 @@ class ModelSync:
         request for the whole update). Only a failed batch that reaches the count waits for it.
         """
         if ok:
-            self._errors = 0
+            with self._errors_lock:  # (never held long: not the sync's lock)
+                self._errors = 0
             return None
         with self._errors_lock:
             self._errors += 1

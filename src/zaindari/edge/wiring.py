@@ -280,6 +280,7 @@ class BatchingEventScoring:
             # records left queued by a loop that closed are dropped: nothing awaits their answers
             # (never scored, never answered: their clients send them again)
             self._loop, self._loop_call, self._loop_company, self._loop_pending = loop, None, 0, []
+            self._loop_scoring = False  # (a group the old loop had off it is not this loop's)
         if self.settle is not None and self._settler_pid != os.getpid():
             with self._queued:  # before queueing: a thread that cannot start fails this request
                 self._start_threads(scorer=False)
@@ -362,15 +363,31 @@ class BatchingEventScoring:
         if self.busy is not None and self.busy():
             # another writer (score-file's manifest, the shipper, another worker) holds the write
             # lock: wait for it on a thread, the loop answering meanwhile; the next group after it
+            try:
+                done = self._off_loop_executor().submit(self._score_group, records)
+            except BaseException as exc:  # no thread (or shutting down): this group fails, not hangs
+                self._hand_to_settler(loop, group, None, exc)
+                if self._loop_pending:
+                    self._loop_call = loop.call_soon(self._score_loop_group)
+                return
             self._loop_scoring = True
-            done = self._off_loop_executor().submit(self._score_group, records)
-            done.add_done_callback(
-                lambda f: loop.call_soon_threadsafe(self._scored_off_loop, loop, group, f.result())
-            )
+            done.add_done_callback(functools.partial(self._off_loop_done, loop, group))
             return
         if self._loop_pending:
             self._loop_call = loop.call_soon(self._score_loop_group)
         self._hand_to_settler(loop, group, *self._score_group(records))
+
+    def _off_loop_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: _LoopGroup,
+        done: concurrent.futures.Future[tuple[ScoringReport | None, BaseException | None]],
+    ) -> None:
+        """On the off-loop thread: hand the scored group back to its loop."""
+        try:
+            loop.call_soon_threadsafe(self._scored_off_loop, loop, group, done.result())
+        except RuntimeError:  # the loop closed meanwhile: nothing waits for these answers any more
+            log.warning("a group scored off the loop finished after its event loop closed")
 
     def _scored_off_loop(
         self,
@@ -379,9 +396,10 @@ class BatchingEventScoring:
         scored: tuple[ScoringReport | None, BaseException | None],
     ) -> None:
         """On the loop: a group scored off it is done; the next one is scheduled."""
-        self._loop_scoring = False
-        if self._loop_pending and self._loop_call is None:
-            self._loop_call = loop.call_soon(self._score_loop_group)
+        if loop is self._loop:  # (not a loop replaced meanwhile: its schedule is the new loop's)
+            self._loop_scoring = False
+            if self._loop_pending and self._loop_call is None:
+                self._loop_call = loop.call_soon(self._score_loop_group)
         self._hand_to_settler(loop, group, *scored)
 
     def _hand_to_settler(
