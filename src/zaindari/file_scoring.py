@@ -355,7 +355,9 @@ class FileScoringOptions(BaseModel):
         try:
             return cls(keep_columns=names, **options)
         except ValueError as exc:  # pydantic's ValidationError: one line per problem
-            problems = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [])()) or str(exc)
+            problems = "; ".join(
+                e["msg"].removeprefix("Value error, ") for e in getattr(exc, "errors", lambda: [])()
+            ) or str(exc)
             raise ValueError(f"{source} {columns!r}: {problems}") from None
 
     @classmethod

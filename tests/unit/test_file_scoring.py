@@ -756,7 +756,7 @@ def test_kept_columns_from_a_comma_separated_setting() -> None:
     assert FileScoringOptions.keeping("").keep_columns == FileScoringOptions.keeping("  ").keep_columns == ()
     assert FileScoringOptions.keeping("seq", threads=3).threads == 3
     # a refused list names where it came from and why, in one line
-    with pytest.raises(ValueError, match=r"^ZAINDARI_FILE_KEEP_COLUMNS 'seq,Score': .*\['Score'\] would be"):
+    with pytest.raises(ValueError, match=r"^ZAINDARI_FILE_KEEP_COLUMNS 'seq,Score': \['Score'\] would be"):
         FileScoringOptions.keeping("seq,Score", source="ZAINDARI_FILE_KEEP_COLUMNS")
-    with pytest.raises(ValueError, match=r"^--keep_columns 'seq,,mode': .*needs a name"):
+    with pytest.raises(ValueError, match=r"^--keep_columns 'seq,,mode': a kept column needs a name"):
         FileScoringOptions.keeping("seq,,mode", source="--keep_columns")
