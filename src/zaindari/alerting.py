@@ -353,26 +353,36 @@ def _compile_expert_rows(
     )
 
 
+def _learned_bounds(
+    spec: ModelSpec, thresholds: LearnedThresholds
+) -> tuple[list[tuple[str, float]], float, float]:
+    """The learned rule's levels (lowest first), the score at which it fires (the lowest level's)
+    and the score it holds to while active (that less its deadband, on the quiet side)."""
+    levels = thresholds.ordered()
+    deadband = spec.alert_policy.learned.deadband_ratio
+    if thresholds.direction == "above":
+        lowest = levels[0][1]
+        return levels, lowest, lowest - abs(lowest) * deadband
+    lowest = max(v for _, v in levels)
+    return levels, lowest, lowest + abs(lowest) * deadband
+
+
 def _compile_learned_rows(
     spec: ModelSpec, thresholds: LearnedThresholds, score: Sequence[float]
 ) -> _CompiledRows:
     """:func:`_compile_learned` for a few rows."""
     policy = spec.alert_policy.learned
-    levels = thresholds.ordered()
+    levels, lowest, hold_at = _learned_bounds(spec, thresholds)
     severity: list[str | None] = [None] * len(score)
     if thresholds.direction == "above":
-        lowest = levels[0][1]
         fire = [s >= lowest for s in score]
-        hold_at = lowest - abs(lowest) * policy.deadband_ratio
         hold = [s >= hold_at for s in score]
         for level, value in levels:
             for i, s in enumerate(score):
                 if s >= value:
                     severity[i] = level
     else:
-        lowest = max(v for _, v in levels)
         fire = [s <= lowest for s in score]
-        hold_at = lowest + abs(lowest) * policy.deadband_ratio
         hold = [s <= hold_at for s in score]
         for level, value in levels:
             for i, s in enumerate(score):
@@ -397,18 +407,16 @@ def _compile_learned_rows(
 
 def _compile_learned(spec: ModelSpec, thresholds: LearnedThresholds, score: FloatArray) -> _Compiled:
     policy = spec.alert_policy.learned
-    levels = thresholds.ordered()
-    lowest = levels[0][1]
+    levels, lowest, hold_at = _learned_bounds(spec, thresholds)
     severity = _filled(len(score), None)
     if thresholds.direction == "above":
         fire = score >= lowest
-        hold = score >= lowest - abs(lowest) * policy.deadband_ratio
+        hold = score >= hold_at
         for level, value in levels:
             severity[score >= value] = level
     else:
-        lowest = max(v for _, v in levels)
         fire = score <= lowest
-        hold = score <= lowest + abs(lowest) * policy.deadband_ratio
+        hold = score <= hold_at
         for level, value in levels:
             severity[score <= value] = level
     severity[hold & (severity == None)] = levels[0][0]  # noqa: E711 - elementwise comparison
