@@ -46,7 +46,9 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
@@ -60,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from zaindari.alerting import LEARNED_RULE_ID, Alert
 from zaindari.bundle import ModelBundle
-from zaindari.drift import SummaryStore, WindowSummary
+from zaindari.drift import Baseline, DeviceCodes, SummaryStore, WindowSummary, baseline_of, summarize_table
 from zaindari.features import SensorTable
 from zaindari.file_reading import (
     DEFAULT_CHUNK_BYTES,
@@ -1025,6 +1027,47 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _summarize_chunk(
+    bundle: ModelBundle,
+    baseline: Baseline,
+    valid: ValidChunk,
+    result: TableScores,
+    alerts: npt.NDArray[np.bool_],
+) -> list[WindowSummary]:
+    """A scored chunk's drift window summaries: what ``score_table`` would have returned with
+    ``summarize=True`` (the same call, on the same rows), with the devices passed as the chunk's
+    codes instead of one name per row."""
+    table = valid.table
+    codes = valid.devices.codes
+    every = len(valid.positions) == len(codes)
+    return summarize_table(
+        baseline,
+        model_version=bundle.model_version,
+        devices=DeviceCodes(codes if every else codes[valid.positions], valid.devices.values.to_pylist()),
+        timestamps=table.timestamp,
+        sensors=table.sensors,
+        rows=result.rows,
+        matrix=result.features.matrix(bundle.signature.features),
+        score=result.score,
+        alerts=alerts,
+    )
+
+
+@contextlib.contextmanager
+def _summaries_thread(read_ahead: int) -> Iterator[ThreadPoolExecutor | None]:
+    """A thread for the chunks' drift summaries (numpy, mostly outside the GIL), so a chunk's are
+    counted while the next one is scored; none when the options ask for no reading ahead either
+    (everything on the caller's thread). On the way out, summaries not collected are dropped."""
+    if read_ahead <= 0:
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zaindari-file-summaries")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class _Progress:
     rows_in: int = 0
@@ -1037,10 +1080,19 @@ class _Progress:
     #: the run's window summaries (``zaindari.drift``), one per window start, merged chunk by chunk
     windows: dict[int, WindowSummary] = field(default_factory=dict)
 
+    #: chunks' summaries being worked out on the summaries thread, oldest first
+    pending: deque[Future[list[WindowSummary]]] = field(default_factory=deque)
+
     def add_summaries(self, summaries: Sequence[WindowSummary]) -> None:
         for summary in summaries:
             known = self.windows.get(summary.start)
             self.windows[summary.start] = summary if known is None else known.merge(summary)
+
+    def collect_summaries(self, keep: int = 0) -> None:
+        """Merge the pending chunks' summaries, in chunk order, until ``keep`` are left pending
+        (an error of one is raised here)."""
+        while len(self.pending) > keep:
+            self.add_summaries(self.pending.popleft().result())
 
 
 class FileScoring:
@@ -1132,10 +1184,13 @@ class FileScoring:
             )
             keep = self.options.keep_columns
             # reading, parsing and validating (Arrow and numpy, mostly outside the GIL) run ahead
-            # on another thread while this one scores and writes
+            # on another thread while this one scores and writes; each chunk's drift summaries
+            # are counted on a third while the next chunk is scored (see _summarize_chunk)
             prepared = ((chunk, validate_chunk(chunk, bundle.spec, keep)) for chunk in chunks)
-            for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
-                self._score_chunk(bundle, run, chunk, valid, states, tally, progress)
+            with _summaries_thread(self.options.read_ahead) as summarizing:
+                for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
+                    self._score_chunk(bundle, run, chunk, valid, states, tally, progress, summarizing)
+                progress.collect_summaries()
         except PortError:
             self.sink.abort(run)
             raise
@@ -1250,6 +1305,7 @@ class FileScoring:
         states: dict[str, DeviceState],
         tally: _AlertTally,
         progress: _Progress,
+        summarizing: ThreadPoolExecutor | None = None,
     ) -> None:
         received = run.started_at.isoformat()
         source = run.source
@@ -1269,9 +1325,17 @@ class FileScoring:
             for bad in chunk.invalid
         ]
         with _collector_paused():
-            result = score_table(bundle, valid.table, states, threads=self.options.threads)
+            result = score_table(bundle, valid.table, states, threads=self.options.threads, summarize=False)
         states.update(result.states)
-        progress.add_summaries(result.summaries)
+        lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=len(result.rows))
+        baseline = baseline_of(bundle)
+        if baseline is not None:
+            args = (bundle, baseline, valid, result, lengths > 0)
+            if summarizing is None:
+                progress.add_summaries(_summarize_chunk(*args))
+            else:
+                progress.pending.append(summarizing.submit(_summarize_chunk, *args))
+                progress.collect_summaries(keep=1)  # at most one chunk's inputs held for it
 
         # quarantine: contract failures, then the features stage's (ranges, derived values)
         bad_positions = [p for p, _, _ in valid.rejected]
@@ -1303,7 +1367,6 @@ class FileScoring:
         scored = valid.positions[result.rows]
         m = len(scored)
         if m:
-            lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=m)
             self.sink.write_scores(
                 run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
             )
