@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import operator
@@ -541,7 +542,9 @@ def _count_bins(
         index = np.empty(values.shape, dtype=np.intp)
         for j, column_edges in enumerate(edges):
             index[:, j] = np.searchsorted(column_edges, values[:, j], side="right")
-    flat = index + (cells[:, None] + offsets[None, :])
+    flat = np.empty_like(index, dtype=np.intp)  # in the values' layout (no strided pass)
+    np.add(index, cells[:, None], out=flat)
+    flat += offsets
     if finite.all():  # the usual table: no copy through a mask
         bins += np.bincount(flat.ravel(order="K"), minlength=len(bins))
         return
@@ -577,6 +580,40 @@ def _last_seen(
     ):
         seen[w][str(names[d])] = float(t)
     return [dict(sorted(s.items())) for s in seen]
+
+
+def _sensor_counts(
+    baseline: Baseline,
+    sensors: Mapping[str, FloatArray],
+    inv: npt.NDArray[np.intp],
+    k: int,
+    readings: list[int],
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per sensor, per window: the rows missing it (``nan``) and the rows outside its valid range
+    (every sensor's rows stacked once, compared with their bounds at once, counted per window)."""
+    present = [name for name in baseline.sensors if sensors.get(name) is not None]
+    missing: dict[str, list[int]] = {name: list(readings) for name in baseline.sensors}
+    out: dict[str, list[int]] = {name: [0] * k for name in baseline.sensors}
+    if not present:
+        return missing, out
+    values = np.array([np.asarray(sensors[name], dtype=np.float64) for name in present])
+    bounds = [baseline.sensors[name] for name in present]
+    low = np.array([-np.inf if lo is None else lo for lo, _ in bounds])[:, None]
+    high = np.array([np.inf if hi is None else hi for _, hi in bounds])[:, None]
+    flags = np.empty((2, *values.shape), dtype=bool)  # missing, out of range
+    np.isnan(values, out=flags[0])
+    with np.errstate(invalid="ignore"):  # nan is neither below nor above a bound
+        np.logical_or(values < low, values > high, out=flags[1])
+    if k == 1:
+        counts = flags.sum(axis=2)[..., None]
+    elif bool(np.all(inv[1:] >= inv[:-1])):  # rows in time order (a file's): windows are runs
+        cuts = np.searchsorted(inv, np.arange(k + 1)).tolist()
+        counts = np.stack([flags[:, :, a:b].sum(axis=2) for a, b in itertools.pairwise(cuts)], axis=2)
+    else:
+        counts = np.stack([flags[:, :, inv == w].sum(axis=2) for w in range(k)], axis=2)
+    for name, missing_w, out_w in zip(present, counts[0].tolist(), counts[1].tolist(), strict=True):
+        missing[name], out[name] = missing_w, out_w
+    return missing, out
 
 
 def summarize_table(
@@ -627,27 +664,7 @@ def summarize_table(
     k = len(starts)
     readings = np.bincount(inv, minlength=k)
 
-    def per_window(mask: npt.NDArray[np.bool_]) -> list[int]:
-        if k == 1:
-            return [int(np.count_nonzero(mask))]
-        return np.bincount(inv[mask], minlength=k).tolist()  # type: ignore[no-any-return]
-
-    sensor_missing: dict[str, list[int]] = {}
-    sensor_out: dict[str, list[int]] = {}
-    with np.errstate(invalid="ignore"):
-        for name, (low, high) in baseline.sensors.items():
-            values = sensors.get(name)
-            if values is None:
-                sensor_missing[name] = readings.tolist()
-                sensor_out[name] = [0] * k
-                continue
-            out = np.zeros(n, dtype=bool)
-            if low is not None:
-                out |= values < low
-            if high is not None:
-                out |= values > high
-            sensor_missing[name] = per_window(np.isnan(values))
-            sensor_out[name] = per_window(out)
+    sensor_missing, sensor_out = _sensor_counts(baseline, sensors, inv, k, readings.tolist())
 
     winv = inv[rows]
     scored = np.bincount(winv, minlength=k)
