@@ -1061,14 +1061,17 @@ def _summarize_chunk(
 
 
 @contextlib.contextmanager
-def _summaries_thread(read_ahead: int) -> Iterator[ThreadPoolExecutor | None]:
-    """A thread for the chunks' drift summaries (numpy, mostly outside the GIL), so a chunk's are
-    counted while the next one is scored; none when the options ask for no reading ahead either
-    (everything on the caller's thread). On the way out, summaries not collected are dropped."""
+def _outputs_thread(read_ahead: int) -> Iterator[ThreadPoolExecutor | None]:
+    """One thread for the chunks' outputs (scores tables written through the sink, drift
+    summaries counted: Arrow and numpy, mostly outside the GIL), so a chunk's are done while the
+    next one is scored. One thread: the sink is called in chunk order, never from two threads at
+    once. None when the options ask for no reading ahead either (everything on the caller's
+    thread). On the way out it finishes the chunk it is on; outputs not collected are dropped
+    (the run is then aborted by the caller)."""
     if read_ahead <= 0:
         yield None
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zaindari-file-summaries")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zaindari-file-outputs")
     try:
         yield pool
     finally:
@@ -1087,7 +1090,8 @@ class _Progress:
     #: the run's window summaries (``zaindari.drift``), one per window start, merged chunk by chunk
     windows: dict[int, WindowSummary] = field(default_factory=dict)
 
-    #: chunks' summaries being worked out on the summaries thread, oldest first
+    #: chunks' outputs being written on the outputs thread (each returns the chunk's drift
+    #: summaries), oldest first
     pending: deque[Future[list[WindowSummary]]] = field(default_factory=deque)
 
     def add_summaries(self, summaries: Sequence[WindowSummary]) -> None:
@@ -1096,8 +1100,8 @@ class _Progress:
             self.windows[summary.start] = summary if known is None else known.merge(summary)
 
     def collect_summaries(self, keep: int = 0) -> None:
-        """Merge the pending chunks' summaries, in chunk order, until ``keep`` are left pending
-        (an error of one is raised here)."""
+        """Wait for the pending chunks' outputs, in chunk order, until ``keep`` are left pending,
+        merging their summaries (an error of one, a sink's included, is raised here)."""
         while len(self.pending) > keep:
             self.add_summaries(self.pending.popleft().result())
 
@@ -1191,12 +1195,12 @@ class FileScoring:
             )
             keep = self.options.keep_columns
             # reading, parsing and validating (Arrow and numpy, mostly outside the GIL) run ahead
-            # on another thread while this one scores and writes; each chunk's drift summaries
-            # are counted on a third while the next chunk is scored (see _summarize_chunk)
+            # on another thread while this one scores; each chunk's outputs (written, and its
+            # drift summaries counted) on a third while the next chunk is scored
             prepared = ((chunk, validate_chunk(chunk, bundle.spec, keep)) for chunk in chunks)
-            with _summaries_thread(self.options.read_ahead) as summarizing:
+            with _outputs_thread(self.options.read_ahead) as writing:
                 for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
-                    self._score_chunk(bundle, run, chunk, valid, states, tally, progress, summarizing)
+                    self._score_chunk(bundle, run, chunk, valid, states, tally, progress, writing)
                 progress.collect_summaries()
         except PortError:
             self.sink.abort(run)
@@ -1312,7 +1316,7 @@ class FileScoring:
         states: dict[str, DeviceState],
         tally: _AlertTally,
         progress: _Progress,
-        summarizing: ThreadPoolExecutor | None = None,
+        writing: ThreadPoolExecutor | None = None,
     ) -> None:
         received = run.started_at.isoformat()
         source = run.source
@@ -1335,14 +1339,6 @@ class FileScoring:
             result = score_table(bundle, valid.table, states, threads=self.options.threads, summarize=False)
         states.update(result.states)
         lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=len(result.rows))
-        baseline = baseline_of(bundle)
-        if baseline is not None:
-            args = (bundle, baseline, valid, result, lengths > 0)
-            if summarizing is None:
-                progress.add_summaries(_summarize_chunk(*args))
-            else:
-                progress.pending.append(summarizing.submit(_summarize_chunk, *args))
-                progress.collect_summaries(keep=1)  # at most one chunk's inputs held for it
 
         # quarantine: contract failures, then the features stage's (ranges, derived values)
         bad_positions = [p for p, _, _ in valid.rejected]
@@ -1367,16 +1363,30 @@ class FileScoring:
                         received,
                     )
                 )
-        if rejected:
-            rejected.sort(key=lambda r: r.reading_index or 0)
-            self.sink.write_quarantine(run, rejected)
-
+        rejected.sort(key=lambda r: r.reading_index or 0)
         scored = valid.positions[result.rows]
         m = len(scored)
+        baseline = baseline_of(bundle)
+
+        def outputs() -> list[WindowSummary]:
+            """The chunk's writes (quarantined rows, then scores) and its drift summaries."""
+            if rejected:
+                self.sink.write_quarantine(run, rejected)
+            if m:
+                self.sink.write_scores(
+                    run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
+                )
+            if baseline is None:
+                return []
+            return _summarize_chunk(bundle, baseline, valid, result, lengths > 0)
+
+        if writing is None:
+            progress.add_summaries(outputs())
+        else:
+            progress.pending.append(writing.submit(outputs))
+            progress.collect_summaries(keep=1)  # at most one chunk held for its outputs
+
         if m:
-            self.sink.write_scores(
-                run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
-            )
             devices = valid.table.device_id[result.rows]
             micros = valid.micros[scored]
             rows = chunk.rows[scored]
