@@ -304,7 +304,9 @@ class FileScoringOptions(BaseModel):
     threads
         onnxruntime intra-op threads.
     read_ahead
-        Chunks parsed ahead on a background thread while the current one is scored (0: none).
+        Chunks parsed ahead on a background thread while the current one is scored (0: none,
+        and each chunk's outputs written on the caller's thread too; otherwise a third thread
+        writes a chunk's outputs and counts its drift summaries while the next one is scored).
         Parsing releases the GIL, so with two cores reading and scoring overlap; each chunk
         ahead costs one more chunk of memory.
     """
