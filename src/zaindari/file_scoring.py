@@ -11,7 +11,10 @@ by **one** :func:`~zaindari.pipeline.score_table` call (features, one ONNX call,
 Device state (window history, alert state) is carried from chunk to chunk in memory, so windows
 span chunk boundaries: scoring a file gives the scores of scoring its table in one go, as long as
 each device's rows are in time order in the file (a row older than its device's last one is
-scored as *late*, like an event).
+scored as *late*, like an event). Three threads share the work (``FileScoringOptions.read_ahead``):
+one reads and validates the next chunk, one scores, one writes the previous chunk's outputs
+(quarantine, scores) and counts its drift window summaries; the sink is called from that one
+thread, in chunk order.
 
 Guarantees:
 
