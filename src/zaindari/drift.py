@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import operator
@@ -38,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import reduce
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +56,7 @@ __all__ = [
     "DRIFT_DETAIL_TYPE",
     "SUMMARY_WINDOW_SECONDS",
     "Baseline",
+    "DeviceCodes",
     "DriftCheck",
     "DriftMonitor",
     "DriftNotifier",
@@ -133,6 +135,12 @@ class Baseline(CachedModel):
         for j, edges in enumerate(rows):
             out[j, : len(edges)] = edges
         return out
+
+    @functools.cached_property
+    def _edge_matrix32(self) -> npt.NDArray[np.float32]:
+        """:attr:`_edge_matrix` for float32 values (each edge the smallest float32 at or above it;
+        see :func:`_ceiling_edges`), made once per baseline."""
+        return _ceiling_edges(self._edge_matrix, np.dtype(np.float32))
 
     @functools.cached_property
     def _layout(self) -> tuple[list[list[float]], list[int], list[tuple[int, int]]]:
@@ -483,11 +491,136 @@ def _summarize_small(
 _COMPARE_ROWS = 4096
 
 
+class DeviceCodes(NamedTuple):
+    """The rows' devices as codes into ``names`` (a caller that has them coded already, as a file
+    chunk's dictionary-encoded column, saves :func:`summarize_table` naming every row). Two codes
+    may share a name (ids equal once trimmed): they are one device."""
+
+    codes: npt.NDArray[np.integer[Any]]
+    names: Sequence[str]
+
+
+def _ceiling_edges(edges: FloatArray, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """``edges`` as the smallest values of ``dtype`` at or above them: for ``x`` of that dtype,
+    ``x >= edge`` exactly when ``x >= ceiling``, so values are binned in their own type (half the
+    memory of a float64 copy for float32 features) with the counts of binning them as float64."""
+    if dtype == np.float64:
+        return edges
+    with np.errstate(over="ignore"):
+        ceiling = edges.astype(dtype)
+    below = ceiling.astype(np.float64) < edges
+    ceiling[below] = np.nextafter(ceiling[below], np.array(np.inf, dtype=dtype))
+    return ceiling
+
+
+def _count_bins(
+    values: npt.NDArray[Any],
+    edges: npt.NDArray[Any],
+    cells: npt.NDArray[np.intp],
+    offsets: npt.NDArray[np.intp],
+    bins: npt.NDArray[np.int64],
+    nonfinite: npt.NDArray[np.int64],
+    missing_cells: npt.NDArray[np.intp],
+) -> None:
+    """Add the bin counts of ``values`` (rows x columns) to ``bins`` and the values that are not
+    finite to ``nonfinite``.
+
+    ``edges`` holds each column's edges in the values' type (one row each, padded with ``inf``;
+    see :func:`_ceiling_edges`); ``cells[r] +
+    offsets[c]`` is where row ``r``'s column ``c`` counts (its window's block, its column's bins),
+    ``missing_cells[r] + c`` where it counts when it is not finite. A finite value's bin is the
+    number of its column's edges at or below it (``searchsorted(..., side="right")``).
+    """
+    finite = np.isfinite(values)
+    if len(values) >= _COMPARE_ROWS:
+        # a few edges per column: one comparison per edge across the table beats a binary search
+        # per value; the running count in the smallest integer that holds it (less to write)
+        index = np.zeros_like(values, dtype=np.int8 if edges.shape[1] < 127 else np.intp)
+        for edge in edges.T:
+            np.add(index, values >= edge, out=index, casting="unsafe")
+    else:  # a small table: one binary search per column costs less than a pass per edge
+        index = np.empty(values.shape, dtype=np.intp)
+        for j, column_edges in enumerate(edges):
+            index[:, j] = np.searchsorted(column_edges, values[:, j], side="right")
+    flat = np.empty_like(index, dtype=np.intp)  # in the values' layout (no strided pass)
+    np.add(index, cells[:, None], out=flat)
+    flat += offsets
+    if finite.all():  # the usual table: no copy through a mask
+        bins += np.bincount(flat.ravel(order="K"), minlength=len(bins))
+        return
+    bins += np.bincount(flat[finite], minlength=len(bins))
+    where = missing_cells[:, None] + np.arange(values.shape[1])
+    nonfinite += np.bincount(where[~finite], minlength=len(nonfinite))
+
+
+def _last_seen(
+    devices: npt.NDArray[Any] | DeviceCodes,
+    timestamps: FloatArray,
+    inv: npt.NDArray[np.intp],
+    k: int,
+) -> list[dict[str, float]]:
+    """Per window, each device's latest timestamp, by device name (sorted)."""
+    if isinstance(devices, DeviceCodes):
+        # the few distinct names sorted once; codes of one name (trimmed alike) become one
+        names, number = np.unique(np.asarray(list(devices.names), dtype=object), return_inverse=True)
+        device_index = np.asarray(number, dtype=np.intp)[np.asarray(devices.codes, dtype=np.intp)]
+    else:
+        # devices numbered in sorted order without sorting every row's name: few distinct names
+        distinct = sorted(set(devices.tolist() if isinstance(devices, np.ndarray) else devices))
+        numbers = {name: i for i, name in enumerate(distinct)}
+        names = np.asarray(distinct, dtype=object)
+        device_index = np.fromiter((numbers[d] for d in devices), dtype=np.intp, count=len(timestamps))
+    key = inv * len(names) + device_index
+    order = np.lexsort((timestamps, key))
+    ordered = key[order]
+    last = order[np.r_[ordered[1:] != ordered[:-1], True]]
+    seen: list[dict[str, float]] = [{} for _ in range(k)]
+    for w, d, t in zip(
+        inv[last].tolist(), device_index[last].tolist(), timestamps[last].tolist(), strict=True
+    ):
+        seen[w][str(names[d])] = float(t)
+    return [dict(sorted(s.items())) for s in seen]
+
+
+def _sensor_counts(
+    baseline: Baseline,
+    sensors: Mapping[str, FloatArray],
+    inv: npt.NDArray[np.intp],
+    k: int,
+    readings: list[int],
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per sensor, per window: the rows missing it (``nan``) and the rows outside its valid range
+    (every sensor's rows stacked once, compared with their bounds at once, counted per window)."""
+    present = [name for name in baseline.sensors if sensors.get(name) is not None]
+    missing: dict[str, list[int]] = {name: list(readings) for name in baseline.sensors}
+    out: dict[str, list[int]] = {name: [0] * k for name in baseline.sensors}
+    if not present:
+        return missing, out
+    values = np.array([np.asarray(sensors[name], dtype=np.float64) for name in present])
+    bounds = [baseline.sensors[name] for name in present]
+    low = np.array([-np.inf if lo is None else lo for lo, _ in bounds])[:, None]
+    high = np.array([np.inf if hi is None else hi for _, hi in bounds])[:, None]
+    flags = np.empty((2, *values.shape), dtype=bool)  # missing, out of range
+    np.isnan(values, out=flags[0])
+    with np.errstate(invalid="ignore"):  # nan is neither below nor above a bound
+        np.logical_or(values < low, values > high, out=flags[1])
+    if k == 1:
+        counts = flags.sum(axis=2)[..., None]
+    elif bool(np.all(inv[1:] >= inv[:-1])):  # rows in time order (a file's): windows are runs
+        cuts = np.searchsorted(inv, np.arange(k + 1)).tolist()
+        counts = np.stack([flags[:, :, a:b].sum(axis=2) for a, b in itertools.pairwise(cuts)], axis=2)
+    else:
+        counts = np.stack([flags[:, :, inv == w].sum(axis=2) for w in range(k)], axis=2)
+    for name, missing_w, out_w in zip(present, counts[0].tolist(), counts[1].tolist(), strict=True):
+        missing[name], out[name] = missing_w, out_w
+    return missing, out
+
+
 def summarize_table(
     baseline: Baseline,
     *,
     model_version: str,
-    devices: npt.NDArray[Any],
+    devices: npt.NDArray[Any] | DeviceCodes,
     timestamps: FloatArray,
     sensors: Mapping[str, FloatArray],
     rows: npt.NDArray[np.intp],
@@ -499,22 +632,26 @@ def summarize_table(
     """One summary per time window touched by a scored table (vectorised: a few bincounts).
 
     This is the function every scoring path (``score_event``, ``score_batch``, the edge) calls,
-    through :func:`zaindari.pipeline.score_table`.
+    through :func:`zaindari.pipeline.score_table` (file scoring calls it beside, on each chunk).
 
     Parameters
     ----------
     devices, timestamps, sensors
-        Every row that reached the feature stage (epoch seconds; raw sensor columns, ``nan`` when
-        missing).
+        Every row that reached the feature stage (names, or :class:`DeviceCodes`; epoch seconds;
+        raw sensor columns, ``nan`` when missing).
     rows
         Positions of the scored rows in those arrays.
     matrix, score, alerts
-        The scored rows' features (signature order), score, and whether any alert rule was active.
+        The scored rows' features (signature order; any memory layout, binned in their own float
+        type: float32 features count as their float64 values would), score, and whether any alert
+        rule was active.
     """
     n = len(timestamps)
     if n == 0:
         return []
     if n <= SMALL_SUMMARY:
+        if isinstance(devices, DeviceCodes):
+            devices = np.asarray(list(devices.names), dtype=object)[np.asarray(devices.codes, dtype=np.intp)]
         return _summarize_small(
             baseline, model_version, devices, timestamps, sensors, rows, matrix, score, alerts, window_seconds
         )
@@ -523,72 +660,53 @@ def summarize_table(
         starts, inv = window[:1], np.zeros(n, dtype=np.intp)
     else:
         starts, inv = np.unique(window, return_inverse=True)
+        inv = inv.astype(np.intp, copy=False)
     k = len(starts)
     readings = np.bincount(inv, minlength=k)
 
-    sensor_missing: dict[str, npt.NDArray[np.int64]] = {}
-    sensor_out: dict[str, npt.NDArray[np.int64]] = {}
-    for name, (low, high) in baseline.sensors.items():
-        values = sensors.get(name)
-        if values is None:
-            sensor_missing[name] = readings.copy()
-            sensor_out[name] = np.zeros(k, dtype=np.int64)
-            continue
-        missing = np.isnan(values)
-        out = np.zeros(n, dtype=bool)
-        with np.errstate(invalid="ignore"):
-            if low is not None:
-                out |= values < low
-            if high is not None:
-                out |= values > high
-        sensor_missing[name] = np.bincount(inv[missing], minlength=k)
-        sensor_out[name] = np.bincount(inv[out], minlength=k)
+    sensor_missing, sensor_out = _sensor_counts(baseline, sensors, inv, k, readings.tolist())
 
     winv = inv[rows]
     scored = np.bincount(winv, minlength=k)
     alert_rows = np.bincount(winv[np.asarray(alerts, dtype=bool)], minlength=k)
 
-    # every feature's bins side by side: one bincount over (window, feature, bin)
-    widths = [baseline.bins(j) for j in range(len(baseline.features))] + [len(baseline.score_edges) + 1]
-    offsets = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    # every feature's bins, then the score's, side by side: one count over (window, column, bin)
+    features = len(baseline.features)
+    widths = [baseline.bins(j) for j in range(features)] + [len(baseline.score_edges) + 1]
+    offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.intp)
     total = int(sum(widths))
-    values = np.column_stack([np.asarray(matrix, dtype=np.float64), np.asarray(score, dtype=np.float64)])
-    finite = np.isfinite(values)
-    # each value's bin: how many of its column's edges are at or below it (a few edges per
-    # column: one comparison per edge across the table beats a binary search per value); the
-    # index of a value that is not finite is not used
-    if len(values) >= _COMPARE_ROWS:
-        index = np.zeros(values.shape, dtype=np.int64)
-        for edge in baseline._edge_matrix.T:
-            index += values >= edge
-    else:  # a small table: one binary search per column costs less than a pass per edge
-        index = np.empty(values.shape, dtype=np.int64)
-        for j, edges in enumerate(baseline._edge_matrix):
-            index[:, j] = np.searchsorted(edges, values[:, j], side="right")
-    flat = winv[:, None] * total + offsets[None, :] + index
-    bins = np.bincount(flat[finite], minlength=k * total).reshape(k, total)
-    nonfinite = np.bincount(
-        (winv[:, None] * len(widths) + np.arange(len(widths)))[~finite], minlength=k * len(widths)
-    )
-    nonfinite = nonfinite.reshape(k, len(widths))
-
-    # each device's last reading per window (devices numbered in sorted order without sorting
-    # every row's name: a few distinct names per batch)
-    names = sorted(set(devices.tolist() if isinstance(devices, np.ndarray) else devices))
-    number = {name: i for i, name in enumerate(names)}
-    codes = np.asarray(names, dtype=object)
-    device_index = np.fromiter((number[d] for d in devices), dtype=np.intp, count=n)
-    key = inv * len(codes) + device_index
-    order = np.lexsort((timestamps, key))
-    last = order[np.r_[key[order][1:] != key[order][:-1], True]]
+    bins = np.zeros(k * total, dtype=np.int64)
+    nonfinite = np.zeros(k * len(widths), dtype=np.int64)
+    cells = winv * total
+    missing_cells = winv * len(widths)
+    if len(winv):
+        feature_values: npt.NDArray[Any] = np.asarray(matrix)
+        edges: npt.NDArray[Any]
+        if feature_values.dtype == np.float32:  # the model's input: binned as float32 on ceiling edges
+            edges = baseline._edge_matrix32[:features]
+        else:
+            feature_values = np.asarray(feature_values, dtype=np.float64)
+            edges = baseline._edge_matrix[:features]
+        _count_bins(feature_values, edges, cells, offsets[:features], bins, nonfinite, missing_cells)
+        _count_bins(
+            np.asarray(score, dtype=np.float64)[:, None],
+            baseline._edge_matrix[features:],
+            cells,
+            offsets[features:],
+            bins,
+            nonfinite,
+            missing_cells + features,
+        )
+    by_window = bins.reshape(k, total)
+    nonfinite_by_window = nonfinite.reshape(k, len(widths))
+    seen = _last_seen(devices, timestamps, inv, k)
 
     out_summaries: list[WindowSummary] = []
     bounds = [(int(o), int(o) + int(wd)) for o, wd in zip(offsets, widths, strict=True)]
     for w in range(k):
         start = int(starts[w]) * window_seconds
-        row = bins[w].tolist()  # Python ints, sliced per feature (not one int() per bin)
-        missing_w = nonfinite[w].tolist()
-        seen = {str(codes[device_index[i]]): float(timestamps[i]) for i in last if inv[i] == w}
+        row = by_window[w].tolist()  # Python ints, sliced per feature (not one int() per bin)
+        missing_w = nonfinite_by_window[w].tolist()
         out_summaries.append(
             WindowSummary(
                 model_version=model_version,
@@ -603,9 +721,9 @@ def summarize_table(
                 },
                 feature_missing={f: missing_w[j] for j, f in enumerate(baseline.features)},
                 score=tuple(row[bounds[-1][0] :]),
-                sensor_missing={s: int(v[w]) for s, v in sensor_missing.items()},
-                sensor_out_of_range={s: int(v[w]) for s, v in sensor_out.items()},
-                devices=dict(sorted(seen.items())),
+                sensor_missing={s: v[w] for s, v in sensor_missing.items()},
+                sensor_out_of_range={s: v[w] for s, v in sensor_out.items()},
+                devices=seen[w],
             )
         )
     return out_summaries

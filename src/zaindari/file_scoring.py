@@ -11,7 +11,10 @@ by **one** :func:`~zaindari.pipeline.score_table` call (features, one ONNX call,
 Device state (window history, alert state) is carried from chunk to chunk in memory, so windows
 span chunk boundaries: scoring a file gives the scores of scoring its table in one go, as long as
 each device's rows are in time order in the file (a row older than its device's last one is
-scored as *late*, like an event).
+scored as *late*, like an event). Three threads share the work (``FileScoringOptions.read_ahead``):
+one reads and validates the next chunk, one scores, one writes the previous chunk's outputs
+(quarantine, scores) and counts its drift window summaries; the sink is called from that one
+thread, in chunk order.
 
 Guarantees:
 
@@ -46,7 +49,9 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
@@ -60,8 +65,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from zaindari.alerting import LEARNED_RULE_ID, Alert
 from zaindari.bundle import ModelBundle
-from zaindari.drift import SummaryStore, WindowSummary
-from zaindari.features import SensorTable
+from zaindari.drift import Baseline, DeviceCodes, SummaryStore, WindowSummary, baseline_of, summarize_table
+from zaindari.features import FeatureBatch, SensorTable
 from zaindari.file_reading import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_CHUNK_ROWS,
@@ -302,7 +307,9 @@ class FileScoringOptions(BaseModel):
     threads
         onnxruntime intra-op threads.
     read_ahead
-        Chunks parsed ahead on a background thread while the current one is scored (0: none).
+        Chunks parsed ahead on a background thread while the current one is scored (0: none,
+        and each chunk's outputs written on the caller's thread too; otherwise a third thread
+        writes a chunk's outputs and counts its drift summaries while the next one is scored).
         Parsing releases the GIL, so with two cores reading and scoring overlap; each chunk
         ahead costs one more chunk of memory.
     """
@@ -1025,6 +1032,57 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _feature_columns(features: FeatureBatch, names: Sequence[str]) -> npt.NDArray[np.float32]:
+    """The model's input (:meth:`FeatureBatch.matrix`: the same float32 values) one feature per
+    row: its transpose is a column-major matrix, which drift binning reads twice as fast (one
+    edge per column: a scalar compare along each column) and costs a sixth of the row-major copy."""
+    return np.array([features.columns[name] for name in names], dtype=np.float32).reshape(len(names), -1)
+
+
+def _summarize_chunk(
+    bundle: ModelBundle,
+    baseline: Baseline,
+    valid: ValidChunk,
+    result: TableScores,
+    alerts: npt.NDArray[np.bool_],
+) -> list[WindowSummary]:
+    """A scored chunk's drift window summaries: what ``score_table`` would have returned with
+    ``summarize=True`` (the same call, on the same rows), with the devices passed as the chunk's
+    codes instead of one name per row."""
+    table = valid.table
+    codes = valid.devices.codes
+    every = len(valid.positions) == len(codes)
+    return summarize_table(
+        baseline,
+        model_version=bundle.model_version,
+        devices=DeviceCodes(codes if every else codes[valid.positions], valid.devices.values.to_pylist()),
+        timestamps=table.timestamp,
+        sensors=table.sensors,
+        rows=result.rows,
+        matrix=_feature_columns(result.features, bundle.signature.features).T,
+        score=result.score,
+        alerts=alerts,
+    )
+
+
+@contextlib.contextmanager
+def _outputs_thread(read_ahead: int) -> Iterator[ThreadPoolExecutor | None]:
+    """One thread for the chunks' outputs (scores tables written through the sink, drift
+    summaries counted: Arrow and numpy, mostly outside the GIL), so a chunk's are done while the
+    next one is scored. One thread: the sink is called in chunk order, never from two threads at
+    once. None when the options ask for no reading ahead either (everything on the caller's
+    thread). On the way out it finishes the chunk it is on; outputs not collected are dropped
+    (the run is then aborted by the caller)."""
+    if read_ahead <= 0:
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zaindari-file-outputs")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class _Progress:
     rows_in: int = 0
@@ -1037,10 +1095,20 @@ class _Progress:
     #: the run's window summaries (``zaindari.drift``), one per window start, merged chunk by chunk
     windows: dict[int, WindowSummary] = field(default_factory=dict)
 
+    #: chunks' outputs being written on the outputs thread (each returns the chunk's drift
+    #: summaries), oldest first
+    pending: deque[Future[list[WindowSummary]]] = field(default_factory=deque)
+
     def add_summaries(self, summaries: Sequence[WindowSummary]) -> None:
         for summary in summaries:
             known = self.windows.get(summary.start)
             self.windows[summary.start] = summary if known is None else known.merge(summary)
+
+    def collect_summaries(self, keep: int = 0) -> None:
+        """Wait for the pending chunks' outputs, in chunk order, until ``keep`` are left pending,
+        merging their summaries (an error of one, a sink's included, is raised here)."""
+        while len(self.pending) > keep:
+            self.add_summaries(self.pending.popleft().result())
 
 
 class FileScoring:
@@ -1132,10 +1200,13 @@ class FileScoring:
             )
             keep = self.options.keep_columns
             # reading, parsing and validating (Arrow and numpy, mostly outside the GIL) run ahead
-            # on another thread while this one scores and writes
+            # on another thread while this one scores; each chunk's outputs (written, and its
+            # drift summaries counted) on a third while the next chunk is scored
             prepared = ((chunk, validate_chunk(chunk, bundle.spec, keep)) for chunk in chunks)
-            for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
-                self._score_chunk(bundle, run, chunk, valid, states, tally, progress)
+            with _outputs_thread(self.options.read_ahead) as writing:
+                for chunk, valid in _read_ahead(prepared, self.options.read_ahead):
+                    self._score_chunk(bundle, run, chunk, valid, states, tally, progress, writing)
+                progress.collect_summaries()
         except PortError:
             self.sink.abort(run)
             raise
@@ -1250,6 +1321,7 @@ class FileScoring:
         states: dict[str, DeviceState],
         tally: _AlertTally,
         progress: _Progress,
+        writing: ThreadPoolExecutor | None = None,
     ) -> None:
         received = run.started_at.isoformat()
         source = run.source
@@ -1269,9 +1341,9 @@ class FileScoring:
             for bad in chunk.invalid
         ]
         with _collector_paused():
-            result = score_table(bundle, valid.table, states, threads=self.options.threads)
+            result = score_table(bundle, valid.table, states, threads=self.options.threads, summarize=False)
         states.update(result.states)
-        progress.add_summaries(result.summaries)
+        lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=len(result.rows))
 
         # quarantine: contract failures, then the features stage's (ranges, derived values)
         bad_positions = [p for p, _, _ in valid.rejected]
@@ -1296,17 +1368,30 @@ class FileScoring:
                         received,
                     )
                 )
-        if rejected:
-            rejected.sort(key=lambda r: r.reading_index or 0)
-            self.sink.write_quarantine(run, rejected)
-
+        rejected.sort(key=lambda r: r.reading_index or 0)
         scored = valid.positions[result.rows]
         m = len(scored)
+        baseline = baseline_of(bundle)
+
+        def outputs() -> list[WindowSummary]:
+            """The chunk's writes (quarantined rows, then scores) and its drift summaries."""
+            if rejected:
+                self.sink.write_quarantine(run, rejected)
+            if m:
+                self.sink.write_scores(
+                    run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
+                )
+            if baseline is None:
+                return []
+            return _summarize_chunk(bundle, baseline, valid, result, lengths > 0)
+
+        if writing is None:
+            progress.add_summaries(outputs())
+        else:
+            progress.pending.append(writing.submit(outputs))
+            progress.collect_summaries(keep=1)  # at most one chunk held for its outputs
+
         if m:
-            lengths = np.fromiter(map(len, result.row_rules), dtype=np.int32, count=m)
-            self.sink.write_scores(
-                run, self._scores_table(bundle, run, chunk, valid, result, scored, lengths)
-            )
             devices = valid.table.device_id[result.rows]
             micros = valid.micros[scored]
             rows = chunk.rows[scored]

@@ -31,6 +31,7 @@ from zaindari.file_scoring import (
     FileScoring,
     FileScoringOptions,
     FileSource,
+    detect_format,
     merge_manifests,
     number_parts,
     plan_parts,
@@ -641,6 +642,53 @@ def test_reading_ahead_does_not_change_the_results(
 
     assert ahead.alerts == inline.alerts
     pd.testing.assert_frame_equal(scores_of(tmp_path / "ahead"), scores_of(tmp_path / "inline"))
+
+
+@pytest.mark.parametrize("read_ahead", [1, 0])
+def test_drift_summaries_of_a_chunked_file_equal_score_tables_own(
+    bundle: ModelBundle, files: dict[str, bytes], read_ahead: int, tmp_path: Path
+) -> None:
+    from zaindari.drift import WindowSummary, baseline_of
+
+    # Given a CSV of many small chunks with padded device ids (codes that trim to one name) and
+    # rows that fail validation (so a chunk's table is not all of its rows)
+    lines = lines_of(files["drop.csv"])
+    for r in range(1, len(lines), 7):
+        lines[r] = "  " + lines[r]
+    for r in (10, 200, 333):
+        lines[r] = lines[r].replace("Z,", ",", 1)  # a naive timestamp: quarantined
+    data = "".join(lines).encode()
+    options = SMALL_CHUNKS.model_copy(update={"read_ahead": read_ahead})
+    kept: list[WindowSummary] = []
+
+    class Kept:
+        def write(self, summaries: Any, *, source: str, name: str) -> list[str]:
+            kept.extend(summaries)
+            return []
+
+        def read(self, model: str, start: datetime, end: datetime) -> list[WindowSummary]:
+            return []
+
+    # When the file is scored with its summaries kept (counted beside score_table, on a thread)
+    scoring = FileScoring(
+        model=lambda: bundle, sink=LocalFileSink(tmp_path), options=options, summaries=Kept()
+    )
+    manifest = scoring.score_file(io.BytesIO(data), FileSource(key="drops/padded.csv"))
+
+    # Then they are score_table's own summaries of the same chunks, merged per window
+    assert manifest.rows_quarantined == 3 and manifest.chunks >= 20
+    assert baseline_of(bundle) is not None
+    expected: dict[int, WindowSummary] = {}
+    states: dict[str, Any] = {}
+    for chunk in read_chunks(
+        io.BytesIO(data), detect_format("x.csv"), bundle.spec, chunk_bytes=options.chunk_bytes
+    ):
+        result = score_table(bundle, validate_chunk(chunk, bundle.spec).table, states)
+        states.update(result.states)
+        for summary in result.summaries:
+            known = expected.get(summary.start)
+            expected[summary.start] = summary if known is None else known.merge(summary)
+    assert [s.to_dict() for s in kept] == [expected[k].to_dict() for k in sorted(expected)]
 
 
 def test_windows_line_ends_keep_row_numbers(
