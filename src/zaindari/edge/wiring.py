@@ -210,6 +210,7 @@ class BatchingEventScoring:
         self._unsettled: list[tuple[_Group, ScoringReport | None, BaseException | None]] = []
         self._unsettled_on_loops: list[_LoopScored] = []
         self._scored = threading.Condition(threading.Lock())
+        self._flushing = False  # the settler is flushing (or answering) groups: under _scored
         self._scorer_pid = self._settler_pid = 0
         self._arriving = 0  # requests in answer_http being parsed, not yet queued
         self._threads_load = _Load()  # requests queued by threads, not yet answered (under _queued)
@@ -221,6 +222,8 @@ class BatchingEventScoring:
         self._loop_load = _Load()
         #: longest a group waits for company (requests being parsed, or a busy process's usual group)
         self.join_seconds = 0.001
+        #: longest the loop waits for an idle settler to start flushing its group (a thread wake-up)
+        self.handoff_seconds = 0.001
         #: groups scored since the start, by their number of requests (score-event's GET shows it)
         self.group_sizes: Counter[int] = Counter()
 
@@ -433,6 +436,10 @@ class BatchingEventScoring:
         with self._scored:  # (the settler runs: _queue_on_loop started it before queueing)
             self._unsettled_on_loops.append(_LoopScored(loop, group, report, error, answers))
             self._scored.notify()
+            if not self._flushing:
+                # let the idle settler take the GIL and start the fsync before the loop makes
+                # the answers (else it waits for the GIL until the loop goes idle: no overlap)
+                self._scored.wait_for(lambda: self._flushing, self.handoff_seconds)
         # the settler resolves the group with call_soon_threadsafe: on this loop, after this
         _finish(group, report, error, answers)
 
@@ -456,10 +463,14 @@ class BatchingEventScoring:
         assert self.settle is not None
         while True:
             with self._scored:
+                self._flushing = False
                 while not self._unsettled and not self._unsettled_on_loops:
                     self._scored.wait()
                 done, self._unsettled = self._unsettled, []
                 on_loops, self._unsettled_on_loops = self._unsettled_on_loops, []
+                self._flushing = True
+                if on_loops:
+                    self._scored.notify()  # the loop that handed its group waits for this
             failure: BaseException | None = None
             try:
                 self.settle()
