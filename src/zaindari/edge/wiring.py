@@ -223,7 +223,7 @@ class BatchingEventScoring:
         #: longest a group waits for company (requests being parsed, or a busy process's usual group)
         self.join_seconds = 0.001
         #: longest the loop waits for an idle settler to start flushing its group (a thread wake-up)
-        self.handoff_seconds = 0.001
+        self.handoff_seconds = 0.0005
         #: groups scored since the start, by their number of requests (score-event's GET shows it)
         self.group_sizes: Counter[int] = Counter()
 
