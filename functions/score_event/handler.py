@@ -4,7 +4,8 @@ model model-sync installed) -> the same JSON body; GET -> the model version.
 
 ``handle`` is the template's entry (called from a thread); ``handle_async`` is the same function
 for the edge server's event loop (RSGI): the same checks before scoring and the same answer after
-it, the readings scored on the loop (:meth:`BatchingEventScoring.answer_http_async`)."""
+it, the readings scored on the loop and the answer made while the disk flushes them
+(:meth:`BatchingEventScoring.finish_http_async`)."""
 
 import functools
 import logging
@@ -41,11 +42,10 @@ async def handle_async(event: HttpEvent, context: Any) -> Response:
     checked = _before_scoring(event)
     if not isinstance(checked, str):
         return checked
-    try:
-        answer = await scoring().answer_http_async(event.body, checked)
+    try:  # the answer made while the disk flushes the group (finish_http_async)
+        return await scoring().finish_http_async(event.body, checked, _after_scoring)
     except Exception as exc:
         return _not_scored(exc)
-    return _after_scoring(answer)
 
 
 def _before_scoring(event: HttpEvent) -> Response | str:

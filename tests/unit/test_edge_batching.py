@@ -286,6 +286,50 @@ def test_loop_answers_wait_for_their_settle_and_a_failed_settle_fails_every_grou
     assert [type(e) for e in failed] == [OSError, OSError]
 
 
+def test_loop_answers_are_finished_while_their_group_is_flushed_and_a_failed_finish_fails_one(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    # Given a settle that records how many answers were finished when its flush started, and
+    # returns only once the loop finished them all (or times out)
+    finished: list[str] = []
+    seen_at_flush: list[int] = []
+    bodies = rounds()[1]
+
+    def settle() -> None:
+        seen_at_flush.append(len(finished))
+        deadline = time.monotonic() + 10
+        while len(finished) < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    batching = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=settle)
+    batching.join_seconds = 0.0
+    batching.handoff_seconds = 10.0  # (a machine slow to wake the settler waits for it here)
+
+    def finish(answer: HttpAnswer) -> tuple[int, Any]:
+        finished.append(answer.body["scores"][0]["device_id"])
+        if len(finished) == 2:
+            raise ValueError("this answer cannot be made")
+        return answer.status, answer.body
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(batching.finish_http_async(b, f"r{i}", finish) for i, b in enumerate(bodies)),
+            return_exceptions=True,
+        )
+
+    # When the requests are scored as one group on the loop
+    answers = asyncio.run(scenario())
+
+    # Then the flush started before the answers were made, and they were made during it
+    assert seen_at_flush == [0] and len(finished) == len(bodies)
+    assert batching.group_sizes == {len(bodies): 1}
+    # and the answer that could not be made fails its own request only
+    assert isinstance(answers[1], ValueError)
+    assert all(a[0] == 200 and a[1]["scores"] for k, a in enumerate(answers) if k != 1)
+
+
 def test_a_model_error_fails_its_groups_requests_on_the_loop_and_the_next_group_scores(
     bundle: ModelBundle,
 ) -> None:

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from zaindari.edge.box import EdgeBox
 from zaindari.event_scoring import EventScoring, HttpAnswer, InboundRecord, ScoringReport, http_answer
@@ -210,6 +210,7 @@ class BatchingEventScoring:
         self._unsettled: list[tuple[_Group, ScoringReport | None, BaseException | None]] = []
         self._unsettled_on_loops: list[_LoopScored] = []
         self._scored = threading.Condition(threading.Lock())
+        self._flushing = False  # the settler is flushing (or answering) groups: under _scored
         self._scorer_pid = self._settler_pid = 0
         self._arriving = 0  # requests in answer_http being parsed, not yet queued
         self._threads_load = _Load()  # requests queued by threads, not yet answered (under _queued)
@@ -221,6 +222,8 @@ class BatchingEventScoring:
         self._loop_load = _Load()
         #: longest a group waits for company (requests being parsed, or a busy process's usual group)
         self.join_seconds = 0.001
+        #: longest the loop waits for an idle settler to start flushing its group (a thread wake-up)
+        self.handoff_seconds = 0.0005
         #: groups scored since the start, by their number of requests (score-event's GET shows it)
         self.group_sizes: Counter[int] = Counter()
 
@@ -243,11 +246,20 @@ class BatchingEventScoring:
         """As :meth:`answer_http`, awaited on an event loop: the body is parsed on the loop and
         its group scored on the loop (see the class docstring). ``request_id`` must be unique
         among concurrent calls."""
+        return await self.finish_http_async(body, request_id, _same, source)
+
+    async def finish_http_async(
+        self, body: bytes | str, request_id: str, finish: Callable[[HttpAnswer], _T], source: str = "http"
+    ) -> _T:
+        """:meth:`answer_http_async`, its answer passed through ``finish`` (the function's
+        response, made from the answer) on the loop while the disk flushes the group: what a
+        request does after its group is scored overlaps the group's fsync instead of following it.
+        ``finish`` raising fails that request only (its exception raised here)."""
         readings = self.scoring.parse_http(body)
         if isinstance(readings, HttpAnswer):
-            return readings
-        report = await self.score_async(InboundRecord(request_id, readings, source))
-        return http_answer(report.for_record(request_id))
+            return finish(readings)
+        result: _T = await self._queue_on_loop(InboundRecord(request_id, readings, source), finish)
+        return result
 
     def _arrived(self) -> None:
         """A request parsed that will not be queued: a group waiting for it stops waiting."""
@@ -272,9 +284,11 @@ class BatchingEventScoring:
             with self._queued:
                 self._threads_load.leave()
 
-    async def score_async(self, record: InboundRecord) -> ScoringReport:
-        """Score ``record`` on the running loop with the other records queued on it; returns the
-        report of its group once the group is settled."""
+    def _queue_on_loop(
+        self, record: InboundRecord, finish: Callable[[HttpAnswer], Any]
+    ) -> asyncio.Future[Any]:
+        """Queue ``record`` on the running loop, scored with the other records queued on it; the
+        future is its answer through ``finish``, resolved once its group is settled."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or another loop (a test's): a schedule of its own
             # records left queued by a loop that closed are dropped: nothing awaits their answers
@@ -284,9 +298,10 @@ class BatchingEventScoring:
         if self.settle is not None and self._settler_pid != os.getpid():
             with self._queued:  # before queueing: a thread that cannot start fails this request
                 self._start_threads(scorer=False)
-        future: asyncio.Future[ScoringReport] = loop.create_future()
-        self._loop_pending.append((record, future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._loop_pending.append((record, future, finish))
         self._loop_load.enter()
+        future.add_done_callback(self._left_loop)  # (in flight until answered, failed or cancelled)
         try:
             if self._loop_call is None:
                 # after the requests ready in this iteration of the loop: they join this group
@@ -296,9 +311,13 @@ class BatchingEventScoring:
                 self._loop_call.cancel()
                 self._loop_company = -1
                 self._loop_call = loop.call_soon(self._score_loop_group)
-            return await future
-        finally:
-            self._loop_load.leave()
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _left_loop(self, _future: asyncio.Future[Any]) -> None:
+        self._loop_load.leave()
 
     def _start_threads(self, *, scorer: bool) -> None:
         """Start this process's scorer (when ``scorer``) and settler threads unless they run
@@ -359,7 +378,7 @@ class BatchingEventScoring:
                 return
         self._loop_company = 0
         group, self._loop_pending = self._loop_pending[: self.max_batch], self._loop_pending[self.max_batch :]
-        records = [r for r, _ in group]
+        records = [r for r, _, _ in group]
         if self.busy is not None and self.busy():
             # another writer (score-file's manifest, the shipper, another worker) holds the write
             # lock: wait for it on a thread, the loop answering meanwhile; the next group after it
@@ -409,12 +428,20 @@ class BatchingEventScoring:
         report: ScoringReport | None,
         error: BaseException | None,
     ) -> None:
+        answers: list[Any] = []  # each request's finished answer: made below, while the disk flushes
         if self.settle is None:
-            _resolve(group, report, error)
+            _finish(group, report, error, answers)
+            _resolve(group, report, error, answers)
             return
-        with self._scored:  # (the settler runs: score_async started it before queueing)
-            self._unsettled_on_loops.append(_LoopScored(loop, group, report, error))
+        with self._scored:  # (the settler runs: _queue_on_loop started it before queueing)
+            self._unsettled_on_loops.append(_LoopScored(loop, group, report, error, answers))
             self._scored.notify()
+            if not self._flushing:
+                # let the idle settler take the GIL and start the fsync before the loop makes
+                # the answers (else it waits for the GIL until the loop goes idle: no overlap)
+                self._scored.wait_for(lambda: self._flushing, self.handoff_seconds)
+        # the settler resolves the group with call_soon_threadsafe: on this loop, after this
+        _finish(group, report, error, answers)
 
     def _off_loop_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         """This process's thread for groups scored off the loop (a forked copy's does not run here)."""
@@ -436,10 +463,14 @@ class BatchingEventScoring:
         assert self.settle is not None
         while True:
             with self._scored:
+                self._flushing = False
                 while not self._unsettled and not self._unsettled_on_loops:
                     self._scored.wait()
                 done, self._unsettled = self._unsettled, []
                 on_loops, self._unsettled_on_loops = self._unsettled_on_loops, []
+                self._flushing = True
+                if on_loops:
+                    self._scored.notify()  # the loop that handed its group waits for this
             failure: BaseException | None = None
             try:
                 self.settle()
@@ -521,7 +552,18 @@ class _Answer:
 
 
 _Group = list[tuple[InboundRecord, _Answer]]
-_LoopGroup = list[tuple[InboundRecord, "asyncio.Future[ScoringReport]"]]
+_LoopGroup = list[tuple[InboundRecord, "asyncio.Future[Any]", Callable[[HttpAnswer], Any]]]
+_T = TypeVar("_T")
+
+
+def _same(answer: HttpAnswer) -> HttpAnswer:
+    return answer
+
+
+class _Failed(NamedTuple):
+    """A request's ``finish`` that raised: its future gets the exception."""
+
+    error: BaseException
 
 
 class _LoopScored(NamedTuple):
@@ -531,6 +573,7 @@ class _LoopScored(NamedTuple):
     group: _LoopGroup
     report: ScoringReport | None
     error: BaseException | None
+    answers: list[Any]  # each request's finished answer (filled on the loop after it is queued)
 
 
 def _answer(group: _Group, report: ScoringReport | None, error: BaseException | None) -> None:
@@ -538,20 +581,39 @@ def _answer(group: _Group, report: ScoringReport | None, error: BaseException | 
         waiting.set(report, error)
 
 
-def _resolve(group: _LoopGroup, report: ScoringReport | None, error: BaseException | None) -> None:
-    """On the group's loop: each request's future gets the report, or the error."""
-    for _, future in group:
+def _finish(
+    group: _LoopGroup, report: ScoringReport | None, error: BaseException | None, answers: list[Any]
+) -> None:
+    """On the group's loop: each request's answer (its part of the report through its ``finish``)."""
+    if error is not None or report is None:
+        return  # every request fails with the error
+    for record, future, finish in group:
+        try:
+            answers.append(
+                None if future.done() else finish(http_answer(report.for_record(record.record_id)))
+            )
+        except Exception as exc:  # (a bug) this request fails, not its group
+            answers.append(_Failed(exc))
+
+
+def _resolve(
+    group: _LoopGroup, report: ScoringReport | None, error: BaseException | None, answers: list[Any]
+) -> None:
+    """On the group's loop: each request's future gets its answer, or the error."""
+    for k, (_, future, _) in enumerate(group):
         if future.done():  # cancelled: its request went away
             continue
         if error is not None or report is None:
             future.set_exception(error or RuntimeError("no report"))
+        elif isinstance(answers[k], _Failed):
+            future.set_exception(answers[k].error)
         else:
-            future.set_result(report)
+            future.set_result(answers[k])
 
 
 def _resolve_all(groups: list[_LoopScored]) -> None:
     for scored in groups:
-        _resolve(scored.group, scored.report, scored.error)
+        _resolve(scored.group, scored.report, scored.error, scored.answers)
 
 
 def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventScoring:
