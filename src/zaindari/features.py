@@ -192,6 +192,49 @@ def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
     return _pairwise_sum(values, lo, half) + _pairwise_sum(values, lo + half, n - half)
 
 
+def _pairwise_text(terms: Sequence[str], lo: int, n: int) -> str:
+    """:func:`_pairwise_sum` of ``terms[lo:lo + n]`` written out as one Python expression: the
+    same additions in the same order (what :func:`_full_window_sums` compiles)."""
+    if n < 8:
+        res = "0.0"
+        for i in range(lo, lo + n):
+            res = f"({res} + {terms[i]})"
+        return res
+    if n <= 128:
+        r = list(terms[lo : lo + 8])
+        body = n - n % 8
+        for i in range(lo + 8, lo + body, 8):
+            for j in range(8):
+                r[j] = f"({r[j]} + {terms[i + j]})"
+        res = f"((({r[0]} + {r[1]}) + ({r[2]} + {r[3]})) + (({r[4]} + {r[5]}) + ({r[6]} + {r[7]})))"
+        for i in range(lo + body, lo + n):
+            res = f"({res} + {terms[i]})"
+        return res
+    half = n // 2
+    half -= half % 8
+    return f"({_pairwise_text(terms, lo, half)} + {_pairwise_text(terms, lo + half, n - half)})"
+
+
+@cache
+def _full_window_sums(size: int) -> tuple[Any, Any, Any, Any]:
+    """For a window of ``size`` values with none empty, :func:`_row_sum` of: the values
+    (``total(v)``), their squared deviations from ``m`` (``squares(v, m)``), ``d[k] * (v[k] - m)``
+    (``centred_dot(v, m, d)``) and ``w[k] * v[k]`` (``dot(v, w)``), each compiled once per size
+    into one expression: no list of terms built, no call per value, the same sums bit for bit."""
+    k = range(size)
+
+    def compiled(args: str, term: str) -> Any:
+        text = _pairwise_text([term.format(k=i) for i in k], 0, size)
+        return eval(f"lambda {args}: 0.0 + {text}")  # (our own text: indices and names only)
+
+    return (
+        compiled("v", "v[{k}]"),
+        compiled("v, m", "(v[{k}] - m) * (v[{k}] - m)"),
+        compiled("v, m, d", "d[{k}] * (v[{k}] - m)"),
+        compiled("v, w", "w[{k}] * v[{k}]"),
+    )
+
+
 def _row_sum(values: Sequence[float]) -> float:
     """``ndarray.sum`` of one row of float64 (the reduction starts from 0.0: a sum of ``-0.0`` is ``0.0``)."""
     return 0.0 + _pairwise_sum(values, 0, len(values))
@@ -234,6 +277,10 @@ def window_statistics_rows(
     out: dict[str, list[float]] = {stat: [] for stat in stats}
     extremes = [s for s in stats if s in ("min", "max")]
     for row in windows:
+        total = sum(row)
+        if total - total == 0.0:  # every place holds a finite value (the usual window): compiled sums
+            _full_window_row(row, stats, alpha, out)
+            continue
         valid = tuple([not math.isnan(x) for x in row])
         count = float(sum(valid))
         full = count == len(row)
@@ -269,6 +316,30 @@ def window_statistics_rows(
         for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
             out[stat] = col.tolist()
     return out
+
+
+def _full_window_row(
+    row: Sequence[float], stats: Sequence[str], alpha: float | None, out: dict[str, list[float]]
+) -> None:
+    """:func:`window_statistics_rows` of one window whose places all hold finite values."""
+    size = len(row)
+    total, squares, centred_dot, dot = _full_window_sums(size)
+    count = float(size)
+    mean = total(row) / count
+    for stat in stats:
+        if stat == "mean":
+            out[stat].append(mean)
+        elif stat == "std":
+            out[stat].append(math.sqrt(squares(row, mean) / count))
+        elif stat == "slope":
+            dx, sxx = _slope_terms((True,) * size)
+            out[stat].append(centred_dot(row, mean, dx) / sxx if sxx > 0 else 0.0)
+        elif stat == "ewm":
+            assert alpha is not None  # the spec enforces it
+            weights, weight_sum = _ewm_terms(alpha, (True,) * size)
+            out[stat].append(dot(row, weights) / weight_sum)
+        elif stat not in ("min", "max"):  # pragma: no cover - the spec's Literal type rules this out
+            raise ValueError(f"unknown window statistic {stat!r}")
 
 
 def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
@@ -504,18 +575,19 @@ def _window_features(
         )
         histories[device] = new_hist
         i = j
+    late = np.array(late_l, dtype=bool)
+    if small:  # on the lists as they are
+        _small_window_columns(
+            spec, columns, seg_values, seg_start_l, position_l, prev_pos_l, prev_time_l, stamp_of
+        )
+        if spec.readings_since_start:
+            columns["readings_since_start"] = np.array(counter_l, dtype=np.float64)
+        return late
     seg_start = np.array(seg_start_l, dtype=np.int64)
     position = np.array(position_l, dtype=np.int64)
     prev_pos = np.array(prev_pos_l, dtype=np.int64)
     prev_time = np.array(prev_time_l, dtype=np.float64)
     counter = np.array(counter_l, dtype=np.float64)
-    late = np.array(late_l, dtype=bool)
-
-    if small:
-        _small_window_columns(spec, columns, seg_values, seg_start, position, prev_pos, prev_time, stamps)
-        if spec.readings_since_start:
-            columns["readings_since_start"] = counter
-        return late
     flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}
     for w in spec.windows:
         offsets = np.arange(-(w.size - 1), 1, dtype=np.int64)
@@ -542,30 +614,33 @@ def _small_window_columns(
     spec: ModelSpec,
     columns: dict[str, FloatArray],
     seg_values: Mapping[str, list[float]],
-    seg_start: npt.NDArray[np.int64],
-    position: npt.NDArray[np.int64],
-    prev_pos: npt.NDArray[np.int64],
-    prev_time: FloatArray,
-    stamps: FloatArray,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    prev: Sequence[int],
+    times: Sequence[float],
+    now: Sequence[float],
 ) -> None:
     """:func:`_window_features`' window and rate columns for a few rows, in plain Python (the
-    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`)."""
-    starts, ends, prev = seg_start.tolist(), position.tolist(), prev_pos.tolist()
+    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`).
+    Per row: its segment's start, its own position, its previous reading's position (-1: none)
+    and time (``nan``: none), its time."""
     nan = math.nan
     for w in spec.windows:
         flat = seg_values[w.source]
-        windows = [
-            [flat[p] if p >= start else nan for p in range(end - w.size + 1, end + 1)]
-            for start, end in zip(starts, ends, strict=True)
-        ]
+        size = w.size
+        windows = []
+        for start, end in zip(starts, ends, strict=True):
+            first = end - size + 1  # a slice of the segment, nan before its start
+            windows.append(
+                flat[first : end + 1] if first >= start else [nan] * (start - first) + flat[start : end + 1]
+            )
         for stat, col in window_statistics_rows(windows, w.stats, w.alpha).items():
             columns[w.feature_name(stat)] = np.array(col, dtype=np.float64)
-    times = prev_time.tolist()
-    now = stamps.tolist()
     for s in spec.rate_sources:
         current = columns[s].tolist()
+        values = seg_values[s]
         rates = []
         for r, p in enumerate(prev):
             dt = now[r] - times[r]  # nan without a previous reading
-            rates.append((current[r] - seg_values[s][p]) / dt if p >= 0 and dt > 0 else nan)
+            rates.append((current[r] - values[p]) / dt if p >= 0 and dt > 0 else nan)
         columns[f"{s}__rate"] = np.array(rates, dtype=np.float64)

@@ -52,6 +52,25 @@ def test_window_statistics_rows_equal_numpy_bit_for_bit() -> None:
             assert same_bits(got[stat], expected[stat]), (trial, size, stat)
 
 
+def test_full_windows_take_the_compiled_sums_and_equal_numpy_bit_for_bit() -> None:
+    # Given windows with every place filled (the steady state: the compiled sums), of every size
+    # across numpy's 8 and 128 summation thresholds, with one holding inf (the general path)
+    rng = np.random.default_rng(8)
+    stats = ["mean", "std", "min", "max", "slope", "ewm"]
+    for size in range(1, 141):
+        windows = padded_windows(rng, 3, size)
+        windows[:, :] = np.where(np.isnan(windows), rng.normal(size=windows.shape) * 1e3, windows)
+        if size % 7 == 0:
+            windows[0, size // 2] = np.inf
+        alpha = float(rng.uniform(0.01, 1.0))
+        # When both paths compute them, Then every statistic is the same bit for bit
+        with np.errstate(invalid="ignore"):  # (inf - inf in the numpy path)
+            expected = window_statistics(windows, stats, alpha)
+        got = window_statistics_rows(windows.tolist(), stats, alpha)
+        for stat in stats:
+            assert same_bits(got[stat], expected[stat]), (size, stat)
+
+
 def test_sum_of_negative_zeros_is_positive_zero_as_numpy_gives() -> None:
     got = window_statistics_rows([[-0.0, -0.0, -0.0]], ["mean", "ewm"], 0.5)
     expected = window_statistics(np.array([[-0.0, -0.0, -0.0]]), ["mean", "ewm"], 0.5)
