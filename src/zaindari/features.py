@@ -449,8 +449,25 @@ def compute_features(
     for name in spec.sensor_names:
         given = table.sensors.get(name)  # (a default argument would make a column of nan every time)
         columns[name] = np.full(n, np.nan) if given is None else np.asarray(given, dtype=np.float64)
+    lists: dict[str, list[float]] = {}  # columns as Python lists, for a few rows
+
+    def column(name: str) -> list[float]:
+        values = lists.get(name)
+        if values is None:
+            values = lists[name] = columns[name].tolist()
+        return values
+
     for derived in spec.derived:
-        values = derived.tree.evaluate(columns)
+        row_values = derived.tree.evaluate_rows(column, n) if n <= SMALL_BATCH else None
+        if row_values is not None:  # a few rows: on Python floats (the same numbers)
+            values = np.array(row_values, dtype=np.float64)
+            lists[derived.name] = row_values
+            total = sum(row_values)
+            if total - total == 0.0:  # every value finite: nothing to reject
+                columns[derived.name] = values
+                continue
+        else:
+            values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
         for i in np.flatnonzero(bad) if bad.any() else ():
             rejections.append(
