@@ -660,9 +660,13 @@ def _evaluate_rows(
 
     row_rules: list[list[str]] = [[] for _ in range(n)]
     row_severity: list[str | None] = [None] * n
-    for c in compiled:
-        firing = ((i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired)
-        _mark(row_rules, row_severity, c.rule_id, firing)
+    fires = [True in c.fire for c in compiled]  # whether any row fires each rule (usually none)
+    for c, fires_any in zip(compiled, fires, strict=True):
+        if fires_any:
+            firing = (
+                (i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired
+            )
+            _mark(row_rules, row_severity, c.rule_id, firing)
 
     out_states = _copied(states)
     alerts: list[Alert] = []
@@ -694,11 +698,12 @@ def _evaluate_rows(
         rows = order[begin:end]
         begin = end
         state = out_states.setdefault(device, AlertState())
-        for c in compiled:
-            rule_state = state.rules.get(c.rule_id) or RuleState()
+        for c, fires_any in zip(compiled, fires, strict=True):
+            known = state.rules.get(c.rule_id)
             fire = c.fire
-            if rule_state.is_idle() and not any(fire[i] for i in rows):
-                continue
+            if (known is None or known.is_idle()) and not (fires_any and any(fire[i] for i in rows)):
+                continue  # idle and not firing: its walk would change nothing
+            rule_state = known or RuleState()
             hold, severity = c.hold, c.severity
             _walk_rule(
                 state, rule_state, c, rows, [fire[i] for i in rows], [hold[i] for i in rows],

@@ -194,7 +194,7 @@ def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
 
 def _pairwise_text(terms: Sequence[str], lo: int, n: int) -> str:
     """:func:`_pairwise_sum` of ``terms[lo:lo + n]`` written out as one Python expression: the
-    same additions in the same order (what :func:`_full_window_sums` compiles)."""
+    same additions in the same order (what :func:`_full_window_stats` compiles)."""
     if n < 8:
         res = "0.0"
         for i in range(lo, lo + n):
@@ -213,26 +213,6 @@ def _pairwise_text(terms: Sequence[str], lo: int, n: int) -> str:
     half = n // 2
     half -= half % 8
     return f"({_pairwise_text(terms, lo, half)} + {_pairwise_text(terms, lo + half, n - half)})"
-
-
-@cache
-def _full_window_sums(size: int) -> tuple[Any, Any, Any, Any]:
-    """For a window of ``size`` values with none empty, :func:`_row_sum` of: the values
-    (``total(v)``), their squared deviations from ``m`` (``squares(v, m)``), ``d[k] * (v[k] - m)``
-    (``centred_dot(v, m, d)``) and ``w[k] * v[k]`` (``dot(v, w)``), each compiled once per size
-    into one expression: no list of terms built, no call per value, the same sums bit for bit."""
-    k = range(size)
-
-    def compiled(args: str, term: str) -> Any:
-        text = _pairwise_text([term.format(k=i) for i in k], 0, size)
-        return eval(f"lambda {args}: 0.0 + {text}")  # (our own text: indices and names only)
-
-    return (
-        compiled("v", "v[{k}]"),
-        compiled("v, m", "(v[{k}] - m) * (v[{k}] - m)"),
-        compiled("v, m, d", "d[{k}] * (v[{k}] - m)"),
-        compiled("v, w", "w[{k}] * v[{k}]"),
-    )
 
 
 def _row_sum(values: Sequence[float]) -> float:
@@ -276,10 +256,12 @@ def window_statistics_rows(
     """
     out: dict[str, list[float]] = {stat: [] for stat in stats}
     extremes = [s for s in stats if s in ("min", "max")]
+    plain = tuple(s for s in stats if s not in ("min", "max"))
     for row in windows:
         total = sum(row)
         if total - total == 0.0:  # every place holds a finite value (the usual window): compiled sums
-            _full_window_row(row, stats, alpha, out)
+            for stat, value in zip(plain, _full_window_stats(len(row), plain, alpha)(row), strict=True):
+                out[stat].append(value)
             continue
         valid = tuple([not math.isnan(x) for x in row])
         count = float(sum(valid))
@@ -318,28 +300,46 @@ def window_statistics_rows(
     return out
 
 
-def _full_window_row(
-    row: Sequence[float], stats: Sequence[str], alpha: float | None, out: dict[str, list[float]]
-) -> None:
-    """:func:`window_statistics_rows` of one window whose places all hold finite values."""
-    size = len(row)
-    total, squares, centred_dot, dot = _full_window_sums(size)
-    count = float(size)
-    mean = total(row) / count
+@cache
+def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -> Any:
+    """``row_stats(v)``: the statistics ``stats`` (``min`` and ``max`` left out) of a window of
+    ``size`` finite values, in that order, compiled once per window spec into one function: each
+    sum written out in numpy's pairwise order (:func:`_pairwise_text`), the slope's positions and
+    the ewm's weights as constants (what :func:`window_statistics_rows` does value by value)."""
+    full = (True,) * size
+    count = repr(float(size))
+    constants: dict[str, float] = {}
+
+    def pairwise(term: str) -> str:
+        return "(0.0 + " + _pairwise_text([term.format(k=k) for k in range(size)], 0, size) + ")"
+
+    parts = []
     for stat in stats:
         if stat == "mean":
-            out[stat].append(mean)
+            parts.append("m")
         elif stat == "std":
-            out[stat].append(math.sqrt(squares(row, mean) / count))
+            parts.append(f"sqrt({pairwise('(v[{k}] - m) * (v[{k}] - m)')} / {count})")
         elif stat == "slope":
-            dx, sxx = _slope_terms((True,) * size)
-            out[stat].append(centred_dot(row, mean, dx) / sxx if sxx > 0 else 0.0)
+            dx, sxx = _slope_terms(full)
+            constants.update({f"d{k}": x for k, x in enumerate(dx)}, sxx=sxx)
+            parts.append(f"({pairwise('d{k} * (v[{k}] - m)')} / sxx)" if sxx > 0 else "0.0")
         elif stat == "ewm":
             assert alpha is not None  # the spec enforces it
-            weights, weight_sum = _ewm_terms(alpha, (True,) * size)
-            out[stat].append(dot(row, weights) / weight_sum)
+            weights, weight_sum = _ewm_terms(alpha, full)
+            constants.update({f"w{k}": x for k, x in enumerate(weights)}, wsum=weight_sum)
+            parts.append(f"({pairwise('w{k} * v[{k}]')} / wsum)")
         elif stat not in ("min", "max"):  # pragma: no cover - the spec's Literal type rules this out
             raise ValueError(f"unknown window statistic {stat!r}")
+    source = (
+        f"def make({', '.join(['sqrt', *constants])}):\n"
+        f"    def row_stats(v):\n"
+        f"        m = {pairwise('v[{k}]')} / {count}\n"
+        f"        return ({', '.join(parts)}{',' if parts else ''})\n"
+        f"    return row_stats\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # our own text: v, m, constants' names, numbers and operators only
+    return namespace["make"](math.sqrt, *constants.values())
 
 
 def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
