@@ -348,14 +348,15 @@ def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
         col = table.sensors.get(sensor.name)
         if col is None:
             return False
-        low, high = sensor.min, sensor.max
-        for value in col.tolist():
-            if (
-                not math.isfinite(value)
-                or (low is not None and value < low)
-                or (high is not None and value > high)
-            ):
-                return False
+        values = col.tolist()
+        total = sum(values)  # finite when every value is (else, or on overflow, checked one by one)
+        if total - total != 0.0 and not all(map(math.isfinite, values)):
+            return False
+        if values and (
+            (sensor.min is not None and min(values) < sensor.min)
+            or (sensor.max is not None and max(values) > sensor.max)
+        ):
+            return False
     return True
 
 
@@ -522,12 +523,15 @@ def _window_features(
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
     cursor = 0
 
+    empty: list[float] = []
+
     def usable_past(hist: DeviceHistory) -> dict[str, list[float]]:
         # the same number of past readings for every source (a history written under another
         # spec may lack a source: then the windows restart)
-        length = min((len(hist.values.get(s, [])) for s in sources), default=0)
-        length = min(length, keep)
-        return {s: hist.values.get(s, [])[len(hist.values.get(s, [])) - length :] for s in sources}
+        known = hist.values
+        past = [known.get(s, empty) for s in sources]
+        length = min(min(map(len, past), default=0), keep)
+        return {s: values[len(values) - length :] for s, values in zip(sources, past, strict=True)}
 
     def open_segment(past: dict[str, list[float]]) -> int:
         nonlocal cursor
