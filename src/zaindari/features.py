@@ -258,17 +258,35 @@ def window_statistics_rows(
     """
     out: dict[str, list[float]] = {stat: [] for stat in stats}
     extremes = [s for s in stats if s in ("min", "max")]
-    plain = tuple(s for s in stats if s not in ("min", "max"))
+    plain = tuple(s for s in stats if s not in extremes)
+    size = len(windows[0]) if windows else 0
+    total = sum(map(sum, windows))
+    if windows and total - total == 0.0 and all(len(row) == size for row in windows):
+        # every place of every window holds a finite value (the usual group): each window's
+        # statistics by one compiled function, then turned into columns
+        row_stats = _full_window_stats(size, plain, alpha)
+        for stat, column in zip(plain, zip(*map(row_stats, windows), strict=True), strict=True):
+            out[stat] = list(column)
+    else:
+        _window_rows_one_by_one(windows, stats, alpha, out)
+    if extremes and windows:
+        for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
+            out[stat] = col.tolist()
+    return out
+
+
+def _window_rows_one_by_one(
+    windows: Sequence[Sequence[float]], stats: Sequence[str], alpha: float | None, out: dict[str, list[float]]
+) -> None:
+    """:func:`window_statistics_rows` window by window (some with empty places), ``min`` and
+    ``max`` left out."""
+    extremes = [s for s in stats if s in ("min", "max")]
+    plain = tuple(s for s in stats if s not in extremes)
     plain_out = [out[s] for s in plain]
-    row_stats: Any = None
-    size = -1
     for row in windows:
         total = sum(row)
-        if total - total == 0.0:  # every place holds a finite value (the usual window): compiled sums
-            if len(row) != size:
-                size = len(row)
-                row_stats = _full_window_stats(size, plain, alpha)
-            for column, value in zip(plain_out, row_stats(row), strict=True):
+        if total - total == 0.0:  # every place holds a finite value: the compiled statistics
+            for column, value in zip(plain_out, _full_window_stats(len(row), plain, alpha)(row), strict=True):
                 column.append(value)
             continue
         valid = tuple([not math.isnan(x) for x in row])
@@ -302,10 +320,6 @@ def window_statistics_rows(
                 out[stat].append(_row_sum([w * x for w, x in zip(weights, filled, strict=True)]) / weight_sum)
             elif stat not in extremes:  # pragma: no cover - the spec's Literal type rules this out
                 raise ValueError(f"unknown window statistic {stat!r}")
-    if extremes and windows:
-        for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
-            out[stat] = col.tolist()
-    return out
 
 
 @cache
