@@ -322,7 +322,7 @@ def _window_rows_one_by_one(
                 raise ValueError(f"unknown window statistic {stat!r}")
 
 
-@cache
+@lru_cache(maxsize=256)  # (one per window spec: compiled once, ~40 ms at the largest size, 1,000)
 def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -> Any:
     """``row_stats(v)``: the statistics ``stats`` (``min`` and ``max`` left out) of a window of
     ``size`` finite values, in that order, compiled once per window spec into one function: each
