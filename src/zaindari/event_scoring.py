@@ -405,7 +405,7 @@ class EventScoring:
 
         # 4. score everything fresh in one call (the states loaded are this call's own: every
         # store's ``load`` decodes or copies them, so a scored device's state is carried on, not
-        # copied; ``states`` is read below only for devices with nothing scored)
+        # copied; ``states`` is read below only for devices the outcome does not hold)
         outcome = (
             score_readings(
                 bundle, fresh, states, threads=self.threads, summarize=self.summaries is not None, owned=True
