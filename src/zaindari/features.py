@@ -536,9 +536,12 @@ def _window_features(
     sources = spec.window_sources
     keep = spec.history_size
     small = m <= SMALL_BATCH
+    # the per-row walk on Python lists: numpy item access costs ~4x a list's
+    device_of: list[Any] = devices.tolist()
+    stamp_of: list[float] = stamps.tolist()
     order_l: list[int]  # rows by (device, timestamp), stably
     if small:  # the same stable order as lexsort's, without numpy's per-call cost
-        order_l = sorted(range(m), key=lambda r: (str(devices[r]), float(stamps[r])))
+        order_l = sorted(range(m), key=lambda r: (str(device_of[r]), stamp_of[r]))
     else:
         order_l = np.lexsort((stamps, devices.astype(str))).tolist() if m else []
 
@@ -563,9 +566,6 @@ def _window_features(
         cursor += len(past[sources[0]]) if sources else 0
         return start
 
-    # the per-row walk on Python lists: numpy item access costs ~4x a list's
-    device_of: list[Any] = devices.tolist()
-    stamp_of: list[float] = stamps.tolist()
     value_of = {s: columns[s].tolist() for s in sources}
     seg_start_l, position_l, prev_pos_l = [0] * m, [0] * m, [-1] * m
     prev_time_l, counter_l, late_l = [math.nan] * m, [0.0] * m, [False] * m
