@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -154,20 +155,25 @@ class _Compiled:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass  # (not frozen: a frozen dataclass's __init__ costs ~2 us, five per group)
 class _CompiledRows:
-    """:class:`_Compiled` for a few rows: the same facts, the per-row flags as Python lists."""
+    """:class:`_Compiled` for a few rows: the same facts, the per-row flags as Python lists
+    (``hold`` worked out on first use: only a rule whose state machine walks reads it)."""
 
     rule_id: str
     source: Literal["expert", "learned"]
     fire: list[bool]
-    hold: list[bool]
+    hold_rows: Callable[[], list[bool]]
     severity: list[str | None]
     for_consecutive: int
     clear_after: int
     features: tuple[str, ...]
     thresholds: dict[str, float]
     message: str
+
+    @cached_property
+    def hold(self) -> list[bool]:
+        return self.hold_rows()
 
 
 def _compare(values: FloatArray, op: str, limit: float) -> BoolArray:
@@ -210,38 +216,80 @@ def _condition(cond: Any, columns: Mapping[str, FloatArray], hold: bool) -> Bool
     raise TypeError(f"unknown condition {cond!r}")
 
 
-def _condition_rows(cond: Any, column: Any, hold: bool) -> list[bool]:
-    """:func:`_condition` on Python floats (``column(name)``: a feature column as a list): the
-    same comparisons, so the same flags (``nan`` compares false in both)."""
+def _condition_text(cond: Any, hold: bool, variable: dict[str, str], limits: list[float]) -> str:
+    """:func:`_condition` of one row as a Python expression over one variable per feature
+    column (``variable``, filled in here) and the limits (``L<k>``, appended to ``limits``): the
+    same comparisons on the same numbers, worked out once per rule (:func:`_rule_rows`)."""
+
+    def value(name: str) -> str:
+        return variable.setdefault(name, f"v{len(variable)}")
+
+    def limit(x: float) -> str:
+        limits.append(x)
+        return f"L{len(limits) - 1}"
+
     if isinstance(cond, ThresholdCondition):
         shift = cond.deadband if hold else 0.0
-        limit = cond.value - shift if cond.op in (">", ">=") else cond.value + shift
-        values = column(cond.feature)
-        if cond.op == ">":
-            return [v > limit for v in values]
-        if cond.op == ">=":
-            return [v >= limit for v in values]
-        if cond.op == "<":
-            return [v < limit for v in values]
-        return [v <= limit for v in values]
+        bound = cond.value - shift if cond.op in (">", ">=") else cond.value + shift
+        return f"({value(cond.feature)} {cond.op} {limit(bound)})"
     if isinstance(cond, RangeCondition):
         shift = cond.deadband if hold else 0.0
-        low, high = cond.min + shift, cond.max - shift
-        return [v < low or v > high for v in column(cond.range)]
+        v = value(cond.range)
+        return f"({v} < {limit(cond.min + shift)} or {v} > {limit(cond.max - shift)})"
     if isinstance(cond, RateCondition):
-        limit = cond.max_per_second
-        return [abs(v) > limit for v in column(f"{cond.rate_of_change}__rate")]
+        return f"(abs({value(f'{cond.rate_of_change}__rate')}) > {limit(cond.max_per_second)})"
     if isinstance(cond, AllOf):
-        out = _condition_rows(cond.all[0], column, hold)
-        for c in cond.all[1:]:
-            out = [a and b for a, b in zip(out, _condition_rows(c, column, hold), strict=True)]
-        return out
+        return "(" + " and ".join(_condition_text(c, hold, variable, limits) for c in cond.all) + ")"
     if isinstance(cond, AnyOf):
-        out = _condition_rows(cond.any[0], column, hold)
-        for c in cond.any[1:]:
-            out = [a or b for a, b in zip(out, _condition_rows(c, column, hold), strict=True)]
-        return out
+        return "(" + " or ".join(_condition_text(c, hold, variable, limits) for c in cond.any) + ")"
     raise TypeError(f"unknown condition {cond!r}")
+
+
+@dataclass(frozen=True)
+class _RuleRows:
+    """An expert rule's per-row flags as two compiled functions of its feature columns (Python
+    lists) and the rows' modes: ``fire`` and ``hold`` (its deadband's condition or ``fire``),
+    both false outside the rule's modes."""
+
+    rule: ExpertRule
+    columns: tuple[str, ...]
+    fire: Callable[..., list[bool]]
+    hold: Callable[..., list[bool]]
+    #: (every part of the text is a comparison, ``and`` or ``or`` of comparisons: a ``bool``)
+
+
+#: Per rule (by identity, the rule kept in the value so its id is not reused): its compiled flags.
+_RULE_ROWS: dict[int, _RuleRows] = {}
+
+
+def _rule_rows(rule: ExpertRule) -> _RuleRows:
+    cached = _RULE_ROWS.get(id(rule))
+    if cached is not None and cached.rule is rule:
+        return cached
+    variable: dict[str, str] = {}
+    limits: list[float] = []
+    fire = _condition_text(rule.when, False, variable, limits)
+    hold = _condition_text(rule.when, True, variable, limits)
+    names = list(variable.values())
+    row = ", ".join(names) + ", m" if names else "m"
+    columns = ", ".join(f"c{k}" for k in range(len(names)))
+    mode = "" if rule.modes is None else " and (m in allowed)"
+    source = (
+        f"def make({', '.join(f'L{k}' for k in range(len(limits)))}{', ' if limits else ''}allowed):\n"
+        f"    def fire({columns}{', ' if names else ''}modes):\n"
+        f"        return [{fire}{mode} for {row} in zip({columns}{', ' if names else ''}modes)]\n"
+        f"    def hold({columns}{', ' if names else ''}modes):\n"
+        f"        return [({hold} or {fire}){mode} for {row} in zip({columns}{', ' if names else ''}modes)]\n"
+        f"    return fire, hold\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # our own text: variable names, comparison operators, L<k> and m only
+    allowed = None if rule.modes is None else frozenset(str(m) for m in rule.modes)
+    fire_fn, hold_fn = namespace["make"](*limits, allowed)
+    if len(_RULE_ROWS) > 1024:
+        _RULE_ROWS.clear()
+    compiled = _RULE_ROWS[id(rule)] = _RuleRows(rule, tuple(variable), fire_fn, hold_fn)
+    return compiled
 
 
 def _condition_thresholds(cond: Any) -> dict[str, float]:
@@ -330,20 +378,17 @@ def _compile_expert(
 def _compile_expert_rows(
     rule: ExpertRule, column: Any, modes: Sequence[str], clear_after: int
 ) -> _CompiledRows:
-    """:func:`_compile_expert` for a few rows (``modes``: ``""`` for none)."""
-    fire = _condition_rows(rule.when, column, hold=False)
-    hold = [h or f for h, f in zip(_condition_rows(rule.when, column, hold=True), fire, strict=True)]
-    if rule.modes is not None:
-        allowed = {str(m) for m in rule.modes}
-        in_mode = [str(m) in allowed for m in modes]
-        fire = [f and ok for f, ok in zip(fire, in_mode, strict=True)]
-        hold = [h and ok for h, ok in zip(hold, in_mode, strict=True)]
+    """:func:`_compile_expert` for a few rows (``modes``: ``""`` for none), by the rule's
+    compiled flags (:func:`_rule_rows`)."""
+    compiled = _rule_rows(rule)
+    values = [column(name) for name in compiled.columns]
+    fire = compiled.fire(*values, modes)
     features, thresholds, message = _rule_facts(rule)
     return _CompiledRows(
         rule_id=rule.id,
         source="expert",
         fire=fire,
-        hold=hold,
+        hold_rows=lambda: compiled.hold(*values, modes),
         severity=[rule.severity] * len(fire),
         for_consecutive=rule.for_consecutive,
         clear_after=clear_after,
@@ -395,7 +440,7 @@ def _compile_learned_rows(
         rule_id=LEARNED_RULE_ID,
         source="learned",
         fire=fire,
-        hold=[h or f for h, f in zip(hold, fire, strict=True)],
+        hold_rows=lambda: [h or f for h, f in zip(hold, fire, strict=True)],
         severity=severity,
         for_consecutive=policy.for_consecutive,
         clear_after=spec.alert_policy.clear_after,
@@ -615,9 +660,13 @@ def _evaluate_rows(
 
     row_rules: list[list[str]] = [[] for _ in range(n)]
     row_severity: list[str | None] = [None] * n
-    for c in compiled:
-        firing = ((i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired)
-        _mark(row_rules, row_severity, c.rule_id, firing)
+    fires = [True in c.fire for c in compiled]  # whether any row fires each rule (usually none)
+    for c, fires_any in zip(compiled, fires, strict=True):
+        if fires_any:
+            firing = (
+                (i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired
+            )
+            _mark(row_rules, row_severity, c.rule_id, firing)
 
     out_states = _copied(states)
     alerts: list[Alert] = []
@@ -649,11 +698,12 @@ def _evaluate_rows(
         rows = order[begin:end]
         begin = end
         state = out_states.setdefault(device, AlertState())
-        for c in compiled:
-            rule_state = state.rules.get(c.rule_id) or RuleState()
+        for c, fires_any in zip(compiled, fires, strict=True):
+            known = state.rules.get(c.rule_id)
             fire = c.fire
-            if rule_state.is_idle() and not any(fire[i] for i in rows):
-                continue
+            if (known is None or known.is_idle()) and not (fires_any and any(fire[i] for i in rows)):
+                continue  # idle and not firing: its walk would change nothing
+            rule_state = known or RuleState()
             hold, severity = c.hold, c.severity
             _walk_rule(
                 state, rule_state, c, rows, [fire[i] for i in rows], [hold[i] for i in rows],

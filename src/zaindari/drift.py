@@ -431,7 +431,16 @@ def _summarize_small(
             sensor_out[name] = [0] * k
             continue
         missing, out = [0] * k, [0] * k
-        for w, value in zip(window, np.asarray(column, dtype=np.float64).tolist(), strict=True):
+        values = np.asarray(column, dtype=np.float64).tolist()
+        total = sum(values)
+        if (
+            total - total == 0.0  # every value finite (the usual group): none missing
+            and (low is None or min(values) >= low)
+            and (high is None or max(values) <= high)
+        ):
+            sensor_missing[name], sensor_out[name] = missing, out
+            continue
+        for w, value in zip(window, values, strict=True):
             if math.isnan(value):
                 missing[at[w]] += 1
             elif (low is not None and value < low) or (high is not None and value > high):
@@ -445,13 +454,21 @@ def _summarize_small(
     values = np.asarray(matrix, dtype=np.float64).tolist()
     scores = np.asarray(score, dtype=np.float64).tolist()
     flags = np.asarray(alerts, dtype=bool).tolist()
+    layout = list(zip(edges, offsets, strict=True))
     for r, i in enumerate(np.asarray(rows).tolist()):
         w = at[window[i]]
         scored[w] += 1
         alert_rows[w] += flags[r]
-        for j, value in enumerate([*values[r], scores[r]]):
+        row_values = [*values[r], scores[r]]
+        counts = bins[w]
+        total = sum(row_values)
+        if total - total == 0.0:  # every value finite (the usual row)
+            for (row_edges, offset), value in zip(layout, row_values, strict=True):
+                counts[offset + bisect_right(row_edges, value)] += 1
+            continue
+        for j, value in enumerate(row_values):
             if math.isfinite(value):
-                bins[w][offsets[j] + bisect_right(edges[j], value)] += 1
+                counts[offsets[j] + bisect_right(edges[j], value)] += 1
             else:
                 nonfinite[w][j] += 1
 

@@ -403,9 +403,13 @@ class EventScoring:
             fresh_owner = [owner[i] for i in kept]
             fresh_position = [position[i] for i in kept]
 
-        # 4. score everything fresh in one call
+        # 4. score everything fresh in one call (the states loaded are this call's own: every
+        # store's ``load`` decodes or copies them, so a scored device's state is carried on, not
+        # copied; ``states`` is read below only for devices the outcome does not hold)
         outcome = (
-            score_readings(bundle, fresh, states, threads=self.threads, summarize=self.summaries is not None)
+            score_readings(
+                bundle, fresh, states, threads=self.threads, summarize=self.summaries is not None, owned=True
+            )
             if fresh
             else None
         )

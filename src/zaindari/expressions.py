@@ -9,10 +9,11 @@ and ``zaindari.features_spark`` for Spark columns, so a derived feature is defin
 from __future__ import annotations
 
 import ast
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +69,114 @@ class Expr(ABC):
         # one errstate for the whole tree (entering one costs ~5 us, as much as a small column's op)
         with np.errstate(all="ignore"):
             return np.asarray(self.fold(_NumpyAlgebra(columns, size)), dtype=np.float64)
+
+    def evaluate_rows(self, column: Callable[[str], Sequence[float]], n: int) -> list[float] | None:
+        """:meth:`evaluate` on Python floats, for a few rows (``column(name)``: a list of ``n``): the
+        same IEEE operations on the same numbers, so every finite result is the same, bit for bit
+        (a row with a result that is not finite is rejected, whatever its bits). ``None`` where
+        ``min``/``max`` meet two zeros (``0.0`` against ``-0.0``: numpy's own choice is not
+        restated here; the caller evaluates with numpy). The tree is compiled to one Python
+        function once (:func:`_row_function`)."""
+        function, names = _row_function(self)
+        try:
+            return function(n, *[column(name) for name in names])
+        except _ZeroTie:
+            return None
+
+
+class _ZeroTie(Exception):
+    """``min``/``max`` of two zeros on the Python path (see :meth:`Expr.evaluate_rows`)."""
+
+
+def _div(a: float, b: float) -> float:
+    # numpy: np.where(right == 0, nan, left / right); a Python float division only raises on zero
+    return math.nan if b == 0 else a / b
+
+
+def _sqrt(a: float) -> float:
+    return math.nan if a < 0 else math.sqrt(abs(a))
+
+
+def _min(a: float, b: float) -> float:
+    if a < b:
+        return a
+    if b < a:
+        return b
+    if a == b:
+        if a == 0:
+            raise _ZeroTie
+        return a  # (equal and not zero: the same number)
+    return math.nan  # one of them is nan: np.minimum propagates it (the row is rejected)
+
+
+def _max(a: float, b: float) -> float:
+    if a > b:
+        return a
+    if b > a:
+        return b
+    if a == b:
+        if a == 0:
+            raise _ZeroTie
+        return a
+    return math.nan
+
+
+class _TextAlgebra:
+    """A node as the text of a Python expression over one row's values (``v<k>``)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.constants: list[float] = []
+
+    def const(self, value: float) -> str:
+        self.constants.append(value)
+        return f"K{len(self.constants) - 1}"
+
+    def name(self, name: str) -> str:
+        return self.names.setdefault(name, f"v{len(self.names)}")
+
+    def binary(self, op: str, left: str, right: str) -> str:
+        return f"_div({left}, {right})" if op == "/" else f"({left} {op} {right})"
+
+    def negate(self, operand: str) -> str:
+        return f"(-{operand})"
+
+    def call(self, fn: str, args: list[str]) -> str:
+        return {"abs": "abs", "sqrt": "_sqrt", "min": "_min", "max": "_max"}[fn] + f"({', '.join(args)})"
+
+
+#: Per expression tree (by identity, the tree kept in the value): its compiled row function.
+_ROW_FUNCTIONS: dict[int, tuple[Expr, Callable[..., list[float]], tuple[str, ...]]] = {}
+
+
+def _row_function(tree: Expr) -> tuple[Callable[..., list[float]], tuple[str, ...]]:
+    """``tree`` as ``function(n, *columns)`` returning its value per row, and the names of the
+    columns it takes (compiled once per tree)."""
+    cached = _ROW_FUNCTIONS.get(id(tree))
+    if cached is None or cached[0] is not tree:
+        algebra = _TextAlgebra()
+        text = tree.fold(algebra)
+        names = list(algebra.names.values())
+        columns = [f"c{k}" for k in range(len(names))]
+        constants = [f"K{k}" for k in range(len(algebra.constants))]
+        loop = (
+            f"[{text} for {', '.join(names)}, in zip({', '.join(columns)}, strict=True)]"
+            if names
+            else f"[{text}] * n"
+        )
+        source = (
+            f"def make({', '.join(['_div', '_sqrt', '_min', '_max', *constants])}):\n"
+            f"    def row_values({', '.join(['n', *columns])}):\n"
+            f"        return {loop}\n"
+            f"    return row_values\n"
+        )
+        namespace: dict[str, Any] = {}
+        exec(source, namespace)  # our own text: v<k>, K<k>, c<k>, operators and our four helpers
+        function = namespace["make"](_div, _sqrt, _min, _max, *algebra.constants)
+        if len(_ROW_FUNCTIONS) > 1024:
+            _ROW_FUNCTIONS.clear()
+        cached = _ROW_FUNCTIONS[id(tree)] = (tree, function, tuple(algebra.names))
+    return cached[1], cached[2]
 
 
 class _NumpyAlgebra:

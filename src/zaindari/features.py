@@ -119,6 +119,8 @@ class FeatureBatch:
         """The model's input matrix (rows x features, float32, C-contiguous)."""
         if not len(self.rows):
             return np.zeros((0, len(names)), dtype=np.float32)
+        if len(self.rows) <= SMALL_BATCH:  # one array of the columns, turned (column_stack costs ~3x)
+            return np.array([self.columns[n] for n in names], dtype=np.float32).T.copy()
         return np.ascontiguousarray(np.column_stack([self.columns[n] for n in names]), dtype=np.float32)
 
 
@@ -192,6 +194,29 @@ def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
     return _pairwise_sum(values, lo, half) + _pairwise_sum(values, lo + half, n - half)
 
 
+def _pairwise_text(terms: Sequence[str], lo: int, n: int) -> str:
+    """:func:`_pairwise_sum` of ``terms[lo:lo + n]`` written out as one Python expression: the
+    same additions in the same order (what :func:`_full_window_stats` compiles)."""
+    if n < 8:
+        res = "0.0"
+        for i in range(lo, lo + n):
+            res = f"({res} + {terms[i]})"
+        return res
+    if n <= 128:
+        r = list(terms[lo : lo + 8])
+        body = n - n % 8
+        for i in range(lo + 8, lo + body, 8):
+            for j in range(8):
+                r[j] = f"({r[j]} + {terms[i + j]})"
+        res = f"((({r[0]} + {r[1]}) + ({r[2]} + {r[3]})) + (({r[4]} + {r[5]}) + ({r[6]} + {r[7]})))"
+        for i in range(lo + body, lo + n):
+            res = f"({res} + {terms[i]})"
+        return res
+    half = n // 2
+    half -= half % 8
+    return f"({_pairwise_text(terms, lo, half)} + {_pairwise_text(terms, lo + half, n - half)})"
+
+
 def _row_sum(values: Sequence[float]) -> float:
     """``ndarray.sum`` of one row of float64 (the reduction starts from 0.0: a sum of ``-0.0`` is ``0.0``)."""
     return 0.0 + _pairwise_sum(values, 0, len(values))
@@ -233,7 +258,37 @@ def window_statistics_rows(
     """
     out: dict[str, list[float]] = {stat: [] for stat in stats}
     extremes = [s for s in stats if s in ("min", "max")]
+    plain = tuple(s for s in stats if s not in extremes)
+    size = len(windows[0]) if windows else 0
+    total = sum(map(sum, windows))
+    if windows and total - total == 0.0 and all(len(row) == size for row in windows):
+        # every place of every window holds a finite value (the usual group): each window's
+        # statistics by one compiled function, then turned into columns
+        row_stats = _full_window_stats(size, plain, alpha)
+        for stat, column in zip(plain, zip(*map(row_stats, windows), strict=True), strict=True):
+            out[stat] = list(column)
+    else:
+        _window_rows_one_by_one(windows, stats, alpha, out)
+    if extremes and windows:
+        for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
+            out[stat] = col.tolist()
+    return out
+
+
+def _window_rows_one_by_one(
+    windows: Sequence[Sequence[float]], stats: Sequence[str], alpha: float | None, out: dict[str, list[float]]
+) -> None:
+    """:func:`window_statistics_rows` window by window (some with empty places), ``min`` and
+    ``max`` left out."""
+    extremes = [s for s in stats if s in ("min", "max")]
+    plain = tuple(s for s in stats if s not in extremes)
+    plain_out = [out[s] for s in plain]
     for row in windows:
+        total = sum(row)
+        if total - total == 0.0:  # every place holds a finite value: the compiled statistics
+            for column, value in zip(plain_out, _full_window_stats(len(row), plain, alpha)(row), strict=True):
+                column.append(value)
+            continue
         valid = tuple([not math.isnan(x) for x in row])
         count = float(sum(valid))
         full = count == len(row)
@@ -265,10 +320,48 @@ def window_statistics_rows(
                 out[stat].append(_row_sum([w * x for w, x in zip(weights, filled, strict=True)]) / weight_sum)
             elif stat not in extremes:  # pragma: no cover - the spec's Literal type rules this out
                 raise ValueError(f"unknown window statistic {stat!r}")
-    if extremes and windows:
-        for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
-            out[stat] = col.tolist()
-    return out
+
+
+@lru_cache(maxsize=256)  # (one per window spec: compiled once, ~40 ms at the largest size, 1,000)
+def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -> Any:
+    """``row_stats(v)``: the statistics ``stats`` (``min`` and ``max`` left out) of a window of
+    ``size`` finite values, in that order, compiled once per window spec into one function: each
+    sum written out in numpy's pairwise order (:func:`_pairwise_text`), the slope's positions and
+    the ewm's weights as constants (what :func:`window_statistics_rows` does value by value)."""
+    full = (True,) * size
+    count = repr(float(size))
+    constants: dict[str, float] = {}
+
+    def pairwise(term: str) -> str:
+        return "(0.0 + " + _pairwise_text([term.format(k=k) for k in range(size)], 0, size) + ")"
+
+    parts = []
+    for stat in stats:
+        if stat == "mean":
+            parts.append("m")
+        elif stat == "std":
+            parts.append(f"sqrt({pairwise('(v[{k}] - m) * (v[{k}] - m)')} / {count})")
+        elif stat == "slope":
+            dx, sxx = _slope_terms(full)
+            constants.update({f"d{k}": x for k, x in enumerate(dx)}, sxx=sxx)
+            parts.append(f"({pairwise('d{k} * (v[{k}] - m)')} / sxx)" if sxx > 0 else "0.0")
+        elif stat == "ewm":
+            assert alpha is not None  # the spec enforces it
+            weights, weight_sum = _ewm_terms(alpha, full)
+            constants.update({f"w{k}": x for k, x in enumerate(weights)}, wsum=weight_sum)
+            parts.append(f"({pairwise('w{k} * v[{k}]')} / wsum)")
+        elif stat not in ("min", "max"):  # pragma: no cover - the spec's Literal type rules this out
+            raise ValueError(f"unknown window statistic {stat!r}")
+    source = (
+        f"def make({', '.join(['sqrt', *constants])}):\n"
+        f"    def row_stats(v):\n"
+        f"        m = {pairwise('v[{k}]')} / {count}\n"
+        f"        return ({', '.join(parts)}{',' if parts else ''})\n"
+        f"    return row_stats\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # our own text: v, m, constants' names, numbers and operators only
+    return namespace["make"](math.sqrt, *constants.values())
 
 
 def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
@@ -277,14 +370,15 @@ def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
         col = table.sensors.get(sensor.name)
         if col is None:
             return False
-        low, high = sensor.min, sensor.max
-        for value in col.tolist():
-            if (
-                not math.isfinite(value)
-                or (low is not None and value < low)
-                or (high is not None and value > high)
-            ):
-                return False
+        values = col.tolist()
+        total = sum(values)  # finite when every value is (else, or on overflow, checked one by one)
+        if total - total != 0.0 and not all(map(math.isfinite, values)):
+            return False
+        if values and (
+            (sensor.min is not None and min(values) < sensor.min)
+            or (sensor.max is not None and max(values) > sensor.max)
+        ):
+            return False
     return True
 
 
@@ -378,8 +472,25 @@ def compute_features(
     for name in spec.sensor_names:
         given = table.sensors.get(name)  # (a default argument would make a column of nan every time)
         columns[name] = np.full(n, np.nan) if given is None else np.asarray(given, dtype=np.float64)
+    lists: dict[str, list[float]] = {}  # columns as Python lists, for a few rows
+
+    def column(name: str) -> list[float]:
+        values = lists.get(name)
+        if values is None:
+            values = lists[name] = columns[name].tolist()
+        return values
+
     for derived in spec.derived:
-        values = derived.tree.evaluate(columns)
+        row_values = derived.tree.evaluate_rows(column, n) if n <= SMALL_BATCH else None
+        if row_values is not None:  # a few rows: on Python floats (the same numbers)
+            values = np.array(row_values, dtype=np.float64)
+            lists[derived.name] = row_values
+            total = sum(row_values)
+            if total - total == 0.0:  # every value finite: nothing to reject
+                columns[derived.name] = values
+                continue
+        else:
+            values = derived.tree.evaluate(columns)
         bad = ok & ~np.isfinite(values)
         for i in np.flatnonzero(bad) if bad.any() else ():
             rejections.append(
@@ -425,21 +536,27 @@ def _window_features(
     sources = spec.window_sources
     keep = spec.history_size
     small = m <= SMALL_BATCH
+    # the per-row walk on Python lists: numpy item access costs ~4x a list's
+    device_of: list[Any] = devices.tolist()
+    stamp_of: list[float] = stamps.tolist()
     order_l: list[int]  # rows by (device, timestamp), stably
     if small:  # the same stable order as lexsort's, without numpy's per-call cost
-        order_l = sorted(range(m), key=lambda r: (str(devices[r]), float(stamps[r])))
+        order_l = sorted(range(m), key=lambda r: (str(device_of[r]), stamp_of[r]))
     else:
         order_l = np.lexsort((stamps, devices.astype(str))).tolist() if m else []
 
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
     cursor = 0
 
+    empty: list[float] = []
+
     def usable_past(hist: DeviceHistory) -> dict[str, list[float]]:
         # the same number of past readings for every source (a history written under another
         # spec may lack a source: then the windows restart)
-        length = min((len(hist.values.get(s, [])) for s in sources), default=0)
-        length = min(length, keep)
-        return {s: hist.values.get(s, [])[len(hist.values.get(s, [])) - length :] for s in sources}
+        known = hist.values
+        past = [known.get(s, empty) for s in sources]
+        length = min(min(map(len, past), default=0), keep)
+        return {s: values[len(values) - length :] for s, values in zip(sources, past, strict=True)}
 
     def open_segment(past: dict[str, list[float]]) -> int:
         nonlocal cursor
@@ -449,9 +566,6 @@ def _window_features(
         cursor += len(past[sources[0]]) if sources else 0
         return start
 
-    # the per-row walk on Python lists: numpy item access costs ~4x a list's
-    device_of: list[Any] = devices.tolist()
-    stamp_of: list[float] = stamps.tolist()
     value_of = {s: columns[s].tolist() for s in sources}
     seg_start_l, position_l, prev_pos_l = [0] * m, [0] * m, [-1] * m
     prev_time_l, counter_l, late_l = [math.nan] * m, [0.0] * m, [False] * m
@@ -504,18 +618,19 @@ def _window_features(
         )
         histories[device] = new_hist
         i = j
+    late = np.array(late_l, dtype=bool)
+    if small:  # on the lists as they are
+        _small_window_columns(
+            spec, columns, seg_values, seg_start_l, position_l, prev_pos_l, prev_time_l, stamp_of
+        )
+        if spec.readings_since_start:
+            columns["readings_since_start"] = np.array(counter_l, dtype=np.float64)
+        return late
     seg_start = np.array(seg_start_l, dtype=np.int64)
     position = np.array(position_l, dtype=np.int64)
     prev_pos = np.array(prev_pos_l, dtype=np.int64)
     prev_time = np.array(prev_time_l, dtype=np.float64)
     counter = np.array(counter_l, dtype=np.float64)
-    late = np.array(late_l, dtype=bool)
-
-    if small:
-        _small_window_columns(spec, columns, seg_values, seg_start, position, prev_pos, prev_time, stamps)
-        if spec.readings_since_start:
-            columns["readings_since_start"] = counter
-        return late
     flat = {s: np.asarray(v, dtype=np.float64) for s, v in seg_values.items()}
     for w in spec.windows:
         offsets = np.arange(-(w.size - 1), 1, dtype=np.int64)
@@ -542,30 +657,33 @@ def _small_window_columns(
     spec: ModelSpec,
     columns: dict[str, FloatArray],
     seg_values: Mapping[str, list[float]],
-    seg_start: npt.NDArray[np.int64],
-    position: npt.NDArray[np.int64],
-    prev_pos: npt.NDArray[np.int64],
-    prev_time: FloatArray,
-    stamps: FloatArray,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    prev: Sequence[int],
+    times: Sequence[float],
+    now: Sequence[float],
 ) -> None:
     """:func:`_window_features`' window and rate columns for a few rows, in plain Python (the
-    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`)."""
-    starts, ends, prev = seg_start.tolist(), position.tolist(), prev_pos.tolist()
+    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`).
+    Per row: its segment's start, its own position, its previous reading's position (-1: none)
+    and time (``nan``: none), its time."""
     nan = math.nan
     for w in spec.windows:
         flat = seg_values[w.source]
-        windows = [
-            [flat[p] if p >= start else nan for p in range(end - w.size + 1, end + 1)]
-            for start, end in zip(starts, ends, strict=True)
-        ]
+        size = w.size
+        windows = []
+        for start, end in zip(starts, ends, strict=True):
+            first = end - size + 1  # a slice of the segment, nan before its start
+            windows.append(
+                flat[first : end + 1] if first >= start else [nan] * (start - first) + flat[start : end + 1]
+            )
         for stat, col in window_statistics_rows(windows, w.stats, w.alpha).items():
             columns[w.feature_name(stat)] = np.array(col, dtype=np.float64)
-    times = prev_time.tolist()
-    now = stamps.tolist()
     for s in spec.rate_sources:
         current = columns[s].tolist()
+        values = seg_values[s]
         rates = []
         for r, p in enumerate(prev):
             dt = now[r] - times[r]  # nan without a previous reading
-            rates.append((current[r] - seg_values[s][p]) / dt if p >= 0 and dt > 0 else nan)
+            rates.append((current[r] - values[p]) / dt if p >= 0 and dt > 0 else nan)
         columns[f"{s}__rate"] = np.array(rates, dtype=np.float64)

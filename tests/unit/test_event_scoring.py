@@ -606,6 +606,13 @@ def test_device_state_key_set_follows_remember_and_copies() -> None:
     nxt.remember("k10", 10.0, memory=4)
     assert nxt.seen_keys() == {"k7", "k8", "k9", "k10"}
     assert state.seen_keys() == {"k6", "k7", "k8", "k9"}  # the predecessor is untouched
+    # the key set is shared until either side remembers: the predecessor changing, or a second
+    # successor of the same state, leaves the others as they were
+    other = state.successor(state.history, state.alerts)
+    state.remember("k11", 11.0, memory=4)
+    assert state.seen_keys() == {"k7", "k8", "k9", "k11"}
+    assert other.seen_keys() == {"k6", "k7", "k8", "k9"}
+    assert nxt.seen_keys() == {"k7", "k8", "k9", "k10"}
     restored = DeviceState.from_dict(nxt.to_dict())
     assert restored == nxt and restored.seen_keys() == nxt.seen_keys()
 

@@ -52,6 +52,25 @@ def test_window_statistics_rows_equal_numpy_bit_for_bit() -> None:
             assert same_bits(got[stat], expected[stat]), (trial, size, stat)
 
 
+def test_full_windows_take_the_compiled_sums_and_equal_numpy_bit_for_bit() -> None:
+    # Given windows with every place filled (the steady state: the compiled sums), of every size
+    # across numpy's 8 and 128 summation thresholds, with one holding inf (the general path)
+    rng = np.random.default_rng(8)
+    stats = ["mean", "std", "min", "max", "slope", "ewm"]
+    for size in range(1, 141):
+        windows = padded_windows(rng, 3, size)
+        windows[:, :] = np.where(np.isnan(windows), rng.normal(size=windows.shape) * 1e3, windows)
+        if size % 7 == 0:
+            windows[0, size // 2] = np.inf
+        alpha = float(rng.uniform(0.01, 1.0))
+        # When both paths compute them, Then every statistic is the same bit for bit
+        with np.errstate(invalid="ignore"):  # (inf - inf in the numpy path)
+            expected = window_statistics(windows, stats, alpha)
+        got = window_statistics_rows(windows.tolist(), stats, alpha)
+        for stat in stats:
+            assert same_bits(got[stat], expected[stat]), (size, stat)
+
+
 def test_sum_of_negative_zeros_is_positive_zero_as_numpy_gives() -> None:
     got = window_statistics_rows([[-0.0, -0.0, -0.0]], ["mean", "ewm"], 0.5)
     expected = window_statistics(np.array([[-0.0, -0.0, -0.0]]), ["mean", "ewm"], 0.5)
@@ -294,3 +313,46 @@ alert_policy:
     - {id: temperature_jump, severity: warning, when: {rate_of_change: temperature, max_per_second: 0.5}}
     - {id: pressure_out_of_band, severity: warning, when: {range: pressure, min: 1, max: 350, deadband: 5}, for_consecutive: 2}
 """
+
+
+def random_expression(rng: np.random.Generator, depth: int) -> str:
+    """An expression of the grammar derived features allow, over sensors a, b and c."""
+    if depth == 0 or rng.random() < 0.25:
+        return str(rng.choice(["a", "b", "c", "0", "1", "9549", "0.5"]))
+    kind = int(rng.integers(0, 6))
+    left, right = random_expression(rng, depth - 1), random_expression(rng, depth - 1)
+    if kind < 3:
+        return f"({left} {['+', '-', '*', '/'][int(rng.integers(0, 4))]} {right})"
+    if kind == 3:
+        return f"-{left}"
+    if kind == 4:
+        return f"{['abs', 'sqrt'][int(rng.integers(0, 2))]}({left})"
+    return f"{['min', 'max'][int(rng.integers(0, 2))]}({left}, {right})"
+
+
+def test_derived_expressions_on_python_floats_equal_numpy_where_finite() -> None:
+    from zaindari.expressions import parse_expression
+
+    # Given random expressions on values with zeros of both signs, negatives, huge magnitudes
+    rng = np.random.default_rng(5)
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, 1e300, -1e300, 1e-300, 9549.0, 3.0])
+    compared = ties = 0
+    for trial in range(600):
+        tree = parse_expression(random_expression(rng, 4))
+        n = int(rng.integers(1, 9))
+        columns = {
+            k: np.where(rng.random(n) < 0.5, rng.choice(pool, n), rng.normal(0, 100, n)) for k in "abc"
+        }
+        # When both evaluate it
+        with np.errstate(all="ignore"):
+            expected = tree.evaluate(columns)
+        got = tree.evaluate_rows(lambda name: columns[name].tolist(), n)  # noqa: B023
+        if got is None:  # min/max met two zeros: the caller uses numpy
+            ties += 1
+            continue
+        # Then the same values are finite, and those are the same bit for bit
+        finite = np.isfinite(expected)
+        assert np.isfinite(got).tolist() == finite.tolist(), trial
+        assert same_bits(np.array(got)[finite], expected[finite]), trial
+        compared += 1
+    assert compared > 400 and ties > 0
