@@ -74,7 +74,11 @@ class StateStore(Protocol):
     """Per-device state, read and written in bulk."""
 
     def load(self, device_ids: Sequence[str]) -> dict[str, DeviceState]:
-        """States of the devices that have one (raises PortError when the store fails)."""
+        """States of the devices that have one (raises PortError when the store fails).
+
+        The caller owns what it gets: the use case carries these states on and changes them in
+        place (``score_table(owned=True)``), so a store must not keep or share them (a store that
+        caches states hands out copies, or takes them back only through :meth:`save`)."""
         ...
 
     def save(self, states: Mapping[str, DeviceState]) -> SaveResult:
