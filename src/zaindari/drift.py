@@ -523,10 +523,10 @@ def _ceiling_edges(edges: FloatArray, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     memory of a float64 copy for float32 features) with the counts of binning them as float64."""
     if dtype == np.float64:
         return edges
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # (an edge past the type's largest value becomes inf)
         ceiling = edges.astype(dtype)
-    below = ceiling.astype(np.float64) < edges
-    ceiling[below] = np.nextafter(ceiling[below], np.array(np.inf, dtype=dtype))
+        below = ceiling.astype(np.float64) < edges
+        ceiling[below] = np.nextafter(ceiling[below], np.array(np.inf, dtype=dtype))
     return ceiling
 
 

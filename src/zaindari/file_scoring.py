@@ -55,7 +55,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -1110,6 +1110,14 @@ class _Progress:
         while len(self.pending) > keep:
             self.add_summaries(self.pending.popleft().result())
 
+    def sink_failure(self) -> PortError | None:
+        """The sink's error in a chunk's outputs that finished but were not collected (the run
+        stopped on another error meanwhile), if any."""
+        for future in self.pending:
+            if future.done() and not future.cancelled() and isinstance(future.exception(), PortError):
+                return cast(PortError, future.exception())
+        return None
+
 
 class FileScoring:
     """Scores files (or parts of files) with the current model; every output goes through the sink.
@@ -1211,6 +1219,10 @@ class FileScoring:
             self.sink.abort(run)
             raise
         except (FileError, pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
+            lost = progress.sink_failure()
+            if lost is not None:  # the sink failed on the outputs thread first: retried, not quarantined
+                self.sink.abort(run)
+                raise lost from exc
             manifest = self._failed(run, bundle, fmt_name, progress, exc, t0)
             self.sink.write_manifest(manifest)
             return manifest
@@ -1388,8 +1400,11 @@ class FileScoring:
         if writing is None:
             progress.add_summaries(outputs())
         else:
+            # the last chunk's outputs first (done while this chunk was scored): a sink that
+            # failed there is raised now, before this chunk writes anything after it; at most
+            # one chunk held for its outputs
+            progress.collect_summaries()
             progress.pending.append(writing.submit(outputs))
-            progress.collect_summaries(keep=1)  # at most one chunk held for its outputs
 
         if m:
             devices = valid.table.device_id[result.rows]

@@ -568,6 +568,51 @@ def test_a_sink_failure_is_raised_for_retry_and_publishes_nothing(
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+class _SinkFailingAt(LocalFileSink):
+    """Fails its ``fail_at``-th scores write; counts every scores write."""
+
+    def __init__(self, root: Path, fail_at: int) -> None:
+        super().__init__(root)
+        self.fail_at, self.writes = fail_at, 0
+
+    def write_scores(self, run: FileRun, scores: pa.Table) -> None:
+        self.writes += 1
+        super().write_scores(run, scores)
+        if self.writes == self.fail_at:
+            raise PortError("disk full")
+
+
+def test_a_sink_failure_on_a_later_chunk_stops_the_writes_and_is_raised_for_retry(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    # Given a sink that fails its third write, the outputs written on their own thread
+    sink = _SinkFailingAt(tmp_path, fail_at=3)
+    assert SMALL_CHUNKS.read_ahead > 0
+
+    with pytest.raises(PortError, match="disk full"):
+        run(bundle, files["drop.csv"], "drop.csv", tmp_path, sink=sink)
+
+    # Then no chunk wrote after the failed one, and nothing was published
+    assert sink.writes == 3
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_sink_failure_before_the_file_turns_out_corrupt_is_raised_not_quarantined(
+    bundle: ModelBundle, files: dict[str, bytes], tmp_path: Path
+) -> None:
+    # Given a gzip cut short after a chunk and a half, and a sink that fails its first write
+    text = gzip.decompress(files["drop.csv.gz"])[: SMALL_CHUNKS.chunk_bytes * 3 // 2]
+    cut = gzip.compress(text)[:-8]  # (no trailer: the stream ends early)
+    sink = _SinkFailingAt(tmp_path, fail_at=1)
+
+    # When the file is scored, the reader failing after the sink did
+    with pytest.raises(PortError, match="disk full"):
+        run(bundle, cut, "drop.csv.gz", tmp_path, sink=sink)
+
+    # Then the sink's error is what the caller sees (retried, not a file quarantined as corrupt)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 def test_readers_never_hold_more_than_a_chunk(bundle: ModelBundle, files: dict[str, bytes]) -> None:
     def sizes(chunks: Iterator[RawChunk]) -> list[int]:
         return [c.batch.nbytes for c in chunks]
