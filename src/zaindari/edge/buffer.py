@@ -246,9 +246,56 @@ class _Transaction:
     deltas: dict[str, int] = field(default_factory=dict)
     #: keys appended in it (:meth:`EdgeBuffer._remember`), inserted into ``written`` at the commit
     keys: dict[str, None] = field(default_factory=dict)
+    #: reading keys of the score rows appended in it, and those of them a device state saved in
+    #: it remembers (rows of ``device_seen``): only the others go to ``written`` at the commit
+    scored_keys: dict[str, None] = field(default_factory=dict)
+    remembered: set[str] = field(default_factory=set)
     #: device -> its row's version and ``(seen_from, seen_next, seen_last)`` as read or written in
     #: it (0 and None: no row); what the row holds once the versions read are checked at the lock
     rows: dict[str, tuple[int, _SeenRow]] = field(default_factory=dict)
+
+
+@dataclass
+class _Memory:
+    """What a thread's connection knows of the database without reading it again: the version
+    of device state rows and the ``meta`` counters as of its ``PRAGMA data_version`` ``seen``,
+    with its own transactions' changes since. ``data_version`` changes only when another
+    connection (another thread or process) commits, so while it is still ``seen``, what is held
+    here is what the rows hold (None: nothing is known)."""
+
+    seen: int | None = None
+    #: device -> its row's version (0: no row)
+    versions: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def reset(self, seen: int | None) -> None:
+        self.seen = seen
+        self.versions = {}
+        self.counters = {}
+
+
+class _Scope:
+    """:meth:`EdgeBuffer.transaction` as a context manager."""
+
+    __slots__ = ("buffer", "durable", "immediate", "txn")
+
+    def __init__(self, buffer: EdgeBuffer, immediate: bool, durable: bool) -> None:
+        self.buffer = buffer
+        self.immediate = immediate
+        self.durable = durable
+        self.txn: _Transaction | None = None
+
+    def __enter__(self) -> None:
+        self.txn = self.buffer._open(self.immediate, self.durable)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        txn, self.txn = self.txn, None
+        if txn is None:  # joined an outer transaction: it ends there
+            return
+        if kind is not None:
+            self.buffer._abandon(txn)
+            return
+        self.buffer._close(txn)
 
 
 @dataclass(frozen=True)
@@ -355,6 +402,7 @@ class EdgeBuffer:
             db.executescript(_SCHEMA)
             self._local.db = db
             self._local.relaxed = False  # at the buffer's own synchronous level (_synchronous)
+            self._local.memory = _Memory()  # (data_version numbers are the connection's own)
         return db
 
     def _migrate(self) -> None:
@@ -395,8 +443,7 @@ class EdgeBuffer:
         # in an old buffer the column comes after the bytes, in their pages: read through this index
         db.execute("CREATE INDEX IF NOT EXISTS outbox_blobs_key ON outbox_blobs (key)")
 
-    @contextlib.contextmanager
-    def transaction(self, *, immediate: bool = False, durable: bool = True) -> Iterator[None]:
+    def transaction(self, *, immediate: bool = False, durable: bool = True) -> _Scope:
         """Everything this thread writes inside is one transaction, committed (one fsync) at the
         end: a group commit. A write inside that fails raises :class:`PortError` as it would on
         its own and breaks the transaction: at its end nothing of it is kept and
@@ -418,30 +465,43 @@ class EdgeBuffer:
         :meth:`sync` returns. A caller that answers for what it wrote calls :meth:`sync` first;
         meanwhile the next transaction can be written (the edge server scores the next group
         while the disk flushes this one).
+
+        (A plain context manager, not ``contextlib``'s generator: it is entered once per group.)
         """
-        if getattr(self._local, "txn", None) is not None:
-            yield
-            return
+        return _Scope(self, immediate, durable)
+
+    def _open(self, immediate: bool, durable: bool) -> _Transaction | None:
+        """Start this thread's transaction (None: one is open already, which the caller joins)."""
+        local = self._local
+        if getattr(local, "txn", None) is not None:
+            return None
         self.check_failed()
         txn = _Transaction(relaxed=not durable and self.synchronous == "FULL")
-        self._local.txn = txn
-        db = self._db()
-        try:
-            if immediate:
-                self._begin(txn, db)
-            yield
-        except BaseException:
-            self._local.txn = None
-            if txn.begun:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            self._unlock_writers(txn)
-            raise
+        local.txn = txn
+        if immediate:
+            try:
+                self._begin(txn, self._db())
+            except BaseException:
+                self._abandon(txn)
+                raise
+        return txn
+
+    def _abandon(self, txn: _Transaction) -> None:
+        """End ``txn`` after an exception inside it: rolled back, nothing of it kept."""
+        self._local.txn = None
+        if txn.begun:
+            with contextlib.suppress(sqlite3.Error):
+                self._db().execute("ROLLBACK")
+        self._unlock_writers(txn)
+
+    def _close(self, txn: _Transaction) -> None:
+        """End ``txn`` whose body returned: committed, or rolled back if a write inside failed."""
         self._local.txn = None
         if not txn.begun:
             if txn.broken is not None:  # its first write could not take the write lock
                 raise PortError(f"edge buffer {self.path}: a write of the transaction failed: {txn.broken}")
             return
+        db = self._db()
         try:
             if self.failed is not None or txn.broken is not None:
                 # poisoned while it was open (another thread's sync), or a write inside failed
@@ -458,12 +518,23 @@ class EdgeBuffer:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         finally:
             self._unlock_writers(txn)
+        # committed: this connection's memory now holds what the transaction wrote (no other
+        # connection wrote meanwhile: it held the write lock since its _begin checked)
+        memory: _Memory = self._local.memory
+        memory.versions.update((device, kept[0]) for device, kept in txn.states.items())
+        memory.counters = {
+            name: stored + txn.deltas.get(name, 0) for name, stored in txn.counters.items()
+        }  # (a counter bumped without being read is read again next time)
         if txn.states:
             with self._states_lock:
                 self._states.update(txn.states)
 
     def _begin(self, txn: _Transaction, db: sqlite3.Connection) -> None:
-        """Take the write lock for ``txn`` and check the device states it read before."""
+        """Take the write lock for ``txn`` and check the device states it read before.
+
+        When no other connection committed since this connection's memory was current (``PRAGMA
+        data_version`` unchanged, one statement), the versions read before the lock are still
+        those of the rows and the ``meta`` counters those remembered: nothing is read again."""
         self._lock_writers(txn)
         try:
             self._synchronous(db, relaxed=txn.relaxed)
@@ -472,11 +543,23 @@ class EdgeBuffer:
             self._unlock_writers(txn)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
         txn.begun = True
+        memory: _Memory = self._local.memory
+        seen = self._data_version(db)
+        if seen == memory.seen:
+            txn.counters.update(memory.counters)
+            return
+        memory.reset(seen)
         if txn.read_versions:
             now = self._versions(db, list(txn.read_versions))
+            memory.versions.update((d, now.get(d, 0)) for d in txn.read_versions)
             changed = sorted(d for d, v in txn.read_versions.items() if now.get(d, 0) != v)
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
+
+    @staticmethod
+    def _data_version(db: sqlite3.Connection) -> int:
+        """``PRAGMA data_version``: changes when another connection commits (not this one)."""
+        return int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def _synchronous(self, db: sqlite3.Connection, *, relaxed: bool) -> None:
         """Set this thread's connection to ``synchronous=NORMAL`` for a transaction committed
@@ -490,9 +573,14 @@ class EdgeBuffer:
         self._local.relaxed = relaxed
 
     def _flush(self, txn: _Transaction, db: sqlite3.Connection) -> None:
-        """Write what ``txn`` kept in memory: its keys appended and its counters."""
-        if txn.keys:
-            self._remember_now(db, list(txn.keys))
+        """Write what ``txn`` kept in memory: its keys appended (but the reading keys its saved
+        device states remember) and its counters."""
+        keys = list(txn.keys)
+        if txn.scored_keys:
+            remembered = txn.remembered
+            keys += [k for k in txn.scored_keys if k not in remembered]
+        if keys:
+            self._remember_now(db, keys)
         deltas = [(name, str(delta), delta) for name, delta in txn.deltas.items() if delta]
         if deltas:
             db.executemany(_BUMP, deltas)
@@ -651,6 +739,9 @@ class EdgeBuffer:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        # this connection's own writes outside a transaction do not change its data_version:
+        # what its memory holds may no longer be what the rows hold
+        self._local.memory.reset(None)
         try:
             yield db
             self.check_failed()  # poisoned while it was open: roll back (below), never commit
@@ -776,7 +867,15 @@ class EdgeBuffer:
         self, raw: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
     ) -> list[int]:
         """Append raw telemetry with its scores, one row per date; rows whose ``record_key`` is
-        already in the log are left out (a batch scored again after a crash)."""
+        already in the log are left out (a batch scored again after a crash).
+
+        Inside :meth:`transaction`, a reading key that a device state saved in the same
+        transaction remembers (a row of ``device_seen``, committed with the scores) is not added
+        to the log's key memory (``written``) too: the scoring use case finds it in the device's
+        memory, and a reading the device has forgotten is refused as too old to deduplicate, so
+        the second copy told nothing; it cost ~a third of the pages each group wrote (random
+        leaves of the key index). Outside a transaction, or when the device's state is not saved
+        with them (a failed state write), the keys go to ``written`` as before."""
         with self._write() as db:
             keys = [str(s.get("record_key", "")) for s in scores]
             known = self._known(db, [k for k in keys if k])
@@ -797,7 +896,12 @@ class EdgeBuffer:
                             self._insert(db, "summary", summary_day, len(summaries), _encode(summaries))
                         )
                     self._bump(db, "compacted_readings", len(rows))
-                self._remember(db, [keys[i] for i in rows if keys[i]])
+                appended = [keys[i] for i in rows if keys[i]]
+                txn: _Transaction | None = getattr(self._local, "txn", None)
+                if txn is not None:  # (begun: inside _write) see _flush
+                    txn.scored_keys.update(dict.fromkeys(appended))
+                else:
+                    self._remember(db, appended)
         return seqs
 
     def append_drift(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[int]:
@@ -887,8 +991,8 @@ class EdgeBuffer:
     def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         txn: _Transaction | None = getattr(self._local, "txn", None)
         found: set[str] = set()
-        if txn is not None and txn.keys:  # appended in this transaction, not inserted yet
-            found.update(k for k in keys if k in txn.keys)
+        if txn is not None and (txn.keys or txn.scored_keys):  # appended in it, not inserted yet
+            found.update(k for k in keys if k in txn.keys or k in txn.scored_keys)
         for begin in range(0, len(keys), 500):
             chunk = list(keys[begin : begin + 500])
             marks = ",".join("?" * len(chunk))
@@ -1124,8 +1228,25 @@ class EdgeBuffer:
         db = self._db()
         out: dict[str, DeviceState] = {}
         ids = sorted(set(device_ids))
+        memory: _Memory = self._local.memory
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        # a state written in this open transaction is read as it holds it (not committed yet)
+        own = txn is not None and any(d in txn.states for d in ids)
         try:
-            versions = self._versions(db, ids)
+            # the rows' versions: from this connection's memory while no other connection has
+            # committed since it was current (one PRAGMA instead of a query), else read
+            seen = self._data_version(db)
+            if not own and seen == memory.seen and all(d in memory.versions for d in ids):
+                known = memory.versions
+                versions = {d: known[d] for d in ids if known[d]}
+            else:
+                versions = self._versions(db, ids)
+                if own:
+                    memory.reset(None)
+                else:
+                    if seen != memory.seen:
+                        memory.reset(seen)
+                    memory.versions.update((d, versions.get(d, 0)) for d in ids)
             missing: list[str] = []
             seen_rows: dict[str, _SeenRow] = {}
             with self._states_lock:
@@ -1167,9 +1288,10 @@ class EdgeBuffer:
                         loaded.seen = _merge_seen(rows, loaded.seen) if loaded.seen else rows
                     out[device] = loaded
                     versions[device] = version  # as read with the state (it may have moved)
+                    if version != memory.versions.get(device):  # (another connection wrote it
+                        memory.reset(None)  # between the two reads: what was read is not current)
         except sqlite3.Error as exc:
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
-        txn: _Transaction | None = getattr(self._local, "txn", None)
         if txn is not None:
             if not txn.begun:  # checked when the write lock is taken
                 for device in ids:
@@ -1239,6 +1361,8 @@ class EdgeBuffer:
                 db.executemany("INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)", added)
             if forgotten:
                 db.executemany("DELETE FROM device_seen WHERE device_id = ? AND n < ?", forgotten)
+            if txn is not None:  # (see append_scores)
+                txn.remembered.update(key for _, _, key, _ in added)
             if len(known) == len(rows):  # every version known: each becomes its successor
                 db.executemany(_SAVE_STATE, rows)
                 versions = {device: known[device][0] + 1 for device, *_ in rows}
