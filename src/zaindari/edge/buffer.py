@@ -246,10 +246,6 @@ class _Transaction:
     deltas: dict[str, int] = field(default_factory=dict)
     #: keys appended in it (:meth:`EdgeBuffer._remember`), inserted into ``written`` at the commit
     keys: dict[str, None] = field(default_factory=dict)
-    #: reading keys of the score rows appended in it, and those of them a device state saved in
-    #: it remembers (rows of ``device_seen``): only the others go to ``written`` at the commit
-    scored_keys: dict[str, None] = field(default_factory=dict)
-    remembered: set[str] = field(default_factory=set)
     #: device -> its row's version and ``(seen_from, seen_next, seen_last)`` as read or written in
     #: it (0 and None: no row); what the row holds once the versions read are checked at the lock
     rows: dict[str, tuple[int, _SeenRow]] = field(default_factory=dict)
@@ -573,14 +569,9 @@ class EdgeBuffer:
         self._local.relaxed = relaxed
 
     def _flush(self, txn: _Transaction, db: sqlite3.Connection) -> None:
-        """Write what ``txn`` kept in memory: its keys appended (but the reading keys its saved
-        device states remember) and its counters."""
-        keys = list(txn.keys)
-        if txn.scored_keys:
-            remembered = txn.remembered
-            keys += [k for k in txn.scored_keys if k not in remembered]
-        if keys:
-            self._remember_now(db, keys)
+        """Write what ``txn`` kept in memory: its keys appended and its counters."""
+        if txn.keys:
+            self._remember_now(db, list(txn.keys))
         deltas = [(name, str(delta), delta) for name, delta in txn.deltas.items() if delta]
         if deltas:
             db.executemany(_BUMP, deltas)
@@ -867,15 +858,7 @@ class EdgeBuffer:
         self, raw: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
     ) -> list[int]:
         """Append raw telemetry with its scores, one row per date; rows whose ``record_key`` is
-        already in the log are left out (a batch scored again after a crash).
-
-        Inside :meth:`transaction`, a reading key that a device state saved in the same
-        transaction remembers (a row of ``device_seen``, committed with the scores) is not added
-        to the log's key memory (``written``) too: the scoring use case finds it in the device's
-        memory, and a reading the device has forgotten is refused as too old to deduplicate, so
-        the second copy told nothing; it cost ~a third of the pages each group wrote (random
-        leaves of the key index). Outside a transaction, or when the device's state is not saved
-        with them (a failed state write), the keys go to ``written`` as before."""
+        already in the log are left out (a batch scored again after a crash)."""
         with self._write() as db:
             keys = [str(s.get("record_key", "")) for s in scores]
             known = self._known(db, [k for k in keys if k])
@@ -896,12 +879,7 @@ class EdgeBuffer:
                             self._insert(db, "summary", summary_day, len(summaries), _encode(summaries))
                         )
                     self._bump(db, "compacted_readings", len(rows))
-                appended = [keys[i] for i in rows if keys[i]]
-                txn: _Transaction | None = getattr(self._local, "txn", None)
-                if txn is not None:  # (begun: inside _write) see _flush
-                    txn.scored_keys.update(dict.fromkeys(appended))
-                else:
-                    self._remember(db, appended)
+                self._remember(db, [keys[i] for i in rows if keys[i]])
         return seqs
 
     def append_drift(self, summaries: Sequence[WindowSummary], *, source: str, name: str) -> list[int]:
@@ -991,8 +969,8 @@ class EdgeBuffer:
     def _known(self, db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         txn: _Transaction | None = getattr(self._local, "txn", None)
         found: set[str] = set()
-        if txn is not None and (txn.keys or txn.scored_keys):  # appended in it, not inserted yet
-            found.update(k for k in keys if k in txn.keys or k in txn.scored_keys)
+        if txn is not None and txn.keys:  # appended in this transaction, not inserted yet
+            found.update(k for k in keys if k in txn.keys)
         for begin in range(0, len(keys), 500):
             chunk = list(keys[begin : begin + 500])
             marks = ",".join("?" * len(chunk))
@@ -1361,8 +1339,6 @@ class EdgeBuffer:
                 db.executemany("INSERT INTO device_seen (device_id, n, key, ts) VALUES (?, ?, ?, ?)", added)
             if forgotten:
                 db.executemany("DELETE FROM device_seen WHERE device_id = ? AND n < ?", forgotten)
-            if txn is not None:  # (see append_scores)
-                txn.remembered.update(key for _, _, key, _ in added)
             if len(known) == len(rows):  # every version known: each becomes its successor
                 db.executemany(_SAVE_STATE, rows)
                 versions = {device: known[device][0] + 1 for device, *_ in rows}
