@@ -208,6 +208,21 @@ _CHECKPOINT_EVERY = 64
 _REMEMBER_ALL = "INSERT OR IGNORE INTO written (key) SELECT value FROM json_each(?)"
 
 
+def _reading_key(score: Mapping[str, Any]) -> str:
+    """A score row's reading key as the log's key memory (``written``) holds it: after the
+    reading's timestamp (``<timestamp>/<record_key>``; '' when the row has no key).
+
+    The keys are hashes: one per reading of a group of 8 was one random leaf of the key index
+    rewritten per group, ~8 of its ~25 pages of write-ahead log. After their timestamps, a
+    group's keys (readings of the same moments) share a leaf or two at the index's end. Keys a
+    buffer held before (bare hashes) are not looked up: a reading sent again that old is found
+    by its device's memory of keys, or refused as too old to deduplicate (its state's
+    ``evicted_until``), as it is by code older than the key memory; code older than this
+    change looks up bare keys, and finds readings sent again by the same device memory."""
+    key = score.get("record_key")
+    return f"{score['timestamp']}/{key}" if key else ""
+
+
 def _parse_plan(value: Any) -> tuple[int, int] | None:
     """The shipper's plan (``meta`` row ``plan``: first and last sequence numbers), or None."""
     if not value:
@@ -937,9 +952,12 @@ class EdgeBuffer:
         self, raw: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
     ) -> list[int]:
         """Append raw telemetry with its scores, one row per date; rows whose ``record_key`` is
-        already in the log are left out (a batch scored again after a crash)."""
+        already in the log are left out (a batch scored again after a crash).
+
+        The log's key memory (``written``) holds a reading's key after its timestamp
+        (:func:`_reading_key`), so a group's keys are neighbours in its index."""
         with self._write() as db:
-            keys = [str(s.get("record_key", "")) for s in scores]
+            keys = [_reading_key(s) for s in scores]
             known = self._known(db, [k for k in keys if k])
             by_day: dict[str, list[int]] = defaultdict(list)
             for i, score in enumerate(scores):
