@@ -894,3 +894,32 @@ def test_states_saved_in_a_group_keep_the_versions_their_rows_have(tmp_path: Pat
     assert {d: buffer._states[d][0] for d in rows} == rows
     read = EdgeBuffer(tmp_path / "buffer.db").load_states(["d1"])["d1"].seen
     assert read == [("a", 1.0), ("b0", 2.0), ("b1", 3.0)]
+
+
+def test_a_reading_sent_again_in_a_later_group_is_found_whoever_appended_newer_ones_since(
+    tmp_path: Path,
+) -> None:
+    # Given a buffer whose groups skip the key lookup for readings newer than every key it holds
+    # (a reading's key is kept after its timestamp), and a second process on the same file
+    def scores(minute: int, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        ts = f"2024-01-01T00:{minute:02d}:00Z"
+        return [{"device_id": "d1", "timestamp": ts}], [
+            {"device_id": "d1", "timestamp": ts, "record_key": key}
+        ]
+
+    buffer, other = EdgeBuffer(tmp_path / "edge.db"), EdgeBuffer(tmp_path / "edge.db")
+    with buffer.transaction():
+        assert buffer.append_scores(*scores(0, "k0"))
+    # When the other process appends a newer reading, then this one is sent that reading again,
+    # then an older one again, then one between them
+    with other.transaction():
+        assert other.append_scores(*scores(2, "k2"))
+    with buffer.transaction():
+        again = buffer.append_scores(*scores(2, "k2"))
+    with buffer.transaction():
+        older = buffer.append_scores(*scores(0, "k0"))
+    with buffer.transaction():
+        between = buffer.append_scores(*scores(1, "k1"))
+    # Then the readings sent again are left out and the new one is kept: three rows, once each
+    assert again == [] and older == [] and len(between) == 1
+    assert sorted(s["record_key"] for b in buffer.bodies("scores") for s in b["scores"]) == ["k0", "k1", "k2"]
