@@ -7,7 +7,9 @@ waiting for the disk, ``durable=False``), then the settler's ``settle`` (one fsy
 and each request's JSON answer as the handler builds it (``http_answer`` of its part of the
 report, then ``json_response``). CPU is this process's (``time.process_time``), divided by the requests;
 rounds of every group size alternate, so a change of the machine's load falls on all of them.
-Also per group: SQLite statements run, and the bytes of device state written.
+Also per group: SQLite statements run, and the bytes of device state written; and the group
+scoring's CPU on this thread alone (``time.thread_time``): the server's event loop, without the
+box's background threads (the buffer's checkpoints run on one of them since session 7).
 
 The model for the server: CPU per request c(g) ~= a + F / g (a per request, F per group); the
 figures for g = 1 and g = 8 give both. Environment: BENCH_EDGE_GROUP_REQUESTS (requests per
@@ -54,12 +56,14 @@ def serve_groups(box: Any, bodies: list[bytes], g: int, stats: dict[str, float])
             assert not isinstance(readings, HttpAnswer), readings.body
             records.append(InboundRecord(f"r{begin + k}", readings, "http"))
         t1 = time.process_time()
+        u1 = time.thread_time()
         if DURABLE:
             report = box.score_records(records)
         else:  # the server's scorer and settler threads, one after the other
             report = box.score_records(records, durable=False)
             box.settle()
         t2 = time.process_time()
+        stats["score_thread"] += time.thread_time() - u1
         for record in records:
             answer = http_answer(report.for_record(record.record_id))
             assert answer.status == 200 and len(answer.body["scores"]) == 1, answer.body
@@ -84,9 +88,14 @@ def main() -> list[dict[str, Any]]:
             bodies = [json.dumps(r).encode() for r in FreshReadings().take(total)]
             statements = [0]
             box.buffer._db().set_trace_callback(lambda _sql: statements.__setitem__(0, statements[0] + 1))
-            serve_groups(box, bodies[:WARMUP], 1, {"parse": 0.0, "score": 0.0, "answer": 0.0})
+            serve_groups(
+                box, bodies[:WARMUP], 1, {"parse": 0.0, "score": 0.0, "answer": 0.0, "score_thread": 0.0}
+            )
             cursor = WARMUP
-            stats = {g: {"parse": 0.0, "score": 0.0, "answer": 0.0, "requests": 0, "sql": 0} for g in SIZES}
+            stats = {
+                g: {"parse": 0.0, "score": 0.0, "answer": 0.0, "score_thread": 0.0, "requests": 0, "sql": 0}
+                for g in SIZES
+            }
             for _ in range(ROUNDS):
                 for g in SIZES:
                     chunk = bodies[cursor : cursor + REQUESTS]
@@ -110,12 +119,13 @@ def main() -> list[dict[str, Any]]:
     for g in SIZES:
         s = stats[g]
         n = s["requests"]
-        us = {k: s[k] / n * 1e6 for k in ("parse", "score", "answer")}
-        per_request[g] = sum(us.values())
+        us = {k: s[k] / n * 1e6 for k in ("parse", "score", "answer", "score_thread")}
+        per_request[g] = us["parse"] + us["score"] + us["answer"]
         groups = n / g
         info_line(
             f"g={g}: {per_request[g]:.0f} us/request (contract {us['parse']:.0f}, group scoring "
-            f"{us['score']:.0f}, answer {us['answer']:.0f}); {s['sql'] / groups:.1f} SQL statements per group"
+            f"{us['score']:.0f} of which {us['score_thread']:.0f} on this thread, answer {us['answer']:.0f}); "
+            f"{s['sql'] / groups:.1f} SQL statements per group"
         )
         rows.append(
             result_row(NAME, f"CPU per request, groups of {g}", per_request[g], "µs",

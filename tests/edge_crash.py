@@ -480,7 +480,8 @@ def check_buffer(path: Path, answered: set[str]) -> None:
     try:
         (integrity,) = db.execute("PRAGMA integrity_check").fetchone()
         assert integrity == "ok", f"{path}: integrity_check says {integrity}"
-        written = {row[0] for row in db.execute("SELECT key FROM written")}
+        # (a reading's key is kept after its timestamp: '<timestamp>/<key>')
+        written = {row[0].rpartition("/")[2] for row in db.execute("SELECT key FROM written")}
     finally:
         db.close()
     missing = answered - written

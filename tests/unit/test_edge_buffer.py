@@ -894,3 +894,61 @@ def test_states_saved_in_a_group_keep_the_versions_their_rows_have(tmp_path: Pat
     assert {d: buffer._states[d][0] for d in rows} == rows
     read = EdgeBuffer(tmp_path / "buffer.db").load_states(["d1"])["d1"].seen
     assert read == [("a", 1.0), ("b0", 2.0), ("b1", 3.0)]
+
+
+def test_a_reading_sent_again_in_a_later_group_is_found_whoever_appended_newer_ones_since(
+    tmp_path: Path,
+) -> None:
+    # Given a buffer whose groups skip the key lookup for readings newer than every key it holds
+    # (a reading's key is kept after its timestamp), and a second process on the same file
+    def scores(minute: int, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        ts = f"2024-01-01T00:{minute:02d}:00Z"
+        return [{"device_id": "d1", "timestamp": ts}], [
+            {"device_id": "d1", "timestamp": ts, "record_key": key}
+        ]
+
+    buffer, other = EdgeBuffer(tmp_path / "edge.db"), EdgeBuffer(tmp_path / "edge.db")
+    with buffer.transaction():
+        assert buffer.append_scores(*scores(0, "k0"))
+    # When the other process appends a newer reading, then this one is sent that reading again,
+    # then an older one again, then one between them
+    with other.transaction():
+        assert other.append_scores(*scores(2, "k2"))
+    with buffer.transaction():
+        again = buffer.append_scores(*scores(2, "k2"))
+    with buffer.transaction():
+        older = buffer.append_scores(*scores(0, "k0"))
+    with buffer.transaction():
+        between = buffer.append_scores(*scores(1, "k1"))
+    # Then the readings sent again are left out and the new one is kept: three rows, once each
+    assert again == [] and older == [] and len(between) == 1
+    assert sorted(s["record_key"] for b in buffer.bodies("scores") for s in b["scores"]) == ["k0", "k1", "k2"]
+
+
+def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_done_there(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+    import threading
+
+    # Given a buffer whose checkpoints are left to a background thread (as EdgeBox.start does)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    asked: list[int] = []
+    buffer.defer_checkpoints(lambda: asked.append(1))
+    # When 130 group transactions commit
+    for i in range(130):
+        with buffer.transaction(durable=False):
+            buffer.append("ack", {"i": i})
+    # Then the thread was asked twice, and the committing connection checkpoints itself only past
+    # 10,000 pages of log
+    assert len(asked) == 2
+    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    # and a passive checkpoint on another thread copies the log into the database file itself
+    worker = threading.Thread(target=buffer.checkpoint_passive)
+    worker.start()
+    worker.join()
+    main_file = sqlite3.connect(f"file:{tmp_path / 'edge.db'}?mode=ro&immutable=1", uri=True)
+    try:
+        assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 130
+    finally:
+        main_file.close()

@@ -189,6 +189,8 @@ class EdgeBox:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     @classmethod
     def from_settings(
@@ -417,6 +419,26 @@ class EdgeBox:
 
         self._thread = threading.Thread(target=loop, name="zaindari-edge-forward", daemon=True)
         self._thread.start()
+        self._checkpoint_wanted.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="zaindari-edge-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+        self.buffer.defer_checkpoints(self._checkpoint_wanted.set)
+
+    def _checkpoint_loop(self) -> None:
+        """The buffer's write-ahead log checkpoints, off the thread that scores and commits the
+        groups (:meth:`EdgeBuffer.defer_checkpoints`): one passive checkpoint each time the
+        buffer asks (every 64 group commits)."""
+        while True:
+            self._checkpoint_wanted.wait()
+            self._checkpoint_wanted.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.buffer.checkpoint_passive()
+            except Exception:  # (an I/O error poisoned the buffer: the forward loop says so)
+                log.exception("edge buffer checkpoint failed")
 
     def stats(self) -> BufferStats:
         return self.buffer.stats()
@@ -430,9 +452,14 @@ class EdgeBox:
             )
         self._stop.set()
         self._wake.set()
+        self.buffer.defer_checkpoints(None)
+        self._checkpoint_wanted.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=30)
+            self._checkpointer = None
         # plant alerts of the last groups settled before the stop go out now, not at the next start
         # (one bounded round: at most 100 per channel, a channel down or waiting is skipped)
         if self.local is not None and self.buffer.failed is None:
