@@ -301,8 +301,8 @@ def _rule_rows_compiled(rule: ExpertRule, allowed: frozenset[str] | None) -> _Ru
     mode = "" if rule.modes is None else " and (m in allowed)"
     loop = f"        for {row} in zip({columns}{', ' if names else ''}modes):\n"
 
-    def body(lines: Sequence[str]) -> str:
-        return "".join(f"            {line}\n" for line in lines)
+    def body(part: Sequence[str]) -> str:
+        return "".join(f"            {line}\n" for line in part)
 
     source = (
         f"def make({', '.join(f'L{k}' for k in range(len(limits)))}{', ' if limits else ''}allowed):\n"
