@@ -216,10 +216,14 @@ def _condition(cond: Any, columns: Mapping[str, FloatArray], hold: bool) -> Bool
     raise TypeError(f"unknown condition {cond!r}")
 
 
-def _condition_text(cond: Any, hold: bool, variable: dict[str, str], limits: list[float]) -> str:
-    """:func:`_condition` of one row as a Python expression over one variable per feature
+def _condition_text(
+    cond: Any, hold: bool, variable: dict[str, str], limits: list[float], lines: list[str]
+) -> str:
+    """:func:`_condition` of one row as the name of a Python value over one variable per feature
     column (``variable``, filled in here) and the limits (``L<k>``, appended to ``limits``): the
-    same comparisons on the same numbers, worked out once per rule (:func:`_rule_rows`)."""
+    same comparisons on the same numbers, worked out once per rule (:func:`_rule_rows`). Each
+    condition is one assignment ``f<k> = ...`` of names (appended to ``lines``), so the code is
+    flat however deep the rule nests (Python refuses ~200 nested parentheses)."""
 
     def value(name: str) -> str:
         return variable.setdefault(name, f"v{len(variable)}")
@@ -228,20 +232,26 @@ def _condition_text(cond: Any, hold: bool, variable: dict[str, str], limits: lis
         limits.append(x)
         return f"L{len(limits) - 1}"
 
+    def assign(text: str) -> str:
+        lines.append(f"f{len(lines)} = {text}")
+        return f"f{len(lines) - 1}"
+
     if isinstance(cond, ThresholdCondition):
         shift = cond.deadband if hold else 0.0
         bound = cond.value - shift if cond.op in (">", ">=") else cond.value + shift
-        return f"({value(cond.feature)} {cond.op} {limit(bound)})"
+        return assign(f"{value(cond.feature)} {cond.op} {limit(bound)}")
     if isinstance(cond, RangeCondition):
         shift = cond.deadband if hold else 0.0
         v = value(cond.range)
-        return f"({v} < {limit(cond.min + shift)} or {v} > {limit(cond.max - shift)})"
+        return assign(f"{v} < {limit(cond.min + shift)} or {v} > {limit(cond.max - shift)}")
     if isinstance(cond, RateCondition):
-        return f"(abs({value(f'{cond.rate_of_change}__rate')}) > {limit(cond.max_per_second)})"
+        return assign(f"abs({value(f'{cond.rate_of_change}__rate')}) > {limit(cond.max_per_second)}")
     if isinstance(cond, AllOf):
-        return "(" + " and ".join(_condition_text(c, hold, variable, limits) for c in cond.all) + ")"
+        parts = [_condition_text(c, hold, variable, limits, lines) for c in cond.all]
+        return assign(" and ".join(parts))
     if isinstance(cond, AnyOf):
-        return "(" + " or ".join(_condition_text(c, hold, variable, limits) for c in cond.any) + ")"
+        parts = [_condition_text(c, hold, variable, limits, lines) for c in cond.any]
+        return assign(" or ".join(parts))
     raise TypeError(f"unknown condition {cond!r}")
 
 
@@ -266,30 +276,89 @@ def _rule_rows(rule: ExpertRule) -> _RuleRows:
     cached = _RULE_ROWS.get(id(rule))
     if cached is not None and cached.rule is rule:
         return cached
+    allowed = None if rule.modes is None else frozenset(str(m) for m in rule.modes)
+    try:
+        compiled = _rule_rows_compiled(rule, allowed)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        compiled = _rule_rows_numpy(rule, allowed)  # kept: not compiled again
+    if len(_RULE_ROWS) > 1024:
+        _RULE_ROWS.clear()
+    _RULE_ROWS[id(rule)] = compiled
+    return compiled
+
+
+def _rule_rows_compiled(rule: ExpertRule, allowed: frozenset[str] | None) -> _RuleRows:
+    """The rule's flags as two generated functions (one assignment per condition, one loop)."""
     variable: dict[str, str] = {}
     limits: list[float] = []
-    fire = _condition_text(rule.when, False, variable, limits)
-    hold = _condition_text(rule.when, True, variable, limits)
+    lines: list[str] = []
+    fire = _condition_text(rule.when, False, variable, limits, lines)
+    fire_lines = len(lines)  # (hold's assignments follow, under their own names)
+    hold = _condition_text(rule.when, True, variable, limits, lines)
     names = list(variable.values())
     row = ", ".join(names) + ", m" if names else "m"
     columns = ", ".join(f"c{k}" for k in range(len(names)))
     mode = "" if rule.modes is None else " and (m in allowed)"
+    loop = f"        for {row} in zip({columns}{', ' if names else ''}modes):\n"
+
+    def body(part: Sequence[str]) -> str:
+        return "".join(f"            {line}\n" for line in part)
+
     source = (
         f"def make({', '.join(f'L{k}' for k in range(len(limits)))}{', ' if limits else ''}allowed):\n"
         f"    def fire({columns}{', ' if names else ''}modes):\n"
-        f"        return [{fire}{mode} for {row} in zip({columns}{', ' if names else ''}modes)]\n"
+        f"        out = []\n"
+        f"{loop}{body(lines[:fire_lines])}"
+        f"            out.append({fire}{mode})\n"
+        f"        return out\n"
         f"    def hold({columns}{', ' if names else ''}modes):\n"
-        f"        return [({hold} or {fire}){mode} for {row} in zip({columns}{', ' if names else ''}modes)]\n"
+        f"        out = []\n"
+        f"{loop}{body(lines)}"
+        f"            out.append(({hold} or {fire}){mode})\n"
+        f"        return out\n"
         f"    return fire, hold\n"
     )
     namespace: dict[str, Any] = {}
     exec(source, namespace)  # our own text: variable names, comparison operators, L<k> and m only
-    allowed = None if rule.modes is None else frozenset(str(m) for m in rule.modes)
     fire_fn, hold_fn = namespace["make"](*limits, allowed)
-    if len(_RULE_ROWS) > 1024:
-        _RULE_ROWS.clear()
-    compiled = _RULE_ROWS[id(rule)] = _RuleRows(rule, tuple(variable), fire_fn, hold_fn)
-    return compiled
+    return _RuleRows(rule, tuple(variable), fire_fn, hold_fn)
+
+
+def _rule_rows_numpy(rule: ExpertRule, allowed: frozenset[str] | None) -> _RuleRows:
+    """The rule's flags by :func:`_condition` on numpy columns (the same numbers), for a rule
+    Python cannot compile."""
+    columns = tuple(dict.fromkeys(_condition_columns(rule.when)))
+
+    def flags(hold: bool, values: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
+        arrays = {name: np.array(v, dtype=np.float64) for name, v in zip(columns, values, strict=True)}
+        with np.errstate(invalid="ignore"):
+            out = _condition(rule.when, arrays, hold=False)
+            if hold:
+                out = _condition(rule.when, arrays, hold=True) | out
+        result: list[bool] = out.tolist()
+        if allowed is not None:
+            result = [f and m in allowed for f, m in zip(result, modes, strict=True)]
+        return result
+
+    return _RuleRows(
+        rule,
+        columns,
+        lambda *args: flags(False, args[:-1], args[-1]),
+        lambda *args: flags(True, args[:-1], args[-1]),
+    )
+
+
+def _condition_columns(cond: Any) -> list[str]:
+    """The feature columns :func:`_condition` reads, in order (a rate by its ``__rate`` column)."""
+    if isinstance(cond, ThresholdCondition):
+        return [cond.feature]
+    if isinstance(cond, RangeCondition):
+        return [cond.range]
+    if isinstance(cond, RateCondition):
+        return [f"{cond.rate_of_change}__rate"]
+    return [
+        name for c in (cond.all if isinstance(cond, AllOf) else cond.any) for name in _condition_columns(c)
+    ]
 
 
 def _condition_thresholds(cond: Any) -> dict[str, float]:

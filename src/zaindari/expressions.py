@@ -74,10 +74,15 @@ class Expr(ABC):
         """:meth:`evaluate` on Python floats, for a few rows (``column(name)``: a list of ``n``): the
         same IEEE operations on the same numbers, so every finite result is the same, bit for bit
         (a row with a result that is not finite is rejected, whatever its bits). ``None`` where
-        ``min``/``max`` meet two zeros (``0.0`` against ``-0.0``: numpy's own choice is not
-        restated here; the caller evaluates with numpy). The tree is compiled to one Python
+        ``min``/``max`` meet two zeros of different signs (``0.0`` against ``-0.0``: numpy's own
+        choice is not restated here; the caller evaluates with numpy). A tree Python cannot
+        compile is evaluated with numpy here (the same numbers). The tree is compiled to one Python
         function once (:func:`_row_function`)."""
         function, names = _row_function(self)
+        if function is None:  # a tree Python cannot compile: numpy's own numbers
+            arrays = {name: np.array(column(name), dtype=np.float64) for name in self.names()}
+            values: list[float] = self.evaluate(arrays).tolist()
+            return values if arrays else values * n  # (no names: one value, as for one row)
         try:
             return function(n, *[column(name) for name in names])
         except _ZeroTie:
@@ -103,9 +108,9 @@ def _min(a: float, b: float) -> float:
     if b < a:
         return b
     if a == b:
-        if a == 0:
-            raise _ZeroTie
-        return a  # (equal and not zero: the same number)
+        if a == 0 and math.copysign(1.0, a) != math.copysign(1.0, b):
+            raise _ZeroTie  # 0.0 against -0.0: numpy's choice
+        return a  # (equal, and not zeros of different signs: the same number)
     return math.nan  # one of them is nan: np.minimum propagates it (the row is rejected)
 
 
@@ -115,18 +120,25 @@ def _max(a: float, b: float) -> float:
     if b > a:
         return b
     if a == b:
-        if a == 0:
+        if a == 0 and math.copysign(1.0, a) != math.copysign(1.0, b):
             raise _ZeroTie
         return a
     return math.nan
 
 
 class _TextAlgebra:
-    """A node as the text of a Python expression over one row's values (``v<k>``)."""
+    """A node as the name of a Python value over one row's values (``v<k>``): leaves by name,
+    every other node one assignment ``t<k> = ...`` of names (:attr:`lines`), so the generated
+    code is flat however deep the tree (Python refuses ~200 nested parentheses)."""
 
     def __init__(self) -> None:
         self.names: dict[str, str] = {}
         self.constants: list[float] = []
+        self.lines: list[str] = []
+
+    def _assign(self, text: str) -> str:
+        self.lines.append(f"t{len(self.lines)} = {text}")
+        return f"t{len(self.lines) - 1}"
 
     def const(self, value: float) -> str:
         self.constants.append(value)
@@ -136,46 +148,66 @@ class _TextAlgebra:
         return self.names.setdefault(name, f"v{len(self.names)}")
 
     def binary(self, op: str, left: str, right: str) -> str:
-        return f"_div({left}, {right})" if op == "/" else f"({left} {op} {right})"
+        return self._assign(f"_div({left}, {right})" if op == "/" else f"{left} {op} {right}")
 
     def negate(self, operand: str) -> str:
-        return f"(-{operand})"
+        return self._assign(f"-{operand}")
 
     def call(self, fn: str, args: list[str]) -> str:
-        return {"abs": "abs", "sqrt": "_sqrt", "min": "_min", "max": "_max"}[fn] + f"({', '.join(args)})"
+        helper = {"abs": "abs", "sqrt": "_sqrt", "min": "_min", "max": "_max"}[fn]
+        return self._assign(f"{helper}({', '.join(args)})")
 
 
-#: Per expression tree (by identity, the tree kept in the value): its compiled row function.
-_ROW_FUNCTIONS: dict[int, tuple[Expr, Callable[..., list[float]], tuple[str, ...]]] = {}
+#: Per expression tree (by identity, the tree kept in the value): its compiled row function, or
+#: ``None`` for a tree that cannot be compiled (evaluated with numpy instead, see
+#: :meth:`Expr.evaluate_rows`).
+_ROW_FUNCTIONS: dict[int, tuple[Expr, Callable[..., list[float]] | None, tuple[str, ...]]] = {}
 
 
-def _row_function(tree: Expr) -> tuple[Callable[..., list[float]], tuple[str, ...]]:
+def _row_source(tree: Expr) -> tuple[str, list[float], tuple[str, ...]]:
+    """The source of ``make(_div, _sqrt, _min, _max, *constants)`` returning ``tree``'s
+    ``row_values(n, *columns)``; the constants; the names of the columns it takes."""
+    algebra = _TextAlgebra()
+    result = tree.fold(algebra)
+    variables = list(algebra.names.values())
+    columns = [f"c{k}" for k in range(len(variables))]
+    constants = [f"K{k}" for k in range(len(algebra.constants))]
+    body = "".join(f"            {line}\n" for line in algebra.lines)
+    if variables:
+        loop = f"        for {', '.join(variables)}, in zip({', '.join(columns)}, strict=True):\n"
+    else:
+        loop = "        for _ in range(n):\n"
+    source = (
+        f"def make({', '.join(['_div', '_sqrt', '_min', '_max', *constants])}):\n"
+        f"    def row_values({', '.join(['n', *columns])}):\n"
+        f"        out = []\n"
+        f"        append = out.append\n"
+        f"{loop}"
+        f"{body}"
+        f"            append({result})\n"
+        f"        return out\n"
+        f"    return row_values\n"
+    )
+    return source, algebra.constants, tuple(algebra.names)
+
+
+def _row_function(tree: Expr) -> tuple[Callable[..., list[float]] | None, tuple[str, ...]]:
     """``tree`` as ``function(n, *columns)`` returning its value per row, and the names of the
-    columns it takes (compiled once per tree)."""
+    columns it takes (compiled once per tree); ``None`` (kept, so not tried again) when Python
+    cannot compile it."""
     cached = _ROW_FUNCTIONS.get(id(tree))
     if cached is None or cached[0] is not tree:
-        algebra = _TextAlgebra()
-        text = tree.fold(algebra)
-        names = list(algebra.names.values())
-        columns = [f"c{k}" for k in range(len(names))]
-        constants = [f"K{k}" for k in range(len(algebra.constants))]
-        loop = (
-            f"[{text} for {', '.join(names)}, in zip({', '.join(columns)}, strict=True)]"
-            if names
-            else f"[{text}] * n"
-        )
-        source = (
-            f"def make({', '.join(['_div', '_sqrt', '_min', '_max', *constants])}):\n"
-            f"    def row_values({', '.join(['n', *columns])}):\n"
-            f"        return {loop}\n"
-            f"    return row_values\n"
-        )
-        namespace: dict[str, Any] = {}
-        exec(source, namespace)  # our own text: v<k>, K<k>, c<k>, operators and our four helpers
-        function = namespace["make"](_div, _sqrt, _min, _max, *algebra.constants)
+        function: Callable[..., list[float]] | None
+        try:
+            source, constants, names = _row_source(tree)
+            namespace: dict[str, Any] = {}
+            exec(source, namespace)  # our own text: v<k>, t<k>, K<k>, c<k>, operators, our helpers
+            function = namespace["make"](_div, _sqrt, _min, _max, *constants)
+        except (SyntaxError, RecursionError, MemoryError, ValueError):
+            function, names = None, ()
         if len(_ROW_FUNCTIONS) > 1024:
             _ROW_FUNCTIONS.clear()
-        cached = _ROW_FUNCTIONS[id(tree)] = (tree, function, tuple(algebra.names))
+        cached = _ROW_FUNCTIONS[id(tree)] = (tree, function, names)
     return cached[1], cached[2]
 
 

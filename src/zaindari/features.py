@@ -261,7 +261,12 @@ def window_statistics_rows(
     plain = tuple(s for s in stats if s not in extremes)
     size = len(windows[0]) if windows else 0
     total = sum(map(sum, windows))
-    if windows and total - total == 0.0 and all(len(row) == size for row in windows):
+    if (
+        windows
+        and size <= COMPILED_WINDOW_MAX
+        and total - total == 0.0
+        and all(len(row) == size for row in windows)
+    ):
         # every place of every window holds a finite value (the usual group): each window's
         # statistics by one compiled function, then turned into columns
         row_stats = _full_window_stats(size, plain, alpha)
@@ -285,7 +290,7 @@ def _window_rows_one_by_one(
     plain_out = [out[s] for s in plain]
     for row in windows:
         total = sum(row)
-        if total - total == 0.0:  # every place holds a finite value: the compiled statistics
+        if total - total == 0.0 and len(row) <= COMPILED_WINDOW_MAX:  # the compiled statistics
             for column, value in zip(plain_out, _full_window_stats(len(row), plain, alpha)(row), strict=True):
                 column.append(value)
             continue
@@ -322,7 +327,13 @@ def _window_rows_one_by_one(
                 raise ValueError(f"unknown window statistic {stat!r}")
 
 
-@lru_cache(maxsize=256)  # (one per window spec: compiled once, ~40 ms at the largest size, 1,000)
+#: The largest window compiled by :func:`_full_window_stats`; larger windows are summed value by
+#: value (:func:`_window_rows_one_by_one`): a compiled window of 1,000 holds ~0.8 MB and took ~40 ms.
+COMPILED_WINDOW_MAX = 128
+
+
+# bounded by entries: 64 compiled windows of at most 128 values (~0.1 MB each), ~6 MB at most
+@lru_cache(maxsize=64)
 def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -> Any:
     """``row_stats(v)``: the statistics ``stats`` (``min`` and ``max`` left out) of a window of
     ``size`` finite values, in that order, compiled once per window spec into one function: each

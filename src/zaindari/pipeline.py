@@ -236,7 +236,8 @@ def score_table(
         The caller owns ``states`` and will not use them again (it loaded them from its store,
         which hands out copies): each device's new state is its given state with the new
         history and alert state, not a copy of it (a copy of 512 remembered keys cost the edge
-        ~5 us per device and group). Otherwise the given states are left as they were.
+        ~5 us per device and group). One object given for several devices is updated for the
+        first only, the others get copies. Otherwise the given states are left as they were.
     """
     states = states or {}
     spec = bundle.spec
@@ -266,6 +267,7 @@ def score_table(
         else None
     )
     new_states: dict[str, DeviceState] = {}
+    reused: set[int] = set()  # (owned: one state object given for two devices is updated for one)
     for device, history in features.histories.items():
         alerts = evaluation.states.get(device) if evaluation else None
         previous = states.get(device)
@@ -273,7 +275,8 @@ def score_table(
             new_states[device] = DeviceState(
                 history=history, alerts=alerts if alerts is not None else AlertState()
             )
-        elif owned:
+        elif owned and id(previous) not in reused:
+            reused.add(id(previous))
             previous.history = history
             if alerts is not None:
                 previous.alerts = alerts
