@@ -19,16 +19,19 @@ the history as it stands, and does not advance it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from zaindari.contract import Reading, Rejection
 from zaindari.spec import ModelSpec
+
+_T = TypeVar("_T")
 
 __all__ = ["DeviceHistory", "FeatureBatch", "SensorTable", "compute_features", "window_statistics"]
 
@@ -165,56 +168,50 @@ def window_statistics(
     return out
 
 
-def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
-    """numpy's pairwise summation of ``values[lo:lo + n]`` (``DOUBLE_pairwise_sum``, numpy 1.x):
-    a plain loop below 8 values, 8 running sums combined as a tree up to 128, halves above."""
+def _pairwise(items: Sequence[_T], lo: int, n: int, add: Callable[[_T, _T], _T], zero: _T) -> _T:
+    """numpy's pairwise summation of ``items[lo:lo + n]`` (``DOUBLE_pairwise_sum``, numpy 1.x),
+    each addition made by ``add``: a plain loop below 8 values, 8 running sums combined as a tree
+    up to 128, halves above. With floats it is the sum (:func:`_pairwise_sum`); with terms of a
+    Python expression, the expression that adds them in that order (:func:`_pairwise_text`)."""
     if n < 8:
-        res = 0.0
+        res = zero
         for i in range(lo, lo + n):
-            res += values[i]
+            res = add(res, items[i])
         return res
-    if n < 16:  # the usual window (10): the eight running sums are the first eight values
+    if n <= 128:
+        r = list(items[lo : lo + 8])
+        body = n - n % 8
+        for i in range(lo + 8, lo + body, 8):
+            for j in range(8):
+                r[j] = add(r[j], items[i + j])
+        res = add(add(add(r[0], r[1]), add(r[2], r[3])), add(add(r[4], r[5]), add(r[6], r[7])))
+        for i in range(lo + body, lo + n):
+            res = add(res, items[i])
+        return res
+    half = n // 2
+    half -= half % 8
+    return add(_pairwise(items, lo, half, add, zero), _pairwise(items, lo + half, n - half, add, zero))
+
+
+def _pairwise_sum(values: Sequence[float], lo: int, n: int) -> float:
+    """numpy's pairwise summation of ``values[lo:lo + n]`` (:func:`_pairwise`)."""
+    if 8 <= n < 16:  # the usual window (10), inline: the eight running sums are the first eight values
         r0, r1, r2, r3, r4, r5, r6, r7 = values[lo : lo + 8]
         res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
         for i in range(lo + 8, lo + n):
             res += values[i]
         return res
-    if n <= 128:
-        r = list(values[lo : lo + 8])
-        body = n - n % 8
-        for i in range(lo + 8, lo + body, 8):
-            for j in range(8):
-                r[j] += values[i + j]
-        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-        for i in range(lo + body, lo + n):
-            res += values[i]
-        return res
-    half = n // 2
-    half -= half % 8
-    return _pairwise_sum(values, lo, half) + _pairwise_sum(values, lo + half, n - half)
+    return _pairwise(values, lo, n, operator.add, 0.0)
 
 
 def _pairwise_text(terms: Sequence[str], lo: int, n: int) -> str:
     """:func:`_pairwise_sum` of ``terms[lo:lo + n]`` written out as one Python expression: the
     same additions in the same order (what :func:`_full_window_stats` compiles)."""
-    if n < 8:
-        res = "0.0"
-        for i in range(lo, lo + n):
-            res = f"({res} + {terms[i]})"
-        return res
-    if n <= 128:
-        r = list(terms[lo : lo + 8])
-        body = n - n % 8
-        for i in range(lo + 8, lo + body, 8):
-            for j in range(8):
-                r[j] = f"({r[j]} + {terms[i + j]})"
-        res = f"((({r[0]} + {r[1]}) + ({r[2]} + {r[3]})) + (({r[4]} + {r[5]}) + ({r[6]} + {r[7]})))"
-        for i in range(lo + body, lo + n):
-            res = f"({res} + {terms[i]})"
-        return res
-    half = n // 2
-    half -= half % 8
-    return f"({_pairwise_text(terms, lo, half)} + {_pairwise_text(terms, lo + half, n - half)})"
+    return _pairwise(terms, lo, n, _add_text, "0.0")
+
+
+def _add_text(a: str, b: str) -> str:
+    return f"({a} + {b})"
 
 
 def _row_sum(values: Sequence[float]) -> float:
