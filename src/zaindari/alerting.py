@@ -327,7 +327,7 @@ def _rule_rows_compiled(rule: ExpertRule, allowed: frozenset[str] | None) -> _Ru
 def _rule_rows_numpy(rule: ExpertRule, allowed: frozenset[str] | None) -> _RuleRows:
     """The rule's flags by :func:`_condition` on numpy columns (the same numbers), for a rule
     Python cannot compile."""
-    columns = tuple(dict.fromkeys(_condition_columns(rule.when)))
+    columns = tuple(dict.fromkeys(condition_features(rule.when, rate_suffix="__rate")))
 
     def flags(hold: bool, values: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
         arrays = {name: np.array(v, dtype=np.float64) for name, v in zip(columns, values, strict=True)}
@@ -346,19 +346,6 @@ def _rule_rows_numpy(rule: ExpertRule, allowed: frozenset[str] | None) -> _RuleR
         lambda *args: flags(False, args[:-1], args[-1]),
         lambda *args: flags(True, args[:-1], args[-1]),
     )
-
-
-def _condition_columns(cond: Any) -> list[str]:
-    """The feature columns :func:`_condition` reads, in order (a rate by its ``__rate`` column)."""
-    if isinstance(cond, ThresholdCondition):
-        return [cond.feature]
-    if isinstance(cond, RangeCondition):
-        return [cond.range]
-    if isinstance(cond, RateCondition):
-        return [f"{cond.rate_of_change}__rate"]
-    return [
-        name for c in (cond.all if isinstance(cond, AllOf) else cond.any) for name in _condition_columns(c)
-    ]
 
 
 def _condition_thresholds(cond: Any) -> dict[str, float]:

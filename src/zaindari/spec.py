@@ -398,18 +398,19 @@ class ModelSpec(_Strict):
         return text if same else self.to_yaml()
 
 
-def condition_features(cond: Any) -> list[str]:
-    """Every feature a rule condition reads, in order (repeats kept)."""
+def condition_features(cond: Any, *, rate_suffix: str = "") -> list[str]:
+    """Every feature a rule condition reads, in order (repeats kept); a rate condition's feature
+    with ``rate_suffix`` appended (``"__rate"``: the column of its rates the alert policy reads)."""
     if isinstance(cond, ThresholdCondition):
         return [cond.feature]
     if isinstance(cond, RangeCondition):
         return [cond.range]
     if isinstance(cond, RateCondition):
-        return [cond.rate_of_change]
+        return [cond.rate_of_change + rate_suffix]
     if isinstance(cond, AllOf):
-        return [f for c in cond.all for f in condition_features(c)]
+        return [f for c in cond.all for f in condition_features(c, rate_suffix=rate_suffix)]
     if isinstance(cond, AnyOf):
-        return [f for c in cond.any for f in condition_features(c)]
+        return [f for c in cond.any for f in condition_features(c, rate_suffix=rate_suffix)]
     return []
 
 
