@@ -27,9 +27,11 @@ from zaindari.edge.buffer import (
     EdgeBuffer,
     Shipper,
     SqliteStateStore,
+    StateConflict,
     compact_scores,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.features import DeviceHistory
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError
 
@@ -397,6 +399,38 @@ def test_device_states_written_by_another_process_are_read_not_the_ones_in_memor
     state = first.load_states(devices[:1])[devices[0]]
     state.seen.clear()
     assert len(first.load_states(devices[:1])[devices[0]].seen) > 0
+
+
+def test_a_worker_that_committed_groups_in_a_row_reads_another_workers_state_before_its_lock(
+    tmp_path: Path,
+) -> None:
+    # Given two handles on one buffer (two worker processes of a box) scoring one device in turn,
+    # never at once: A twice (its memory current), then B, again and again
+    a, b = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    scored_twice = 0
+
+    def group(buffer: EdgeBuffer, n: int) -> None:
+        nonlocal scored_twice
+        for immediate in (False, True):  # as EventScoring does: again under the lock on a conflict
+            try:
+                with buffer.transaction(durable=False, immediate=immediate):
+                    state = buffer.load_states(["d1"]).get("d1") or DeviceState()
+                    state.history = DeviceHistory(count=state.history.count + 1)
+                    state.remember_all([(f"k{n}", float(n))], 512)
+                    buffer.save_states({"d1": state})
+                return
+            except StateConflict:
+                scored_twice += 1
+
+    n = 0
+    for _ in range(6):
+        for worker in (a, a, b):
+            group(worker, n)
+            n += 1
+    # Then no group meets the other worker's write only at its lock (each asks whether another
+    # connection committed before it reads), and every group counted once
+    assert scored_twice == 0
+    assert a.load_states(["d1"])["d1"].history.count == b.load_states(["d1"])["d1"].history.count == n
 
 
 def test_a_device_state_with_an_undelivered_nan_alert_reads_back_from_disk(

@@ -293,22 +293,12 @@ class _Memory:
     counters: dict[str, int] = field(default_factory=dict)
     #: the greatest reading key in the log's key memory (see EdgeBuffer._all_new; None: unknown)
     top: str | None = None
-    #: the buffer's count of its own connections' commits (:attr:`EdgeBuffer._commits_made`) when
-    #: this one last looked: a data_version that moved while it moved may be this process's
-    #: other threads (the shipper), not another process
-    commits: int = 0
-    #: no other process's commit likely: data_version had not moved between this connection's
-    #: last transaction and the next one's reading of device states, nor since (or only while
-    #: this process's other threads committed). The next transaction then takes its device
-    #: states' versions from this memory without asking (see load_states)
-    quiet: bool = False
 
     def reset(self, seen: int | None) -> None:
         self.seen = seen
         self.versions = {}
         self.counters = {}
         self.top = None
-        self.quiet = False
 
 
 class _Scope:
@@ -452,8 +442,6 @@ class EdgeBuffer:
         # _CHECKPOINT_EVERY commits of a transaction; None: each connection checkpoints itself
         self._checkpoint_due: Callable[[], object] | None = None
         self._commits = 0
-        # commits made by this buffer's connections (every thread's), see _Memory.commits
-        self._commits_made = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         self._migrate()
@@ -593,9 +581,7 @@ class EdgeBuffer:
             self._unlock_writers(txn)
         # committed: this connection's memory now holds what the transaction wrote (no other
         # connection wrote meanwhile: it held the write lock since its _begin checked)
-        self._commits_made += 1
         memory: _Memory = self._local.memory
-        memory.commits = self._commits_made
         memory.versions.update((device, kept[0]) for device, kept in txn.states.items())
         memory.counters = {
             name: stored + txn.deltas.get(name, 0) for name, stored in txn.counters.items()
@@ -635,17 +621,13 @@ class EdgeBuffer:
         if seen == memory.seen:
             txn.counters.update(memory.counters)
             return
-        # still quiet if only this process's other threads (the shipper) may have committed
-        quiet = memory.quiet and self._commits_made != memory.commits
         memory.reset(seen)
-        memory.commits = self._commits_made
         if txn.read_versions:
             now = self._versions(db, list(txn.read_versions))
             memory.versions.update((d, now.get(d, 0)) for d in txn.read_versions)
             changed = sorted(d for d, v in txn.read_versions.items() if now.get(d, 0) != v)
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
-        memory.quiet = quiet
 
     @staticmethod
     def _data_version(db: sqlite3.Connection) -> int:
@@ -835,7 +817,6 @@ class EdgeBuffer:
             yield db
             self.check_failed()  # poisoned while it was open: roll back (below), never commit
             db.execute("COMMIT")
-            self._commits_made += 1
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -1363,18 +1344,11 @@ class EdgeBuffer:
         lend = txn is not None and not txn.begun
         try:
             # the rows' versions: from this connection's memory while no other connection has
-            # committed since it was current (one PRAGMA instead of a query), else read. Not even
-            # the PRAGMA in a transaction whose write lock is still to be taken (it checks them)
-            # when the last one found no other process's commit likely (quiet): a box's one
-            # worker process asks once per group. Several workers sharing devices ask each time
-            # (a state another worker wrote is then read again at once, not found at the lock:
-            # a StateConflict, the group scored twice).
-            if lend and memory.quiet and memory.seen is not None:
-                seen = memory.seen
-            else:
-                seen = self._data_version(db)
-                if lend:
-                    memory.quiet = seen == memory.seen
+            # committed since it was current (one PRAGMA, ~5 µs, instead of a query), else read.
+            # Asked every time, also in a transaction whose write lock is still to be taken: a
+            # state another worker process (--workers) wrote since is then read again at once,
+            # not found stale at the lock (a StateConflict: the group scored twice)
+            seen = self._data_version(db)
             if not own and seen == memory.seen and all(d in memory.versions for d in ids):
                 known = memory.versions
                 versions = {d: known[d] for d in ids if known[d]}
