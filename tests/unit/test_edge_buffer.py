@@ -379,6 +379,49 @@ def test_a_group_is_one_transaction_and_a_failed_write_inside_fails_all_of_it(tm
     assert other.bodies("ack") == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
+def test_a_commit_that_fails_outside_sqlite_rolls_back_and_leaves_the_buffer_writable(tmp_path: Path) -> None:
+    buffer, other = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    with buffer.transaction():
+        buffer.append("ack", {"n": 0}, keys=["0warm"])
+    # Given a group whose keys cannot be encoded at its commit (a lone surrogate: orjson's TypeError)
+    with pytest.raises(TypeError), buffer.transaction():
+        buffer.append("ack", {"n": 1}, keys=["9a\ud800", "9b"])
+    # Then it is rolled back: the connection holds no write lock, and both handles write on
+    assert not buffer._db().in_transaction
+    other._db().execute("PRAGMA busy_timeout=200")
+    with other.transaction():
+        other.append("ack", {"n": 2})
+    with buffer.transaction():
+        buffer.append("ack", {"n": 3})
+    assert other.bodies("ack") == [{"n": 0}, {"n": 2}, {"n": 3}]
+
+
+def test_keys_with_a_nul_are_remembered_whole(tmp_path: Path) -> None:
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    keys = ["nul\x00mid", "plain", 'quote"d', "back\\u0000slash"]
+    with buffer.transaction():
+        buffer.append("ack", {"n": 1}, keys=keys)
+    assert {k for (k,) in buffer._db().execute("SELECT key FROM written")} == set(keys)
+    # so the same keys make the append a no-op, and a key cut at its NUL is still new
+    assert buffer.append("ack", {"n": 1}, keys=keys) is None
+    assert buffer.append("ack", {"n": 2}, keys=["nul"]) is not None
+
+
+def test_a_reopened_connection_takes_the_deferred_checkpoint_bound_again(tmp_path: Path) -> None:
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    buffer.defer_checkpoints(lambda: None)
+    with buffer.transaction():
+        buffer.append("ack", {"n": 1})
+    bound = buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert bound > 1000
+    # When this thread's connection is closed and opened again (SQLite's default 1,000 on it)
+    buffer.close()
+    with buffer.transaction():
+        buffer.append("ack", {"n": 2})
+    # Then its first transaction sets the bound on it again
+    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == bound
+
+
 def test_device_states_written_by_another_process_are_read_not_the_ones_in_memory(
     tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:

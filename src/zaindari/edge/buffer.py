@@ -463,6 +463,7 @@ class EdgeBuffer:
             db.executescript(_SCHEMA)
             self._local.db = db
             self._local.relaxed = False  # at the buffer's own synchronous level (_synchronous)
+            self._local.autocheckpoint = _AUTOCHECKPOINT_PAGES  # SQLite's default (see _begin)
             self._local.memory = _Memory()  # (data_version numbers are the connection's own)
         return db
 
@@ -577,6 +578,13 @@ class EdgeBuffer:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        except BaseException:
+            # anything else (a key orjson or SQLite cannot encode: a lone surrogate) rolls it
+            # back too: a connection left inside BEGIN IMMEDIATE once the file lock is released
+            # would hold SQLite's write lock and wedge every other writer
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
         finally:
             self._unlock_writers(txn)
         # committed: this connection's memory now holds what the transaction wrote (no other
@@ -1114,9 +1122,12 @@ class EdgeBuffer:
         self._remember_now(db, keys)
 
     def _remember_now(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
-        if len(keys) > 1:  # one statement for all (a JSON array): ~15 % less CPU than executemany
-            # (as text: SQLite 3.45 and later read a BLOB argument as JSONB)
-            db.execute(_REMEMBER_ALL, (orjson.dumps(list(keys)).decode(),))
+        # one statement for all (a JSON array): ~15 % less CPU than executemany (as text: SQLite
+        # 3.45 and later read a BLOB argument as JSONB). Not with a NUL in a key: json_each cuts
+        # a string at it ('a\x00b' would be remembered as 'a'), so those go one by one
+        array = orjson.dumps(list(keys)).decode() if len(keys) > 1 else None
+        if array is not None and "\\u0000" not in array:
+            db.execute(_REMEMBER_ALL, (array,))
         else:
             db.executemany("INSERT OR IGNORE INTO written (key) VALUES (?)", [(k,) for k in keys])
         # trimmed once per ~0.1 % of the memory's keys added by this process (a statement less
