@@ -1002,7 +1002,7 @@ def test_a_reading_sent_again_in_a_later_group_is_found_whoever_appended_newer_o
     assert sorted(s["record_key"] for b in buffer.bodies("scores") for s in b["scores"]) == ["k0", "k1", "k2"]
 
 
-def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_done_there(
+def test_checkpoints_left_to_another_thread_are_asked_for_every_32_commits_and_done_there(
     tmp_path: Path,
 ) -> None:
     import sqlite3
@@ -1012,20 +1012,63 @@ def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_d
     buffer = EdgeBuffer(tmp_path / "edge.db")
     asked: list[int] = []
     buffer.defer_checkpoints(lambda: asked.append(1))
-    # When 130 group transactions commit
-    for i in range(130):
+    # When 70 group transactions commit
+    for i in range(70):
         with buffer.transaction(durable=False):
             buffer.append("ack", {"i": i})
     # Then the thread was asked twice, and the committing connection checkpoints itself only past
-    # 10,000 pages of log
+    # 3,000 pages of log
     assert len(asked) == 2
-    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 3_000
     # and a passive checkpoint on another thread copies the log into the database file itself
     worker = threading.Thread(target=buffer.checkpoint_passive)
     worker.start()
     worker.join()
     main_file = sqlite3.connect(f"file:{tmp_path / 'edge.db'}?mode=ro&immutable=1", uri=True)
     try:
-        assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 130
+        assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 70
     finally:
         main_file.close()
+
+
+def test_the_log_starts_over_beside_a_writer_that_never_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from zaindari.edge import buffer as module
+
+    # Given a buffer whose checkpoints run on another thread (as EdgeBox.start does), with small
+    # bounds: the log copied to its end under the writers' lock past 200 pages, the committing
+    # connection's own checkpoint only past 2,000
+    monkeypatch.setattr(module, "_RESTART_PAGES", 200)
+    monkeypatch.setattr(module, "_BACKSTOP_PAGES", 2_000)
+    buffer = EdgeBuffer(tmp_path / "edge.db", synchronous="NORMAL")
+    wanted, stop = threading.Event(), threading.Event()
+
+    def checkpoints() -> None:
+        while not stop.is_set():
+            if wanted.wait(0.05):
+                wanted.clear()
+                buffer.checkpoint_passive()
+
+    worker = threading.Thread(target=checkpoints)
+    worker.start()
+    buffer.defer_checkpoints(wanted.set)
+    # When a writer commits groups back to back (~2,800 pages of log in all)
+    body = {"x": os.urandom(3000).hex()}
+    wal = tmp_path / "edge.db-wal"
+    largest = 0
+    try:
+        for _ in range(400):
+            with buffer.transaction(durable=False):
+                buffer.append("ack", body)
+                buffer.append("ack", body)
+            largest = max(largest, wal.stat().st_size // 4096)
+    finally:
+        stop.set()
+        worker.join()
+    # Then the log starts over well before the committing connection's own bound
+    assert largest < 1_000, largest
+    assert len(buffer.bodies("ack")) == 800

@@ -200,8 +200,10 @@ _DRIFT_SLOT = (
 # checkpoints are left to a background thread that is called every _CHECKPOINT_EVERY commits
 # (EdgeBuffer.defer_checkpoints)
 _AUTOCHECKPOINT_PAGES = 1000
-_BACKSTOP_PAGES = 10_000
-_CHECKPOINT_EVERY = 64
+_BACKSTOP_PAGES = 3_000
+_CHECKPOINT_EVERY = 32
+# a log this long is checkpointed to its end under the writers' lock (checkpoint_passive)
+_RESTART_PAGES = 2_000
 
 # keys appended, given as one JSON array (json_each: built into SQLite since 3.38, and in the
 # JSON1 extension that Debian's and Python's builds carried before)
@@ -847,11 +849,12 @@ class EdgeBuffer:
 
     def defer_checkpoints(self, due: Callable[[], object] | None) -> None:
         """Leave the write-ahead log's checkpoints to a background thread: ``due`` is called
-        (on the committing thread) every 64 commits of :meth:`transaction`, and that thread then
-        calls :meth:`checkpoint_passive`. A connection committing a transaction checkpoints the
-        log itself only past 10,000 pages (40 MiB: a passive checkpoint beside a busy writer
-        rarely catches up with it, so the log seldom starts over by itself; little is left to
-        copy by then); None: back to SQLite's own 1,000.
+        (on the committing thread) every 32 commits of :meth:`transaction`, and that thread then
+        calls :meth:`checkpoint_passive`, which past 2,000 pages of log copies its end under the
+        writers' lock so that the next commit starts the log over (a passive checkpoint beside a
+        busy writer never catches up with it by itself). A connection committing a transaction
+        checkpoints the log itself only past 3,000 pages (12 MiB; little is left to copy by
+        then); None: back to SQLite's own 1,000.
 
         SQLite's automatic checkpoint runs in the connection whose commit takes the log past its
         size, the edge server's event loop: every ~40 groups of 8 one commit copied the pages of
@@ -867,7 +870,19 @@ class EdgeBuffer:
         if self.failed is not None:
             return
         try:
-            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db = self._db()
+            _, log, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log >= _RESTART_PAGES:
+                # the log starts over only at a commit that finds all of it copied, which a busy
+                # writer never leaves time for (it commits again while the fsync runs): what it
+                # added meanwhile (a few commits) is copied under the writers' lock, so the next
+                # commit writes from the log's start (the loop waits at most for that copy)
+                txn = _Transaction()
+                self._lock_writers(txn)
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    self._unlock_writers(txn)
         except sqlite3.Error as exc:
             self._poison_on_io_error(exc)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
