@@ -1002,7 +1002,7 @@ def test_a_reading_sent_again_in_a_later_group_is_found_whoever_appended_newer_o
     assert sorted(s["record_key"] for b in buffer.bodies("scores") for s in b["scores"]) == ["k0", "k1", "k2"]
 
 
-def test_checkpoints_left_to_another_thread_are_asked_for_every_32_commits_and_done_there(
+def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_done_there(
     tmp_path: Path,
 ) -> None:
     import sqlite3
@@ -1012,8 +1012,8 @@ def test_checkpoints_left_to_another_thread_are_asked_for_every_32_commits_and_d
     buffer = EdgeBuffer(tmp_path / "edge.db")
     asked: list[int] = []
     buffer.defer_checkpoints(lambda: asked.append(1))
-    # When 70 group transactions commit
-    for i in range(70):
+    # When 130 group transactions commit
+    for i in range(130):
         with buffer.transaction(durable=False):
             buffer.append("ack", {"i": i})
     # Then the thread was asked twice, and the committing connection checkpoints itself only past
@@ -1026,7 +1026,7 @@ def test_checkpoints_left_to_another_thread_are_asked_for_every_32_commits_and_d
     worker.join()
     main_file = sqlite3.connect(f"file:{tmp_path / 'edge.db'}?mode=ro&immutable=1", uri=True)
     try:
-        assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 70
+        assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 130
     finally:
         main_file.close()
 
@@ -1039,36 +1039,40 @@ def test_the_log_starts_over_beside_a_writer_that_never_pauses(
 
     from zaindari.edge import buffer as module
 
-    # Given a buffer whose checkpoints run on another thread (as EdgeBox.start does), with small
-    # bounds: the log copied to its end under the writers' lock past 200 pages, the committing
-    # connection's own checkpoint only past 2,000
+    # Given a buffer whose checkpoints are left to another thread, the log copied to its end
+    # under the writers' lock past 200 pages (the committing connection never checkpoints here)
     monkeypatch.setattr(module, "_RESTART_PAGES", 200)
-    monkeypatch.setattr(module, "_BACKSTOP_PAGES", 2_000)
+    monkeypatch.setattr(module, "_BACKSTOP_PAGES", 100_000)
     buffer = EdgeBuffer(tmp_path / "edge.db", synchronous="NORMAL")
-    wanted, stop = threading.Event(), threading.Event()
-
-    def checkpoints() -> None:
-        while not stop.is_set():
-            if wanted.wait(0.05):
-                wanted.clear()
-                buffer.checkpoint_passive()
-
-    worker = threading.Thread(target=checkpoints)
-    worker.start()
-    buffer.defer_checkpoints(wanted.set)
-    # When a writer commits groups back to back (~2,800 pages of log in all)
+    buffer.defer_checkpoints(lambda: None)
     body = {"x": os.urandom(3000).hex()}
-    wal = tmp_path / "edge.db-wal"
-    largest = 0
-    try:
-        for _ in range(400):
+    commits, stop = [0], threading.Event()
+
+    def writer() -> None:  # groups back to back (~7 pages of log each)
+        while not stop.is_set():
             with buffer.transaction(durable=False):
                 buffer.append("ack", body)
                 buffer.append("ack", body)
-            largest = max(largest, wal.stat().st_size // 4096)
+            commits[0] += 1
+
+    def after(n: int) -> None:
+        target = commits[0] + n
+        while commits[0] < target:
+            stop.wait(0.001)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        # When the checkpoint thread runs every 60 of its commits, five times
+        for _ in range(5):
+            after(60)
+            buffer.checkpoint_passive()
+        after(60)
     finally:
         stop.set()
-        worker.join()
-    # Then the log starts over well before the committing connection's own bound
-    assert largest < 1_000, largest
-    assert len(buffer.bodies("ack")) == 800
+        thread.join()
+    # Then the log started over after each (~2,500 pages written in all; the file holds the
+    # longest log since one checkpoint, about 60 commits' worth)
+    pages = (tmp_path / "edge.db-wal").stat().st_size // 4096
+    assert commits[0] >= 360 and pages < 1_200, (commits[0], pages)
+    assert len(buffer.bodies("ack")) == 2 * commits[0]

@@ -429,7 +429,7 @@ class EdgeBox:
     def _checkpoint_loop(self) -> None:
         """The buffer's write-ahead log checkpoints, off the thread that scores and commits the
         groups (:meth:`EdgeBuffer.defer_checkpoints`): one passive checkpoint each time the
-        buffer asks (every 32 group commits)."""
+        buffer asks (every 64 group commits)."""
         while True:
             self._checkpoint_wanted.wait()
             self._checkpoint_wanted.clear()

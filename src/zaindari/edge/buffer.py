@@ -201,7 +201,7 @@ _DRIFT_SLOT = (
 # (EdgeBuffer.defer_checkpoints)
 _AUTOCHECKPOINT_PAGES = 1000
 _BACKSTOP_PAGES = 3_000
-_CHECKPOINT_EVERY = 32
+_CHECKPOINT_EVERY = 64
 # a log this long is checkpointed to its end under the writers' lock (checkpoint_passive)
 _RESTART_PAGES = 2_000
 
@@ -849,7 +849,7 @@ class EdgeBuffer:
 
     def defer_checkpoints(self, due: Callable[[], object] | None) -> None:
         """Leave the write-ahead log's checkpoints to a background thread: ``due`` is called
-        (on the committing thread) every 32 commits of :meth:`transaction`, and that thread then
+        (on the committing thread) every 64 commits of :meth:`transaction`, and that thread then
         calls :meth:`checkpoint_passive`, which past 2,000 pages of log copies its end under the
         writers' lock so that the next commit starts the log over (a passive checkpoint beside a
         busy writer never catches up with it by itself). A connection committing a transaction
