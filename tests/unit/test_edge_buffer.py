@@ -27,9 +27,11 @@ from zaindari.edge.buffer import (
     EdgeBuffer,
     Shipper,
     SqliteStateStore,
+    StateConflict,
     compact_scores,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord
+from zaindari.features import DeviceHistory
 from zaindari.pipeline import DeviceState
 from zaindari.ports import PortError
 
@@ -377,6 +379,49 @@ def test_a_group_is_one_transaction_and_a_failed_write_inside_fails_all_of_it(tm
     assert other.bodies("ack") == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
+def test_a_commit_that_fails_outside_sqlite_rolls_back_and_leaves_the_buffer_writable(tmp_path: Path) -> None:
+    buffer, other = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    with buffer.transaction():
+        buffer.append("ack", {"n": 0}, keys=["0warm"])
+    # Given a group whose keys cannot be encoded at its commit (a lone surrogate: orjson's TypeError)
+    with pytest.raises(TypeError), buffer.transaction():
+        buffer.append("ack", {"n": 1}, keys=["9a\ud800", "9b"])
+    # Then it is rolled back: the connection holds no write lock, and both handles write on
+    assert not buffer._db().in_transaction
+    other._db().execute("PRAGMA busy_timeout=200")
+    with other.transaction():
+        other.append("ack", {"n": 2})
+    with buffer.transaction():
+        buffer.append("ack", {"n": 3})
+    assert other.bodies("ack") == [{"n": 0}, {"n": 2}, {"n": 3}]
+
+
+def test_keys_with_a_nul_are_remembered_whole(tmp_path: Path) -> None:
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    keys = ["nul\x00mid", "plain", 'quote"d', "back\\u0000slash"]
+    with buffer.transaction():
+        buffer.append("ack", {"n": 1}, keys=keys)
+    assert {k for (k,) in buffer._db().execute("SELECT key FROM written")} == set(keys)
+    # so the same keys make the append a no-op, and a key cut at its NUL is still new
+    assert buffer.append("ack", {"n": 1}, keys=keys) is None
+    assert buffer.append("ack", {"n": 2}, keys=["nul"]) is not None
+
+
+def test_a_reopened_connection_takes_the_deferred_checkpoint_bound_again(tmp_path: Path) -> None:
+    buffer = EdgeBuffer(tmp_path / "buffer.db")
+    buffer.defer_checkpoints(lambda: None)
+    with buffer.transaction():
+        buffer.append("ack", {"n": 1})
+    bound = buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert bound > 1000
+    # When this thread's connection is closed and opened again (SQLite's default 1,000 on it)
+    buffer.close()
+    with buffer.transaction():
+        buffer.append("ack", {"n": 2})
+    # Then its first transaction sets the bound on it again
+    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == bound
+
+
 def test_device_states_written_by_another_process_are_read_not_the_ones_in_memory(
     tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
 ) -> None:
@@ -397,6 +442,38 @@ def test_device_states_written_by_another_process_are_read_not_the_ones_in_memor
     state = first.load_states(devices[:1])[devices[0]]
     state.seen.clear()
     assert len(first.load_states(devices[:1])[devices[0]].seen) > 0
+
+
+def test_a_worker_that_committed_groups_in_a_row_reads_another_workers_state_before_its_lock(
+    tmp_path: Path,
+) -> None:
+    # Given two handles on one buffer (two worker processes of a box) scoring one device in turn,
+    # never at once: A twice (its memory current), then B, again and again
+    a, b = EdgeBuffer(tmp_path / "buffer.db"), EdgeBuffer(tmp_path / "buffer.db")
+    scored_twice = 0
+
+    def group(buffer: EdgeBuffer, n: int) -> None:
+        nonlocal scored_twice
+        for immediate in (False, True):  # as EventScoring does: again under the lock on a conflict
+            try:
+                with buffer.transaction(durable=False, immediate=immediate):
+                    state = buffer.load_states(["d1"]).get("d1") or DeviceState()
+                    state.history = DeviceHistory(count=state.history.count + 1)
+                    state.remember_all([(f"k{n}", float(n))], 512)
+                    buffer.save_states({"d1": state})
+                return
+            except StateConflict:
+                scored_twice += 1
+
+    n = 0
+    for _ in range(6):
+        for worker in (a, a, b):
+            group(worker, n)
+            n += 1
+    # Then no group meets the other worker's write only at its lock (each asks whether another
+    # connection committed before it reads), and every group counted once
+    assert scored_twice == 0
+    assert a.load_states(["d1"])["d1"].history.count == b.load_states(["d1"])["d1"].history.count == n
 
 
 def test_a_device_state_with_an_undelivered_nan_alert_reads_back_from_disk(
@@ -940,9 +1017,9 @@ def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_d
         with buffer.transaction(durable=False):
             buffer.append("ack", {"i": i})
     # Then the thread was asked twice, and the committing connection checkpoints itself only past
-    # 10,000 pages of log
+    # 3,000 pages of log
     assert len(asked) == 2
-    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    assert buffer._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 3_000
     # and a passive checkpoint on another thread copies the log into the database file itself
     worker = threading.Thread(target=buffer.checkpoint_passive)
     worker.start()
@@ -952,3 +1029,55 @@ def test_checkpoints_left_to_another_thread_are_asked_for_every_64_commits_and_d
         assert main_file.execute("SELECT count(*) FROM outbox WHERE kind = 'ack'").fetchone()[0] == 130
     finally:
         main_file.close()
+
+
+def test_the_log_starts_over_beside_a_writer_that_never_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from zaindari.edge import buffer as module
+
+    # Given a buffer whose checkpoints are left to another thread, the log copied to its end
+    # under the writers' lock past 200 pages (the committing connection never checkpoints here)
+    monkeypatch.setattr(module, "_RESTART_PAGES", 200)
+    monkeypatch.setattr(module, "_BACKSTOP_PAGES", 100_000)
+    buffer = EdgeBuffer(tmp_path / "edge.db", synchronous="NORMAL")
+    buffer.defer_checkpoints(lambda: None)
+    body = {"x": os.urandom(3000).hex()}
+    commits, stop = [0], threading.Event()
+
+    def writer() -> None:  # groups back to back (~7 pages of log each)
+        while not stop.is_set():
+            with buffer.transaction(durable=False):
+                buffer.append("ack", body)
+                buffer.append("ack", body)
+            commits[0] += 1
+
+    def after(n: int) -> None:
+        target = commits[0] + n
+        while commits[0] < target:
+            stop.wait(0.001)
+
+    def salt() -> bytes:  # the log's header salt: SQLite draws a new one each time it starts over
+        with (tmp_path / "edge.db-wal").open("rb") as log:
+            return log.read(24)[16:20]
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    restarts = 0
+    try:
+        # When the checkpoint thread runs every 60 of its commits, five times
+        for _ in range(5):
+            after(60)
+            before = salt()
+            buffer.checkpoint_passive()
+            after(2)
+            restarts += salt() != before
+    finally:
+        stop.set()
+        thread.join()
+    # Then the writer's next commit started the log over after each
+    assert restarts == 5
+    assert len(buffer.bodies("ack")) == 2 * commits[0]

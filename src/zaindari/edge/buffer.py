@@ -200,8 +200,10 @@ _DRIFT_SLOT = (
 # checkpoints are left to a background thread that is called every _CHECKPOINT_EVERY commits
 # (EdgeBuffer.defer_checkpoints)
 _AUTOCHECKPOINT_PAGES = 1000
-_BACKSTOP_PAGES = 10_000
+_BACKSTOP_PAGES = 3_000
 _CHECKPOINT_EVERY = 64
+# a log this long is checkpointed to its end under the writers' lock (checkpoint_passive)
+_RESTART_PAGES = 2_000
 
 # keys appended, given as one JSON array (json_each: built into SQLite since 3.38, and in the
 # JSON1 extension that Debian's and Python's builds carried before)
@@ -293,22 +295,12 @@ class _Memory:
     counters: dict[str, int] = field(default_factory=dict)
     #: the greatest reading key in the log's key memory (see EdgeBuffer._all_new; None: unknown)
     top: str | None = None
-    #: the buffer's count of its own connections' commits (:attr:`EdgeBuffer._commits_made`) when
-    #: this one last looked: a data_version that moved while it moved may be this process's
-    #: other threads (the shipper), not another process
-    commits: int = 0
-    #: no other process's commit likely: data_version had not moved between this connection's
-    #: last transaction and the next one's reading of device states, nor since (or only while
-    #: this process's other threads committed). The next transaction then takes its device
-    #: states' versions from this memory without asking (see load_states)
-    quiet: bool = False
 
     def reset(self, seen: int | None) -> None:
         self.seen = seen
         self.versions = {}
         self.counters = {}
         self.top = None
-        self.quiet = False
 
 
 class _Scope:
@@ -452,8 +444,6 @@ class EdgeBuffer:
         # _CHECKPOINT_EVERY commits of a transaction; None: each connection checkpoints itself
         self._checkpoint_due: Callable[[], object] | None = None
         self._commits = 0
-        # commits made by this buffer's connections (every thread's), see _Memory.commits
-        self._commits_made = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db()  # creates the schema
         self._migrate()
@@ -475,6 +465,7 @@ class EdgeBuffer:
             db.executescript(_SCHEMA)
             self._local.db = db
             self._local.relaxed = False  # at the buffer's own synchronous level (_synchronous)
+            self._local.autocheckpoint = _AUTOCHECKPOINT_PAGES  # SQLite's default (see _begin)
             self._local.memory = _Memory()  # (data_version numbers are the connection's own)
         return db
 
@@ -589,13 +580,18 @@ class EdgeBuffer:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
+        except BaseException:
+            # anything else (a key orjson or SQLite cannot encode: a lone surrogate) rolls it
+            # back too: a connection left inside BEGIN IMMEDIATE once the file lock is released
+            # would hold SQLite's write lock and wedge every other writer
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
         finally:
             self._unlock_writers(txn)
         # committed: this connection's memory now holds what the transaction wrote (no other
         # connection wrote meanwhile: it held the write lock since its _begin checked)
-        self._commits_made += 1
         memory: _Memory = self._local.memory
-        memory.commits = self._commits_made
         memory.versions.update((device, kept[0]) for device, kept in txn.states.items())
         memory.counters = {
             name: stored + txn.deltas.get(name, 0) for name, stored in txn.counters.items()
@@ -635,17 +631,13 @@ class EdgeBuffer:
         if seen == memory.seen:
             txn.counters.update(memory.counters)
             return
-        # still quiet if only this process's other threads (the shipper) may have committed
-        quiet = memory.quiet and self._commits_made != memory.commits
         memory.reset(seen)
-        memory.commits = self._commits_made
         if txn.read_versions:
             now = self._versions(db, list(txn.read_versions))
             memory.versions.update((d, now.get(d, 0)) for d in txn.read_versions)
             changed = sorted(d for d, v in txn.read_versions.items() if now.get(d, 0) != v)
             if changed:
                 raise StateConflict(f"device states written by another process: {', '.join(changed[:5])}")
-        memory.quiet = quiet
 
     @staticmethod
     def _data_version(db: sqlite3.Connection) -> int:
@@ -835,7 +827,6 @@ class EdgeBuffer:
             yield db
             self.check_failed()  # poisoned while it was open: roll back (below), never commit
             db.execute("COMMIT")
-            self._commits_made += 1
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -859,10 +850,11 @@ class EdgeBuffer:
     def defer_checkpoints(self, due: Callable[[], object] | None) -> None:
         """Leave the write-ahead log's checkpoints to a background thread: ``due`` is called
         (on the committing thread) every 64 commits of :meth:`transaction`, and that thread then
-        calls :meth:`checkpoint_passive`. A connection committing a transaction checkpoints the
-        log itself only past 10,000 pages (40 MiB: a passive checkpoint beside a busy writer
-        rarely catches up with it, so the log seldom starts over by itself; little is left to
-        copy by then); None: back to SQLite's own 1,000.
+        calls :meth:`checkpoint_passive`, which past 2,000 pages of log copies its end under the
+        writers' lock so that the next commit starts the log over (a passive checkpoint beside a
+        busy writer never catches up with it by itself). A connection committing a transaction
+        checkpoints the log itself only past 3,000 pages (12 MiB; little is left to copy by
+        then); None: back to SQLite's own 1,000.
 
         SQLite's automatic checkpoint runs in the connection whose commit takes the log past its
         size, the edge server's event loop: every ~40 groups of 8 one commit copied the pages of
@@ -878,7 +870,19 @@ class EdgeBuffer:
         if self.failed is not None:
             return
         try:
-            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db = self._db()
+            _, log, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log >= _RESTART_PAGES:
+                # the log starts over only at a commit that finds all of it copied, which a busy
+                # writer never leaves time for (it commits again while the fsync runs): what it
+                # added meanwhile (a few commits) is copied under the writers' lock, so the next
+                # commit writes from the log's start (the loop waits at most for that copy)
+                txn = _Transaction()
+                self._lock_writers(txn)
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    self._unlock_writers(txn)
         except sqlite3.Error as exc:
             self._poison_on_io_error(exc)
             raise PortError(f"edge buffer {self.path}: {exc}") from exc
@@ -1133,9 +1137,12 @@ class EdgeBuffer:
         self._remember_now(db, keys)
 
     def _remember_now(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
-        if len(keys) > 1:  # one statement for all (a JSON array): ~15 % less CPU than executemany
-            # (as text: SQLite 3.45 and later read a BLOB argument as JSONB)
-            db.execute(_REMEMBER_ALL, (orjson.dumps(list(keys)).decode(),))
+        # one statement for all (a JSON array): ~15 % less CPU than executemany (as text: SQLite
+        # 3.45 and later read a BLOB argument as JSONB). Not with a NUL in a key: json_each cuts
+        # a string at it ('a\x00b' would be remembered as 'a'), so those go one by one
+        array = orjson.dumps(list(keys)).decode() if len(keys) > 1 else None
+        if array is not None and "\\u0000" not in array:
+            db.execute(_REMEMBER_ALL, (array,))
         else:
             db.executemany("INSERT OR IGNORE INTO written (key) VALUES (?)", [(k,) for k in keys])
         # trimmed once per ~0.1 % of the memory's keys added by this process (a statement less
@@ -1363,18 +1370,11 @@ class EdgeBuffer:
         lend = txn is not None and not txn.begun
         try:
             # the rows' versions: from this connection's memory while no other connection has
-            # committed since it was current (one PRAGMA instead of a query), else read. Not even
-            # the PRAGMA in a transaction whose write lock is still to be taken (it checks them)
-            # when the last one found no other process's commit likely (quiet): a box's one
-            # worker process asks once per group. Several workers sharing devices ask each time
-            # (a state another worker wrote is then read again at once, not found at the lock:
-            # a StateConflict, the group scored twice).
-            if lend and memory.quiet and memory.seen is not None:
-                seen = memory.seen
-            else:
-                seen = self._data_version(db)
-                if lend:
-                    memory.quiet = seen == memory.seen
+            # committed since it was current (one PRAGMA, ~5 µs, instead of a query), else read.
+            # Asked every time, also in a transaction whose write lock is still to be taken: a
+            # state another worker process (--workers) wrote since is then read again at once,
+            # not found stale at the lock (a StateConflict: the group scored twice)
+            seen = self._data_version(db)
             if not own and seen == memory.seen and all(d in memory.versions for d in ids):
                 known = memory.versions
                 versions = {d: known[d] for d in ids if known[d]}
