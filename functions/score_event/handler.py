@@ -42,7 +42,9 @@ async def handle_async(event: HttpEvent, context: Any) -> Response:
     checked = _before_scoring(event)
     if not isinstance(checked, str):
         return checked
-    try:  # the answer made while the disk flushes the group (finish_http_async)
+    # the answer made while the disk flushes the group (finish_http_async); an answer that cannot
+    # be made is answered 503 like a failed group (its readings are kept: sent again, "duplicate")
+    try:
         return await scoring().finish_http_async(event.body, checked, _after_scoring)
     except Exception as exc:
         return _not_scored(exc)

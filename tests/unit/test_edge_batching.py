@@ -330,6 +330,39 @@ def test_loop_answers_are_finished_while_their_group_is_flushed_and_a_failed_fin
     assert all(a[0] == 200 and a[1]["scores"] for k, a in enumerate(answers) if k != 1)
 
 
+def test_a_finish_raising_past_exception_fails_the_rest_of_its_group_instead_of_hanging_it(
+    bundle: ModelBundle,
+) -> None:
+    import asyncio
+
+    class Stop(BaseException):
+        pass
+
+    # Given a finish that raises a BaseException (not an Exception) for the second request
+    batching = BatchingEventScoring(scoring(bundle, MemoryStateStore()), settle=lambda: None)
+    batching.join_seconds = 0.0
+    bodies = rounds()[1]
+    made: list[int] = []
+
+    def finish(answer: HttpAnswer) -> int:
+        made.append(answer.status)
+        if len(made) == 2:
+            raise Stop
+        return answer.status
+
+    async def scenario() -> list[Any]:
+        requests = (batching.finish_http_async(b, f"r{i}", finish) for i, b in enumerate(bodies))
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 10)
+
+    # When the group is scored and settled
+    answers = asyncio.run(scenario())
+
+    # Then the first request is answered and every other one fails (none is left waiting)
+    assert answers[0] == 200
+    assert all(isinstance(a, RuntimeError) and "answer not made" in str(a) for a in answers[1:])
+    assert batching._loop_load.in_flight == 0
+
+
 def test_a_model_error_fails_its_groups_requests_on_the_loop_and_the_next_group_scores(
     bundle: ModelBundle,
 ) -> None:

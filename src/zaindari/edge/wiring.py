@@ -436,7 +436,7 @@ class BatchingEventScoring:
         with self._scored:  # (the settler runs: _queue_on_loop started it before queueing)
             self._unsettled_on_loops.append(_LoopScored(loop, group, report, error, answers))
             self._scored.notify()
-            if not self._flushing:
+            if not self._flushing and error is None and report is not None:
                 # let the idle settler take the GIL and start the fsync before the loop makes
                 # the answers (else it waits for the GIL until the loop goes idle: no overlap)
                 self._scored.wait_for(lambda: self._flushing, self.handoff_seconds)
@@ -470,7 +470,7 @@ class BatchingEventScoring:
                 on_loops, self._unsettled_on_loops = self._unsettled_on_loops, []
                 self._flushing = True
                 if on_loops:
-                    self._scored.notify()  # the loop that handed its group waits for this
+                    self._scored.notify_all()  # the loop that handed its group waits for this
             failure: BaseException | None = None
             try:
                 self.settle()
@@ -594,6 +594,10 @@ def _finish(
             )
         except Exception as exc:  # (a bug) this request fails, not its group
             answers.append(_Failed(exc))
+        except BaseException as exc:  # (KeyboardInterrupt, ...) this and the rest fail, then it goes on
+            failed = _Failed(RuntimeError(f"answer not made: {exc!r}"))
+            answers.extend(failed for _ in range(len(group) - len(answers)))
+            raise
 
 
 def _resolve(
@@ -603,17 +607,21 @@ def _resolve(
     for k, (_, future, _) in enumerate(group):
         if future.done():  # cancelled: its request went away
             continue
+        answer = answers[k] if k < len(answers) else _Failed(RuntimeError("answer not made"))
         if error is not None or report is None:
             future.set_exception(error or RuntimeError("no report"))
-        elif isinstance(answers[k], _Failed):
-            future.set_exception(answers[k].error)
+        elif isinstance(answer, _Failed):
+            future.set_exception(answer.error)
         else:
-            future.set_result(answers[k])
+            future.set_result(answer)
 
 
 def _resolve_all(groups: list[_LoopScored]) -> None:
     for scored in groups:
-        _resolve(scored.group, scored.report, scored.error, scored.answers)
+        try:
+            _resolve(scored.group, scored.report, scored.error, scored.answers)
+        except Exception:  # (a bug) the next groups are still answered
+            log.exception("a settled group could not be answered")
 
 
 def build_edge_event_scoring(settings: Settings | None = None) -> BatchingEventScoring:
