@@ -24,6 +24,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from zaindari.bundle import LearnedThresholds, Signature
+from zaindari.codegen import COMPILE_ERRORS, IdentityCache, build
 from zaindari.spec import (
     SEVERITY_RANK,
     AllOf,
@@ -268,23 +269,20 @@ class _RuleRows:
     #: (every part of the text is a comparison, ``and`` or ``or`` of comparisons: a ``bool``)
 
 
-#: Per rule (by identity, the rule kept in the value so its id is not reused): its compiled flags.
-_RULE_ROWS: dict[int, _RuleRows] = {}
+#: Per rule: its compiled flags.
+_RULE_ROWS: IdentityCache[ExpertRule, _RuleRows] = IdentityCache()
 
 
 def _rule_rows(rule: ExpertRule) -> _RuleRows:
-    cached = _RULE_ROWS.get(id(rule))
-    if cached is not None and cached.rule is rule:
-        return cached
+    return _RULE_ROWS.get(rule, _compile_rule_rows)
+
+
+def _compile_rule_rows(rule: ExpertRule) -> _RuleRows:
     allowed = None if rule.modes is None else frozenset(str(m) for m in rule.modes)
     try:
-        compiled = _rule_rows_compiled(rule, allowed)
-    except (SyntaxError, RecursionError, MemoryError, ValueError):
-        compiled = _rule_rows_numpy(rule, allowed)  # kept: not compiled again
-    if len(_RULE_ROWS) > 1024:
-        _RULE_ROWS.clear()
-    _RULE_ROWS[id(rule)] = compiled
-    return compiled
+        return _rule_rows_compiled(rule, allowed)
+    except COMPILE_ERRORS:
+        return _rule_rows_numpy(rule, allowed)  # kept: not compiled again
 
 
 def _rule_rows_compiled(rule: ExpertRule, allowed: frozenset[str] | None) -> _RuleRows:
@@ -318,9 +316,7 @@ def _rule_rows_compiled(rule: ExpertRule, allowed: frozenset[str] | None) -> _Ru
         f"        return out\n"
         f"    return fire, hold\n"
     )
-    namespace: dict[str, Any] = {}
-    exec(source, namespace)  # our own text: variable names, comparison operators, L<k> and m only
-    fire_fn, hold_fn = namespace["make"](*limits, allowed)
+    fire_fn, hold_fn = build(source, *limits, allowed)  # names, comparison operators, L<k> and m
     return _RuleRows(rule, tuple(variable), fire_fn, hold_fn)
 
 

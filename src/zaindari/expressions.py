@@ -13,10 +13,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from zaindari.codegen import COMPILE_ERRORS, IdentityCache, build
 
 __all__ = [
     "Algebra",
@@ -158,10 +160,11 @@ class _TextAlgebra:
         return self._assign(f"{helper}({', '.join(args)})")
 
 
-#: Per expression tree (by identity, the tree kept in the value): its compiled row function, or
-#: ``None`` for a tree that cannot be compiled (evaluated with numpy instead, see
-#: :meth:`Expr.evaluate_rows`).
-_ROW_FUNCTIONS: dict[int, tuple[Expr, Callable[..., list[float]] | None, tuple[str, ...]]] = {}
+#: Per expression tree: its compiled row function and the columns it takes, or ``None`` for a
+#: tree that cannot be compiled (evaluated with numpy instead, see :meth:`Expr.evaluate_rows`).
+_ROW_FUNCTIONS: IdentityCache[Expr, tuple[Callable[..., list[float]] | None, tuple[str, ...]]] = (
+    IdentityCache()
+)
 
 
 def _row_source(tree: Expr) -> tuple[str, list[float], tuple[str, ...]]:
@@ -195,20 +198,16 @@ def _row_function(tree: Expr) -> tuple[Callable[..., list[float]] | None, tuple[
     """``tree`` as ``function(n, *columns)`` returning its value per row, and the names of the
     columns it takes (compiled once per tree); ``None`` (kept, so not tried again) when Python
     cannot compile it."""
-    cached = _ROW_FUNCTIONS.get(id(tree))
-    if cached is None or cached[0] is not tree:
-        function: Callable[..., list[float]] | None
-        try:
-            source, constants, names = _row_source(tree)
-            namespace: dict[str, Any] = {}
-            exec(source, namespace)  # our own text: v<k>, t<k>, K<k>, c<k>, operators, our helpers
-            function = namespace["make"](_div, _sqrt, _min, _max, *constants)
-        except (SyntaxError, RecursionError, MemoryError, ValueError):
-            function, names = None, ()
-        if len(_ROW_FUNCTIONS) > 1024:
-            _ROW_FUNCTIONS.clear()
-        cached = _ROW_FUNCTIONS[id(tree)] = (tree, function, names)
-    return cached[1], cached[2]
+    return _ROW_FUNCTIONS.get(tree, _compile_rows)
+
+
+def _compile_rows(tree: Expr) -> tuple[Callable[..., list[float]] | None, tuple[str, ...]]:
+    try:
+        source, constants, names = _row_source(tree)
+        function: Callable[..., list[float]] = build(source, _div, _sqrt, _min, _max, *constants)
+    except COMPILE_ERRORS:
+        return None, ()
+    return function, names
 
 
 class _NumpyAlgebra:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from zaindari.codegen import build
 from zaindari.contract import Reading, Rejection
 from zaindari.spec import ModelSpec
 
@@ -367,9 +368,7 @@ def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -
         f"        return ({', '.join(parts)}{',' if parts else ''})\n"
         f"    return row_stats\n"
     )
-    namespace: dict[str, Any] = {}
-    exec(source, namespace)  # our own text: v, m, constants' names, numbers and operators only
-    return namespace["make"](math.sqrt, *constants.values())
+    return build(source, math.sqrt, *constants.values())  # v, m, constants' names, operators
 
 
 def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
