@@ -163,7 +163,7 @@ def test_a_request_whose_body_fails_to_parse_does_not_hold_up_the_group_waiting_
 def test_request_ids_are_unique_across_threads_and_processes() -> None:
     import os
 
-    from zaindari.edge.http import RequestIds
+    from zaindari.edge.http import RequestIds, process_id
 
     # Given one source of request ids, drawn from by 8 threads at once
     ids = RequestIds()
@@ -174,12 +174,14 @@ def test_request_ids_are_unique_across_threads_and_processes() -> None:
     # and a forked process (a server worker) draws from its own prefix
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report its next id and leave at once
-        os.write(write, ids.next().encode())
+    if pid == 0:  # the child: report its next id and its process id as cached, and leave at once
+        os.write(write, f"{ids.next()} {process_id()} {os.getpid()}".encode())
         os._exit(0)
     os.waitpid(pid, 0)
-    child = os.read(read, 100).decode()
+    child, cached, real = os.read(read, 100).decode().split()
     assert child[:8] != drawn[0][:8] and child not in drawn
+    # and the process id cached for it (no system call per request) is the child's own
+    assert cached == real == str(pid) and process_id() == os.getpid() != pid
 
 
 def test_wsgi_headers_are_read_from_the_environ_case_insensitively() -> None:
@@ -467,6 +469,9 @@ def test_rsgi_headers_are_read_case_insensitively() -> None:
     headers = RsgiHeaders(Scoped({"authorization": ["Bearer t"], "x-call-id": ["c1"]}))
     assert headers["Authorization"] == headers["authorization"] == "Bearer t"
     assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
+    assert headers.get("X-Missing", "none") == "none" and "x-missing" not in headers
+    with pytest.raises(KeyError):
+        headers["X-Missing"]
     assert dict(headers) == {"authorization": "Bearer t", "x-call-id": "c1"} and len(headers) == 2
     # as WSGI servers give them: a repeated header's values joined, one that is not text absent
     odd = RsgiHeaders(Scoped({"authorization": ["Bearer t", "Bearer u"], "x-bin": [None]}))

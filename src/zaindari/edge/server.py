@@ -215,7 +215,7 @@ class EdgeApp:
             body=body,
             headers=RsgiHeaders(headers),
             method=scope.method,
-            query=dict(parse_qsl(scope.query_string, keep_blank_values=True)),
+            query=dict(parse_qsl(query, keep_blank_values=True)) if (query := scope.query_string) else {},
             path=route.path,
         )
         try:

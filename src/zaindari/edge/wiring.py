@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from zaindari.edge.box import EdgeBox
+from zaindari.edge.http import process_id
 from zaindari.event_scoring import EventScoring, HttpAnswer, InboundRecord, ScoringReport, http_answer
 from zaindari.settings import Settings, SettingsError
 
@@ -68,8 +69,8 @@ def edge_box(settings: Settings | None = None) -> EdgeBox:
         When the box has no model and none to install.
     """
     with _box_lock:
-        if os.getpid() in _boxes:
-            return _boxes[os.getpid()]
+        if process_id() in _boxes:
+            return _boxes[process_id()]
         settings = settings or edge_settings()
         uplink = fetcher = None
         if settings.edge_uplink == "aws":
@@ -84,7 +85,7 @@ def edge_box(settings: Settings | None = None) -> EdgeBox:
             raise
         box.start()
         _boxes.clear()  # a parent's box (before a fork) is not this process's
-        _boxes[os.getpid()] = box
+        _boxes[process_id()] = box
         return box
 
 
@@ -97,7 +98,7 @@ def stop_edge_box() -> None:
     """Close the process's box, if it has one (a server worker's exit hook): its background
     thread stopped, the buffer checkpointed and closed; queued plant alerts stay in the buffer."""
     with _box_lock:
-        box = _boxes.pop(os.getpid(), None)
+        box = _boxes.pop(process_id(), None)
     if box is not None:
         box.close()
 
@@ -107,7 +108,7 @@ def edge_box_failure() -> str | None:
     :meth:`~zaindari.edge.buffer.EdgeBuffer.sync`), or None (healthy, or no box yet): the edge
     server's ``/healthz`` answers 503 with it, so a liveness probe restarts the server."""
     with _box_lock:
-        box = _boxes.get(os.getpid())
+        box = _boxes.get(process_id())
     return None if box is None else box.buffer.failed
 
 
@@ -295,7 +296,7 @@ class BatchingEventScoring:
             # (never scored, never answered: their clients send them again)
             self._loop, self._loop_call, self._loop_company, self._loop_pending = loop, None, 0, []
             self._loop_scoring = False  # (a group the old loop had off it is not this loop's)
-        if self.settle is not None and self._settler_pid != os.getpid():
+        if self.settle is not None and self._settler_pid != process_id():
             with self._queued:  # before queueing: a thread that cannot start fails this request
                 self._start_threads(scorer=False)
         future: asyncio.Future[Any] = loop.create_future()
@@ -322,7 +323,7 @@ class BatchingEventScoring:
     def _start_threads(self, *, scorer: bool) -> None:
         """Start this process's scorer (when ``scorer``) and settler threads unless they run
         (none yet, or a forked copy's, which do not run here). Under ``_queued``."""
-        pid = os.getpid()
+        pid = process_id()
         if scorer and self._scorer_pid != pid:
             self._start(self._score_groups, "zaindari-scorer")
             self._scorer_pid = pid  # (once it runs: a failed start is tried again)
@@ -445,9 +446,9 @@ class BatchingEventScoring:
 
     def _off_loop_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         """This process's thread for groups scored off the loop (a forked copy's does not run here)."""
-        if self._off_loop is None or self._off_loop[0] != os.getpid():
+        if self._off_loop is None or self._off_loop[0] != process_id():
             pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zaindari-off-loop")
-            self._off_loop = (os.getpid(), pool)
+            self._off_loop = (process_id(), pool)
         return self._off_loop[1]
 
     def _score_group(self, records: list[InboundRecord]) -> tuple[ScoringReport | None, BaseException | None]:
