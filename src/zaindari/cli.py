@@ -392,9 +392,15 @@ def _build_registry(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _edge_serve(args: argparse.Namespace) -> int:
     from zaindari.edge.server import EdgeApp, load_functions
     from zaindari.edge.wiring import check_edge_settings, edge_settings, start_edge_box, stop_edge_box
-    from zaindari.infra.http_server import serve_rsgi, serve_wsgi
+    from zaindari.infra.http_server import serve_asgi, serve_rsgi, serve_wsgi
     from zaindari.settings import SettingsError
 
+    if args.interface == "asgi" and args.workers != 1:
+        print(
+            "zaindari edge serve: --interface asgi runs one process; for --workers N use rsgi or wsgi",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = edge_settings()
         check_edge_settings(settings)
@@ -418,6 +424,16 @@ def _edge_serve(args: argparse.Namespace) -> int:
     # the box (buffer, shipper thread) lives in the worker; SIGTERM: requests answered, then the
     # box flushed and closed
     start, stop = start_edge_box, stop_edge_box
+    if args.interface == "asgi":
+
+        def stop_app_and_box() -> None:
+            app.close()  # score-file's and model-sync's threads: their requests answered
+            stop()
+
+        serve_asgi(
+            app.asgi, host=args.host, port=args.port, on_worker_start=start, on_worker_exit=stop_app_and_box
+        )
+        return 0
     if args.interface == "rsgi":
         serve_rsgi(
             app,
@@ -464,10 +480,11 @@ def _build_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     serve.add_argument(
         "--interface",
-        choices=("rsgi", "wsgi"),
+        choices=("asgi", "rsgi", "wsgi"),
         default="rsgi",
-        help="granian's interface: rsgi (its native one, one event loop per worker: score-event "
-        "costs no thread hand-off) or wsgi (a thread per request) (default rsgi; docs/EDGE.md)",
+        help="asgi (uvicorn: one event loop reads, parses and answers every request, one process), "
+        "rsgi (granian's native interface, one event loop per worker: score-event costs no thread "
+        "hand-off) or wsgi (granian, a thread per request) (default rsgi; docs/EDGE.md)",
     )
     serve.add_argument(
         "--workers",

@@ -1,7 +1,8 @@
 """The edge server over real HTTP against the Lambda path: the same requests, the same answers.
 
 ``zaindari edge serve`` runs ``functions/score_event/handler.py`` in its own process (granian: its
-RSGI interface, the default, and the contract test once more on its WSGI interface);
+RSGI interface, the default; the contract test once more on uvicorn, ASGI, and on granian's WSGI
+interface);
 the Lambda path is ``functions/score_event/app.py`` on the embedded AWS (moto in server mode).
 Both get the ``events/`` HTTP bodies and a stream of simulated plant readings that raises and
 resolves alerts; scores, rejections and alerts must match, and so must the alerts delivered
@@ -68,6 +69,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator
 
 
 @pytest.fixture(scope="module")
+def edge_asgi(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
+    """``zaindari edge serve --interface asgi`` (uvicorn), a box of its own."""
+    yield from _edge_server(tmp_path_factory, bundle_dir, "--interface", "asgi")
+
+
+@pytest.fixture(scope="module")
 def edge_wsgi(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
     """``zaindari edge serve --interface wsgi``, a box of its own."""
     yield from _edge_server(tmp_path_factory, bundle_dir, "--interface", "wsgi")
@@ -128,7 +135,7 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_wsgi"], ids=["rsgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
 def test_edge_server_answers_as_the_lambda_http_route(
     server: str,
     request: pytest.FixtureRequest,
@@ -172,7 +179,7 @@ def test_requests_without_a_valid_token_are_refused_and_score_nothing(edge: Edge
     assert "unauthorised-device" not in json.dumps(edge.buffered("scores") + edge.buffered("reject"))
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_wsgi"], ids=["rsgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
 def test_a_repeated_token_header_is_one_invalid_token_on_either_interface(
     server: str, request: pytest.FixtureRequest
 ) -> None:
@@ -192,7 +199,9 @@ def test_a_repeated_token_header_is_one_invalid_token_on_either_interface(
         connection.close()
 
 
-def test_oversize_bodies_get_413(edge: EdgeServer) -> None:
+@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+def test_oversize_bodies_get_413(server: str, request: pytest.FixtureRequest) -> None:
+    edge: EdgeServer = request.getfixturevalue(server)
     # above the function's limit (the handler), and above the server's (refused before reading)
     status, _, data = edge.call("score-event", b"[" + b" " * PAYLOAD_LIMIT + b"]")
     assert status == 413 and str(PAYLOAD_LIMIT) in json.loads(data)["message"]
@@ -200,14 +209,21 @@ def test_oversize_bodies_get_413(edge: EdgeServer) -> None:
     assert status == 413
 
 
-def test_unknown_routes_are_404_and_health_needs_no_token(edge: EdgeServer) -> None:
+@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+def test_unknown_routes_are_404_and_health_needs_no_token(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    edge: EdgeServer = request.getfixturevalue(server)
     assert http_call(f"{edge.url}/function/nope")[0] == 404
     assert http_call(f"{edge.url}/readings")[0] == 404
     status, _, data = http_call(f"{edge.url}/healthz")
     assert status == 200 and json.loads(data)["functions"] == ["model-sync", "score-event", "score-file"]
 
 
-def test_score_file_scores_a_local_file_once(edge: EdgeServer) -> None:
+@pytest.mark.parametrize("server", ["edge", "edge_asgi"], ids=["rsgi", "asgi"])
+def test_score_file_scores_a_local_file_once(server: str, request: pytest.FixtureRequest) -> None:
+    # (score-file has no handle_async: its handle runs on the server's threads under RSGI and ASGI)
+    edge: EdgeServer = request.getfixturevalue(server)
     csv = (EVENTS / "data" / "plant-1_2026-11-20_1200.csv").read_bytes()
     status, _, data = edge.call("score-file", csv, suffix="?name=plant-1.csv")
     answer = json.loads(data)

@@ -52,8 +52,14 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
 
 @pytest.mark.parametrize(
     ("stop", "interface"),
-    [(signal.SIGTERM, "rsgi"), (signal.SIGINT, "rsgi"), (signal.SIGTERM, "wsgi")],
-    ids=["SIGTERM", "SIGINT", "SIGTERM-wsgi"],
+    [
+        (signal.SIGTERM, "rsgi"),
+        (signal.SIGINT, "rsgi"),
+        (signal.SIGTERM, "asgi"),
+        (signal.SIGINT, "asgi"),
+        (signal.SIGTERM, "wsgi"),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-asgi", "SIGINT-asgi", "SIGTERM-wsgi"],
 )
 def test_a_stopped_server_answers_its_request_in_flight_and_keeps_it(
     tmp_path: Path,

@@ -479,6 +479,23 @@ def test_rsgi_headers_are_read_case_insensitively() -> None:
     assert dict(odd) == {"authorization": "Bearer t, Bearer u"}
 
 
+def test_asgi_headers_are_read_case_insensitively() -> None:
+    from zaindari.edge.http import AsgiHeaders
+
+    # Given an ASGI scope's headers (byte pairs, names lower case), one repeated, one not ASCII
+    raw = [(b"authorization", b"Bearer t"), (b"x-call-id", b"c1"), (b"x-two", b"a"), (b"x-two", b"b")]
+    headers = AsgiHeaders([*raw, (b"x-latin", "caf\u00e9".encode("latin-1"))])
+    # Then any spelling of a name finds it, a missing one is missing (get's default, KeyError)
+    assert headers["Authorization"] == headers["authorization"] == "Bearer t"
+    assert headers.get("X-Call-Id") == "c1" and headers.get("X-Missing") is None
+    assert headers.get("X-Missing", "none") == "none" and "x-missing" not in headers
+    with pytest.raises(KeyError):
+        headers["X-Missing"]
+    # and, as WSGI servers give them, a repeated header's values are joined, values are Latin-1
+    assert headers["X-Two"] == "a, b" and headers["x-latin"] == "caf\u00e9"
+    assert list(headers) == ["authorization", "x-call-id", "x-two", "x-latin"] and len(headers) == 4
+
+
 def test_a_loop_group_waits_off_the_loop_while_another_writer_holds_the_buffer(
     tmp_path: Any, bundle_dir: Any
 ) -> None:

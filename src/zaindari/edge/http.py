@@ -26,6 +26,7 @@ from zaindari.jsonable import json_text
 from zaindari.settings import Settings, SettingsError
 
 __all__ = [
+    "AsgiHeaders",
     "Context",
     "Event",
     "Headers",
@@ -263,6 +264,41 @@ class RsgiHeaders(Mapping[str, str]):
         # granian's headers are not iterable themselves: .keys() is a list
         names = dict.fromkeys(k.lower() for k in self._headers.keys())  # noqa: SIM118
         return (name for name in names if self._headers.get(name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class AsgiHeaders(Mapping[str, str]):
+    """An ASGI request's headers (``scope["headers"]``: ``(name, value)`` byte pairs, names lower
+    case), looked up case-insensitively when asked, none copied up front. As under WSGI and RSGI:
+    a repeated header gives its values joined by ``", "``; values are decoded as Latin-1, as WSGI
+    servers decode them (PEP 3333)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+
+    def __getitem__(self, key: str) -> str:
+        value = self._value(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._value(key)
+        return default if value is None else value
+
+    def _value(self, key: str) -> str | None:
+        name = key.lower().encode("latin-1", "replace")
+        values = [v for k, v in self._headers if k == name]
+        if not values:
+            return None
+        return values[0].decode("latin-1") if len(values) == 1 else b", ".join(values).decode("latin-1")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k.decode("latin-1").lower() for k, _ in self._headers))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

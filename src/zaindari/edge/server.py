@@ -45,7 +45,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from zaindari.edge.http import Context, Event, RsgiHeaders, WsgiHeaders
+from zaindari.edge.http import AsgiHeaders, Context, Event, RsgiHeaders, WsgiHeaders
 
 __all__ = ["EDGE_FUNCTIONS", "EdgeApp", "load_functions", "load_handlers"]
 
@@ -197,9 +197,7 @@ class EdgeApp:
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls it in the worker once it stopped serving (its requests answered)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self.close()
 
     async def _respond_rsgi(self, scope: Any, protocol: Any) -> _Answer | None:
         headers = scope.headers
@@ -211,18 +209,71 @@ class EdgeApp:
         except Exception as exc:  # granian's ProtocolClosed: the client left before its body came
             logger.info("%s %s: body not received (%s): nothing to answer", scope.method, scope.path, exc)
             return None
+        query = scope.query_string
         event = Event(
             body=body,
             headers=RsgiHeaders(headers),
             method=scope.method,
-            query=dict(parse_qsl(query, keep_blank_values=True)) if (query := scope.query_string) else {},
+            query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
             path=route.path,
         )
+        return await self._call(route, event)
+
+    # -- ASGI --------------------------------------------------------------------------------------
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI app (``zaindari edge serve``'s default, behind uvicorn): HTTP scopes only;
+        the server's lifespan (the box started and stopped) is :func:`~zaindari.infra.http_server.serve_asgi`'s."""
+        if scope["type"] != "http":  # no websockets here
+            return
+        answer = await self._respond_asgi(scope, receive)
+        if answer is None:
+            return
+        status, headers, data = answer
+        pairs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        pairs.append((b"content-length", b"%d" % len(data)))
+        await send({"type": "http.response.start", "status": status, "headers": pairs})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _respond_asgi(self, scope: dict[str, Any], receive: Any) -> _Answer | None:
+        headers = AsgiHeaders(scope["headers"])
+        route = self._route(scope["path"], headers.get("content-length"), headers.get("transfer-encoding"))
+        if not isinstance(route, _Route):
+            return route
+        chunks: list[bytes] = []
+        while route.length:
+            message = await receive()
+            if message["type"] == "http.disconnect":  # the client left before its body came
+                logger.info("%s %s: body not received: nothing to answer", scope["method"], scope["path"])
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        query: bytes = scope["query_string"]
+        event = Event(
+            body=b"".join(chunks),
+            headers=headers,
+            method=scope["method"],
+            query=dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {},
+            path=route.path,
+        )
+        return await self._call(route, event)
+
+    def close(self) -> None:
+        """Stop the threads running ``handle`` (after the server stopped serving; ASGI)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- RSGI and ASGI -----------------------------------------------------------------------------
+
+    async def _call(self, route: _Route, event: Event) -> _Answer:
+        """The function's answer: ``handle_async`` awaited on the loop, or ``handle`` on a thread."""
         try:
             handle_async = self.async_handlers.get(route.name)
             if handle_async is not None:
                 return _format(await handle_async(event, self.context))
-            if self._executor is None:  # served without __rsgi_init__ (a test driving the app)
+            if self._executor is None:  # ASGI, or served without __rsgi_init__ (a test driving the app)
                 self.__rsgi_init__(asyncio.get_running_loop())
             loop = asyncio.get_running_loop()
             return _format(

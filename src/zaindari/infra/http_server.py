@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-__all__ = ["WsgiApp", "free_port", "serve_rsgi", "serve_wsgi"]
+__all__ = ["WsgiApp", "free_port", "serve_asgi", "serve_rsgi", "serve_wsgi"]
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -118,6 +118,71 @@ def serve_rsgi(
     SIGTERM/SIGINT the requests in flight answered, ``__rsgi_del__`` then ``on_worker_exit`` run
     in the worker, the parent exits 0. Blocking work belongs in the app's own threads."""
     _serve_granian(app, "rsgi", host, port, workers, 1, timeout, access_log, on_worker_start, on_worker_exit)
+
+
+def serve_asgi(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    timeout: float = 60.0,
+    access_log: bool = False,
+    on_worker_start: Callable[[], None] | None = None,
+    on_worker_exit: Callable[[], None] | None = None,
+) -> None:
+    """Serve the ASGI ``app`` (``async app(scope, receive, send)``, HTTP scopes only) with uvicorn
+    on ``host:port`` until SIGTERM/SIGINT (blocks), in this process: one asyncio event loop that
+    reads the sockets, parses HTTP (httptools, C) and runs the app's coroutines, with no server
+    thread to hand each request to (under granian, RSGI, a request crosses from its Rust thread
+    to the loop twice, each time taking the GIL: docs/EDGE.md "Serving").
+
+    ``on_worker_start`` runs on the loop's thread before the first request (ASGI lifespan
+    startup; an exception fails the start), ``on_worker_exit`` after the requests in flight were
+    answered (lifespan shutdown). On SIGTERM/SIGINT the process returns normally (exit 0), as
+    under granian: uvicorn would raise the signal again after its graceful shutdown."""
+    import signal
+
+    import uvicorn
+
+    async def lifespan_and_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)  # type: ignore[no-any-return]
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if on_worker_start is not None:
+                        on_worker_start()
+                except BaseException as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if on_worker_exit is not None:
+                    on_worker_exit()
+                await send({"type": "lifespan.shutdown.complete"})
+                return None
+
+    config = uvicorn.Config(
+        lifespan_and_app,
+        host=host,
+        port=port,
+        loop="asyncio",  # uvloop measured no gain on the edge server (docs/EDGE.md "Serving")
+        http="httptools",
+        interface="asgi3",
+        lifespan="on",
+        access_log=access_log,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=max(int(timeout), 1),
+    )
+    # what uvicorn raises again once it has shut down gracefully: nothing more to do then
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda _sig, _frame: None)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # the port taken, or on_worker_start failed (logged above)
+        raise SystemExit(3)  # (uvicorn.run's own exit status for a failed start)
 
 
 def _serve_granian(
