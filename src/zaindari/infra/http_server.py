@@ -174,6 +174,7 @@ def serve_asgi(
         access_log=access_log,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,  # (no proxy in front: X-Forwarded-* are not trusted, nor parsed)
         timeout_graceful_shutdown=max(int(timeout), 1),
     )
     # what uvicorn raises again once it has shut down gracefully: nothing more to do then
