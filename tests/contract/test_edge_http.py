@@ -210,6 +210,29 @@ def test_oversize_bodies_get_413(server: str, request: pytest.FixtureRequest) ->
 
 
 @pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+def test_a_body_refused_before_it_is_read_closes_its_connection(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    edge: EdgeServer = request.getfixturevalue(server)
+    url = urlsplit(edge.url)
+    # Given a keep-alive connection whose request declares a body far above the limit, not sent
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10) as sock:
+        sock.sendall(
+            b"POST /function/score-event HTTP/1.1\r\nHost: edge\r\nContent-Length: 99999999\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        # Then it is refused (413) and the connection is closed after the answer: the server does
+        # not wait for the body, nor read the next request's bytes as that body
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+
+
+@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
 def test_unknown_routes_are_404_and_health_needs_no_token(
     server: str, request: pytest.FixtureRequest
 ) -> None:

@@ -222,7 +222,7 @@ class EdgeApp:
     # -- ASGI --------------------------------------------------------------------------------------
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The ASGI app (``zaindari edge serve``'s default, behind uvicorn): HTTP scopes only;
+        """The ASGI app (``zaindari edge serve --interface asgi``, behind uvicorn): HTTP scopes only;
         the server's lifespan (the box started and stopped) is :func:`~zaindari.infra.http_server.serve_asgi`'s."""
         if scope["type"] != "http":  # no websockets here
             return
@@ -237,8 +237,15 @@ class EdgeApp:
 
     async def _respond_asgi(self, scope: dict[str, Any], receive: Any) -> _Answer | None:
         headers = AsgiHeaders(scope["headers"])
-        route = self._route(scope["path"], headers.get("content-length"), headers.get("transfer-encoding"))
+        length, encoding = headers.get("content-length"), headers.get("transfer-encoding")
+        route = self._route(scope["path"], length, encoding)
         if not isinstance(route, _Route):
+            if length not in (None, "0") or encoding is not None:
+                # answered without reading a declared body: the connection closes after the answer
+                # (uvicorn would read the body that never comes as the next request's bytes;
+                # granian closes it too)
+                status, pairs, data = route
+                return status, [*pairs, ("Connection", "close")], data
             return route
         chunks: list[bytes] = []
         while route.length:

@@ -137,12 +137,22 @@ def serve_asgi(
     to the loop twice, each time taking the GIL: docs/EDGE.md "Serving").
 
     ``on_worker_start`` runs on the loop's thread before the first request (ASGI lifespan
-    startup; an exception fails the start), ``on_worker_exit`` after the requests in flight were
-    answered (lifespan shutdown). On SIGTERM/SIGINT the process returns normally (exit 0), as
-    under granian: uvicorn would raise the signal again after its graceful shutdown."""
+    startup; an exception fails the start: logged, exit status 3), ``on_worker_exit`` after the
+    requests in flight were answered (lifespan shutdown; after a second SIGINT, which makes uvicorn
+    drop them, it still runs). On SIGTERM/SIGINT the call returns normally (exit 0), as under
+    granian."""
+    import logging
     import signal
 
     import uvicorn
+
+    exited = False  # on_worker_exit ran (in the lifespan shutdown)
+
+    def worker_exit() -> None:
+        nonlocal exited
+        if not exited and on_worker_exit is not None:
+            exited = True
+            on_worker_exit()
 
     async def lifespan_and_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -154,12 +164,12 @@ def serve_asgi(
                     if on_worker_start is not None:
                         on_worker_start()
                 except BaseException as exc:
-                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    logging.getLogger(__name__).exception("the server's start failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
                     raise
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if on_worker_exit is not None:
-                    on_worker_exit()
+                worker_exit()
                 await send({"type": "lifespan.shutdown.complete"})
                 return None
 
@@ -175,14 +185,27 @@ def serve_asgi(
         log_level="warning",
         server_header=False,
         proxy_headers=False,  # (no proxy in front: X-Forwarded-* are not trusted, nor parsed)
+        # an idle keep-alive connection stays open this long (uvicorn's default, 5 s, closed
+        # connections a plant gateway's pool would reuse; granian keeps them open)
+        timeout_keep_alive=75,
         timeout_graceful_shutdown=max(int(timeout), 1),
     )
-    # what uvicorn raises again once it has shut down gracefully: nothing more to do then
-    for stop in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop, lambda _sig, _frame: None)
+    # uvicorn raises the signal again once it has shut down gracefully: a no-op then (exit 0, as
+    # under granian), the previous handlers back afterwards
+    previous = {
+        stop: signal.signal(stop, lambda _sig, _frame: None) for stop in (signal.SIGTERM, signal.SIGINT)
+    }
     server = uvicorn.Server(config)
-    server.run()
-    if not server.started:  # the port taken, or on_worker_start failed (logged above)
+    try:
+        server.run()
+    finally:
+        # a second SIGINT makes uvicorn skip its lifespan shutdown (requests in flight are
+        # dropped then): the box is closed all the same
+        if server.started:
+            worker_exit()
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+    if not server.started:  # on_worker_start failed (logged above; a taken port exits 3 in uvicorn)
         raise SystemExit(3)  # (uvicorn.run's own exit status for a failed start)
 
 
