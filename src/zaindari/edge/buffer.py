@@ -1041,11 +1041,10 @@ class EdgeBuffer:
             if txn is not None:  # which device state may hold each key (see _flush)
                 new = not known and any(keys)
                 txn.scores_new = new if txn.scores_new is None else txn.scores_new and new
+                tracked = txn.reading_keys
                 for key, score in zip(keys, scores, strict=True):
                     if key:
-                        txn.reading_keys.setdefault(str(score.get("device_id")), []).append(
-                            (key, str(score["record_key"]))
-                        )
+                        tracked.setdefault(score["device_id"], []).append((key, score["record_key"]))
             by_day: dict[str, list[int]] = defaultdict(list)
             for i, score in enumerate(scores):
                 if keys[i] and keys[i] in known:
