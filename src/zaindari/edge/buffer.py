@@ -234,7 +234,17 @@ def _parse_plan(value: Any) -> tuple[int, int] | None:
 
 
 def _encode(data: Any) -> bytes:
-    return zlib.compress(orjson.dumps(data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY), 1)
+    """``data`` as zlib-compressed JSON (what ``_decode`` and every older buffer's reader take).
+
+    Level 1 with ``memLevel=5``: deflate sets up (and clears) its hash table at each call, 64
+    KiB at the default ``memLevel`` 8 and 8 KiB at 5; a group's ~5 KB score row compresses to
+    the same size (within 0.1 %) with 16 % fewer instructions (callgrind, 200 score rows of the
+    benchmark's plant: 270,000 against 228,000 per row)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 5)
+    return (
+        packer.compress(orjson.dumps(data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY))
+        + packer.flush()
+    )
 
 
 def _decode(body: bytes) -> Any:
