@@ -720,7 +720,9 @@ class EdgeBuffer:
             if keys:
                 self._remember_now(db, keys)
         deltas = [(name, str(delta), delta) for name, delta in txn.deltas.items() if delta]
-        if deltas:
+        if len(deltas) == 1:  # (the usual group: its bytes)
+            db.execute(_BUMP, deltas[0])
+        elif deltas:
             db.executemany(_BUMP, deltas)
 
     def sync(self) -> None:
