@@ -4,6 +4,7 @@ in order, resends a failed batch under the same names, and backs off."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -1141,3 +1142,36 @@ def test_reading_keys_a_saved_state_does_not_hold_stay_in_the_key_memory(tmp_pat
     buffer.append_scores([score(3, "k3")], [score(3, "k3")])
     buffer.save_states({"d1": DeviceState(seen=[("k0", 0.0), ("k3", 3.0)])})
     assert "2024-01-01T00:03:00Z/k3" in {k for (k,) in buffer._db().execute("SELECT key FROM written")}
+
+
+@pytest.mark.parametrize("first_in_a_transaction", [False, True])
+def test_a_batch_whose_keys_only_the_key_memory_holds_is_not_buffered_twice_by_a_group(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]], first_in_a_transaction: bool
+) -> None:
+    # Given scores and a drift write that reached the buffer without their device state (a crash
+    # between separate writes, what older code could leave; or a state write that failed inside
+    # a group, whose scores were committed: then this connection knows the window's drift row)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    batch = [InboundRecord("r1", readings[800:808], "test")]
+    crashed = EventScoring(
+        model=lambda: bundle,
+        states=_ForgetfulStates(buffer),
+        lake=BufferedLake(buffer),
+        alerts=BufferedAlerts(buffer),
+        rejects=BufferedRejects(buffer),
+        summaries=BufferedSummaries(buffer),
+        source="edge-t",
+    )
+    with buffer.transaction() if first_in_a_transaction else contextlib.nullcontext():
+        crashed.score_records(batch)
+    # When the device sends it again and the box scores it in a group transaction
+    with buffer.transaction():
+        report = scoring_on(buffer, bundle).score_records(batch)
+    # Then it is scored (its device did not know it) but neither its rows nor its drift counts
+    # are buffered a second time: the log's key memory still holds them
+    assert len(report.scored) == 8
+    assert buffer.stats().items["scores"] == 8
+    drift = BufferedSummaries(buffer).read(
+        bundle.name, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    )
+    assert sum(w.readings for w in drift) == 8
