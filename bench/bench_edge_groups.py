@@ -7,7 +7,8 @@ waiting for the disk, ``durable=False``), then the settler's ``settle`` (one fsy
 and each request's JSON answer as the handler builds it (``http_answer`` of its part of the
 report, then ``json_response``). CPU is this process's (``time.process_time``), divided by the requests;
 rounds of every group size alternate, so a change of the machine's load falls on all of them.
-Also per group: SQLite statements run, and the bytes of device state written; and the group
+Also per group: SQLite statements run, pages written to the write-ahead log (frames, from its
+``-shm`` index), and the bytes of device state written; and the group
 scoring's CPU on this thread alone (``time.thread_time``): the server's event loop, without the
 box's background threads (the buffer's checkpoints run on one of them since session 7).
 
@@ -45,10 +46,21 @@ DURABLE = os.environ.get("BENCH_EDGE_GROUP_DURABLE", "") == "1"
 WARMUP = 2400  # past 512 keys per device of the 4: the states at their steady size
 
 
+def wal_frames(box: Any) -> int:
+    """Frames in the buffer's write-ahead log now (``mxFrame`` of the wal-index header in
+    ``<buffer>-shm``, native byte order; 0 before the first write)."""
+    try:
+        with open(f"{box.buffer.path}-shm", "rb") as shm:
+            return int.from_bytes(shm.read(20)[16:20], sys.byteorder)
+    except FileNotFoundError:
+        return 0
+
+
 def serve_groups(box: Any, bodies: list[bytes], g: int, stats: dict[str, float]) -> None:
     """Answer ``bodies`` as the server would, ``g`` concurrent requests per group."""
     scoring = box.scoring
     for begin in range(0, len(bodies), g):
+        before = wal_frames(box)  # (outside the timed parts)
         t0 = time.process_time()
         records = []
         for k, body in enumerate(bodies[begin : begin + g]):
@@ -69,6 +81,8 @@ def serve_groups(box: Any, bodies: list[bytes], g: int, stats: dict[str, float])
             assert answer.status == 200 and len(answer.body["scores"]) == 1, answer.body
             json_response(answer.status, answer.body, answer.headers)["body"].encode()
         t3 = time.process_time()
+        after = wal_frames(box)  # a log started over since holds this group's frames only
+        stats["frames"] = stats.get("frames", 0.0) + (after - before if after >= before else after)
         stats["parse"] += t1 - t0
         stats["score"] += t2 - t1
         stats["answer"] += t3 - t2
@@ -93,7 +107,15 @@ def main() -> list[dict[str, Any]]:
             )
             cursor = WARMUP
             stats = {
-                g: {"parse": 0.0, "score": 0.0, "answer": 0.0, "score_thread": 0.0, "requests": 0, "sql": 0}
+                g: {
+                    "parse": 0.0,
+                    "score": 0.0,
+                    "answer": 0.0,
+                    "score_thread": 0.0,
+                    "requests": 0,
+                    "sql": 0,
+                    "frames": 0.0,
+                }
                 for g in SIZES
             }
             for _ in range(ROUNDS):
@@ -125,13 +147,14 @@ def main() -> list[dict[str, Any]]:
         info_line(
             f"g={g}: {per_request[g]:.0f} us/request (contract {us['parse']:.0f}, group scoring "
             f"{us['score']:.0f} of which {us['score_thread']:.0f} on this thread, answer {us['answer']:.0f}); "
-            f"{s['sql'] / groups:.1f} SQL statements per group"
+            f"{s['sql'] / groups:.1f} SQL statements and {s['frames'] / groups:.1f} WAL frames per group"
         )
         rows.append(
             result_row(NAME, f"CPU per request, groups of {g}", per_request[g], "µs",
                        baseline=per_request[SIZES[0]], ratio=per_request[g] / per_request[SIZES[0]])
         )  # fmt: skip
         rows.append(result_row(NAME, f"SQL statements per group of {g}", s["sql"] / groups, "statements"))
+        rows.append(result_row(NAME, f"WAL frames per group of {g}", s["frames"] / groups, "frames"))
     if len(SIZES) > 1:
         lo, hi = SIZES[0], SIZES[-1]
         fixed = (per_request[lo] - per_request[hi]) / (1 / lo - 1 / hi)

@@ -4,6 +4,7 @@ in order, resends a failed batch under the same names, and backs off."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -1081,3 +1082,96 @@ def test_the_log_starts_over_beside_a_writer_that_never_pauses(
     # Then the writer's next commit started the log over after each
     assert restarts == 5
     assert len(buffer.bodies("ack")) == 2 * commits[0]
+
+
+def test_a_group_keeps_its_reading_keys_in_its_device_states_not_in_the_key_memory(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]]
+) -> None:
+    # Given the edge box's group transaction around the scoring use case
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    scoring = scoring_on(buffer, bundle)
+    group = [InboundRecord("r1", readings[800:808], "test")]
+    with buffer.transaction():
+        first = scoring.score_records(group)
+    assert len(first.scored) == 8
+    # Then its readings and its drift write are remembered by the device states committed with
+    # them, and the log's key memory holds none of them
+    assert buffer._db().execute("SELECT count(*) FROM written").fetchone()[0] == 0
+    held = {k for (k,) in buffer._db().execute("SELECT key FROM device_seen")}
+    assert {row["record_key"] for row in first.scored} <= held
+    # When the group is sent again, in a group of its own and with a new reading
+    with buffer.transaction():
+        again = scoring.score_records([InboundRecord("r2", readings[800:809], "test")])
+    # Then only the new reading is scored: its score rows and drift counts once each
+    assert again.duplicates == 8 and len(again.scored) == 1
+    assert buffer.stats().items["scores"] == 9
+    drift = BufferedSummaries(buffer).read(
+        bundle.name, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    )
+    assert sum(w.readings for w in drift) == 9
+
+
+def test_reading_keys_a_saved_state_does_not_hold_stay_in_the_key_memory(tmp_path: Path) -> None:
+    # Given a transaction whose scores' keys are not all remembered by the state saved with them
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+
+    def score(minute: int, key: str) -> dict[str, Any]:
+        return {"device_id": "d1", "timestamp": f"2024-01-01T00:{minute:02d}:00Z", "record_key": key}
+
+    rows = [score(0, "k0"), score(1, "k1")]
+    with buffer.transaction():
+        buffer.load_states(["d1"])
+        buffer.append_scores(rows, rows)
+        buffer.append_drift([], source="s", name="n")  # (no summary: nothing written)
+        buffer.save_states({"d1": DeviceState(seen=[("k0", 0.0)])})
+    # Then the key the state holds is left out of the key memory, the other is kept there
+    written = {k for (k,) in buffer._db().execute("SELECT key FROM written")}
+    assert written == {"2024-01-01T00:01:00Z/k1"}
+    # and so both are found when they are appended again, by whoever
+    with buffer.transaction():
+        assert buffer.append_scores([score(1, "k1")], [score(1, "k1")]) == []
+    # A state saved again in the transaction without a key it held makes that key remembered
+    with buffer.transaction():
+        buffer.load_states(["d2"])
+        two = [{**score(2, "k2"), "device_id": "d2"}]
+        buffer.append_scores(two, two)
+        buffer.save_states({"d2": DeviceState(seen=[("k2", 0.0)])})
+        buffer.save_states({"d2": DeviceState()})
+    assert "2024-01-01T00:02:00Z/k2" in {k for (k,) in buffer._db().execute("SELECT key FROM written")}
+    # and outside a transaction every key is remembered, as before
+    buffer.append_scores([score(3, "k3")], [score(3, "k3")])
+    buffer.save_states({"d1": DeviceState(seen=[("k0", 0.0), ("k3", 3.0)])})
+    assert "2024-01-01T00:03:00Z/k3" in {k for (k,) in buffer._db().execute("SELECT key FROM written")}
+
+
+@pytest.mark.parametrize("first_in_a_transaction", [False, True])
+def test_a_batch_whose_keys_only_the_key_memory_holds_is_not_buffered_twice_by_a_group(
+    tmp_path: Path, bundle: ModelBundle, readings: list[dict[str, Any]], first_in_a_transaction: bool
+) -> None:
+    # Given scores and a drift write that reached the buffer without their device state (a crash
+    # between separate writes, what older code could leave; or a state write that failed inside
+    # a group, whose scores were committed: then this connection knows the window's drift row)
+    buffer = EdgeBuffer(tmp_path / "edge.db")
+    batch = [InboundRecord("r1", readings[800:808], "test")]
+    crashed = EventScoring(
+        model=lambda: bundle,
+        states=_ForgetfulStates(buffer),
+        lake=BufferedLake(buffer),
+        alerts=BufferedAlerts(buffer),
+        rejects=BufferedRejects(buffer),
+        summaries=BufferedSummaries(buffer),
+        source="edge-t",
+    )
+    with buffer.transaction() if first_in_a_transaction else contextlib.nullcontext():
+        crashed.score_records(batch)
+    # When the device sends it again and the box scores it in a group transaction
+    with buffer.transaction():
+        report = scoring_on(buffer, bundle).score_records(batch)
+    # Then it is scored (its device did not know it) but neither its rows nor its drift counts
+    # are buffered a second time: the log's key memory still holds them
+    assert len(report.scored) == 8
+    assert buffer.stats().items["scores"] == 8
+    drift = BufferedSummaries(buffer).read(
+        bundle.name, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    )
+    assert sum(w.readings for w in drift) == 8
