@@ -491,12 +491,21 @@ def check_buffer(path: Path, answered: Mapping[str, tuple[str, float]]) -> None:
         assert integrity == "ok", f"{path}: integrity_check says {integrity}"
         # (a reading's key is kept after its timestamp: '<timestamp>/<key>')
         found = {row[0].rpartition("/")[2] for row in db.execute("SELECT key FROM written")}
-        found.update(key for (key,) in db.execute("SELECT key FROM device_seen"))
+        # (only the keys a device's row points at: rows below its seen_from are forgotten ones,
+        # deleted 64 at a time)
+        found.update(
+            key
+            for (key,) in db.execute(
+                "SELECT s.key FROM device_seen s JOIN device_state d ON d.device_id = s.device_id "
+                "WHERE s.n >= d.seen_from AND s.n < d.seen_next"
+            )
+        )
         forgotten: dict[str, float] = {}
         for device, state in db.execute("SELECT device_id, state FROM device_state"):
             body = json.loads(state if bytes(state[:1]) == b"{" else zlib.decompress(state))
             found.update(key for key, _ in body.get("seen", []))
-            forgotten[device] = body.get("evicted_until") or float("-inf")
+            evicted = body.get("evicted_until")
+            forgotten[device] = float("-inf") if evicted is None else evicted
         for (body,) in db.execute("SELECT body FROM outbox WHERE kind = 'scores'"):
             rows = json.loads(body if bytes(body[:1]) == b"{" else zlib.decompress(body))["scores"]
             found.update(row.get("record_key") for row in rows)

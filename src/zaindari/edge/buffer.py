@@ -317,7 +317,9 @@ class _Memory:
     #: device -> its row's version (0: no row)
     versions: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
-    #: the greatest reading key in the log's key memory (see EdgeBuffer._all_new; None: unknown)
+    #: at least the greatest reading key in the log's key memory (see EdgeBuffer._all_new; None:
+    #: unknown): a group's keys held by its device states count too, though not written
+    #: (EdgeBuffer._flush), so _all_new is only ever more cautious
     top: str | None = None
     #: the shipper's plan (``meta`` row ``plan``) as read, if ``plan_known``
     plan: tuple[int, int] | None = None
@@ -1056,7 +1058,8 @@ class EdgeBuffer:
                 tracked = txn.reading_keys
                 for key, score in zip(keys, scores, strict=True):
                     if key:
-                        tracked.setdefault(score["device_id"], []).append((key, score["record_key"]))
+                        # (a row without a device is held by no state: its key goes into `written`)
+                        tracked.setdefault(score.get("device_id", ""), []).append((key, score["record_key"]))
             by_day: dict[str, list[int]] = defaultdict(list)
             for i, score in enumerate(scores):
                 if keys[i] and keys[i] in known:
@@ -1474,6 +1477,13 @@ class EdgeBuffer:
         transaction's commit keeps the states it saves; one not saved, or a transaction rolled
         back, leaves the device to be read from the database next time). Two copies per device
         and group fewer (~4 µs each, with 512 remembered keys).
+
+        Invariant the log's key memory relies on (:meth:`_flush`: a group's reading keys a saved
+        state holds are not written to ``written``): a device's saved state forgets a key only
+        by eviction, which it records (``evicted_until``), and no code deletes, resets or
+        replaces a ``device_state`` row with one that forgot keys otherwise. A feature that does
+        (a device reset, a state time-to-live, a migration) must write the keys it drops to
+        ``written`` first, or resent readings would be buffered and drift-counted again.
         """
         db = self._db()
         out: dict[str, DeviceState] = {}
