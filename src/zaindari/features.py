@@ -407,11 +407,22 @@ def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
     return True
 
 
-def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple[BoolArray, list[Rejection]]:
-    """Rows missing a sensor or holding a value outside its valid range."""
+@lru_cache(maxsize=64)
+def _all_rows(n: int) -> npt.NDArray[np.intp]:
+    """``0 .. n - 1``, the rows of a table whose every row passed (read-only: shared)."""
+    rows = np.arange(n, dtype=np.intp)
+    rows.flags.writeable = False
+    return rows
+
+
+def _row_rejections(
+    spec: ModelSpec, table: SensorTable, base_row: int
+) -> tuple[BoolArray | None, list[Rejection]]:
+    """Rows missing a sensor or holding a value outside its valid range (``None``: every row
+    passes, told for a few rows without numpy)."""
     n = len(table)
     if n <= SMALL_BATCH and _all_valid(spec, table):  # the usual case, without numpy's overhead
-        return np.ones(n, dtype=bool), []
+        return None, []
     ok = np.ones(n, dtype=bool)
     reasons: dict[int, list[dict[str, str]]] = {}
     for sensor in spec.sensors:
@@ -516,6 +527,8 @@ def compute_features(
                 continue
         else:
             values = derived.tree.evaluate(columns)
+        if ok is None:
+            ok = np.ones(n, dtype=bool)
         bad = ok & ~np.isfinite(values)
         for i in np.flatnonzero(bad) if bad.any() else ():
             rejections.append(
@@ -529,7 +542,7 @@ def compute_features(
         ok &= ~bad
         columns[derived.name] = values
 
-    rows = np.flatnonzero(ok).astype(np.intp)
+    rows = _all_rows(n) if ok is None else np.flatnonzero(ok).astype(np.intp)
     if len(rows) == n:  # every row passed (the usual case): the columns as they are, not copies
         devices, stamps = table.device_id, table.timestamp
     else:
@@ -537,13 +550,12 @@ def compute_features(
         lists = {}  # (the rows that passed: made again from the columns when asked)
         devices = table.device_id[rows]
         stamps = table.timestamp[rows]
-    late = np.zeros(len(rows), dtype=bool)
-
-    if spec.windows or spec.readings_since_start or spec.rate_sources:
-        if len(rows) <= SMALL_BATCH:
-            late = _small_window_features(spec, columns, lists, devices.tolist(), stamps.tolist(), histories)
-        else:
-            late = _window_features(spec, columns, devices, stamps, histories)
+    if not (spec.windows or spec.readings_since_start or spec.rate_sources):
+        late = np.zeros(len(rows), dtype=bool)
+    elif len(rows) <= SMALL_BATCH:
+        late = _small_window_features(spec, columns, lists, devices.tolist(), stamps.tolist(), histories)
+    else:
+        late = _window_features(spec, columns, devices, stamps, histories)
     rejections.sort(key=lambda r: r.index)
     return FeatureBatch(rows=rows, columns=columns, late=late, rejections=rejections, histories=histories)
 
