@@ -164,6 +164,7 @@ class Baseline(CachedModel):
             [(name, low, high) for name, (low, high) in self.sensors.items()],
             dict.fromkeys(self.features, 0),
             dict.fromkeys(self.sensors, 0),
+            np.array(offsets, dtype=np.intp),
         )
 
 
@@ -423,6 +424,7 @@ class _SmallPlan(NamedTuple):
     sensors: list[tuple[str, float | None, float | None]]
     zero_features: dict[str, int]  # every feature at 0 (copied for a window with none missing)
     zero_sensors: dict[str, int]
+    offsets: npt.NDArray[np.intp]  # each one's offset (features, then the score), for numpy
 
 
 def _summarize_small(
@@ -481,34 +483,47 @@ def _summarize_small(
         sensor_missing[name], sensor_out[name] = missing, out
 
     width = plan.width
-    bins = [[0] * width for _ in range(k)]
     nonfinite: list[list[int]] | None = None
-    scored, alert_rows = [0] * k, [0] * k
-    layout = plan.bins
-    for i, row_values, row_score, flag in zip(
-        np.asarray(rows).tolist(),
-        np.asarray(matrix, dtype=np.float64).tolist(),
-        np.asarray(score, dtype=np.float64).tolist(),
-        np.asarray(alerts, dtype=bool).tolist(),
-        strict=True,
-    ):
-        w = at[window[i]]
-        scored[w] += 1
-        alert_rows[w] += flag
-        row_values.append(row_score)
-        counts = bins[w]
-        total = sum(row_values)
-        if total - total == 0.0:  # every value finite (the usual row)
-            for (row_edges, offset), value in zip(layout, row_values, strict=True):
-                counts[offset + bisect_right(row_edges, value)] += 1
-            continue
-        if nonfinite is None:
-            nonfinite = [[0] * len(layout) for _ in range(k)]
-        for j, ((row_edges, offset), value) in enumerate(zip(layout, row_values, strict=True)):
-            if math.isfinite(value):
-                counts[offset + bisect_right(row_edges, value)] += 1
-            else:
-                nonfinite[w][j] += 1
+    row_list: list[int] = np.asarray(rows).tolist()
+    flags: list[bool] = np.asarray(alerts, dtype=bool).tolist()
+    values = np.asarray(matrix, dtype=np.float64)
+    scores = np.asarray(score, dtype=np.float64)
+    counted = None
+    if k == 1 and row_list:  # the usual group: one window; every value finite, counted at once
+        table = np.empty((len(row_list), values.shape[1] + 1))
+        table[:, :-1] = values
+        table[:, -1] = scores
+        total = float(table.sum())
+        if total - total == 0.0:  # (each bin: the edges at or below the value, inf never)
+            cells = (baseline._edge_matrix[None, :, :] <= table[:, :, None]).sum(axis=2) + plan.offsets
+            counted = np.bincount(cells.ravel(), minlength=width).tolist()
+    if counted is not None:
+        bins = [counted]
+        scored, alert_rows = [len(row_list)], [sum(flags)]
+    else:
+        bins = [[0] * width for _ in range(k)]
+        scored, alert_rows = [0] * k, [0] * k
+        layout = plan.bins
+        for i, row_values, row_score, flag in zip(
+            row_list, values.tolist(), scores.tolist(), flags, strict=True
+        ):
+            w = at[window[i]]
+            scored[w] += 1
+            alert_rows[w] += flag
+            row_values.append(row_score)
+            counts = bins[w]
+            total = sum(row_values)
+            if total - total == 0.0:  # every value finite (the usual row)
+                for (row_edges, offset), value in zip(layout, row_values, strict=True):
+                    counts[offset + bisect_right(row_edges, value)] += 1
+                continue
+            if nonfinite is None:
+                nonfinite = [[0] * len(layout) for _ in range(k)]
+            for j, ((row_edges, offset), value) in enumerate(zip(layout, row_values, strict=True)):
+                if math.isfinite(value):
+                    counts[offset + bisect_right(row_edges, value)] += 1
+                else:
+                    nonfinite[w][j] += 1
 
     last: list[dict[str, float]] = [{} for _ in range(k)]
     for device, w, t in zip(np.asarray(devices, dtype=object).tolist(), window, stamps, strict=True):
