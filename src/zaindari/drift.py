@@ -465,17 +465,17 @@ def _summarize_small(
             sensor_out[name] = [0] * k
             all_in_range = False
             continue
-        values: list[float] = column.tolist()
-        total = sum(values)
+        column_values: list[float] = column.tolist()
+        total = sum(column_values)
         if (
             total - total == 0.0  # every value finite (the usual group): none missing
-            and (low is None or min(values) >= low)
-            and (high is None or max(values) <= high)
+            and (low is None or min(column_values) >= low)
+            and (high is None or max(column_values) <= high)
         ):
             continue
         all_in_range = False
         missing, out = [0] * k, [0] * k
-        for w, value in zip(window, values, strict=True):
+        for w, value in zip(window, column_values, strict=True):
             if math.isnan(value):
                 missing[at[w]] += 1
             elif (low is not None and value < low) or (high is not None and value > high):
