@@ -23,12 +23,12 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from zaindari.codegen import build
+from zaindari.codegen import IdentityCache, build
 from zaindari.contract import Reading, Rejection
 from zaindari.spec import ModelSpec
 
@@ -683,6 +683,35 @@ def _window_features(
     return late
 
 
+class _WindowPlan(NamedTuple):
+    """What :func:`_small_window_features` needs of a spec, worked out once per spec."""
+
+    sources: list[str]
+    keep: int
+    #: per window spec: source, size, statistics, alpha, their feature names, and the compiled
+    #: statistics of full windows (:func:`_full_window_stats`; ``None`` with ``min``/``max`` or
+    #: past :data:`COMPILED_WINDOW_MAX`)
+    windows: list[tuple[str, int, tuple[str, ...], float | None, tuple[str, ...], Any]]
+
+
+def _small_window_plan(spec: ModelSpec) -> _WindowPlan:
+    windows = []
+    for w in spec.windows:
+        stats = tuple(w.stats)
+        plain, extremes = _split_stats(stats)
+        compiled = (
+            _full_window_stats(w.size, plain, w.alpha)[1]
+            if not extremes and w.size <= COMPILED_WINDOW_MAX
+            else None
+        )
+        windows.append((w.source, w.size, stats, w.alpha, tuple(w.feature_name(s) for s in stats), compiled))
+    return _WindowPlan(spec.window_sources, spec.history_size, windows)
+
+
+#: Per spec: its small windows' plan.
+_SMALL_WINDOWS: IdentityCache[ModelSpec, _WindowPlan] = IdentityCache()
+
+
 def _small_window_features(
     spec: ModelSpec,
     columns: dict[str, FloatArray],
@@ -696,8 +725,8 @@ def _small_window_features(
     the history and the row), statistics (:func:`window_statistics_rows`), rates, counters and
     histories. ``lists``: columns already made Python lists (filled in here)."""
     m = len(stamp_of)
-    sources = spec.window_sources
-    keep = spec.history_size
+    plan = _SMALL_WINDOWS.get(spec, _small_window_plan)
+    sources, keep = plan.sources, plan.keep
     nan = math.nan
     value_of = {}
     for s in sources:
@@ -725,14 +754,20 @@ def _small_window_features(
         hist = histories.get(device) or DeviceHistory()
         last = hist.last_timestamp
         count = hist.count
+        in_order = idx if last is None else [r for r in idx if stamp_of[r] >= last]
         # the same number of past readings for every source (a history written under another
         # spec may lack a source: then the windows restart)
         known = hist.values
         past_lists = [known.get(s, empty) for s in sources]
         length = min(min(map(len, past_lists), default=0), keep)
-        past = {s: v[len(v) - length :] for s, v in zip(sources, past_lists, strict=True)}
-        in_order = idx if last is None else [r for r in idx if stamp_of[r] >= last]
-        segment = {s: past[s] + [value_of[s][r] for r in in_order] for s in sources}
+        segment: dict[str, list[float]] = {}
+        kept: dict[str, list[float]] = {}
+        for s, past_values in zip(sources, past_lists, strict=True):
+            values = past_values[len(past_values) - length :]
+            column_values = value_of[s]
+            values.extend([column_values[r] for r in in_order])
+            segment[s] = values
+            kept[s] = values[-keep:] if keep else []
         prev_t = last
         for k, r in enumerate(in_order):
             segment_of[r] = segment
@@ -744,27 +779,28 @@ def _small_window_features(
         if len(in_order) < len(idx):
             for r in idx:
                 if last is not None and not stamp_of[r] >= last:  # late: history and the row
-                    segment_of[r] = {s: past[s] + [value_of[s][r]] for s in sources}
+                    segment_of[r] = {
+                        s: [*v[len(v) - length :], value_of[s][r]]
+                        for s, v in zip(sources, past_lists, strict=True)
+                    }
                     position[r] = length
                     prev_time[r] = last
                     counter[r] = float(hist.count + 1)
                     late[r] = True
         # the device's history after this batch: history plus in-order rows, trimmed
-        histories[device] = DeviceHistory(
-            count=count,
-            last_timestamp=prev_t,
-            values={s: segment[s][-keep:] if keep else [] for s in sources},
-        )
-    for w in spec.windows:
-        size = w.size
-        source = w.source
+        histories[device] = DeviceHistory(count=count, last_timestamp=prev_t, values=kept)
+    for source, size, stats, alpha, names, rows_stats in plan.windows:
         windows = []
         for segment, end in zip(segment_of, position, strict=True):
             flat = segment[source]
             first = end - size + 1  # a slice of the segment, nan before its start
             windows.append(flat[first : end + 1] if first >= 0 else [nan] * -first + flat[: end + 1])
-        for stat, col in window_statistics_rows(windows, w.stats, w.alpha).items():
-            name = w.feature_name(stat)
+        # full windows of finite values (the usual group) by the compiled statistics at once
+        computed = rows_stats(windows) if rows_stats is not None and windows else None
+        stat_columns = (
+            computed if computed is not None else list(window_statistics_rows(windows, stats, alpha).values())
+        )
+        for name, col in zip(names, stat_columns, strict=True):
             lists[name] = col
             columns[name] = np.array(col, dtype=np.float64)
     if spec.readings_since_start:
