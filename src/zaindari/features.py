@@ -695,9 +695,9 @@ class _WindowPlan(NamedTuple):
 
 
 def _small_window_plan(spec: ModelSpec) -> _WindowPlan:
-    windows = []
+    windows: list[tuple[str, int, tuple[str, ...], float | None, tuple[str, ...], Any]] = []
     for w in spec.windows:
-        stats = tuple(w.stats)
+        stats: tuple[str, ...] = tuple(w.stats)
         plain, extremes = _split_stats(stats)
         compiled = (
             _full_window_stats(w.size, plain, w.alpha)[1]
