@@ -821,7 +821,7 @@ def _evaluate_rows(
     begin = 0
     while begin < len(order):
         device = device_of[order[begin]]
-        emit = for_device(device)
+        emit = None
         end = begin + 1
         while end < len(order) and device_of[order[end]] == device:
             end += 1
@@ -831,12 +831,17 @@ def _evaluate_rows(
         for c, fires_any in live:
             known = state.rules.get(c.rule_id)
             fire = c.fire
-            if (known is None or known.is_idle()) and not (fires_any and any(fire[i] for i in rows)):
+            device_fire = [fire[i] for i in rows]
+            if (known is None or (not known.active and known.streak == 0)) and not (
+                fires_any and True in device_fire
+            ):
                 continue  # idle and not firing: its walk would change nothing
+            if emit is None:
+                emit = for_device(device)
             rule_state = known or RuleState()
             hold, severity = c.hold, c.severity
             _walk_rule(
-                state, rule_state, c, rows, [fire[i] for i in rows], [hold[i] for i in rows],
+                state, rule_state, c, rows, device_fire, [hold[i] for i in rows],
                 [severity[i] for i in rows], timestamps, emit,
             )  # fmt: skip
     alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
@@ -860,7 +865,7 @@ def _mark(
 def _copied(states: Mapping[str, AlertState] | None) -> dict[str, AlertState]:
     """The devices' alert states, copied (the caller's are not changed)."""
     return {
-        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
+        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()} if s.rules else {})
         for d, s in (states or {}).items()
     }
 
