@@ -764,8 +764,7 @@ def _small_window_features(
         kept: dict[str, list[float]] = {}
         for s, past_values in zip(sources, past_lists, strict=True):
             values = past_values[len(past_values) - length :]
-            column_values = value_of[s]
-            values.extend([column_values[r] for r in in_order])
+            values.extend(map(value_of[s].__getitem__, in_order))
             segment[s] = values
             kept[s] = values[-keep:] if keep else []
         prev_t = last

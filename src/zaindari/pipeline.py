@@ -303,7 +303,7 @@ def score_table(
             rows=rows,
             matrix=matrix,
             score=outputs.score,
-            alerts=np.fromiter((bool(r) for r in row_rules), dtype=bool, count=len(row_rules)),
+            alerts=np.array([bool(r) for r in row_rules], dtype=bool),
         )
         if baseline is not None
         else []
