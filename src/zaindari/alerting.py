@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -427,29 +427,6 @@ def _compile_expert(
     )
 
 
-def _compile_expert_rows(
-    rule: ExpertRule, column: Any, modes: Sequence[str], clear_after: int
-) -> _CompiledRows:
-    """:func:`_compile_expert` for a few rows (``modes``: ``""`` for none), by the rule's
-    compiled flags (:func:`_rule_rows`)."""
-    compiled = _rule_rows(rule)
-    values = [column(name) for name in compiled.columns]
-    fire = compiled.fire(*values, modes)
-    features, thresholds, message = _rule_facts(rule)
-    return _CompiledRows(
-        rule_id=rule.id,
-        source="expert",
-        fire=fire,
-        hold_rows=lambda: compiled.hold(*values, modes),
-        severity=[rule.severity] * len(fire),
-        for_consecutive=rule.for_consecutive,
-        clear_after=clear_after,
-        features=features,
-        thresholds=thresholds,
-        message=message,
-    )
-
-
 def _learned_bounds(
     spec: ModelSpec, thresholds: LearnedThresholds
 ) -> tuple[list[tuple[str, float]], float, float]:
@@ -464,22 +441,88 @@ def _learned_bounds(
     return levels, lowest, lowest + abs(lowest) * deadband
 
 
-def _compile_learned_rows(
-    spec: ModelSpec, thresholds: LearnedThresholds, score: Sequence[float]
+class _SmallPolicy(NamedTuple):
+    """What the small path (:func:`_evaluate_rows`) needs of an alert policy and the learned
+    thresholds, worked out once per spec and thresholds (by identity; both are frozen)."""
+
+    spec: ModelSpec
+    thresholds: LearnedThresholds
+    #: per expert rule: the rule, its compiled flags, and the features, thresholds and message
+    #: its alerts carry (:func:`_rule_facts`)
+    experts: list[tuple[ExpertRule, _RuleRows, tuple[str, ...], dict[str, float], str]]
+    #: the learned rule's levels (lowest first), the score it fires at and the one it holds to
+    #: (:func:`_learned_bounds`), its thresholds and message; ``None``: not enabled
+    learned: tuple[list[tuple[str, float]], float, float, dict[str, float], str] | None
+
+
+#: Per learned thresholds object: the small path's plan (:class:`_SmallPolicy`).
+_SMALL_POLICIES: IdentityCache[LearnedThresholds, _SmallPolicy] = IdentityCache()
+
+
+def _small_policy(spec: ModelSpec, thresholds: LearnedThresholds) -> _SmallPolicy:
+    plan = _SMALL_POLICIES.get(thresholds, lambda t: _make_small_policy(spec, t))
+    if plan.spec is not spec:  # (the same thresholds under another spec: rare)
+        plan = _make_small_policy(spec, thresholds)
+        _SMALL_POLICIES.put(thresholds, plan)
+    return plan
+
+
+def _make_small_policy(spec: ModelSpec, thresholds: LearnedThresholds) -> _SmallPolicy:
+    policy = spec.alert_policy
+    experts = [(rule, _rule_rows(rule), *_rule_facts(rule)) for rule in policy.rules]
+    learned = None
+    if policy.learned.enabled:
+        levels, lowest, hold_at = _learned_bounds(spec, thresholds)
+        learned = (
+            levels,
+            lowest,
+            hold_at,
+            {f"score.{k}": v for k, v in levels},
+            thresholds.method or "learned from data",
+        )
+    return _SmallPolicy(spec, thresholds, experts, learned)
+
+
+def _expert_rows(
+    plan: tuple[ExpertRule, _RuleRows, tuple[str, ...], dict[str, float], str],
+    fire: list[bool],
+    values: Sequence[Sequence[float]],
+    modes: Sequence[str],
+    clear_after: int,
 ) -> _CompiledRows:
-    """:func:`_compile_learned` for a few rows."""
-    policy = spec.alert_policy.learned
-    levels, lowest, hold_at = _learned_bounds(spec, thresholds)
+    """:func:`_compile_expert` for a few rows, from the rule's flags (:func:`_rule_rows`)."""
+    rule, compiled, features, thresholds, message = plan
+    return _CompiledRows(
+        rule_id=rule.id,
+        source="expert",
+        fire=fire,
+        hold_rows=lambda: compiled.hold(*values, modes),
+        severity=[rule.severity] * len(fire),
+        for_consecutive=rule.for_consecutive,
+        clear_after=clear_after,
+        features=features,
+        thresholds=dict(thresholds),
+        message=message,
+    )
+
+
+def _learned_rows(
+    spec: ModelSpec,
+    plan: tuple[list[tuple[str, float]], float, float, dict[str, float], str],
+    direction: str,
+    score: Sequence[float],
+    fire: list[bool],
+) -> _CompiledRows:
+    """:func:`_compile_learned` for a few rows (``fire``: the scores at or past the lowest level)."""
+    levels, _, hold_at, thresholds, message = plan
     severity: list[str | None] = [None] * len(score)
-    if thresholds.direction == "above":
-        fire = [s >= lowest for s in score]
+    if direction == "above":
         hold = [s >= hold_at for s in score]
         for level, value in levels:
             for i, s in enumerate(score):
                 if s >= value:
                     severity[i] = level
     else:
-        fire = [s <= lowest for s in score]
         hold = [s <= hold_at for s in score]
         for level, value in levels:
             for i, s in enumerate(score):
@@ -494,11 +537,11 @@ def _compile_learned_rows(
         fire=fire,
         hold_rows=lambda: [h or f for h, f in zip(hold, fire, strict=True)],
         severity=severity,
-        for_consecutive=policy.for_consecutive,
+        for_consecutive=spec.alert_policy.learned.for_consecutive,
         clear_after=spec.alert_policy.clear_after,
         features=(),
-        thresholds={f"score.{k}": v for k, v in levels},
-        message=thresholds.method or "learned from data",
+        thresholds=dict(thresholds),
+        message=message,
     )
 
 
@@ -694,9 +737,11 @@ def _evaluate_rows(
     states: Mapping[str, AlertState] | None,
 ) -> AlertEvaluation:
     """:func:`evaluate_alerts` for a few rows, on Python lists: the same steps in the same order
-    (rules compiled, per-row flags, each device's rows walked in time order)."""
+    (rules compiled, per-row flags, each device's rows walked in time order). A rule no row fires
+    and no device of the group holds a state of is left out (its walk would change nothing)."""
     n = len(score)
     policy = spec.alert_policy
+    plan = _small_policy(spec, thresholds)
     mode_list = [m if m is not None else "" for m in modes]
     lists: dict[str, list[float]] = {}
 
@@ -706,22 +751,55 @@ def _evaluate_rows(
             values = lists[name] = columns[name].tolist()
         return values
 
-    compiled = [_compile_expert_rows(r, column, mode_list, policy.clear_after) for r in policy.rules]
-    if policy.learned.enabled:
-        compiled.append(_compile_learned_rows(spec, thresholds, score.tolist()))
+    # each rule's fire flags, and whether any row fires it (usually none)
+    fires: list[list[bool]] = []
+    rule_values: list[list[list[float]]] = []
+    for _, flags, _, _, _ in plan.experts:
+        values = [column(name) for name in flags.columns]
+        rule_values.append(values)
+        fires.append(flags.fire(*values, mode_list))
+    score_list: list[float] = score.tolist()
+    if plan.learned is not None:
+        lowest = plan.learned[1]
+        if thresholds.direction == "above":
+            fires.append([s >= lowest for s in score_list])
+        else:
+            fires.append([s <= lowest for s in score_list])
+    firing = [True in fire for fire in fires]
+    rule_ids = [rule.id for rule, _, _, _, _ in plan.experts]
+    if plan.learned is not None:
+        rule_ids.append(LEARNED_RULE_ID)
+    held = {rule_id for s in (states or {}).values() for rule_id in s.rules}  # rules in a state
+    compiled: list[_CompiledRows | None] = []
+    for k, (rule_id, fires_any) in enumerate(zip(rule_ids, firing, strict=True)):
+        if not fires_any and rule_id not in held:
+            compiled.append(None)
+        elif k < len(plan.experts):
+            compiled.append(
+                _expert_rows(plan.experts[k], fires[k], rule_values[k], mode_list, policy.clear_after)
+            )
+        else:
+            assert plan.learned is not None
+            compiled.append(_learned_rows(spec, plan.learned, thresholds.direction, score_list, fires[k]))
 
     row_rules: list[list[str]] = [[] for _ in range(n)]
     row_severity: list[str | None] = [None] * n
-    fires = [True in c.fire for c in compiled]  # whether any row fires each rule (usually none)
-    for c, fires_any in zip(compiled, fires, strict=True):
-        if fires_any:
-            firing = (
-                (i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired
+    for c, fires_any in zip(compiled, firing, strict=True):
+        if fires_any and c is not None:
+            _mark(
+                row_rules,
+                row_severity,
+                c.rule_id,
+                ((i, sev) for i, (fired, sev) in enumerate(zip(c.fire, c.severity, strict=True)) if fired),
             )
-            _mark(row_rules, row_severity, c.rule_id, firing)
 
     out_states = _copied(states)
+    live = [(c, fires_any) for c, fires_any in zip(compiled, firing, strict=True) if c is not None]
     alerts: list[Alert] = []
+    if not live:  # nothing fires, no state to walk: every device's state as it was
+        return AlertEvaluation(
+            alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states
+        )
     for_device = _emitter(
         alerts,
         spec,
@@ -743,22 +821,27 @@ def _evaluate_rows(
     begin = 0
     while begin < len(order):
         device = device_of[order[begin]]
-        emit = for_device(device)
+        emit = None
         end = begin + 1
         while end < len(order) and device_of[order[end]] == device:
             end += 1
         rows = order[begin:end]
         begin = end
         state = out_states.setdefault(device, AlertState())
-        for c, fires_any in zip(compiled, fires, strict=True):
+        for c, fires_any in live:
             known = state.rules.get(c.rule_id)
             fire = c.fire
-            if (known is None or known.is_idle()) and not (fires_any and any(fire[i] for i in rows)):
+            device_fire = [fire[i] for i in rows]
+            if (known is None or (not known.active and known.streak == 0)) and not (
+                fires_any and True in device_fire
+            ):
                 continue  # idle and not firing: its walk would change nothing
+            if emit is None:
+                emit = for_device(device)
             rule_state = known or RuleState()
             hold, severity = c.hold, c.severity
             _walk_rule(
-                state, rule_state, c, rows, [fire[i] for i in rows], [hold[i] for i in rows],
+                state, rule_state, c, rows, device_fire, [hold[i] for i in rows],
                 [severity[i] for i in rows], timestamps, emit,
             )  # fmt: skip
     alerts.sort(key=lambda a: (a.timestamp, a.device_id, a.rule_id))
@@ -782,7 +865,7 @@ def _mark(
 def _copied(states: Mapping[str, AlertState] | None) -> dict[str, AlertState]:
     """The devices' alert states, copied (the caller's are not changed)."""
     return {
-        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()})
+        d: AlertState({k: RuleState(**vars(v)) for k, v in s.rules.items()} if s.rules else {})
         for d, s in (states or {}).items()
     }
 

@@ -43,7 +43,11 @@ class IdentityCache(Generic[_K, _V]):
         if entry is not None and entry[0] is key:
             return entry[1]
         value = make(key)
+        self.put(key, value)
+        return value
+
+    def put(self, key: _K, value: _V) -> None:
+        """Keep ``value`` for ``key`` (in place of what was kept for it)."""
         if len(self._entries) > self.limit:
             self._entries.clear()
         self._entries[id(key)] = (key, value)
-        return value

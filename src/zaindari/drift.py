@@ -35,6 +35,7 @@ import json
 import math
 import operator
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,21 @@ class Baseline(CachedModel):
         widths = [len(e) + 1 for e in edges]
         offsets = [sum(widths[:j]) for j in range(len(widths))]
         return edges, offsets, [(o, o + w) for o, w in zip(offsets, widths, strict=True)]
+
+    @functools.cached_property
+    def _small_plan(self) -> _SmallPlan:
+        """What :func:`_summarize_small` needs of the bins and sensors, made once per baseline."""
+        edges, offsets, bounds = self._layout
+        return _SmallPlan(
+            list(zip(edges, offsets, strict=True)),
+            bounds[-1][1],
+            [(f, lo, hi) for f, (lo, hi) in zip(self.features, bounds, strict=False)],
+            bounds[-1][0],
+            [(name, low, high) for name, (low, high) in self.sensors.items()],
+            dict.fromkeys(self.features, 0),
+            dict.fromkeys(self.sensors, 0),
+            np.array(offsets, dtype=np.intp),
+        )
 
 
 def _edges(values: FloatArray, bins: int) -> list[float]:
@@ -398,6 +414,19 @@ def summaries_json(summaries: Sequence[WindowSummary]) -> bytes:
 SMALL_SUMMARY = 8
 
 
+class _SmallPlan(NamedTuple):
+    """What :func:`_summarize_small` needs of a baseline, worked out once per baseline."""
+
+    bins: list[tuple[list[float], int]]  # every feature's edges, then the score's, with its offset
+    width: int  # bins of all of them, end to end
+    features: list[tuple[str, int, int]]  # each feature's name and its bins' (start, end)
+    score_start: int
+    sensors: list[tuple[str, float | None, float | None]]
+    zero_features: dict[str, int]  # every feature at 0 (copied for a window with none missing)
+    zero_sensors: dict[str, int]
+    offsets: npt.NDArray[np.intp]  # each one's offset (features, then the score), for numpy
+
+
 def _summarize_small(
     baseline: Baseline,
     model_version: str,
@@ -411,66 +440,90 @@ def _summarize_small(
     window_seconds: int,
 ) -> list[WindowSummary]:
     """:func:`summarize_table` for a few rows, counted one by one (``bisect`` for the bins:
-    ``searchsorted(side="right")`` on finite values)."""
-    from bisect import bisect_right
-
-    window = np.floor_divide(timestamps, window_seconds).astype(np.int64).tolist()
-    stamps = np.asarray(timestamps, dtype=np.float64).tolist()
-    starts = sorted(set(window))
-    at = {w: k for k, w in enumerate(starts)}
+    ``searchsorted(side="right")`` on finite values; a window is ``floor(t / window_seconds)``,
+    Python's float floor division being numpy's ``floor_divide``)."""
+    plan = baseline._small_plan
+    stamps: list[float] = np.asarray(timestamps, dtype=np.float64).tolist()
+    window = [int(t // window_seconds) for t in stamps]
+    first = window[0]
+    if window.count(first) == len(window):  # the usual group: one window
+        starts, at = [first], {first: 0}
+    else:
+        starts = sorted(set(window))
+        at = {w: k for k, w in enumerate(starts)}
     k = len(starts)
     readings = [0] * k
     for w in window:
         readings[at[w]] += 1
-    sensor_missing: dict[str, list[int]] = {}
+    sensor_missing: dict[str, list[int]] = {}  # (sensors with a value missing or out of range only)
     sensor_out: dict[str, list[int]] = {}
-    for name, (low, high) in baseline.sensors.items():
+    all_in_range = True
+    for name, low, high in plan.sensors:
         column = sensors.get(name)
         if column is None:
             sensor_missing[name] = list(readings)
             sensor_out[name] = [0] * k
+            all_in_range = False
             continue
-        missing, out = [0] * k, [0] * k
-        values = np.asarray(column, dtype=np.float64).tolist()
-        total = sum(values)
+        column_values: list[float] = column.tolist()
+        total = sum(column_values)
         if (
             total - total == 0.0  # every value finite (the usual group): none missing
-            and (low is None or min(values) >= low)
-            and (high is None or max(values) <= high)
+            and (low is None or min(column_values) >= low)
+            and (high is None or max(column_values) <= high)
         ):
-            sensor_missing[name], sensor_out[name] = missing, out
             continue
-        for w, value in zip(window, values, strict=True):
+        all_in_range = False
+        missing, out = [0] * k, [0] * k
+        for w, value in zip(window, column_values, strict=True):
             if math.isnan(value):
                 missing[at[w]] += 1
             elif (low is not None and value < low) or (high is not None and value > high):
                 out[at[w]] += 1
         sensor_missing[name], sensor_out[name] = missing, out
 
-    edges, offsets, bounds = baseline._layout
-    bins = [[0] * bounds[-1][1] for _ in range(k)]
-    nonfinite = [[0] * len(edges) for _ in range(k)]
-    scored, alert_rows = [0] * k, [0] * k
-    values = np.asarray(matrix, dtype=np.float64).tolist()
-    scores = np.asarray(score, dtype=np.float64).tolist()
-    flags = np.asarray(alerts, dtype=bool).tolist()
-    layout = list(zip(edges, offsets, strict=True))
-    for r, i in enumerate(np.asarray(rows).tolist()):
-        w = at[window[i]]
-        scored[w] += 1
-        alert_rows[w] += flags[r]
-        row_values = [*values[r], scores[r]]
-        counts = bins[w]
-        total = sum(row_values)
-        if total - total == 0.0:  # every value finite (the usual row)
-            for (row_edges, offset), value in zip(layout, row_values, strict=True):
-                counts[offset + bisect_right(row_edges, value)] += 1
-            continue
-        for j, value in enumerate(row_values):
-            if math.isfinite(value):
-                counts[offsets[j] + bisect_right(edges[j], value)] += 1
-            else:
-                nonfinite[w][j] += 1
+    width = plan.width
+    nonfinite: list[list[int]] | None = None
+    row_list: list[int] = np.asarray(rows).tolist()
+    flags: list[bool] = np.asarray(alerts, dtype=bool).tolist()
+    values = np.asarray(matrix, dtype=np.float64)
+    scores = np.asarray(score, dtype=np.float64)
+    counted = None
+    if k == 1 and row_list:  # the usual group: one window; every value finite, counted at once
+        table = np.empty((len(row_list), values.shape[1] + 1))
+        table[:, :-1] = values
+        table[:, -1] = scores
+        total = float(table.sum())
+        if total - total == 0.0:  # (each bin: the edges at or below the value, inf never)
+            cells = (baseline._edge_matrix[None, :, :] <= table[:, :, None]).sum(axis=2) + plan.offsets
+            counted = np.bincount(cells.ravel(), minlength=width).tolist()
+    if counted is not None:
+        bins = [counted]
+        scored, alert_rows = [len(row_list)], [sum(flags)]
+    else:
+        bins = [[0] * width for _ in range(k)]
+        scored, alert_rows = [0] * k, [0] * k
+        layout = plan.bins
+        for i, row_values, row_score, flag in zip(
+            row_list, values.tolist(), scores.tolist(), flags, strict=True
+        ):
+            w = at[window[i]]
+            scored[w] += 1
+            alert_rows[w] += flag
+            row_values.append(row_score)
+            counts = bins[w]
+            total = sum(row_values)
+            if total - total == 0.0:  # every value finite (the usual row)
+                for (row_edges, offset), value in zip(layout, row_values, strict=True):
+                    counts[offset + bisect_right(row_edges, value)] += 1
+                continue
+            if nonfinite is None:
+                nonfinite = [[0] * len(layout) for _ in range(k)]
+            for j, ((row_edges, offset), value) in enumerate(zip(layout, row_values, strict=True)):
+                if math.isfinite(value):
+                    counts[offset + bisect_right(row_edges, value)] += 1
+                else:
+                    nonfinite[w][j] += 1
 
     last: list[dict[str, float]] = [{} for _ in range(k)]
     for device, w, t in zip(np.asarray(devices, dtype=object).tolist(), window, stamps, strict=True):
@@ -479,25 +532,31 @@ def _summarize_small(
         if key not in held or t > held[key]:
             held[key] = t
     out_summaries: list[WindowSummary] = []
+    baseline_id, score_start = baseline.baseline_id, plan.score_start
     for w in range(k):
         start = starts[w] * window_seconds
         row = bins[w]
+        missing_w = nonfinite[w] if nonfinite is not None else None
         out_summaries.append(
             WindowSummary(
                 model_version=model_version,
-                baseline_id=baseline.baseline_id,
+                baseline_id=baseline_id,
                 start=start,
                 end=start + window_seconds,
                 readings=readings[w],
                 scored=scored[w],
                 alerts=alert_rows[w],
-                features={
-                    f: tuple(row[lo:hi]) for f, (lo, hi) in zip(baseline.features, bounds, strict=False)
-                },
-                feature_missing={f: nonfinite[w][j] for j, f in enumerate(baseline.features)},
-                score=tuple(row[bounds[-1][0] :]),
-                sensor_missing={s: v[w] for s, v in sensor_missing.items()},
-                sensor_out_of_range={s: v[w] for s, v in sensor_out.items()},
+                features={f: tuple(row[lo:hi]) for f, lo, hi in plan.features},
+                feature_missing=dict(plan.zero_features)
+                if missing_w is None
+                else {f: missing_w[j] for j, (f, _, _) in enumerate(plan.features)},
+                score=tuple(row[score_start:]),
+                sensor_missing=dict(plan.zero_sensors)
+                if all_in_range
+                else {s: sensor_missing[s][w] if s in sensor_missing else 0 for s, _, _ in plan.sensors},
+                sensor_out_of_range=dict(plan.zero_sensors)
+                if all_in_range
+                else {s: sensor_out[s][w] if s in sensor_out else 0 for s, _, _ in plan.sensors},
                 devices=dict(sorted(last[w].items())),
             )
         )

@@ -304,7 +304,7 @@ class EventScoring:
         clock = _Clock()
         report = ScoringReport()
         now = self.clock()
-        received_at = now.isoformat()
+        received_at = ""  # (when the batch arrived, for dead letters: written when one is made)
         bundle = self.model()
         report.model_version = bundle.model_version
 
@@ -313,6 +313,8 @@ class EventScoring:
         parsed = parse_payloads([r.payload for r in records], limits=self.limits, now=now)
         # (in record order, as one payload at a time would have listed them)
         refusals: list[tuple[int, PayloadTooLarge | Rejection]] = [*parsed.too_large, *parsed.rejections]
+        if refusals:
+            received_at = now.isoformat()
         for i, refusal in sorted(refusals, key=operator.itemgetter(0)):
             record = records[i]
             if isinstance(refusal, PayloadTooLarge):
@@ -342,7 +344,6 @@ class EventScoring:
         readings = parsed.readings
         owner = [records[i].record_id for i in parsed.payloads]  # record id of each reading
         position = parsed.indices  # its index in the record's payload
-        sources = {r.record_id: r.source for r in records}
 
         # 2. device state, read in bulk
         devices = sorted({r.device_id for r in readings})
@@ -370,6 +371,8 @@ class EventScoring:
                 position,
             )
         else:
+            sources = {r.record_id: r.source for r in records}
+            received_at = received_at or now.isoformat()
             batch_keys: set[str] = set()
             kept: list[int] = []  # positions in ``readings`` of the fresh ones
             for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
@@ -413,7 +416,9 @@ class EventScoring:
             if fresh
             else None
         )
-        if outcome is not None:
+        if outcome is not None and outcome.rejections:
+            sources = {r.record_id: r.source for r in records}
+            received_at = received_at or now.isoformat()
             for rej in outcome.rejections:
                 rid = fresh_owner[rej.index]
                 report.rejected.append(

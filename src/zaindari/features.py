@@ -23,12 +23,12 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from zaindari.codegen import build
+from zaindari.codegen import IdentityCache, build
 from zaindari.contract import Reading, Rejection
 from zaindari.spec import ModelSpec
 
@@ -254,28 +254,29 @@ def window_statistics_rows(
     in their own way). What depends only on which places are empty (the slope's positions, the
     ewm's weights) is worked out once per pattern.
     """
+    plain, extremes = _split_stats(tuple(stats))
+    columns = None
+    if windows:
+        size = len(windows[0])
+        if size <= COMPILED_WINDOW_MAX:
+            # every place of every window holds a finite value (the usual group): the windows'
+            # statistics by one compiled function, or None where one is not full or not finite
+            columns = _full_window_stats(size, plain, alpha)[1](windows)
     out: dict[str, list[float]] = {stat: [] for stat in stats}
-    extremes = [s for s in stats if s in ("min", "max")]
-    plain = tuple(s for s in stats if s not in extremes)
-    size = len(windows[0]) if windows else 0
-    total = sum(map(sum, windows))
-    if (
-        windows
-        and size <= COMPILED_WINDOW_MAX
-        and total - total == 0.0
-        and all(len(row) == size for row in windows)
-    ):
-        # every place of every window holds a finite value (the usual group): each window's
-        # statistics by one compiled function, then turned into columns
-        row_stats = _full_window_stats(size, plain, alpha)
-        for stat, column in zip(plain, zip(*map(row_stats, windows), strict=True), strict=True):
-            out[stat] = list(column)
+    if columns is not None:
+        out.update(zip(plain, columns, strict=True))
     else:
         _window_rows_one_by_one(windows, stats, alpha, out)
     if extremes and windows:
         for stat, col in window_statistics(np.array(windows, dtype=np.float64), extremes, alpha).items():
             out[stat] = col.tolist()
     return out
+
+
+@lru_cache(maxsize=256)
+def _split_stats(stats: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``stats`` without ``min`` and ``max`` (summed in Python), and those two (left to numpy)."""
+    return tuple(s for s in stats if s not in ("min", "max")), tuple(s for s in stats if s in ("min", "max"))
 
 
 def _window_rows_one_by_one(
@@ -289,7 +290,9 @@ def _window_rows_one_by_one(
     for row in windows:
         total = sum(row)
         if total - total == 0.0 and len(row) <= COMPILED_WINDOW_MAX:  # the compiled statistics
-            for column, value in zip(plain_out, _full_window_stats(len(row), plain, alpha)(row), strict=True):
+            for column, value in zip(
+                plain_out, _full_window_stats(len(row), plain, alpha)[0](row), strict=True
+            ):
                 column.append(value)
             continue
         valid = tuple([not math.isnan(x) for x in row])
@@ -333,10 +336,13 @@ COMPILED_WINDOW_MAX = 128
 # bounded by entries: 64 compiled windows of at most 128 values (~0.1 MB each), ~6 MB at most
 @lru_cache(maxsize=64)
 def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -> Any:
-    """``row_stats(v)``: the statistics ``stats`` (``min`` and ``max`` left out) of a window of
-    ``size`` finite values, in that order, compiled once per window spec into one function: each
-    sum written out in numpy's pairwise order (:func:`_pairwise_text`), the slope's positions and
-    the ewm's weights as constants (what :func:`window_statistics_rows` does value by value)."""
+    """``(row_stats, rows_stats)``: ``row_stats(v)``, the statistics ``stats`` (``min`` and
+    ``max`` left out) of a window of ``size`` finite values, in that order, compiled once per
+    window spec: each sum written out in numpy's pairwise order (:func:`_pairwise_text`), the
+    slope's positions and the ewm's weights as constants (what :func:`window_statistics_rows`
+    does value by value); ``rows_stats(windows)``, the same for several windows as one list per
+    statistic, or ``None`` when a window is not of ``size`` values or its mean is not finite
+    (then one of its values is not: the caller takes them one by one)."""
     full = (True,) * size
     count = repr(float(size))
     constants: dict[str, float] = {}
@@ -361,12 +367,24 @@ def _full_window_stats(size: int, stats: tuple[str, ...], alpha: float | None) -
             parts.append(f"({pairwise('w{k} * v[{k}]')} / wsum)")
         elif stat not in ("min", "max"):  # pragma: no cover - the spec's Literal type rules this out
             raise ValueError(f"unknown window statistic {stat!r}")
+    mean = f"m = {pairwise('v[{k}]')} / {count}"
+    outputs = [f"o{j}" for j in range(len(parts))]
     source = (
         f"def make({', '.join(['sqrt', *constants])}):\n"
         f"    def row_stats(v):\n"
-        f"        m = {pairwise('v[{k}]')} / {count}\n"
+        f"        {mean}\n"
         f"        return ({', '.join(parts)}{',' if parts else ''})\n"
-        f"    return row_stats\n"
+        f"    def rows_stats(windows):\n"
+        + "".join(f"        {o} = []\n" for o in outputs)
+        + f"        for v in windows:\n"
+        f"            if len(v) != {size}:\n"
+        f"                return None\n"
+        f"            {mean}\n"
+        f"            if m - m != 0.0:\n"
+        f"                return None\n"
+        + "".join(f"            {o}.append({part})\n" for o, part in zip(outputs, parts, strict=True))
+        + f"        return ({', '.join(outputs)}{',' if outputs else ''})\n"
+        f"    return row_stats, rows_stats\n"
     )
     return build(source, math.sqrt, *constants.values())  # v, m, constants' names, operators
 
@@ -389,11 +407,22 @@ def _all_valid(spec: ModelSpec, table: SensorTable) -> bool:
     return True
 
 
-def _row_rejections(spec: ModelSpec, table: SensorTable, base_row: int) -> tuple[BoolArray, list[Rejection]]:
-    """Rows missing a sensor or holding a value outside its valid range."""
+@lru_cache(maxsize=64)
+def _all_rows(n: int) -> npt.NDArray[np.intp]:
+    """``0 .. n - 1``, the rows of a table whose every row passed (read-only: shared)."""
+    rows = np.arange(n, dtype=np.intp)
+    rows.flags.writeable = False
+    return rows
+
+
+def _row_rejections(
+    spec: ModelSpec, table: SensorTable, base_row: int
+) -> tuple[BoolArray | None, list[Rejection]]:
+    """Rows missing a sensor or holding a value outside its valid range (``None``: every row
+    passes, told for a few rows without numpy)."""
     n = len(table)
     if n <= SMALL_BATCH and _all_valid(spec, table):  # the usual case, without numpy's overhead
-        return np.ones(n, dtype=bool), []
+        return None, []
     ok = np.ones(n, dtype=bool)
     reasons: dict[int, list[dict[str, str]]] = {}
     for sensor in spec.sensors:
@@ -498,6 +527,8 @@ def compute_features(
                 continue
         else:
             values = derived.tree.evaluate(columns)
+        if ok is None:
+            ok = np.ones(n, dtype=bool)
         bad = ok & ~np.isfinite(values)
         for i in np.flatnonzero(bad) if bad.any() else ():
             rejections.append(
@@ -511,16 +542,19 @@ def compute_features(
         ok &= ~bad
         columns[derived.name] = values
 
-    rows = np.flatnonzero(ok).astype(np.intp)
+    rows = _all_rows(n) if ok is None else np.flatnonzero(ok).astype(np.intp)
     if len(rows) == n:  # every row passed (the usual case): the columns as they are, not copies
         devices, stamps = table.device_id, table.timestamp
     else:
         columns = {k: v[rows] for k, v in columns.items()}
+        lists = {}  # (the rows that passed: made again from the columns when asked)
         devices = table.device_id[rows]
         stamps = table.timestamp[rows]
-    late = np.zeros(len(rows), dtype=bool)
-
-    if spec.windows or spec.readings_since_start or spec.rate_sources:
+    if not (spec.windows or spec.readings_since_start or spec.rate_sources):
+        late = np.zeros(len(rows), dtype=bool)
+    elif len(rows) <= SMALL_BATCH:
+        late = _small_window_features(spec, columns, lists, devices.tolist(), stamps.tolist(), histories)
+    else:
         late = _window_features(spec, columns, devices, stamps, histories)
     rejections.sort(key=lambda r: r.index)
     return FeatureBatch(rows=rows, columns=columns, late=late, rejections=rejections, histories=histories)
@@ -542,15 +576,11 @@ def _window_features(
     m = len(stamps)
     sources = spec.window_sources
     keep = spec.history_size
-    small = m <= SMALL_BATCH
     # the per-row walk on Python lists: numpy item access costs ~4x a list's
     device_of: list[Any] = devices.tolist()
     stamp_of: list[float] = stamps.tolist()
-    order_l: list[int]  # rows by (device, timestamp), stably
-    if small:  # the same stable order as lexsort's, without numpy's per-call cost
-        order_l = sorted(range(m), key=lambda r: (str(device_of[r]), stamp_of[r]))
-    else:
-        order_l = np.lexsort((stamps, devices.astype(str))).tolist() if m else []
+    # rows by (device, timestamp), stably
+    order_l: list[int] = np.lexsort((stamps, devices.astype(str))).tolist() if m else []
 
     seg_values: dict[str, list[float]] = {s: [] for s in sources}
     cursor = 0
@@ -626,13 +656,6 @@ def _window_features(
         histories[device] = new_hist
         i = j
     late = np.array(late_l, dtype=bool)
-    if small:  # on the lists as they are
-        _small_window_columns(
-            spec, columns, seg_values, seg_start_l, position_l, prev_pos_l, prev_time_l, stamp_of
-        )
-        if spec.readings_since_start:
-            columns["readings_since_start"] = np.array(counter_l, dtype=np.float64)
-        return late
     seg_start = np.array(seg_start_l, dtype=np.int64)
     position = np.array(position_l, dtype=np.int64)
     prev_pos = np.array(prev_pos_l, dtype=np.int64)
@@ -660,37 +683,135 @@ def _window_features(
     return late
 
 
-def _small_window_columns(
+class _WindowPlan(NamedTuple):
+    """What :func:`_small_window_features` needs of a spec, worked out once per spec."""
+
+    sources: list[str]
+    keep: int
+    #: per window spec: source, size, statistics, alpha, their feature names, and the compiled
+    #: statistics of full windows (:func:`_full_window_stats`; ``None`` with ``min``/``max`` or
+    #: past :data:`COMPILED_WINDOW_MAX`)
+    windows: list[tuple[str, int, tuple[str, ...], float | None, tuple[str, ...], Any]]
+
+
+def _small_window_plan(spec: ModelSpec) -> _WindowPlan:
+    windows: list[tuple[str, int, tuple[str, ...], float | None, tuple[str, ...], Any]] = []
+    for w in spec.windows:
+        stats: tuple[str, ...] = tuple(w.stats)
+        plain, extremes = _split_stats(stats)
+        compiled = (
+            _full_window_stats(w.size, plain, w.alpha)[1]
+            if not extremes and w.size <= COMPILED_WINDOW_MAX
+            else None
+        )
+        windows.append((w.source, w.size, stats, w.alpha, tuple(w.feature_name(s) for s in stats), compiled))
+    return _WindowPlan(spec.window_sources, spec.history_size, windows)
+
+
+#: Per spec: its small windows' plan.
+_SMALL_WINDOWS: IdentityCache[ModelSpec, _WindowPlan] = IdentityCache()
+
+
+def _small_window_features(
     spec: ModelSpec,
     columns: dict[str, FloatArray],
-    seg_values: Mapping[str, list[float]],
-    starts: Sequence[int],
-    ends: Sequence[int],
-    prev: Sequence[int],
-    times: Sequence[float],
-    now: Sequence[float],
-) -> None:
-    """:func:`_window_features`' window and rate columns for a few rows, in plain Python (the
-    segments as the numpy path gathers them; the statistics by :func:`window_statistics_rows`).
-    Per row: its segment's start, its own position, its previous reading's position (-1: none)
-    and time (``nan``: none), its time."""
+    lists: dict[str, list[float]],
+    device_of: list[Any],
+    stamp_of: list[float],
+    histories: dict[str, DeviceHistory],
+) -> BoolArray:
+    """:func:`_window_features` for a few rows, in plain Python: the same windows (each row's
+    segment is its device's usable history followed by the device's in-order rows; a late row's,
+    the history and the row), statistics (:func:`window_statistics_rows`), rates, counters and
+    histories. ``lists``: columns already made Python lists (filled in here)."""
+    m = len(stamp_of)
+    plan = _SMALL_WINDOWS.get(spec, _small_window_plan)
+    sources, keep = plan.sources, plan.keep
     nan = math.nan
-    for w in spec.windows:
-        flat = seg_values[w.source]
-        size = w.size
+    value_of = {}
+    for s in sources:
+        values = lists.get(s)
+        if values is None:
+            values = lists[s] = columns[s].tolist()
+        value_of[s] = values
+    # each row's segment (per source) and its place in it, previous reading's time, counter
+    segment_of: list[dict[str, list[float]]] = [{}] * m
+    position = [0] * m
+    prev_time = [nan] * m
+    counter = [0.0] * m
+    late = [False] * m
+    order = sorted(range(m), key=lambda r: (str(device_of[r]), stamp_of[r]))  # (lexsort's order)
+    empty: list[float] = []
+    i = 0
+    while i < m:
+        device_value = device_of[order[i]]
+        j = i + 1
+        while j < m and device_of[order[j]] == device_value:
+            j += 1
+        idx = order[i:j]
+        i = j
+        device = str(device_value)
+        hist = histories.get(device) or DeviceHistory()
+        last = hist.last_timestamp
+        count = hist.count
+        in_order = idx if last is None else [r for r in idx if stamp_of[r] >= last]
+        # the same number of past readings for every source (a history written under another
+        # spec may lack a source: then the windows restart)
+        known = hist.values
+        past_lists = [known.get(s, empty) for s in sources]
+        length = min(min(map(len, past_lists), default=0), keep)
+        segment: dict[str, list[float]] = {}
+        kept: dict[str, list[float]] = {}
+        for s, past_values in zip(sources, past_lists, strict=True):
+            values = past_values[len(past_values) - length :]
+            values.extend(map(value_of[s].__getitem__, in_order))
+            segment[s] = values
+            kept[s] = values[-keep:] if keep else []
+        prev_t = last
+        for k, r in enumerate(in_order):
+            segment_of[r] = segment
+            position[r] = length + k
+            prev_time[r] = nan if prev_t is None else prev_t
+            count += 1
+            counter[r] = float(count)
+            prev_t = stamp_of[r]
+        if len(in_order) < len(idx):
+            for r in idx:
+                if last is not None and not stamp_of[r] >= last:  # late: history and the row
+                    segment_of[r] = {
+                        s: [*v[len(v) - length :], value_of[s][r]]
+                        for s, v in zip(sources, past_lists, strict=True)
+                    }
+                    position[r] = length
+                    prev_time[r] = last
+                    counter[r] = float(hist.count + 1)
+                    late[r] = True
+        # the device's history after this batch: history plus in-order rows, trimmed
+        histories[device] = DeviceHistory(count=count, last_timestamp=prev_t, values=kept)
+    for source, size, stats, alpha, names, rows_stats in plan.windows:
         windows = []
-        for start, end in zip(starts, ends, strict=True):
+        for segment, end in zip(segment_of, position, strict=True):
+            flat = segment[source]
             first = end - size + 1  # a slice of the segment, nan before its start
-            windows.append(
-                flat[first : end + 1] if first >= start else [nan] * (start - first) + flat[start : end + 1]
-            )
-        for stat, col in window_statistics_rows(windows, w.stats, w.alpha).items():
-            columns[w.feature_name(stat)] = np.array(col, dtype=np.float64)
+            windows.append(flat[first : end + 1] if first >= 0 else [nan] * -first + flat[: end + 1])
+        # full windows of finite values (the usual group) by the compiled statistics at once
+        computed = rows_stats(windows) if rows_stats is not None and windows else None
+        stat_columns = (
+            computed if computed is not None else list(window_statistics_rows(windows, stats, alpha).values())
+        )
+        for name, col in zip(names, stat_columns, strict=True):
+            lists[name] = col
+            columns[name] = np.array(col, dtype=np.float64)
+    if spec.readings_since_start:
+        lists["readings_since_start"] = counter
+        columns["readings_since_start"] = np.array(counter, dtype=np.float64)
     for s in spec.rate_sources:
-        current = columns[s].tolist()
-        values = seg_values[s]
+        current = value_of[s]
         rates = []
-        for r, p in enumerate(prev):
-            dt = now[r] - times[r]  # nan without a previous reading
-            rates.append((current[r] - values[p]) / dt if p >= 0 and dt > 0 else nan)
+        for r in range(m):
+            p = position[r] - 1  # its previous reading's place (-1: none)
+            dt = stamp_of[r] - prev_time[r]  # nan without a previous reading
+            rates.append((current[r] - segment_of[r][s][p]) / dt if p >= 0 and dt > 0 else nan)
+        lists[f"{s}__rate"] = rates
         columns[f"{s}__rate"] = np.array(rates, dtype=np.float64)
+    return np.array(late, dtype=bool)

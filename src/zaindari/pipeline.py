@@ -69,18 +69,21 @@ class DeviceState:
     def remember_all(self, keys: Sequence[tuple[str, float]], memory: int) -> None:
         """:meth:`remember` each ``(key, timestamp)`` in order, trimming once at the end (the
         same keys are kept and forgotten as one by one)."""
-        self.seen.extend(keys)
-        if self._keys is not None:
+        seen = self.seen
+        seen.extend(keys)
+        known = self._keys
+        if known is not None:
             if self._keys_shared:
-                self._keys = set(self._keys)
+                known = self._keys = set(known)
                 self._keys_shared = False
-            self._keys.update(k for k, _ in keys)
-        if len(self.seen) > memory:
-            dropped = self.seen[: len(self.seen) - memory]
-            del self.seen[: len(dropped)]
-            if self._keys is not None:
-                self._keys.difference_update(k for k, _ in dropped)
-            latest = max(ts for _, ts in dropped)
+            known.update([k for k, _ in keys])
+        excess = len(seen) - memory
+        if excess > 0:
+            dropped = seen[:excess]
+            del seen[:excess]
+            if known is not None:
+                known.difference_update([k for k, _ in dropped])
+            latest = max([ts for _, ts in dropped])
             self.evicted_until = latest if self.evicted_until is None else max(self.evicted_until, latest)
 
     def successor(self, history: DeviceHistory, alerts: AlertState) -> DeviceState:
@@ -246,6 +249,7 @@ def score_table(
     matrix = features.matrix(bundle.signature.features)
     outputs = get_scorer(bundle, threads).score(matrix)
     rows = features.rows
+    every = len(rows) == len(table)  # (the usual table: its columns as they are, not gathered)
     evaluation = (
         evaluate_alerts(
             spec=spec,
@@ -256,9 +260,11 @@ def score_table(
             matrix=matrix.astype(np.float64),
             score=outputs.score,
             contributions=outputs.contributions,
-            devices=table.device_id[rows].tolist(),
-            timestamps=table.timestamp[rows],
-            modes=[None] * len(rows) if table.mode is None else table.mode[rows].tolist(),
+            devices=(table.device_id if every else table.device_id[rows]).tolist(),
+            timestamps=table.timestamp if every else table.timestamp[rows],
+            modes=[None] * len(rows)
+            if table.mode is None
+            else (table.mode if every else table.mode[rows]).tolist(),
             late=features.late,
             identity=None if identity is None else _Lazy(lambda i: identity[int(rows[i])], len(rows)),
             states={d: s.alerts for d, s in states.items()},
@@ -297,7 +303,7 @@ def score_table(
             rows=rows,
             matrix=matrix,
             score=outputs.score,
-            alerts=np.fromiter((bool(r) for r in row_rules), dtype=bool, count=len(row_rules)),
+            alerts=np.array([bool(r) for r in row_rules], dtype=bool),
         )
         if baseline is not None
         else []

@@ -103,22 +103,24 @@ class Scorer:
         contributions = sig.output("contributions")
         self._contrib_name = contributions.name if contributions else None
         self._output_names = [o.name for o in sig.outputs]
+        self._width = len(sig.features)
 
     def score(self, matrix: npt.NDArray[Any]) -> ScoreOutputs:
         """Score every row of ``matrix`` (rows x features) in a single ``run`` call."""
-        if matrix.ndim != 2 or matrix.shape[1] != len(self.bundle.signature.features):
-            raise ValueError(
-                f"matrix shape {matrix.shape} does not fit {len(self.bundle.signature.features)} features"
-            )
-        if matrix.shape[0] == 0:
-            width = len(self.bundle.signature.features)
+        shape = matrix.shape
+        width = self._width
+        if len(shape) != 2 or shape[1] != width:
+            raise ValueError(f"matrix shape {shape} does not fit {width} features")
+        rows = shape[0]
+        if rows == 0:
             return ScoreOutputs(np.zeros(0), np.zeros((0, width)) if self._contrib_name else None, {})
-        feed = {self._input_name: np.ascontiguousarray(matrix, dtype=self._dtype)}
-        values = self.session.run(self._output_names, feed)
+        if matrix.dtype != self._dtype or not matrix.flags.c_contiguous:
+            matrix = np.ascontiguousarray(matrix, dtype=self._dtype)
+        values = self.session.run(self._output_names, {self._input_name: matrix})
         raw = dict(zip(self._output_names, values, strict=True))
-        score = np.asarray(raw[self._score_name], dtype=np.float64).reshape(matrix.shape[0], -1)[:, -1]
+        score = np.asarray(raw[self._score_name], dtype=np.float64).reshape(rows, -1)[:, -1]
         contrib = (
-            np.asarray(raw[self._contrib_name], dtype=np.float64).reshape(matrix.shape[0], -1)
+            np.asarray(raw[self._contrib_name], dtype=np.float64).reshape(rows, -1)
             if self._contrib_name
             else None
         )

@@ -199,6 +199,52 @@ def test_small_drift_summaries_equal_the_numpy_counts() -> None:
         assert small == full
 
 
+def test_small_drift_summaries_of_one_window_count_values_on_the_edges_as_numpy_does() -> None:
+    # Given groups in one window whose every value is finite (the small path's counting at once),
+    # many of them exactly on an edge (float32 features and float64 scores), -0.0 against 0.0
+    from zaindari import drift
+    from zaindari.drift import Baseline, summarize_table
+
+    edges = [[-1.0, 0.0, 1.0], [0.5], [-0.0, 2.0, 4.0, 8.0], []]
+    baseline = Baseline(
+        model_name="m",
+        features=["f0", "f1", "f2", "f3"],
+        edges=edges,
+        counts=[[1] * (len(e) + 1) for e in edges],
+        score_edges=[0.1, 0.2],
+        score_counts=[1, 1, 1],
+        rows=4,
+        sensors={"temperature": (0.0, 100.0)},
+        feature_sensors={"f0": ["temperature"], "f1": [], "f2": [], "f3": []},
+    )
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(1, drift.SMALL_SUMMARY + 1))
+        matrix = rng.normal(0, 3, size=(n, 4)).astype(np.float32)
+        on_edge = rng.random(matrix.shape) < 0.4
+        picks = rng.choice([-1.0, 0.0, -0.0, 1.0, 0.5, 2.0, 4.0, 8.0], size=matrix.shape)
+        matrix[on_edge] = picks[on_edge]
+        score = rng.choice([0.1, 0.2, 0.15, 0.0, 1.0], n) if trial % 2 else rng.uniform(0, 0.3, n)
+        kwargs: dict[str, Any] = dict(
+            model_version="m:1",
+            devices=np.array(rng.choice(["b", "a"], n), dtype=object),
+            timestamps=T0 + rng.uniform(0, 600, n),
+            sensors={"temperature": rng.uniform(-5, 105, n)},
+            rows=np.arange(n, dtype=np.intp),
+            matrix=matrix,
+            score=score,
+            alerts=rng.random(n) < 0.3,
+        )
+        small = summarize_table(baseline, **kwargs)
+        saved = drift.SMALL_SUMMARY
+        drift.SMALL_SUMMARY = 0
+        try:
+            full = summarize_table(baseline, **kwargs)
+        finally:
+            drift.SMALL_SUMMARY = saved
+        assert len(small) == 1 and small == full, trial
+
+
 @pytest.mark.parametrize("direction", ["above", "below"])
 def test_small_alert_evaluations_equal_the_numpy_path(direction: str) -> None:
     import json
