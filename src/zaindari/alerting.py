@@ -796,7 +796,11 @@ def _evaluate_rows(
     out_states = _copied(states)
     live = [(c, fires_any) for c, fires_any in zip(compiled, firing, strict=True) if c is not None]
     alerts: list[Alert] = []
-    if not live:  # nothing fires, no state to walk: every device's state as it was
+    if not live:  # nothing fires, no state to walk: every device's state as it was, a device
+        # new to them with an empty one (as the numpy path gives it)
+        for device, is_late in zip(devices, late.tolist(), strict=True):
+            if not is_late:
+                out_states.setdefault(str(device), AlertState())
         return AlertEvaluation(
             alerts=alerts, row_rules=row_rules, row_severity=row_severity, states=out_states
         )
