@@ -3,9 +3,10 @@
 Both servers serve the same ONNX model (the example bundle's ``model.onnx``; mlflow gets it saved
 with ``mlflow.onnx.save_model`` and serves it with ``--env-manager local`` from ``.tools/mlflow``,
 made by ``make tool-mlflow``). mlflow runs its default, one uvicorn worker process; the edge
-BENCH_EDGE_WORKERS granian worker processes (default 1; ``zaindari edge serve --workers N``,
-sharing the box's buffer; see zaindari.edge.server) on BENCH_EDGE_INTERFACE (``rsgi``, the default
-of ``zaindari edge serve``: one event loop per worker, or ``wsgi``); both are up at once and
+on BENCH_EDGE_INTERFACE (``asgi``, the default of ``zaindari edge serve``: uvicorn, one process
+and one event loop; or ``rsgi``: granian, BENCH_EDGE_WORKERS worker processes, default 1,
+``zaindari edge serve --workers N`` sharing the box's buffer; or ``wsgi``; see
+zaindari.edge.server); both are up at once and
 measured in turn at each level, with the same client, ``wrk`` (C, from Debian: ``make bench-tools``; a Python client tops out near
 the servers' own rate on 2 cores): WRK_THREADS threads holding 8, then 32 keep-alive connections, one
 request in flight on each, for SECONDS after a warm-up; every request a different reading. What each request does:
@@ -63,8 +64,8 @@ WRK_THREADS = 2
 PER_LEVEL = int(12_000 * SECONDS)
 #: granian worker processes of the edge server (``zaindari edge serve --workers``), sharing its buffer
 WORKERS = int(os.environ.get("BENCH_EDGE_WORKERS", "1"))
-#: granian interface of the edge server (``zaindari edge serve --interface``)
-INTERFACE = os.environ.get("BENCH_EDGE_INTERFACE", "rsgi")
+#: interface of the edge server (``zaindari edge serve --interface``; its default: asgi, uvicorn)
+INTERFACE = os.environ.get("BENCH_EDGE_INTERFACE", "asgi")
 WRK_SCRIPT = Path(__file__).resolve().parent / "edge_http.lua"
 MLFLOW_BIN = ROOT / ".tools" / "mlflow" / "bin"
 TOKEN = "bench-token"
@@ -162,17 +163,34 @@ async def app(scope, protocol):
     protocol.response_bytes(200, [("Content-Type", "application/json")], b'{"ok":true}')
 """
 
-#: the hello-world ceilings measured: granian RSGI (the edge's default), granian WSGI, gunicorn gthread
-CEILINGS = ("granian-rsgi", "granian-wsgi", "gunicorn")
+HELLO_ASGI_APP = """
+async def app(scope, receive, send):
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+"""
+
+#: the hello-world ceilings measured: uvicorn ASGI (the edge's default), granian RSGI, granian
+#: WSGI, gunicorn gthread
+CEILINGS = ("uvicorn-asgi", "granian-rsgi", "granian-wsgi", "gunicorn")
 
 
 def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]:
-    """A hello-world app (reads the body, answers 11 bytes) behind ``serve_rsgi`` (``granian-rsgi``)
-    or ``serve_wsgi(server=...)`` with the edge's threads: what the HTTP server alone allows on
-    this machine now."""
-    (tmp / "bench_hello.py").write_text(HELLO_APP + HELLO_RSGI_APP.replace("def app", "def rsgi_app"))
+    """A hello-world app (reads the body, answers 11 bytes) behind ``serve_asgi``
+    (``uvicorn-asgi``), ``serve_rsgi`` (``granian-rsgi``) or ``serve_wsgi(server=...)`` with the
+    edge's threads: what the HTTP server alone allows on this machine now."""
+    (tmp / "bench_hello.py").write_text(
+        HELLO_APP
+        + HELLO_RSGI_APP.replace("def app", "def rsgi_app")
+        + HELLO_ASGI_APP.replace("def app", "def asgi_app")
+    )
     port = free_port()
-    if server == "granian-rsgi":
+    if server == "uvicorn-asgi":
+        serve = f"serve_asgi(bench_hello.asgi_app, host='127.0.0.1', port={port})"
+    elif server == "granian-rsgi":
         serve = f"serve_rsgi(bench_hello.rsgi_app, host='127.0.0.1', port={port})"
     else:
         serve = (
@@ -181,7 +199,7 @@ def run_ceiling(tmp: Path, bodies: list[bytes], server: str) -> dict[str, float]
         )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import bench_hello; "
-        f"from zaindari.infra.http_server import serve_rsgi, serve_wsgi; {serve}"
+        f"from zaindari.infra.http_server import serve_asgi, serve_rsgi, serve_wsgi; {serve}"
     )
     process = start_server([sys.executable, "-c", code, str(tmp)], {}, f"http://127.0.0.1:{port}/")
     try:
@@ -272,10 +290,16 @@ def run_both(
             at_edge.append(measured(edge_pids, edge_port, path, fresh, edge_headers, c))
             at_edge[-1]["groups"] = histogram(before, group_sizes(edge_port, edge_headers))
             at_mlflow.append(measured(ml_pids, ml_port, "/invocations", vectors[200:], mlflow_headers, c))
-        worker_peaks = [peak_rss_mib(p) for p in children(edge.pid)]
+        # (asgi: one process, the server's own, scores: no worker processes)
+        worker_peaks = [peak_rss_mib(p) for p in children(edge.pid)] or [peak_rss_mib(edge.pid)]
         parent_peak = peak_rss_mib(edge.pid)
         mlflow_peak = max(peak_rss_mib(p) for p in ml_pids)
     return at_edge, at_mlflow, worker_peaks, parent_peak, mlflow_peak
+
+
+def where_scored(k: int, workers: int) -> str:
+    """Which process a peak RSS is of: asgi's server process scores itself, granian's workers."""
+    return "the server process" if INTERFACE == "asgi" else f"worker {k + 1} of {workers}"
 
 
 def buffered_outcomes(tmp: Path) -> tuple[int, int]:
@@ -354,13 +378,14 @@ def main() -> list[dict[str, Any]]:
         ]  # fmt: skip
     return [
         *rows,
-        *[result_row(NAME, f"edge scoring process peak RSS (worker {k + 1} of {len(worker_peaks)}, VmHWM)",
+        *[result_row(NAME, f"edge scoring process peak RSS ({where_scored(k, len(worker_peaks))}, VmHWM)",
                      peak, "MiB", target="<= 200 MB", passed=peak * 1.048576 <= 200)
           for k, peak in enumerate(worker_peaks)],
         result_row(NAME, "edge scoring processes peak RSS, sum over the workers", sum(worker_peaks), "MiB"),
         result_row(NAME, "edge readings dead-lettered instead of scored (all levels)", rejected, "readings",
                    baseline=scored + rejected, ratio=rejected / max(scored + rejected, 1)),
-        result_row(NAME, "edge server parent process peak RSS (VmHWM)", master_peak, "MiB"),
+        result_row(NAME, "edge server parent process peak RSS (VmHWM; asgi: the scoring process)", master_peak,
+                   "MiB"),
         result_row(NAME, "mlflow models serve peak RSS (VmHWM, largest process)", mlflow_peak, "MiB"),
     ]  # fmt: skip
 

@@ -1,11 +1,12 @@
 """The edge server under sustained load: 0 errors and flat memory (issue 10, "Load").
 
-``zaindari edge serve`` (one worker process, as ``bench_edge_http.py`` runs it) takes
+``zaindari edge serve`` (its default, as ``bench_edge_http.py`` runs it: one process, uvicorn) takes
 one-reading ``POST /function/score-event`` requests from ``wrk`` (a second process, loopback,
 CONNECTIONS keep-alive connections) for SECONDS, every request a reading never sent before (the
 box's device state, SQLite buffer and key memory all grow as in service; no uplink). The RSS of
-the server's processes (parent and worker, from ``/proc/<pid>/status``) is sampled every
-second. Reported: requests/s, errors (non-2xx answers and socket errors, from wrk), the worker's
+the server's processes (the one that scores, "worker", and the server's own, from
+``/proc/<pid>/status``; one and the same under asgi) is sampled every second. Reported:
+requests/s, errors (non-2xx answers and socket errors, from wrk), the worker's
 RSS at the end of the warm-up, at the end, its maximum, and the slope of a least-squares line
 through the samples after the warm-up.
 
@@ -74,7 +75,8 @@ def main() -> list[dict[str, Any]]:
             f"http://127.0.0.1:{port}/healthz",
         )
         try:
-            (worker,) = children(process.pid)
+            # the process that scores: the server itself under asgi (the default), granian's worker under rsgi
+            worker = next(iter(children(process.pid)), process.pid)
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
             figures: dict[str, float] = {}
 

@@ -395,6 +395,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
     from zaindari.infra.http_server import serve_asgi, serve_rsgi, serve_wsgi
     from zaindari.settings import SettingsError
 
+    if args.interface is None:  # uvicorn's one process, or granian's workers
+        args.interface = "asgi" if args.workers == 1 else "rsgi"
     if args.interface == "asgi" and args.workers != 1:
         print(
             "zaindari edge serve: --interface asgi runs one process; for --workers N use rsgi or wsgi",
@@ -475,22 +477,22 @@ def _build_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--threads",
         type=int,
         default=4,
-        help="threads of each worker process: wsgi: request threads; rsgi: threads running "
+        help="threads of each worker process: wsgi: request threads; asgi and rsgi: threads running "
         "score-file and model-sync (score-event runs on the event loop) (default 4)",
     )
     serve.add_argument(
         "--interface",
         choices=("asgi", "rsgi", "wsgi"),
-        default="rsgi",
-        help="asgi (uvicorn: one event loop reads, parses and answers every request, one process), "
-        "rsgi (granian's native interface, one event loop per worker: score-event costs no thread "
-        "hand-off) or wsgi (granian, a thread per request) (default rsgi; docs/EDGE.md)",
+        default=None,
+        help="asgi (uvicorn: one event loop reads, parses and answers every request; one process), "
+        "rsgi (granian's native interface, one event loop per worker, HTTP on granian's threads) or "
+        "wsgi (granian, a thread per request) (default: asgi, rsgi with --workers N; docs/EDGE.md)",
     )
     serve.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="worker processes sharing the box's buffer (default 1; 2 uses a second core, see docs/EDGE.md)",
+        help="worker processes sharing the box's buffer (default 1; rsgi or wsgi only; see docs/EDGE.md)",
     )
     serve.add_argument(
         "--functions",

@@ -1,8 +1,7 @@
 """The edge server over real HTTP against the Lambda path: the same requests, the same answers.
 
-``zaindari edge serve`` runs ``functions/score_event/handler.py`` in its own process (granian: its
-RSGI interface, the default; the contract test once more on uvicorn, ASGI, and on granian's WSGI
-interface);
+``zaindari edge serve`` runs ``functions/score_event/handler.py`` in its own process (uvicorn,
+ASGI, the default; the contract test once more on granian's RSGI and WSGI interfaces);
 the Lambda path is ``functions/score_event/app.py`` on the embedded AWS (moto in server mode).
 Both get the ``events/`` HTTP bodies and a stream of simulated plant readings that raises and
 resolves alerts; scores, rejections and alerts must match, and so must the alerts delivered
@@ -64,14 +63,14 @@ class EdgeServer:
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
-    """``zaindari edge serve`` on its default interface (RSGI)."""
+    """``zaindari edge serve`` on its default interface (ASGI, uvicorn)."""
     yield from _edge_server(tmp_path_factory, bundle_dir)
 
 
 @pytest.fixture(scope="module")
-def edge_asgi(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
-    """``zaindari edge serve --interface asgi`` (uvicorn), a box of its own."""
-    yield from _edge_server(tmp_path_factory, bundle_dir, "--interface", "asgi")
+def edge_rsgi(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> Iterator[EdgeServer]:
+    """``zaindari edge serve --interface rsgi`` (granian), a box of its own."""
+    yield from _edge_server(tmp_path_factory, bundle_dir, "--interface", "rsgi")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,7 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_edge_server_answers_as_the_lambda_http_route(
     server: str,
     request: pytest.FixtureRequest,
@@ -179,7 +178,7 @@ def test_requests_without_a_valid_token_are_refused_and_score_nothing(edge: Edge
     assert "unauthorised-device" not in json.dumps(edge.buffered("scores") + edge.buffered("reject"))
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_a_repeated_token_header_is_one_invalid_token_on_either_interface(
     server: str, request: pytest.FixtureRequest
 ) -> None:
@@ -199,7 +198,7 @@ def test_a_repeated_token_header_is_one_invalid_token_on_either_interface(
         connection.close()
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_oversize_bodies_get_413(server: str, request: pytest.FixtureRequest) -> None:
     edge: EdgeServer = request.getfixturevalue(server)
     # above the function's limit (the handler), and above the server's (refused before reading)
@@ -209,7 +208,7 @@ def test_oversize_bodies_get_413(server: str, request: pytest.FixtureRequest) ->
     assert status == 413
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_a_body_refused_before_it_is_read_closes_its_connection(
     server: str, request: pytest.FixtureRequest
 ) -> None:
@@ -232,7 +231,7 @@ def test_a_body_refused_before_it_is_read_closes_its_connection(
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi", "edge_wsgi"], ids=["rsgi", "asgi", "wsgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_unknown_routes_are_404_and_health_needs_no_token(
     server: str, request: pytest.FixtureRequest
 ) -> None:
@@ -243,9 +242,9 @@ def test_unknown_routes_are_404_and_health_needs_no_token(
     assert status == 200 and json.loads(data)["functions"] == ["model-sync", "score-event", "score-file"]
 
 
-@pytest.mark.parametrize("server", ["edge", "edge_asgi"], ids=["rsgi", "asgi"])
+@pytest.mark.parametrize("server", ["edge", "edge_rsgi"], ids=["asgi", "rsgi"])
 def test_score_file_scores_a_local_file_once(server: str, request: pytest.FixtureRequest) -> None:
-    # (score-file has no handle_async: its handle runs on the server's threads under RSGI and ASGI)
+    # (score-file has no handle_async: its handle runs on the server's threads under ASGI and RSGI)
     edge: EdgeServer = request.getfixturevalue(server)
     csv = (EVENTS / "data" / "plant-1_2026-11-20_1200.csv").read_bytes()
     status, _, data = edge.call("score-file", csv, suffix="?name=plant-1.csv")

@@ -189,7 +189,7 @@ TOKEN = "press-hall-token"
 
 
 def serve_box(env: dict[str, str], port: int) -> Any:
-    """``zaindari edge serve`` for the box (its own process group: gunicorn master and worker)."""
+    """``zaindari edge serve`` for the box (its own process group: the server and any worker)."""
     return start_server(
         [*zaindari_cli(), "edge", "serve", "--port", str(port), "--threads", "2"],
         env,

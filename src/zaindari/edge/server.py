@@ -1,6 +1,6 @@
-"""`zaindari edge serve`: the edge functions' ``handler.py`` behind granian (a production HTTP
-server, Rust), with exactly the OpenFaaS ``python3-http`` contract and the gateway's routes
-(``/function/<name>``).
+"""`zaindari edge serve`: the edge functions' ``handler.py`` behind a production HTTP server
+(uvicorn, or granian), with exactly the OpenFaaS ``python3-http`` contract and the gateway's
+routes (``/function/<name>``).
 
 For boxes without OpenFaaS. Each function folder's ``handler.py`` is imported once, as the
 template does; a request to ``/function/score-event/anything`` reaches ``score-event``'s
@@ -11,20 +11,22 @@ liveness probe, like the watchdog's ``/_/health``; 503 once the process's edge b
 fsync and refuses every write, see :meth:`zaindari.edge.buffer.EdgeBuffer.sync`: restart it; with
 ``--workers N`` it reflects only the worker answering it, see docs/EDGE.md "Known limits").
 
-Two interfaces over the same app (:class:`EdgeApp`), picked by ``--interface``:
+Three interfaces over the same app (:class:`EdgeApp`), picked by ``--interface``:
 
-* ``rsgi`` (the default): granian's native interface. A worker runs one event loop; score-event's
-  ``handle_async`` is awaited on it and its readings are scored on the loop, in groups (see
-  :class:`zaindari.edge.wiring.BatchingEventScoring`), so a one-reading request costs no thread
-  hand-off (under WSGI each request's thread handed its readings to a scorer thread and slept
-  until a settler thread woke it: ~12 context switches per request, the largest part of the
-  server's cost per request; docs/EDGE.md "Serving"). score-file and model-sync, which have no
-  ``handle_async``, run their ``handle`` on ``--threads`` threads, off the loop.
-* ``wsgi``: the issue's "production WSGI server": the same granian, its WSGI interface, each
-  request on one of ``--threads`` threads calling ``handle``. Kept selectable: same routes and
-  answers, and the same ``handle`` that OpenFaaS calls.
+* ``asgi`` (the default with one process): uvicorn with its httptools parser. One event loop
+  reads the sockets, parses HTTP and runs the app; score-event's ``handle_async`` is awaited on
+  it and its readings are scored on the loop, in groups (see
+  :class:`zaindari.edge.wiring.BatchingEventScoring`): no thread hands a request to another.
+  score-file and model-sync, which have no ``handle_async``, run their ``handle`` on
+  ``--threads`` threads, off the loop. One process only.
+* ``rsgi`` (the default with ``--workers N``): granian's native interface, the same app and loop
+  per worker process; granian's Rust threads parse HTTP and hand each request to the loop (two
+  crossings, each taking the GIL: the reason asgi is the default, docs/EDGE.md "Serving").
+* ``wsgi``: the issue's "production WSGI server": granian's WSGI interface, each request on one of
+  ``--threads`` threads calling ``handle`` (a thread hand-off per request: ~12 context switches).
+  Kept selectable: same routes and answers, and the same ``handle`` that OpenFaaS calls.
 
-One worker process by default (see :mod:`zaindari.infra.http_server`; ``--workers N`` runs N over
+One process by default (see :mod:`zaindari.infra.http_server`; ``--workers N`` runs N over
 the one buffer: device states carry versions, see
 :meth:`zaindari.edge.buffer.EdgeBuffer.transaction`): the three functions share the process's edge
 box (:func:`zaindari.edge.wiring.edge_box`: its SQLite buffer, background shipper and model sync).
@@ -117,13 +119,13 @@ class _Route(NamedTuple):
 
 
 class EdgeApp:
-    """Routes ``/function/<name>[/path]`` to that function's handler: a WSGI app (``__call__``)
-    and an RSGI app (``__rsgi__``, granian's native interface; the default of ``zaindari edge
-    serve``) over the same routes, limits and answers.
+    """Routes ``/function/<name>[/path]`` to that function's handler: an ASGI app (:meth:`asgi`,
+    the default of ``zaindari edge serve``, behind uvicorn), an RSGI app (``__rsgi__``, granian's
+    native interface) and a WSGI app (``__call__``) over the same routes, limits and answers.
 
-    Under RSGI a worker runs one event loop: a function with an ``async def handle_async(event,
-    context)`` (score-event) is awaited on it; the others' ``handle`` runs on a pool of
-    ``threads`` threads, never blocking the loop.
+    Under ASGI and RSGI a process runs one event loop: a function with an ``async def
+    handle_async(event, context)`` (score-event) is awaited on it; the others' ``handle`` runs on a
+    pool of ``threads`` threads, never blocking the loop.
 
     Parameters
     ----------
@@ -132,9 +134,9 @@ class EdgeApp:
     max_body_bytes
         Largest body read at all (the largest any function accepts).
     async_handlers
-        Function name -> ``handle_async``, for the functions that have one (RSGI only).
+        Function name -> ``handle_async``, for the functions that have one (ASGI and RSGI).
     threads
-        Threads running the ``handle`` of a function without ``handle_async`` (RSGI).
+        Threads running the ``handle`` of a function without ``handle_async`` (ASGI and RSGI).
     """
 
     def __init__(
@@ -222,7 +224,7 @@ class EdgeApp:
     # -- ASGI --------------------------------------------------------------------------------------
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The ASGI app (``zaindari edge serve --interface asgi``, behind uvicorn): HTTP scopes only;
+        """The ASGI app (``zaindari edge serve``'s default, behind uvicorn): HTTP scopes only;
         the server's lifespan (the box started and stopped) is :func:`~zaindari.infra.http_server.serve_asgi`'s."""
         if scope["type"] != "http":  # no websockets here
             return

@@ -1,16 +1,19 @@
-"""Serving an app in production: a WSGI app behind gunicorn (the SageMaker server) or granian, or
-an RSGI app (granian's native asyncio interface) behind granian (the edge server's default).
+"""Serving an app in production: a WSGI app behind gunicorn (the SageMaker server) or granian, an
+ASGI app behind uvicorn (the edge server's default), or an RSGI app (granian's native asyncio
+interface) behind granian.
 
-Both build the app once in the parent before the worker process starts (gunicorn's
-``preload_app``; granian forks its worker from the parent): a bad model or setting fails at start,
-with its message, not in a worker. Both stop on SIGTERM/SIGINT: the listening socket closes,
-requests in flight finish, ``on_worker_exit`` runs in the worker, and the parent exits 0.
+gunicorn and granian build the app once in the parent before the worker process starts
+(gunicorn's ``preload_app``; granian forks its worker from the parent): a bad model or setting
+fails at start, with its message, not in a worker. uvicorn (:func:`serve_asgi`) serves in the
+calling process itself. All stop on SIGTERM/SIGINT: the listening socket closes, requests in
+flight finish, ``on_worker_exit`` runs in the process that served, and the server exits 0.
 
 ``granian`` (Rust, HTTP parsing and keep-alive outside the GIL) costs ~15 µs of CPU per request
 where gunicorn's ``gthread`` worker costs ~140 µs (``bench/bench_edge_http.py`` measures both's
-hello-world ceiling): on a 2-core edge box that is the difference between the server and the
-scoring being the limit. Under RSGI (:func:`serve_rsgi`) a worker runs one asyncio event loop
-and the app's coroutines on it: no Python thread per request at all.
+hello-world ceiling). Under RSGI (:func:`serve_rsgi`) a worker runs one asyncio event loop and the
+app's coroutines on it, each request handed to it by granian's threads. Under ASGI (uvicorn,
+httptools) the loop parses HTTP itself: more CPU per request on the loop's thread, and no
+hand-off between threads, which costs more on a 2-core box (docs/EDGE.md "Serving").
 """
 
 from __future__ import annotations
