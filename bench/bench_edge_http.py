@@ -65,7 +65,7 @@ PER_LEVEL = int(12_000 * SECONDS)
 #: granian worker processes of the edge server (``zaindari edge serve --workers``), sharing its buffer
 WORKERS = int(os.environ.get("BENCH_EDGE_WORKERS", "1"))
 #: interface of the edge server (``zaindari edge serve --interface``; its default: asgi, uvicorn)
-INTERFACE = os.environ.get("BENCH_EDGE_INTERFACE", "asgi")
+INTERFACE = os.environ.get("BENCH_EDGE_INTERFACE", "asgi" if WORKERS == 1 else "rsgi")
 WRK_SCRIPT = Path(__file__).resolve().parent / "edge_http.lua"
 MLFLOW_BIN = ROOT / ".tools" / "mlflow" / "bin"
 TOKEN = "bench-token"
@@ -338,7 +338,7 @@ def main() -> list[dict[str, Any]]:
         name = bundle.signature.input.name
         vectors = [json.dumps({"inputs": {name: [row.tolist()]}}).encode() for row in matrix]
         info_line(
-            f"edge server: {WORKERS} worker process(es), {INTERFACE}; wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
+            f"edge server: {'one process' if INTERFACE == 'asgi' else f'{WORKERS} worker process(es)'}, {INTERFACE}; wrk on {WRK_THREADS} threads, {' and '.join(map(str, LEVELS))} keep-alive connections, {SECONDS:.0f} s each after {WARMUP_SECONDS:.0f} s warm-up; "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
         )
         edge, mlflow, worker_peaks, master_peak, mlflow_peak = run_both(tmp, bundle_dir, bodies, vectors)

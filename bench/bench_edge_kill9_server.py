@@ -1,5 +1,5 @@
 """kill -9 the real edge server many times under concurrent requests: `zaindari edge serve`'s
-process group (parent and worker) SIGKILLed after random delays while one HTTP client per
+process group (the server, and its workers under rsgi) SIGKILLed after random delays while one HTTP client per
 device sends its readings, restarted each time, its link to moto up or down per run.
 
 Where ``bench_edge_kill9.py`` kills a box driver at named points (compaction included), this one
@@ -185,7 +185,7 @@ def main() -> list[dict[str, Any]]:
     info_line(f"delivery: {json.dumps(figures)}")
     off = figures["readings"] - figures["raw_rows"] - figures["compacted_readings"]
     return [
-        result_row(NAME, "server kills -9 (parent and worker), each restarted and checked", RUNS, "kills"),
+        result_row(NAME, "server kills -9 (its process group), each restarted and checked", RUNS, "kills"),
         result_row(NAME, "kills with requests in flight", sum(1 for n in in_flight_at_kill if n), "kills"),
         result_row(NAME, "requests sent again (no answer, or 503)", refused, "requests"),
         result_row(NAME, "readings lost or doubled (expected - shipped)", off, "readings",

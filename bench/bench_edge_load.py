@@ -119,7 +119,8 @@ def main() -> list[dict[str, Any]]:
         result_row(NAME, "worker RSS max", peak, "MiB"),
         result_row(NAME, "worker RSS slope after warm-up", slope, "MiB/min",
                    target=f"< {SLOPE_BOUND} MiB/min", passed=slope < SLOPE_BOUND),
-        result_row(NAME, "parent process RSS start / end", parent[-1], "MiB", baseline=parent[0],
+        result_row(NAME, "server process RSS start / end (asgi: the scoring process itself)", parent[-1], "MiB",
+                   baseline=parent[0],
                    ratio=parent[-1] / parent[0]),
     ]  # fmt: skip
 

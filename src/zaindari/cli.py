@@ -374,6 +374,16 @@ def _build_retrain(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     retrain.set_defaults(handler=_retrain)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _iso_date(text: str) -> Any:
     import datetime as dt
 
@@ -413,7 +423,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     app = EdgeApp(
         {name: module.handle for name, module in functions.items()},
         max_body_bytes=max(settings.edge_max_file_bytes, settings.max_payload_bytes),
-        # RSGI: score-event's handle_async is awaited on the worker's event loop, the others'
+        # ASGI and RSGI: score-event's handle_async is awaited on the event loop, the others'
         # handle runs on --threads threads (zaindari.edge.server)
         async_handlers={n: m.handle_async for n, m in functions.items() if hasattr(m, "handle_async")},
         threads=args.threads,
@@ -490,8 +500,9 @@ def _build_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=1,
+        metavar="N",
         help="worker processes sharing the box's buffer (default 1; rsgi or wsgi only; see docs/EDGE.md)",
     )
     serve.add_argument(

@@ -231,6 +231,34 @@ def test_a_body_refused_before_it_is_read_closes_its_connection(
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
 
 
+def test_a_request_head_above_its_bound_is_refused_431_and_closed(edge: EdgeServer) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    from zaindari.infra.http_server import MAX_REQUEST_HEAD
+
+    url = urlsplit(edge.url)
+    # Given a request whose one header is far above the bound on a request head (sent in pieces)
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-A: ")
+        answer = b""
+        try:
+            for _ in range(16 * MAX_REQUEST_HEAD // 16384):  # (past the first read, at most 256 KiB)
+                sock.sendall(b"a" * 16384)
+        except OSError:  # (the server closed the connection while it was still being sent)
+            pass
+        # Then the connection is closed at once, the head not read on (without a bound the server
+        # would wait for its end: this recv would time out), answered 431 unless the close's
+        # reset (the bytes sent past the bound are left unread) overtook the answer
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert http_call(f"{edge.url}/healthz")[0] == 200  # and the server serves on
+
+
 @pytest.mark.parametrize("server", ["edge", "edge_rsgi", "edge_wsgi"], ids=["asgi", "rsgi", "wsgi"])
 def test_unknown_routes_are_404_and_health_needs_no_token(
     server: str, request: pytest.FixtureRequest

@@ -2,8 +2,8 @@
 offline is killed -9 and restarted, then its link comes up and it ships to the embedded AWS; alerts reach a real mosquitto broker and a webhook at once; model
 updates come from S3, a corrupt one is refused.
 
-The box runs as ``zaindari edge serve`` in its own process group (so SIGKILL hits the gunicorn
-master and worker mid-write), or as ``python -m zaindari.edge.box`` for the command line; AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
+The box runs as ``zaindari edge serve`` in its own process group (so SIGKILL hits the server, and
+any worker, mid-write), or as ``python -m zaindari.edge.box`` for the command line; AWS is the moto server of ``conftest.py``; EventBridge is routed to SQS to be read.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ class EdgeBoxProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (granian parent and worker), then the link."""
+        """SIGTERM to the server's process group (the server and any worker), then the link."""
         if self.process is not None and self.process.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)

@@ -123,6 +123,10 @@ def serve_rsgi(
     _serve_granian(app, "rsgi", host, port, workers, 1, timeout, access_log, on_worker_start, on_worker_exit)
 
 
+#: the largest request head (request line and headers) :func:`serve_asgi` reads, in bytes
+MAX_REQUEST_HEAD = 64 * 1024
+
+
 def serve_asgi(
     app: Any,
     *,
@@ -176,12 +180,45 @@ def serve_asgi(
                 await send({"type": "lifespan.shutdown.complete"})
                 return None
 
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHead(HttpToolsProtocol):
+        """uvicorn's httptools protocol with a bound on a request's head (request line and
+        headers): httptools has none (uvicorn's h11 protocol has one), and a 100 MiB header was
+        read whole into memory. A request whose head is still not complete after more than
+        ``MAX_REQUEST_HEAD`` bytes received past the read it began in (one read: at most 256 KiB)
+        is answered 431 and its connection closed (granian cuts such a connection off too)."""
+
+        _head: int | None = None  # bytes of the current request's head counted; None: not in one
+        _begun = 0  # requests begun on the connection
+
+        def data_received(self, data: bytes) -> None:
+            head, begun = self._head, self._begun
+            super().data_received(data)
+            if head is None or self._head is None or self._begun != begun or self.transport.is_closing():
+                return  # not inside one request's head across this read
+            self._head += len(data)
+            if self._head > MAX_REQUEST_HEAD:
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    b"content-length: 0\r\nconnection: close\r\n\r\n"
+                )
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            self._head, self._begun = 0, self._begun + 1
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._head = None
+            super().on_headers_complete()
+
     config = uvicorn.Config(
         lifespan_and_app,
         host=host,
         port=port,
         loop="asyncio",  # uvloop measured no gain on the edge server (docs/EDGE.md "Serving")
-        http="httptools",
+        http=BoundedHead,
         interface="asgi3",
         lifespan="on",
         access_log=access_log,
