@@ -230,17 +230,17 @@ def guard(event: HttpEvent, tokens: frozenset[str], max_bytes: int) -> Response 
     return None
 
 
-class RsgiHeaders(Mapping[str, str]):
-    """An RSGI request's headers (granian's ``scope.headers``), looked up case-insensitively (as
-    :class:`Headers`) when asked, none copied up front; names are listed in lower case (HTTP/1.1
-    names arrive lower-cased from granian's parser). As under WSGI: a repeated header gives its
-    values joined by ``", "`` (two ``Authorization`` headers are one invalid token on either
-    interface), and a header whose value is not text (granian gives none) is absent."""
+class _ServerHeaders(Mapping[str, str]):
+    """A server's request headers, looked up when asked (:meth:`_value`: one name's value, its
+    repeats joined by ``", "``, or None), none copied up front."""
 
     __slots__ = ("_headers",)
 
     def __init__(self, headers: Any) -> None:
         self._headers = headers
+
+    def _value(self, key: str) -> str | None:
+        raise NotImplementedError
 
     def __getitem__(self, key: str) -> str:
         value = self._value(key)
@@ -254,6 +254,19 @@ class RsgiHeaders(Mapping[str, str]):
         value = self._value(key)
         return default if value is None else value
 
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class RsgiHeaders(_ServerHeaders):
+    """An RSGI request's headers (granian's ``scope.headers``), looked up case-insensitively (as
+    :class:`Headers`) when asked, none copied up front; names are listed in lower case (HTTP/1.1
+    names arrive lower-cased from granian's parser). As under WSGI: a repeated header gives its
+    values joined by ``", "`` (two ``Authorization`` headers are one invalid token on either
+    interface), and a header whose value is not text (granian gives none) is absent."""
+
+    __slots__ = ()
+
     def _value(self, key: str) -> str | None:
         values = [v for v in self._headers.get_all(key.lower()) if v is not None]
         if not values:
@@ -265,30 +278,17 @@ class RsgiHeaders(Mapping[str, str]):
         names = dict.fromkeys(k.lower() for k in self._headers.keys())  # noqa: SIM118
         return (name for name in names if self._headers.get(name) is not None)
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
-
-class AsgiHeaders(Mapping[str, str]):
+class AsgiHeaders(_ServerHeaders):
     """An ASGI request's headers (``scope["headers"]``: ``(name, value)`` byte pairs, names lower
     case), looked up case-insensitively when asked, none copied up front. As under WSGI and RSGI:
     a repeated header gives its values joined by ``", "``; values are decoded as Latin-1, as WSGI
     servers decode them (PEP 3333)."""
 
-    __slots__ = ("_headers",)
+    __slots__ = ()
 
     def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self._headers = headers
-
-    def __getitem__(self, key: str) -> str:
-        value = self._value(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self._value(key)
-        return default if value is None else value
+        super().__init__(headers)
 
     def _value(self, key: str) -> str | None:
         name = key.lower().encode("latin-1", "replace")
@@ -299,6 +299,3 @@ class AsgiHeaders(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(k.decode("latin-1").lower() for k, _ in self._headers))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
