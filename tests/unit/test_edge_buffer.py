@@ -1153,15 +1153,7 @@ def test_a_batch_whose_keys_only_the_key_memory_holds_is_not_buffered_twice_by_a
     # a group, whose scores were committed: then this connection knows the window's drift row)
     buffer = EdgeBuffer(tmp_path / "edge.db")
     batch = [InboundRecord("r1", readings[800:808], "test")]
-    crashed = EventScoring(
-        model=lambda: bundle,
-        states=_ForgetfulStates(buffer),
-        lake=BufferedLake(buffer),
-        alerts=BufferedAlerts(buffer),
-        rejects=BufferedRejects(buffer),
-        summaries=BufferedSummaries(buffer),
-        source="edge-t",
-    )
+    crashed = buffered_scoring(buffer, bundle, source="edge-t", states=_ForgetfulStates(buffer))
     with buffer.transaction() if first_in_a_transaction else contextlib.nullcontext():
         crashed.score_records(batch)
     # When the device sends it again and the box scores it in a group transaction

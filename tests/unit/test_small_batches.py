@@ -149,9 +149,23 @@ def test_example_spec_small_batches_equal_numpy() -> None:
         assert_same_features(*features_both_ways(spec, table, history))
 
 
+def _summaries_both_ways(baseline: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``summarize_table`` on the small path, then on the numpy path (the small one turned off)."""
+    from zaindari import drift
+    from zaindari.drift import summarize_table
+
+    small = summarize_table(baseline, **kwargs)
+    saved = drift.SMALL_SUMMARY
+    drift.SMALL_SUMMARY = 0
+    try:
+        return small, summarize_table(baseline, **kwargs)
+    finally:
+        drift.SMALL_SUMMARY = saved
+
+
 def test_small_drift_summaries_equal_the_numpy_counts() -> None:
     from zaindari import drift
-    from zaindari.drift import Baseline, summarize_table
+    from zaindari.drift import Baseline
 
     rng = np.random.default_rng(3)
     baseline = Baseline(
@@ -188,13 +202,7 @@ def test_small_drift_summaries_equal_the_numpy_counts() -> None:
             score=score,
             alerts=rng.random(len(rows)) < 0.3,
         )
-        small = summarize_table(baseline, **kwargs)
-        saved = drift.SMALL_SUMMARY
-        drift.SMALL_SUMMARY = 0
-        try:
-            full = summarize_table(baseline, **kwargs)
-        finally:
-            drift.SMALL_SUMMARY = saved
+        small, full = _summaries_both_ways(baseline, kwargs)
         assert [s.to_dict() for s in small] == [s.to_dict() for s in full], trial
         assert small == full
 
@@ -203,7 +211,7 @@ def test_small_drift_summaries_of_one_window_count_values_on_the_edges_as_numpy_
     # Given groups in one window whose every value is finite (the small path's counting at once),
     # many of them exactly on an edge (float32 features and float64 scores), -0.0 against 0.0
     from zaindari import drift
-    from zaindari.drift import Baseline, summarize_table
+    from zaindari.drift import Baseline
 
     edges = [[-1.0, 0.0, 1.0], [0.5], [-0.0, 2.0, 4.0, 8.0], []]
     baseline = Baseline(
@@ -235,13 +243,7 @@ def test_small_drift_summaries_of_one_window_count_values_on_the_edges_as_numpy_
             score=score,
             alerts=rng.random(n) < 0.3,
         )
-        small = summarize_table(baseline, **kwargs)
-        saved = drift.SMALL_SUMMARY
-        drift.SMALL_SUMMARY = 0
-        try:
-            full = summarize_table(baseline, **kwargs)
-        finally:
-            drift.SMALL_SUMMARY = saved
+        small, full = _summaries_both_ways(baseline, kwargs)
         assert len(small) == 1 and small == full, trial
 
 

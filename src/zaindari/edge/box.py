@@ -55,7 +55,7 @@ from zaindari.edge.model_sync import (
     write_golden,
 )
 from zaindari.event_scoring import EventScoring, InboundRecord, ScoringReport
-from zaindari.ports import AlertSink, PortError
+from zaindari.ports import AlertSink, PortError, StateStore
 from zaindari.registry_events import ModelUpdate
 from zaindari.settings import Settings
 
@@ -72,10 +72,12 @@ def buffered_scoring(
     alerts: AlertSink | None = None,
     summaries: SummaryStore | None = None,
     settings: Settings | None = None,
+    states: StateStore | None = None,
 ) -> EventScoring:
     """The scoring use case on a box's buffer: device state, lake, alerts, dead letters and drift
     summaries all written into it. ``model`` is a bundle or a callable giving the current one;
-    ``settings`` (contract limits, deduplication memory, threads) default to the use case's own."""
+    ``settings`` (contract limits, deduplication memory, threads) default to the use case's own;
+    ``states`` to the buffer's own state store (:class:`SqliteStateStore`)."""
     tuning: dict[str, Any] = (
         {}
         if settings is None
@@ -87,7 +89,7 @@ def buffered_scoring(
     )
     return EventScoring(
         model=model if callable(model) else (lambda: model),
-        states=SqliteStateStore(buffer),
+        states=states or SqliteStateStore(buffer),
         lake=BufferedLake(buffer),
         alerts=alerts or BufferedAlerts(buffer),
         rejects=BufferedRejects(buffer),

@@ -17,6 +17,7 @@ import hmac
 import itertools
 import os
 import uuid
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +240,9 @@ class _ServerHeaders(Mapping[str, str]):
     def __init__(self, headers: Any) -> None:
         self._headers = headers
 
+    @abstractmethod
     def _value(self, key: str) -> str | None:
-        raise NotImplementedError
+        """One name's value (looked up case-insensitively), its repeats joined, or None."""
 
     def __getitem__(self, key: str) -> str:
         value = self._value(key)
